@@ -1,0 +1,52 @@
+-- Claim up to N jobs for a worker, honouring pause, per-kind limits and per-account order.
+-- ARGV[5] worker id, ARGV[6] lease (ms), ARGV[7] N, then pairs (kind, default limit).
+-- Returns { next_delayed_due_ms or -1, paused 0/1, then 7 fields per claimed job }.
+local worker, lease, want = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+-- Retries whose backoff has elapsed go back to the front of their ready list.
+local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, 500)
+for _, id in ipairs(due) do
+  redis.call('ZREM', P .. 'delayed', id)
+  local kind = redis.call('HGET', jkey(id), 'kind')
+  if kind then
+    redis.call('HSET', jkey(id), 'status', 'queued')
+    redis.call('HDEL', jkey(id), 'run_at')
+    make_ready(id, kind, true)
+  end
+end
+local nxt = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+local out = { tonumber(nxt[2] or '-1'), 0 }
+if redis.call('EXISTS', P .. 'paused') == 1 then
+  out[2] = 1
+  return out
+end
+local taken = 0
+for i = 8, #ARGV, 2 do
+  if taken >= want then break end
+  local kind = ARGV[i]
+  local limit = tonumber(redis.call('HGET', P .. 'limits', kind) or ARGV[i + 1])
+  local running = tonumber(redis.call('HGET', P .. 'running', kind) or '0')
+  while running < limit and taken < want do
+    local id = redis.call('LPOP', P .. 'ready:' .. kind)
+    if not id then break end
+    local j = redis.call('HMGET', jkey(id), 'status', 'payload', 'max_attempts', 'account')
+    if j[1] == 'queued' then
+      local attempts = redis.call('HINCRBY', jkey(id), 'attempts', 1)
+      local token = worker .. '/' .. attempts
+      redis.call('HSET', jkey(id), 'status', 'running', 'started_at', NOW, 'token', token, 'worker', worker)
+      redis.call('ZADD', P .. 'leases', NOW + lease, id)
+      redis.call('HINCRBY', P .. 'running', kind, 1)
+      redis.call('ZREM', KEYS[1], id)
+      running = running + 1
+      taken = taken + 1
+      status_event(id, 'running', { attempt = attempts })
+      table.insert(out, id)
+      table.insert(out, kind)
+      table.insert(out, j[2])
+      table.insert(out, attempts)
+      table.insert(out, j[3])
+      table.insert(out, j[4] or '')
+      table.insert(out, token)
+    end
+  end
+end
+return out

@@ -1,0 +1,83 @@
+-- Shared preamble of every queue script (prepended in Rust; see src/scripts.rs).
+-- KEYS[1] is always "<prefix>pending": every key the scripts touch starts with the same
+-- prefix and therefore carries the same {hash tag}, so they all live in one cluster slot.
+-- ARGV[1] prefix, ARGV[2] events stream max length, ARGV[3] retention of finished jobs (ms),
+-- ARGV[4] max finished jobs kept. Script-specific arguments start at ARGV[5].
+local P = ARGV[1]
+local EVMAX = tonumber(ARGV[2])
+local RETENTION = tonumber(ARGV[3])
+local MAX_FINISHED = tonumber(ARGV[4])
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+
+local function jkey(id) return P .. 'job:' .. id end
+local function lkey(id) return P .. 'log:' .. id end
+
+local function emit(id, typ, data)
+  return redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVMAX, '*', 'job', id, 'type', typ, 'data', data)
+end
+
+local function make_ready(id, kind, front)
+  if front then
+    redis.call('LPUSH', P .. 'ready:' .. kind, id)
+  else
+    redis.call('RPUSH', P .. 'ready:' .. kind, id)
+  end
+end
+
+-- Remove a job from its account's FIFO; when it was the head, the next job of that account
+-- becomes claimable. Only the head of an account's list is ever in a ready list.
+local function advance_account(id, account)
+  if not account or account == '' then return end
+  local key = P .. 'acct:' .. account
+  local head = redis.call('LINDEX', key, 0)
+  redis.call('LREM', key, 1, id)
+  if head == id then
+    local nxt = redis.call('LINDEX', key, 0)
+    if nxt then
+      local st = redis.call('HMGET', jkey(nxt), 'status', 'kind')
+      if st[1] == 'queued' then make_ready(nxt, st[2], false) end
+    end
+  end
+end
+
+-- Drop the oldest finished jobs beyond the count cap (the age cap is the keys' TTL).
+local function trim_finished()
+  local over = redis.call('ZCARD', P .. 'finished') - MAX_FINISHED
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', P .. 'finished', over)
+    for i = 1, #old, 2 do
+      redis.call('DEL', jkey(old[i]), lkey(old[i]))
+    end
+  end
+end
+
+-- Move a job to a final state. `fields` is a flat list of extra hash fields.
+local function finish(id, status, account, fields)
+  redis.call('HSET', jkey(id), 'status', status, 'finished_at', NOW, unpack(fields))
+  redis.call('HDEL', jkey(id), 'token', 'run_at')
+  redis.call('ZADD', P .. 'finished', NOW, id)
+  redis.call('PEXPIRE', jkey(id), RETENTION)
+  redis.call('PEXPIRE', lkey(id), RETENTION)
+  advance_account(id, account)
+  local bucket = P .. 'rate:' .. math.floor(NOW / 10000)
+  redis.call('INCR', bucket)
+  redis.call('PEXPIRE', bucket, 30000)
+  trim_finished()
+end
+
+local function complete_event(id, success, msg)
+  local d
+  if success then
+    d = cjson.encode({ success = true, summary = msg })
+  else
+    d = cjson.encode({ success = false, error = msg })
+  end
+  emit(id, 'complete', d)
+end
+
+local function status_event(id, status, extra)
+  local t = extra or {}
+  t.status = status
+  emit(id, 'status', cjson.encode(t))
+end

@@ -1,0 +1,58 @@
+-- Enqueue a batch, all or nothing against the bound.
+-- ARGV[5] max_pending, ARGV[6] idempotency TTL (ms), ARGV[7] count,
+-- then per job 7 fields: id, kind, payload, account, reseller, max_attempts, idem_key.
+local max_pending = tonumber(ARGV[5])
+local idem_ttl = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
+local out = { 'ok' }
+-- First pass: resolve idempotency keys so duplicates never count against the bound.
+local fresh = 0
+local existing = {}
+for i = 0, n - 1 do
+  local b = 8 + i * 7
+  local key = ARGV[b + 6]
+  if key ~= '' then
+    local id = redis.call('GET', P .. 'idem:' .. key)
+    if id and redis.call('EXISTS', jkey(id)) == 1 then existing[i] = id else fresh = fresh + 1 end
+  else
+    fresh = fresh + 1
+  end
+end
+local pending = redis.call('ZCARD', KEYS[1])
+if fresh > 0 and pending + fresh > max_pending then
+  -- Estimate when room frees up from the completion rate of the last full 10 s bucket.
+  local done = tonumber(redis.call('GET', P .. 'rate:' .. (math.floor(NOW / 10000) - 1)) or '0')
+  local need = pending + fresh - max_pending
+  local retry = 30
+  if done > 0 then retry = math.ceil(need / (done / 10)) end
+  if retry < 1 then retry = 1 end
+  if retry > 300 then retry = 300 end
+  return { 'full', pending, retry }
+end
+local woke = {}
+for i = 0, n - 1 do
+  local b = 8 + i * 7
+  if existing[i] then
+    table.insert(out, existing[i])
+    table.insert(out, 1)
+  else
+    local id, kind, payload, account = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local reseller, max_attempts, key = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+    redis.call('HSET', jkey(id), 'id', id, 'kind', kind, 'payload', payload, 'account', account,
+      'reseller', reseller, 'status', 'queued', 'attempts', 0, 'max_attempts', max_attempts,
+      'created_at', NOW, 'idem', key)
+    redis.call('ZADD', KEYS[1], NOW, id)
+    if key ~= '' then redis.call('SET', P .. 'idem:' .. key, id, 'PX', idem_ttl) end
+    if account ~= '' then
+      if redis.call('RPUSH', P .. 'acct:' .. account, id) == 1 then make_ready(id, kind, false) end
+    else
+      make_ready(id, kind, false)
+    end
+    status_event(id, 'queued')
+    woke[kind] = true
+    table.insert(out, id)
+    table.insert(out, 0)
+  end
+end
+for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
+return out

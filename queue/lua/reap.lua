@@ -1,0 +1,31 @@
+-- Return jobs whose lease expired (their worker died or hung) to the queue, or fail them after
+-- max_attempts; forget finished jobs older than the retention period.
+-- ARGV[5] max jobs per call. Returns the number of expired leases handled.
+local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[5]))
+local woke = {}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', P .. 'leases', id)
+  local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account', 'attempts', 'max_attempts', 'cancel')
+  if j[1] == 'running' then
+    redis.call('HINCRBY', P .. 'running', j[2], -1)
+    woke[j[2]] = true
+    local attempts, max_attempts = tonumber(j[4]), tonumber(j[5])
+    if j[6] == '1' then
+      finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled (worker lost)' })
+      complete_event(id, false, 'cancelled (worker lost)')
+    elseif attempts >= max_attempts then
+      local msg = 'lease expired: worker lost during attempt ' .. attempts .. ' of ' .. max_attempts
+      finish(id, 'failed', j[3] or '', { 'error', msg })
+      complete_event(id, false, msg)
+    else
+      redis.call('HSET', jkey(id), 'status', 'queued', 'error', 'lease expired: worker lost')
+      redis.call('HDEL', jkey(id), 'token')
+      make_ready(id, j[2], true)
+      redis.call('ZADD', KEYS[1], NOW, id)
+      status_event(id, 'queued', { reason = 'lease expired' })
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf', NOW - RETENTION)
+for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
+return #expired

@@ -1,0 +1,119 @@
+//! Queue configuration: one place for the defaults, validated after merging (STYLE.md §4).
+
+use crate::JobKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Settings of one queue. Every process sharing a queue must use the same `name`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/redis.sock`). Empty: decided by the
+    /// binary (`REDIS_URL`, else a local server).
+    pub redis_url: String,
+    /// Queue name: all its keys are `np:{name}:...`, one hash tag, one cluster slot.
+    pub name: String,
+    /// Most jobs waiting (queued or retrying) across all kinds. Default 100.
+    pub max_pending: u32,
+    /// Lease of a claimed job in milliseconds; renewed every third of it. Default 30 000.
+    pub lease_ms: u64,
+    /// How long finished jobs stay readable, in seconds. Default 7 days.
+    pub retention_secs: u64,
+    /// At most this many finished jobs are kept, oldest dropped first. Default 50 000.
+    pub max_finished: u64,
+    /// Approximate length cap of the event stream. Default 10 000.
+    pub events_maxlen: u64,
+    /// How long an idempotency key maps to its job, in seconds. Default 24 h.
+    pub idempotency_ttl_secs: u64,
+    /// Redis connections in this process's pool. Default 32.
+    pub pool_size: usize,
+    /// Starting per-kind concurrency limits, used until an admin sets one at runtime.
+    /// Missing kinds use the built-in defaults (provision 10, restore 3, ...).
+    pub limits: BTreeMap<JobKind, u32>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            redis_url: String::new(),
+            name: "jobs".into(),
+            max_pending: 100,
+            lease_ms: 30_000,
+            retention_secs: 7 * 24 * 3600,
+            max_finished: 50_000,
+            events_maxlen: 10_000,
+            idempotency_ttl_secs: 24 * 3600,
+            pool_size: 32,
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The default limit of `kind` in this configuration.
+    pub fn default_limit(&self, kind: JobKind) -> u32 {
+        self.limits
+            .get(&kind)
+            .copied()
+            .unwrap_or(kind.default_limit())
+    }
+
+    /// One plain sentence per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.name.is_empty() || self.name.contains(['{', '}', ' ']) {
+            errs.push(format!(
+                "queue.name {:?} must be non-empty without braces or spaces.",
+                self.name
+            ));
+        }
+        if self.max_pending == 0 {
+            errs.push("queue.max_pending must be at least 1.".into());
+        }
+        if self.lease_ms < 300 {
+            errs.push(format!(
+                "queue.lease_ms is {}; it must be at least 300 so leases can be renewed in time.",
+                self.lease_ms
+            ));
+        }
+        if self.retention_secs == 0 {
+            errs.push("queue.retention_secs must be at least 1.".into());
+        }
+        if self.pool_size == 0 {
+            errs.push("queue.pool_size must be at least 1.".into());
+        }
+        if self.events_maxlen < 100 {
+            errs.push("queue.events_maxlen must be at least 100.".into());
+        }
+        errs
+    }
+
+    /// The key prefix, hash tag included.
+    pub fn prefix(&self) -> String {
+        format!("np:{{{}}}:", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert!(QueueConfig::default().validate().is_empty());
+        let bad = QueueConfig {
+            max_pending: 0,
+            lease_ms: 5,
+            name: "a b".into(),
+            ..Default::default()
+        };
+        let errs = bad.validate();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("lease_ms is 5")));
+    }
+
+    #[test]
+    fn prefix_carries_one_hash_tag() {
+        assert_eq!(QueueConfig::default().prefix(), "np:{jobs}:");
+    }
+}

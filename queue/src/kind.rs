@@ -1,0 +1,328 @@
+//! Job kinds and their payload types.
+//!
+//! Every kind has a stable string (`KIND`) that is what Redis stores: renaming a Rust type never
+//! moves a queue (River's rule, see STYLE.md §2). Payloads are plain serde structs so that
+//! `api` and `scheduler` can enqueue without linking any handler.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The closed set of job kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Account provisioning: create, suspend, unsuspend, change_package, terminate, change_password.
+    Provision,
+    /// Backup restore.
+    Restore,
+    /// Post-migration health check.
+    HealthCheck,
+    /// The hourly quota sweep.
+    QuotaSweep,
+    /// Upgrade stages: preflight, deploy, validate, rollback.
+    Upgrade,
+    /// Admin smoke-test job: sleeps, reports progress, can be told to fail.
+    Diagnostic,
+}
+
+/// One stage of a job and the slice of the overall percentage it covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StageWeight {
+    /// Stage name as handlers report it.
+    pub name: &'static str,
+    /// Percent at which the stage starts.
+    pub start: f64,
+    /// Percent at which it ends.
+    pub end: f64,
+}
+
+const fn sw(name: &'static str, start: f64, end: f64) -> StageWeight {
+    StageWeight { name, start, end }
+}
+
+const RESTORE_STAGES: &[StageWeight] = &[
+    sw("extracting", 0.0, 20.0),
+    sw("validating", 20.0, 30.0),
+    sw("creating_accounts", 30.0, 50.0),
+    sw("restoring_data", 50.0, 90.0),
+    sw("finalizing", 90.0, 100.0),
+];
+const UPGRADE_STAGES: &[StageWeight] = &[
+    sw("preflight", 0.0, 10.0),
+    sw("deploy", 10.0, 80.0),
+    sw("validate", 80.0, 100.0),
+];
+
+impl JobKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Provision,
+        JobKind::Restore,
+        JobKind::HealthCheck,
+        JobKind::QuotaSweep,
+        JobKind::Upgrade,
+        JobKind::Diagnostic,
+    ];
+
+    /// The stable kind string stored in Redis and used on the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Provision => "provision",
+            JobKind::Restore => "restore",
+            JobKind::HealthCheck => "health_check",
+            JobKind::QuotaSweep => "quota_sweep",
+            JobKind::Upgrade => "upgrade",
+            JobKind::Diagnostic => "diagnostic",
+        }
+    }
+
+    /// Default concurrency limit across all worker processes (DESIGN §2).
+    pub const fn default_limit(self) -> u32 {
+        match self {
+            JobKind::Provision => 10,
+            JobKind::Restore => 3,
+            JobKind::HealthCheck => 5,
+            JobKind::QuotaSweep => 1,
+            JobKind::Upgrade => 1,
+            JobKind::Diagnostic => 10,
+        }
+    }
+
+    /// Default number of attempts before a job is `failed`.
+    pub const fn default_max_attempts(self) -> u32 {
+        match self {
+            JobKind::Provision => 5,
+            JobKind::Restore => 3,
+            JobKind::HealthCheck => 3,
+            JobKind::QuotaSweep => 3,
+            JobKind::Upgrade => 1,
+            JobKind::Diagnostic => 3,
+        }
+    }
+
+    /// How the overall percentage is split across stages. Empty: one stage, 0–100.
+    pub const fn stages(self) -> &'static [StageWeight] {
+        match self {
+            JobKind::Restore => RESTORE_STAGES,
+            JobKind::Upgrade => UPGRADE_STAGES,
+            _ => &[],
+        }
+    }
+
+    /// Check that `payload` is a valid payload of this kind, and normalise it.
+    pub fn validate_payload(self, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+        fn check<T: JobPayload>(v: serde_json::Value) -> Result<serde_json::Value, String> {
+            let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            serde_json::to_value(t).map_err(|e| e.to_string())
+        }
+        let payload = if payload.is_null() {
+            serde_json::json!({})
+        } else {
+            payload
+        };
+        match self {
+            JobKind::Provision => check::<Provision>(payload),
+            JobKind::Restore => check::<Restore>(payload),
+            JobKind::HealthCheck => check::<HealthCheck>(payload),
+            JobKind::QuotaSweep => check::<QuotaSweep>(payload),
+            JobKind::Upgrade => check::<Upgrade>(payload),
+            JobKind::Diagnostic => check::<Diagnostic>(payload),
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a kind string that names no job type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job type {0:?}; known types: provision, restore, health_check, quota_sweep, upgrade, diagnostic")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for JobKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
+/// A typed payload bound to its kind.
+pub trait JobPayload: Serialize + DeserializeOwned + Send + 'static {
+    /// The kind this payload belongs to.
+    const KIND: JobKind;
+}
+
+/// `diagnostic`: sleeps `duration_ms` in `steps` progress steps and fails its first
+/// `fail_attempts` attempts. Operators use it to check a deployment end to end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Diagnostic {
+    /// Total sleep in milliseconds.
+    pub duration_ms: u64,
+    /// Number of progress steps (0 = report only at the end).
+    pub steps: u32,
+    /// How many attempts fail before one succeeds.
+    pub fail_attempts: u32,
+}
+impl JobPayload for Diagnostic {
+    const KIND: JobKind = JobKind::Diagnostic;
+}
+
+/// The provisioning actions WHMCS drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionAction {
+    /// Create the account.
+    Create,
+    /// Suspend it.
+    Suspend,
+    /// Unsuspend it.
+    Unsuspend,
+    /// Move it to another package.
+    ChangePackage,
+    /// Remove it.
+    Terminate,
+    /// Set a new password.
+    ChangePassword,
+}
+
+/// `provision`: one action on one account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    /// What to do.
+    pub action: ProvisionAction,
+    /// The account (system user name).
+    pub account: String,
+    /// Package name, for create and change_package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// Primary domain, for create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// WHMCS service id, when WHMCS asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<u64>,
+}
+impl JobPayload for Provision {
+    const KIND: JobKind = JobKind::Provision;
+}
+
+/// `restore`: restore an account from a backup archive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    /// Path of the archive on the server.
+    pub archive: String,
+    /// Account to restore into (defaults to the one in the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+impl JobPayload for Restore {
+    const KIND: JobKind = JobKind::Restore;
+}
+
+/// `health_check`: the post-migration health report of one migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Migration id.
+    pub migration_id: String,
+}
+impl JobPayload for HealthCheck {
+    const KIND: JobKind = JobKind::HealthCheck;
+}
+
+/// `quota_sweep`: measure every account's disk and bandwidth use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSweep {
+    /// The scheduled tick this sweep belongs to (unix seconds), when the scheduler enqueued it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tick: Option<i64>,
+}
+impl JobPayload for QuotaSweep {
+    const KIND: JobKind = JobKind::QuotaSweep;
+}
+
+/// The stages of an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeStage {
+    /// Checks before anything changes.
+    Preflight,
+    /// Install the new version.
+    Deploy,
+    /// Check the new version works.
+    Validate,
+    /// Go back to the previous version.
+    Rollback,
+}
+
+/// `upgrade`: one upgrade stage to a target version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upgrade {
+    /// Which stage.
+    pub stage: UpgradeStage,
+    /// Target version.
+    pub version: String,
+}
+impl JobPayload for Upgrade {
+    const KIND: JobKind = JobKind::Upgrade;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_strings_are_stable_and_round_trip() {
+        let names: Vec<_> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["provision", "restore", "health_check", "quota_sweep", "upgrade", "diagnostic"]
+        );
+        for k in JobKind::ALL {
+            assert_eq!(k.as_str().parse::<JobKind>().unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        let err = "backup".parse::<JobKind>().unwrap_err();
+        assert!(err.to_string().contains("unknown job type \"backup\""));
+    }
+
+    #[test]
+    fn payloads_are_validated() {
+        let ok = JobKind::Diagnostic
+            .validate_payload(serde_json::json!({"duration_ms": 5}))
+            .unwrap();
+        assert_eq!(ok["duration_ms"], 5);
+        assert_eq!(ok["steps"], 0);
+        assert!(JobKind::Diagnostic
+            .validate_payload(serde_json::json!({"duration": 5}))
+            .is_err());
+        assert!(JobKind::Provision
+            .validate_payload(serde_json::json!({"action": "explode", "account": "a"}))
+            .is_err());
+        assert!(JobKind::Diagnostic
+            .validate_payload(serde_json::Value::Null)
+            .is_ok());
+    }
+
+    #[test]
+    fn restore_stage_weights_cover_0_to_100() {
+        let s = JobKind::Restore.stages();
+        assert_eq!(s.first().unwrap().start, 0.0);
+        assert_eq!(s.last().unwrap().end, 100.0);
+        for w in s.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+    }
+}

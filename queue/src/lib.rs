@@ -1,0 +1,52 @@
+//! nPanel's job queue: bounded, leased, progress-streaming, on Redis (DESIGN §2).
+//!
+//! # Why our own Redis layer
+//! apalis-redis 1.0 has no cap, no progress, no cross-process limits, ignores `max_attempts`,
+//! and starts a job pushed to an idle worker only on its 30 s heartbeat. Here every state change
+//! is one Lua script (`lua/`), so the bound, the per-kind limits, per-account order and leases
+//! hold atomically across any number of processes sharing one Redis.
+//!
+//! # Layout in Redis (prefix `np:{name}:`, one hash tag so Redis Cluster keeps it in one slot)
+//! | key | type | holds |
+//! |---|---|---|
+//! | `job:<id>` | hash | the job (status, attempts, progress, error, result, lease token) |
+//! | `log:<id>` | list | its last 100 log lines |
+//! | `pending` | zset | queued + retrying jobs: its size is what the bound checks |
+//! | `ready:<kind>` | list | claimable jobs of a kind, FIFO |
+//! | `acct:<account>` | list | an account's unfinished jobs in order; only the head is ever ready |
+//! | `delayed` | zset | retrying jobs by due time |
+//! | `leases` | zset | running jobs by lease expiry (the reaper's input) |
+//! | `running` | hash | running count per kind, checked against `limits` at claim |
+//! | `limits` | hash | per-kind concurrency set at runtime |
+//! | `finished` | zset | finished jobs by end time (trimmed by age and count) |
+//! | `events` | stream | capped event log; stream ids are the WebSocket `seq` |
+//! | `idem:<key>` | string | idempotency key → job id, with a TTL |
+//! | `paused` | string | present while claiming is paused |
+//!
+//! Pub/sub channels `wake` (work may be claimable) and `cancel` (a running job was cancelled)
+//! let idle workers block instead of polling.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod job;
+pub mod kind;
+pub mod metrics;
+pub mod progress;
+mod queue;
+mod scripts;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use config::QueueConfig;
+pub use error::{QueueError, Result};
+pub use events::Event;
+pub use job::{Job, JobStatus, KindStats, QueueStats};
+pub use kind::{
+    Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep, Restore,
+    StageWeight, UnknownKind, Upgrade, UpgradeStage,
+};
+pub use progress::{EtaEstimator, Flusher, Progress};
+pub use queue::{
+    CancelOutcome, ClaimBatch, Claimed, Enqueued, ListFilter, NewJob, Outcome, Queue, Renewed,
+};

@@ -1,0 +1,427 @@
+//! Progress, percent and ETA, computed here once so every client sees the same numbers.
+//!
+//! A handler calls [`Progress::report`]`(stage, done, total)` as often as it likes (it only
+//! updates memory). A per-job [`Flusher`] writes to Redis: stage changes and log lines at once,
+//! progress at most once per second (DESIGN §2), and every write renews the job's lease.
+//! Percent comes from the kind's stage weights; ETA from a smoothed rate of overall progress
+//! ([`EtaEstimator`]); speed from a smoothed rate of the current stage's units.
+
+use crate::{JobKind, Queue};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Exponentially smoothed rate of progress, for ETA and speed.
+///
+/// Samples may arrive at any interval: the smoothing factor is `1 - exp(-dt / tau)`, so the
+/// estimate forgets the past at the same speed whatever the reporting rate. A constant workload
+/// gives its exact rate; a stall drives the rate (and so the ETA) smoothly toward "longer".
+#[derive(Clone, Debug)]
+pub struct EtaEstimator {
+    tau: f64,
+    last: Option<(f64, f64)>,
+    rate: Option<f64>,
+}
+
+impl Default for EtaEstimator {
+    fn default() -> Self {
+        EtaEstimator::new(Duration::from_secs(8))
+    }
+}
+
+impl EtaEstimator {
+    /// An estimator with smoothing time constant `tau`.
+    pub fn new(tau: Duration) -> Self {
+        EtaEstimator {
+            tau: tau.as_secs_f64().max(0.001),
+            last: None,
+            rate: None,
+        }
+    }
+
+    /// Feed a sample: `value` (e.g. fraction done, or bytes) at time `t` seconds. Returns the
+    /// smoothed rate in value units per second once two samples are known.
+    pub fn update(&mut self, t: f64, value: f64) -> Option<f64> {
+        match self.last {
+            None => {
+                self.last = Some((t, value));
+            }
+            Some((t0, v0)) => {
+                let dt = t - t0;
+                if dt <= 0.0 {
+                    // Same instant: keep the newest value, rate unchanged.
+                    self.last = Some((t0, value));
+                    return self.rate;
+                }
+                let inst = ((value - v0) / dt).max(0.0);
+                let a = 1.0 - (-dt / self.tau).exp();
+                self.rate = Some(match self.rate {
+                    None => inst,
+                    Some(r) => r + a * (inst - r),
+                });
+                self.last = Some((t, value));
+            }
+        }
+        self.rate
+    }
+
+    /// Smoothed rate, if known.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// Seconds until `value` reaches `target` at the smoothed rate; `None` while unknown or
+    /// stalled (rate zero).
+    pub fn eta(&self, target: f64) -> Option<f64> {
+        let (_, v) = self.last?;
+        let r = self.rate?;
+        if r <= f64::EPSILON {
+            return None;
+        }
+        Some(((target - v) / r).max(0.0))
+    }
+}
+
+/// Overall percent for `done` of `total` in `stage`, from the kind's stage weights. Unknown
+/// stages of a weighted kind keep `previous` (percent never goes backwards).
+pub fn percent(kind: JobKind, stage: &str, done: u64, total: u64, previous: f64) -> f64 {
+    let frac = if total == 0 {
+        0.0
+    } else {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    };
+    let stages = kind.stages();
+    let p = if stages.is_empty() {
+        frac * 100.0
+    } else {
+        match stages.iter().find(|s| s.name == stage) {
+            Some(s) => s.start + (s.end - s.start) * frac,
+            None => previous,
+        }
+    };
+    p.max(previous).min(100.0)
+}
+
+/// One write to Redis, built by the flusher.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressWrite {
+    /// Hash fields to set.
+    pub fields: Vec<(&'static str, String)>,
+    /// Event type to append (`""` for none).
+    pub event_type: &'static str,
+    /// Event data.
+    pub event_data: serde_json::Value,
+    /// Log lines to append.
+    pub logs: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    stage: String,
+    done: u64,
+    total: u64,
+    dirty: bool,
+    stage_changed: bool,
+    logs: Vec<String>,
+    done_flag: bool,
+}
+
+/// The handler's side: cheap, synchronous, clonable.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+}
+
+impl Progress {
+    /// Report `done` of `total` units in `stage`.
+    pub fn report(&self, stage: &str, done: u64, total: u64) {
+        let mut s = self.state.lock().expect("progress lock");
+        if s.stage != stage {
+            s.stage = stage.to_string();
+            s.stage_changed = true;
+            self.notify.notify_one();
+        }
+        s.done = done;
+        s.total = total;
+        s.dirty = true;
+    }
+
+    /// Add a log line (sent at once; the job keeps its last 100).
+    pub fn log(&self, line: impl Into<String>) {
+        let mut s = self.state.lock().expect("progress lock");
+        s.logs.push(line.into());
+        self.notify.notify_one();
+    }
+}
+
+/// Writes one job's progress to Redis; lives as long as the job runs.
+pub struct Flusher {
+    queue: Queue,
+    id: String,
+    token: String,
+    kind: JobKind,
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+    start: Instant,
+    eta: EtaEstimator,
+    speed: EtaEstimator,
+    percent: f64,
+    last_progress_event: Option<Instant>,
+    cancel: CancellationToken,
+}
+
+impl Flusher {
+    /// A reporter for a claimed job, and the flusher to drive with [`Flusher::run`]. When a
+    /// write learns the job was cancelled, `cancel` is triggered.
+    pub fn new(
+        queue: Queue,
+        id: String,
+        token: String,
+        kind: JobKind,
+        cancel: CancellationToken,
+    ) -> (Progress, Flusher) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let notify = Arc::new(Notify::new());
+        let p = Progress {
+            state: state.clone(),
+            notify: notify.clone(),
+        };
+        let mut eta = EtaEstimator::default();
+        eta.update(0.0, 0.0);
+        let f = Flusher {
+            queue,
+            id,
+            token,
+            kind,
+            state,
+            notify,
+            start: Instant::now(),
+            eta,
+            speed: EtaEstimator::default(),
+            percent: 0.0,
+            last_progress_event: None,
+            cancel,
+        };
+        (p, f)
+    }
+
+    /// Write until `stop` fires, then write whatever is left once.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.notify.notified() => {}
+                _ = tick.tick() => {}
+            }
+            self.flush(false).await;
+        }
+        {
+            let mut s = self.state.lock().expect("progress lock");
+            s.done_flag = true;
+        }
+        self.flush(true).await;
+    }
+
+    fn build(&mut self, last: bool) -> Option<ProgressWrite> {
+        let mut s = self.state.lock().expect("progress lock");
+        let now = Instant::now();
+        let t = now.duration_since(self.start).as_secs_f64();
+        let logs = std::mem::take(&mut s.logs);
+        let stage_changed = std::mem::take(&mut s.stage_changed);
+        let due = self
+            .last_progress_event
+            .is_none_or(|l| now.duration_since(l) >= Duration::from_millis(1000));
+        if stage_changed {
+            self.speed = EtaEstimator::default();
+        }
+        let ticking = !s.stage.is_empty() && s.total > 0;
+        if !(stage_changed || !logs.is_empty() || ((s.dirty || ticking) && due) || last && s.dirty) {
+            return None;
+        }
+        let mut w = ProgressWrite {
+            logs,
+            ..Default::default()
+        };
+        if s.dirty || stage_changed || ticking {
+            self.percent = percent(self.kind, &s.stage, s.done, s.total, self.percent);
+            self.eta.update(t, self.percent);
+            let speed = self.speed.update(t, s.done as f64);
+            let eta = self.eta.eta(100.0);
+            w.fields = vec![
+                ("stage", s.stage.clone()),
+                ("done", s.done.to_string()),
+                ("total", s.total.to_string()),
+                ("percent", format!("{:.2}", self.percent)),
+                ("speed", speed.map(|v| format!("{v:.0}")).unwrap_or_default()),
+                ("eta", eta.map(|v| format!("{v:.1}")).unwrap_or_default()),
+            ];
+            let data = serde_json::json!({
+                "progress_percent": (self.percent * 100.0).round() / 100.0,
+                "current_stage": s.stage,
+                "bytes_processed": s.done,
+                "bytes_total": s.total,
+                "speed_mbps": speed.map(|v| v / 1e6),
+                "eta_seconds": eta.map(|v| (v * 10.0).round() / 10.0),
+            });
+            if stage_changed {
+                w.event_type = "stage";
+                w.event_data = data;
+                self.last_progress_event = Some(now);
+            } else if due {
+                w.event_type = "progress";
+                w.event_data = data;
+                self.last_progress_event = Some(now);
+            }
+            s.dirty = false;
+        }
+        Some(w)
+    }
+
+    async fn flush(&mut self, last: bool) {
+        let Some(w) = self.build(last) else { return };
+        match self.queue.write_progress(&self.id, &self.token, &w).await {
+            Ok((owned, cancel)) => {
+                if cancel || !owned {
+                    self.cancel.cancel();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %self.id, error = %e, "Progress write failed; will retry at the next tick.");
+                // Keep the logs for the next attempt.
+                let mut s = self.state.lock().expect("progress lock");
+                let mut logs = w.logs;
+                logs.append(&mut s.logs);
+                s.logs = logs;
+                s.dirty = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulate a job: `f(t)` = fraction done at time t (seconds), true end `t_end`; sample every
+    /// second; return (t, estimated eta, true remaining) for each sample.
+    fn simulate(f: impl Fn(f64) -> f64, t_end: f64) -> Vec<(f64, Option<f64>, f64, f64)> {
+        let mut e = EtaEstimator::default();
+        e.update(0.0, 0.0);
+        let mut out = Vec::new();
+        let mut t = 1.0;
+        while t < t_end {
+            let frac = f(t);
+            e.update(t, frac * 100.0);
+            out.push((t, e.eta(100.0), t_end - t, frac));
+            t += 1.0;
+        }
+        out
+    }
+
+    #[test]
+    fn constant_rate_eta_within_10_percent_after_10_percent_done() {
+        let samples = simulate(|t| t / 200.0, 200.0);
+        for (t, eta, truth, frac) in samples {
+            if frac >= 0.10 {
+                let eta = eta.expect("eta known");
+                let err = (eta - truth).abs() / truth;
+                assert!(err <= 0.10, "t={t} eta={eta} truth={truth} err={err}");
+            }
+        }
+    }
+
+    #[test]
+    fn constant_rate_with_jittery_reports_stays_within_10_percent() {
+        // Reports at uneven intervals (0.3 s .. 1.7 s) on a constant 120 s workload.
+        let mut e = EtaEstimator::default();
+        e.update(0.0, 0.0);
+        let mut t = 0.0;
+        let mut i = 0u32;
+        while t < 119.0 {
+            t += 0.3 + 1.4 * f64::from(i % 5) / 4.0;
+            i += 1;
+            let frac = (t / 120.0).min(1.0);
+            e.update(t, frac * 100.0);
+            if frac >= 0.1 && frac < 1.0 {
+                let truth = 120.0 - t;
+                let eta = e.eta(100.0).unwrap();
+                assert!((eta - truth).abs() / truth <= 0.10, "t={t} eta={eta}");
+            }
+        }
+    }
+
+    #[test]
+    fn accelerating_workload_overestimates_then_converges() {
+        // Rate grows linearly: frac = (t/100)^2, done at t=100.
+        let samples = simulate(|t| (t / 100.0).powi(2), 100.0);
+        let mut last_err = f64::MAX;
+        for (t, eta, truth, _) in &samples {
+            if *t >= 20.0 {
+                let eta = eta.unwrap();
+                // A smoothed rate lags behind an accelerating one: it can only overestimate.
+                assert!(eta >= truth * 0.95, "t={t} eta={eta} truth={truth}");
+            }
+            if *t >= 50.0 {
+                last_err = (eta.unwrap() - truth).abs();
+            }
+        }
+        assert!(last_err < 5.0, "converges near the end, last error {last_err}s");
+    }
+
+    #[test]
+    fn stalling_workload_eta_grows_then_recovers() {
+        // 1 %/s for 30 s, stall (no progress) for 30 s, then 1 %/s again.
+        let f = |t: f64| {
+            if t < 30.0 {
+                t / 100.0
+            } else if t < 60.0 {
+                0.30
+            } else {
+                0.30 + (t - 60.0) / 100.0
+            }
+        };
+        let samples = simulate(f, 130.0);
+        let at = |tt: f64| samples.iter().find(|s| s.0 == tt).unwrap().1;
+        let before = at(29.0).unwrap();
+        let mid = at(45.0).map(|v| v).unwrap_or(f64::INFINITY);
+        let late = at(59.0).map(|v| v).unwrap_or(f64::INFINITY);
+        assert!(mid > before * 2.0, "eta grows during a stall: {before} -> {mid}");
+        assert!(late > mid, "keeps growing: {mid} -> {late}");
+        let recovered = at(110.0).unwrap();
+        let truth = 130.0 - 110.0;
+        assert!(
+            (recovered - truth).abs() / truth <= 0.25,
+            "recovers after the stall: {recovered} vs {truth}"
+        );
+    }
+
+    #[test]
+    fn zero_rate_has_no_eta_and_no_panic() {
+        let mut e = EtaEstimator::default();
+        assert_eq!(e.eta(100.0), None);
+        e.update(0.0, 0.0);
+        e.update(1.0, 0.0);
+        assert_eq!(e.eta(100.0), None);
+        e.update(1.0, 5.0); // same instant
+        assert_eq!(e.rate(), Some(0.0));
+    }
+
+    #[test]
+    fn percent_follows_restore_stage_weights() {
+        let k = JobKind::Restore;
+        assert_eq!(percent(k, "extracting", 50, 100, 0.0), 10.0);
+        assert_eq!(percent(k, "validating", 0, 10, 10.0), 20.0);
+        assert_eq!(percent(k, "restoring_data", 1, 2, 0.0), 70.0);
+        assert_eq!(percent(k, "finalizing", 1, 1, 0.0), 100.0);
+        // unknown stage and going backwards keep the previous value
+        assert_eq!(percent(k, "mystery", 1, 2, 42.0), 42.0);
+        assert_eq!(percent(k, "extracting", 0, 1, 42.0), 42.0);
+        // unweighted kinds use done/total directly
+        assert_eq!(percent(JobKind::Diagnostic, "sleeping", 3, 4, 0.0), 75.0);
+        assert_eq!(percent(JobKind::Diagnostic, "sleeping", 3, 0, 0.0), 0.0);
+    }
+}
