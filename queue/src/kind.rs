@@ -288,7 +288,14 @@ mod tests {
         let names: Vec<_> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
-            ["provision", "restore", "health_check", "quota_sweep", "upgrade", "diagnostic"]
+            [
+                "provision",
+                "restore",
+                "health_check",
+                "quota_sweep",
+                "upgrade",
+                "diagnostic"
+            ]
         );
         for k in JobKind::ALL {
             assert_eq!(k.as_str().parse::<JobKind>().unwrap(), k);

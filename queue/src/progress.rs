@@ -239,7 +239,8 @@ impl Flusher {
             self.speed = EtaEstimator::default();
         }
         let ticking = !s.stage.is_empty() && s.total > 0;
-        if !(stage_changed || !logs.is_empty() || ((s.dirty || ticking) && due) || last && s.dirty) {
+        if !(stage_changed || !logs.is_empty() || ((s.dirty || ticking) && due) || last && s.dirty)
+        {
             return None;
         }
         let mut w = ProgressWrite {
@@ -256,7 +257,10 @@ impl Flusher {
                 ("done", s.done.to_string()),
                 ("total", s.total.to_string()),
                 ("percent", format!("{:.2}", self.percent)),
-                ("speed", speed.map(|v| format!("{v:.0}")).unwrap_or_default()),
+                (
+                    "speed",
+                    speed.map(|v| format!("{v:.0}")).unwrap_or_default(),
+                ),
                 ("eta", eta.map(|v| format!("{v:.1}")).unwrap_or_default()),
             ];
             let data = serde_json::json!({
@@ -369,7 +373,10 @@ mod tests {
                 last_err = (eta.unwrap() - truth).abs();
             }
         }
-        assert!(last_err < 5.0, "converges near the end, last error {last_err}s");
+        assert!(
+            last_err < 5.0,
+            "converges near the end, last error {last_err}s"
+        );
     }
 
     #[test]
@@ -389,7 +396,10 @@ mod tests {
         let before = at(29.0).unwrap();
         let mid = at(45.0).map(|v| v).unwrap_or(f64::INFINITY);
         let late = at(59.0).map(|v| v).unwrap_or(f64::INFINITY);
-        assert!(mid > before * 2.0, "eta grows during a stall: {before} -> {mid}");
+        assert!(
+            mid > before * 2.0,
+            "eta grows during a stall: {before} -> {mid}"
+        );
         assert!(late > mid, "keeps growing: {mid} -> {late}");
         let recovered = at(110.0).unwrap();
         let truth = 130.0 - 110.0;

@@ -356,9 +356,7 @@ impl Queue {
                     ));
                 }
             }
-            let max_attempts = job
-                .max_attempts
-                .unwrap_or(job.kind.default_max_attempts());
+            let max_attempts = job.max_attempts.unwrap_or(job.kind.default_max_attempts());
             if max_attempts == 0 || max_attempts > 100 {
                 return Err(QueueError::Invalid(
                     "max_attempts must be between 1 and 100".into(),
@@ -603,7 +601,9 @@ impl Queue {
                 };
                 if f.status.is_some_and(|s| s != job.status)
                     || f.kind.is_some_and(|k| k != job.kind)
-                    || f.account.as_ref().is_some_and(|a| job.account.as_ref() != Some(a))
+                    || f.account
+                        .as_ref()
+                        .is_some_and(|a| job.account.as_ref() != Some(a))
                     || f.reseller
                         .as_ref()
                         .is_some_and(|r| job.reseller.as_ref() != Some(r))

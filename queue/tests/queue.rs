@@ -309,10 +309,13 @@ async fn idempotency_key_returns_the_existing_job() {
         .await
         .unwrap();
     assert!(!a.existed);
-    assert_eq!(b, Enqueued {
-        id: a.id.clone(),
-        existed: true
-    });
+    assert_eq!(
+        b,
+        Enqueued {
+            id: a.id.clone(),
+            existed: true
+        }
+    );
     assert_ne!(c.id, a.id);
     assert_eq!(q.stats().await.unwrap().pending, 2);
 }
@@ -366,7 +369,10 @@ async fn bad_input_gets_typed_errors_and_enqueues_nothing() {
     assert!(matches!(e, QueueError::KindNotAvailable(JobKind::Restore)));
     assert!(e.to_string().contains("not available in this build"));
     let e = q
-        .enqueue(NewJob::new(JobKind::Diagnostic, json!({"duration_ms": "soon"})))
+        .enqueue(NewJob::new(
+            JobKind::Diagnostic,
+            json!({"duration_ms": "soon"}),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(e, QueueError::InvalidPayload { .. }));
@@ -516,9 +522,17 @@ async fn every_key_shares_one_hash_tag() {
         ..Default::default()
     };
     q.write_progress(&id, &c.token, &w).await.unwrap();
-    q.complete(&id, &c.token, k, Outcome::Retry { error: "e".into(), delay: Duration::from_secs(9) })
-        .await
-        .unwrap();
+    q.complete(
+        &id,
+        &c.token,
+        k,
+        Outcome::Retry {
+            error: "e".into(),
+            delay: Duration::from_secs(9),
+        },
+    )
+    .await
+    .unwrap();
     let name = &q.config().name;
     let all: Vec<String> = q
         .raw(redis::cmd("KEYS").arg(format!("*{name}*")))
@@ -550,9 +564,14 @@ async fn events_carry_seq_and_replay_from_it() {
     let q = q("events");
     let id = q.enqueue(diag()).await.unwrap().id;
     let c = claim_all(&q, &[JobKind::Diagnostic]).await.remove(0);
-    q.complete(&id, &c.token, JobKind::Diagnostic, Outcome::Succeeded(json!({"n": 1})))
-        .await
-        .unwrap();
+    q.complete(
+        &id,
+        &c.token,
+        JobKind::Diagnostic,
+        Outcome::Succeeded(json!({"n": 1})),
+    )
+    .await
+    .unwrap();
     let all = q.events_since("0", 100).await.unwrap();
     let types: Vec<_> = all.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(types, vec!["status", "status", "complete"]);

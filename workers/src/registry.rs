@@ -1,0 +1,53 @@
+//! Handlers by job kind.
+
+use crate::{JobContext, JobError};
+use futures::future::BoxFuture;
+use queue::JobKind;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A handler: takes the job's context, returns its result or a [`JobError`].
+pub type HandlerFn = Arc<
+    dyn Fn(JobContext) -> BoxFuture<'static, Result<serde_json::Value, JobError>> + Send + Sync,
+>;
+
+/// The handlers of this build. Kinds without one are refused at enqueue
+/// (see [`queue::Queue::with_available_kinds`]).
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: BTreeMap<JobKind, HandlerFn>,
+}
+
+impl Registry {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handlers that ship in this build: `diagnostic` only, so far.
+    pub fn builtin() -> Self {
+        Registry::new().register(JobKind::Diagnostic, crate::diagnostic::run)
+    }
+
+    /// Add (or replace) the handler of `kind`.
+    pub fn register<F, Fut>(mut self, kind: JobKind, f: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, JobError>> + Send + 'static,
+    {
+        self.handlers
+            .insert(kind, Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// The kinds with a handler.
+    pub fn kinds(&self) -> Vec<JobKind> {
+        self.handlers.keys().copied().collect()
+    }
+
+    /// The handler of `kind`.
+    pub fn get(&self, kind: JobKind) -> Option<HandlerFn> {
+        self.handlers.get(&kind).cloned()
+    }
+}

@@ -1,0 +1,404 @@
+//! The worker pool against a real Redis: wake-up, retries, cancel (with child processes),
+//! shutdown requeue, panics, progress coalescing, per-account order, Redis restarts.
+
+use queue::testing::{self, PrivateRedis};
+use queue::*;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use workers::{JobContext, JobError, Pool, PoolConfig, Registry};
+
+fn fast() -> PoolConfig {
+    PoolConfig {
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        shutdown_grace: Duration::from_secs(5),
+        ..PoolConfig::default()
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("pool stops")
+            .unwrap();
+    }
+}
+
+fn start(q: &Queue, reg: Registry, cfg: PoolConfig) -> Running {
+    let stop = CancellationToken::new();
+    let pool = Pool::new(q.clone(), reg, cfg);
+    let s = stop.clone();
+    let handle = tokio::spawn(async move { pool.run(s).await.unwrap() });
+    Running { stop, handle }
+}
+
+async fn wait_status(q: &Queue, id: &str, want: JobStatus, within: Duration) -> Job {
+    let t = Instant::now();
+    loop {
+        let j = q.get(id).await.unwrap();
+        if j.status == want {
+            return j;
+        }
+        assert!(
+            t.elapsed() < within,
+            "job {id} is {} not {want} after {within:?}: {j:?}",
+            j.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn diag(duration_ms: u64, steps: u32, fail_attempts: u32) -> NewJob {
+    NewJob::typed(&Diagnostic {
+        duration_ms,
+        steps,
+        fail_attempts,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostic_runs_end_to_end_with_progress() {
+    let q = Queue::new(testing::config("diag")).unwrap();
+    let p = start(&q, Registry::builtin(), fast());
+    let id = q.enqueue(diag(300, 3, 0)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(j.result.unwrap()["steps"], 3);
+    assert_eq!(j.progress_percent, 100.0);
+    assert_eq!(j.attempts, 1);
+    let ev = q.events_since("0", 100).await.unwrap();
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == "stage" && e.data["current_stage"] == "sleeping"));
+    assert_eq!(ev.last().unwrap().kind, "complete");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_wakes_at_once_without_polling() {
+    let mut r = PrivateRedis::start();
+    let cfg = QueueConfig {
+        redis_url: r.url(),
+        ..QueueConfig::default()
+    };
+    let q = Queue::new(cfg).unwrap();
+    let started = Arc::new(Mutex::new(None::<Instant>));
+    let s = started.clone();
+    let reg = Registry::new().register(JobKind::Diagnostic, move |_ctx| {
+        let s = s.clone();
+        async move {
+            *s.lock().unwrap() = Some(Instant::now());
+            Ok(json!(null))
+        }
+    });
+    // Safety-net poll of 30 s and a reaper every 10 s: only pub/sub can explain a fast pickup.
+    let p = start(
+        &q,
+        reg,
+        PoolConfig {
+            idle_poll: Duration::from_secs(30),
+            reap_interval: Duration::from_secs(10),
+            ..fast()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let info = |q: Queue| async move {
+        let s: String = q.raw(redis::cmd("INFO").arg("stats")).await.unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = info(q.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = info(q.clone()).await;
+    // The INFO call itself counts; an idle pool adds nothing else in 2 s.
+    assert!(
+        after - before <= 3,
+        "idle pool issued {} commands in 2 s",
+        after - before
+    );
+    let t0 = Instant::now();
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    let pickup = started.lock().unwrap().unwrap() - t0;
+    assert!(pickup < Duration::from_secs(2), "pickup took {pickup:?}");
+    p.shutdown().await;
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_attempts_retry_with_backoff_until_success() {
+    let q = Queue::new(testing::config("retry")).unwrap();
+    let p = start(&q, Registry::builtin(), fast());
+    let id = q.enqueue(diag(0, 0, 2)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 3);
+    let id = q.enqueue(diag(0, 0, 5).max_attempts(2)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 2);
+    assert!(j.error.unwrap().contains("told to fail attempt 2"));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_and_panics() {
+    let q = Queue::new(testing::config("panic")).unwrap();
+    let reg = Registry::new()
+        .register(JobKind::Diagnostic, |ctx: JobContext| async move {
+            if ctx.attempt == 1 {
+                panic!("boom in handler");
+            }
+            Ok(json!("second time lucky"))
+        })
+        .register(JobKind::Restore, |_ctx| async move {
+            Err::<serde_json::Value, _>(JobError::Permanent("archive is corrupt".into()))
+        });
+    let p = start(&q, reg, fast());
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 2);
+    assert_eq!(j.result.unwrap(), "second time lucky");
+    let id = q
+        .enqueue(NewJob::new(JobKind::Restore, json!({"archive": "/b.tar"})))
+        .await
+        .unwrap()
+        .id;
+    let j = wait_status(&q, &id, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 1);
+    assert_eq!(j.error.as_deref(), Some("archive is corrupt"));
+    p.shutdown().await;
+}
+
+fn group_alive(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_another_process_stops_the_job_and_its_children_within_2s() {
+    let cfg = testing::config("cancel");
+    let q = Queue::new(cfg.clone()).unwrap();
+    let pgid = Arc::new(Mutex::new(None::<i32>));
+    let pg = pgid.clone();
+    let reg = Registry::new().register(JobKind::Diagnostic, move |ctx: JobContext| {
+        let pg = pg.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let pidfile = dir.path().join("pid");
+            // A shell that leaves grandchildren behind: both sleeps must die too.
+            let mut cmd = tokio::process::Command::new("sh");
+            cmd.arg("-c").arg(format!(
+                "echo $$ > {}; sleep 600 & sleep 600; wait",
+                pidfile.display()
+            ));
+            let ctx2 = ctx.clone();
+            let watcher = async move {
+                loop {
+                    if let Ok(s) = std::fs::read_to_string(&pidfile) {
+                        if let Ok(p) = s.trim().parse::<i32>() {
+                            *pg.lock().unwrap() = Some(p);
+                            ctx2.log(format!("spawned group {p}"));
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                r = ctx.run_command(cmd) => r.map(|_| json!("exited")),
+                _ = watcher => unreachable!(),
+            }
+        }
+    });
+    let p = start(&q, reg, fast());
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &id, JobStatus::Running, Duration::from_secs(5)).await;
+    let t = Instant::now();
+    let group = loop {
+        if let Some(g) = *pgid.lock().unwrap() {
+            break g;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(group_alive(group));
+    // "Another process": a separate queue handle with its own connections.
+    let other = Queue::new(cfg).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(other.cancel(&id).await.unwrap(), CancelOutcome::Cancelling);
+    let j = wait_status(&q, &id, JobStatus::Cancelled, Duration::from_secs(2)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(j.error.as_deref(), Some("cancelled by request"));
+    let t1 = Instant::now();
+    while group_alive(group) && t1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !group_alive(group),
+        "process group {group} survived the cancel"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_requeues_running_jobs_without_using_an_attempt() {
+    let q = Queue::new(testing::config("shutdown")).unwrap();
+    let p = start(
+        &q,
+        Registry::builtin(),
+        PoolConfig {
+            shutdown_grace: Duration::from_millis(200),
+            ..fast()
+        },
+    );
+    let long = q.enqueue(diag(60_000, 60, 0)).await.unwrap().id;
+    let short = q.enqueue(diag(100, 1, 0)).await.unwrap().id;
+    wait_status(&q, &long, JobStatus::Running, Duration::from_secs(5)).await;
+    wait_status(&q, &short, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    p.shutdown().await;
+    let j = q.get(&long).await.unwrap();
+    assert_eq!(j.status, JobStatus::Queued);
+    assert_eq!(j.attempts, 0);
+    assert_eq!(q.stats().await.unwrap().kinds["diagnostic"].running, 0);
+    // another worker takes it over as attempt 1
+    q.cancel(&long).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_coalesced_to_about_one_event_per_second() {
+    let q = Queue::new(testing::config("coalesce")).unwrap();
+    let reg = Registry::new().register(JobKind::Diagnostic, |ctx: JobContext| async move {
+        // 1000 progress reports per second for 3 s
+        for i in 0..3000u64 {
+            ctx.progress("copying", i + 1, 3000);
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(json!(null))
+    });
+    let p = start(&q, reg, fast());
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(20)).await;
+    let ev = q.events_since("0", 10_000).await.unwrap();
+    let progress = ev.iter().filter(|e| e.kind == "progress").count();
+    let stages = ev.iter().filter(|e| e.kind == "stage").count();
+    assert_eq!(stages, 1);
+    let secs = (j.finished_at.unwrap() - j.started_at.unwrap()).num_milliseconds() as f64 / 1000.0;
+    assert!(
+        progress as f64 <= secs + 2.0 && progress >= 1,
+        "{progress} progress events in {secs:.1} s"
+    );
+    // the stored state got the final report (written when the handler returned)
+    assert_eq!(j.bytes_processed, Some(3000));
+    assert_eq!(j.current_stage.as_deref(), Some("copying"));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_at_a_time_in_order_while_others_flow() {
+    let q = Queue::new(testing::config("order")).unwrap();
+    let log = Arc::new(Mutex::new(Vec::<(String, &'static str, Instant)>::new()));
+    let l = log.clone();
+    let reg = Registry::new().register(JobKind::Diagnostic, move |ctx: JobContext| {
+        let l = l.clone();
+        async move {
+            let n = ctx.raw_payload["duration_ms"].as_u64().unwrap();
+            l.lock()
+                .unwrap()
+                .push((ctx.id.clone(), "start", Instant::now()));
+            tokio::time::sleep(Duration::from_millis(n)).await;
+            l.lock()
+                .unwrap()
+                .push((ctx.id.clone(), "end", Instant::now()));
+            Ok(json!(null))
+        }
+    });
+    let p = start(&q, reg, fast());
+    let mut acme = Vec::new();
+    for i in 0..4 {
+        acme.push(
+            q.enqueue(diag(150 - i * 30, 0, 0).account("acme"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let other = q.enqueue(diag(10, 0, 0).account("zeta")).await.unwrap().id;
+    for id in acme.iter().chain([&other]) {
+        wait_status(&q, id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    }
+    let log = log.lock().unwrap();
+    let acme_events: Vec<_> = log.iter().filter(|(id, _, _)| acme.contains(id)).collect();
+    // strictly start, end, start, end ... in enqueue order
+    for (i, pair) in acme_events.chunks(2).enumerate() {
+        assert_eq!(pair[0].0, acme[i]);
+        assert_eq!((pair[0].1, pair[1].1), ("start", "end"));
+        assert_eq!(pair[1].0, acme[i]);
+    }
+    // zeta did not wait for acme's line
+    let zeta_end = log
+        .iter()
+        .find(|(id, e, _)| *id == other && *e == "end")
+        .unwrap()
+        .2;
+    let acme_last = acme_events.last().unwrap().2;
+    assert!(zeta_end < acme_last);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_reaper_reconnect_after_a_redis_restart() {
+    let mut r = PrivateRedis::start();
+    let cfg = QueueConfig {
+        redis_url: r.url(),
+        lease_ms: 600,
+        ..QueueConfig::default()
+    };
+    let q = Queue::new(cfg).unwrap();
+    let p = start(
+        &q,
+        Registry::builtin(),
+        PoolConfig {
+            reap_interval: Duration::from_millis(200),
+            ..fast()
+        },
+    );
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    r.stop();
+    assert!(matches!(
+        q.enqueue(diag(0, 0, 0)).await,
+        Err(QueueError::Unavailable(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // claim, renew, reap all fail meanwhile
+    r.restart();
+    // The restarted server is empty (no persistence in tests): new work flows again.
+    let t = Instant::now();
+    let id = loop {
+        match q.enqueue(diag(0, 0, 0)).await {
+            Ok(e) => break e.id,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("redis never came back: {e}"),
+        }
+    };
+    wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(15)).await;
+    p.shutdown().await;
+    r.stop();
+}
