@@ -350,7 +350,7 @@ mod tests {
             i += 1;
             let frac = (t / 120.0).min(1.0);
             e.update(t, frac * 100.0);
-            if frac >= 0.1 && frac < 1.0 {
+            if (0.1..1.0).contains(&frac) {
                 let truth = 120.0 - t;
                 let eta = e.eta(100.0).unwrap();
                 assert!((eta - truth).abs() / truth <= 0.10, "t={t} eta={eta}");
@@ -394,8 +394,8 @@ mod tests {
         let samples = simulate(f, 130.0);
         let at = |tt: f64| samples.iter().find(|s| s.0 == tt).unwrap().1;
         let before = at(29.0).unwrap();
-        let mid = at(45.0).map(|v| v).unwrap_or(f64::INFINITY);
-        let late = at(59.0).map(|v| v).unwrap_or(f64::INFINITY);
+        let mid = at(45.0).unwrap_or(f64::INFINITY);
+        let late = at(59.0).unwrap_or(f64::INFINITY);
         assert!(
             mid > before * 2.0,
             "eta grows during a stall: {before} -> {mid}"

@@ -342,7 +342,7 @@ async fn one_account_at_a_time_in_order_while_others_flow() {
     for id in acme.iter().chain([&other]) {
         wait_status(&q, id, JobStatus::Succeeded, Duration::from_secs(10)).await;
     }
-    let log = log.lock().unwrap();
+    let log = log.lock().unwrap().clone();
     let acme_events: Vec<_> = log.iter().filter(|(id, _, _)| acme.contains(id)).collect();
     // strictly start, end, start, end ... in enqueue order
     for (i, pair) in acme_events.chunks(2).enumerate() {

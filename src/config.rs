@@ -1,0 +1,257 @@
+//! The binary's configuration: built-in defaults < config file < `NPANEL_*` environment <
+//! flags, validated after merging with one plain sentence per problem (STYLE.md §4).
+//!
+//! Environment keys nest with `__`: `NPANEL_QUEUE__MAX_PENDING=200`,
+//! `NPANEL_QUEUE__LIMITS__RESTORE=5`, `NPANEL_WORKERS__CONCURRENCY=32`. `REDIS_URL` keeps its
+//! usual name and sets `queue.redis_url`.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use queue::QueueConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `npanel` reads.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address (the API joins in a later issue). Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Where nPanel keeps its files (a private Redis's data, later the SQLite store).
+    /// Default `./npanel-data`.
+    pub data_dir: PathBuf,
+    /// Where `serve` looks for a local Redis when `REDIS_URL` is unset. Default `127.0.0.1:6379`.
+    pub local_redis: String,
+    /// The queue.
+    pub queue: QueueConfig,
+    /// The worker pool.
+    pub workers: WorkersConfig,
+    /// The scheduler.
+    pub scheduler: SchedulerConfig,
+    /// Log filter (`RUST_LOG` syntax). Default `info`.
+    pub log: String,
+}
+
+/// Worker pool settings (see `workers::PoolConfig`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Jobs this process runs at once. Default 64.
+    pub concurrency: usize,
+    /// Seconds running jobs get to finish on shutdown before they are requeued. Default 30.
+    pub shutdown_grace_secs: u64,
+    /// Longest one attempt may run, in seconds. Default 3600.
+    pub job_timeout_secs: u64,
+    /// First retry delay in milliseconds (doubles per attempt). Default 1000.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in seconds. Default 600.
+    pub backoff_max_secs: u64,
+    /// How often expired leases are looked for, in milliseconds. Default 1000.
+    pub reap_interval_ms: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            concurrency: 64,
+            shutdown_grace_secs: 30,
+            job_timeout_secs: 3600,
+            backoff_base_ms: 1000,
+            backoff_max_secs: 600,
+            reap_interval_ms: 1000,
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// As the pool wants it.
+    pub fn pool(&self) -> workers::PoolConfig {
+        workers::PoolConfig {
+            concurrency: self.concurrency,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            job_timeout: Duration::from_secs(self.job_timeout_secs),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_secs(self.backoff_max_secs),
+            reap_interval: Duration::from_millis(self.reap_interval_ms),
+            ..workers::PoolConfig::default()
+        }
+    }
+}
+
+/// Scheduler settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Run the scheduler in `serve`. Default true.
+    pub enabled: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { enabled: true }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("npanel-data"),
+            local_redis: "127.0.0.1:6379".into(),
+            queue: QueueConfig::default(),
+            workers: WorkersConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Flag overrides (highest precedence).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Config loading errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file is missing or unreadable.
+    #[error("config file {0} cannot be read: {1}")]
+    File(PathBuf, String),
+    /// A value has the wrong type or a key is unknown.
+    #[error("configuration error: {0}")]
+    Parse(String),
+    /// Values that parse but make no sense together.
+    #[error("invalid configuration: {}", .0.join(" "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Merge defaults, `file`, the environment and `flags`, then validate.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            std::fs::metadata(f).map_err(|e| ConfigError::File(f.to_path_buf(), e.to_string()))?;
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("NPANEL_").split("__").ignore(&[
+            "config",
+            "redis_server",
+            "bench_cmd",
+        ]));
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            if !url.is_empty() {
+                fig = fig.merge(("queue.redis_url", url));
+            }
+        }
+        fig = fig.merge(Serialized::defaults(flags));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// One plain sentence per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = self.queue.validate();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "listen {:?} is not an address like 127.0.0.1:8080.",
+                self.listen
+            ));
+        }
+        if self.workers.concurrency == 0 {
+            p.push("workers.concurrency must be at least 1.".into());
+        }
+        if self.workers.job_timeout_secs == 0 {
+            p.push("workers.job_timeout_secs must be at least 1.".into());
+        }
+        if self.workers.reap_interval_ms == 0 {
+            p.push("workers.reap_interval_ms must be at least 1.".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            p.push(format!("log {:?} is not a valid log filter.", self.log));
+        }
+        p
+    }
+
+    /// The configuration as TOML, with the Redis password (if any) hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.queue.redis_url = redact_url(&c.queue.redis_url);
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.rsplit_once('@') {
+            let user = creds.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn layers_merge_in_order_and_validate() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "n.toml",
+                "listen = \"127.0.0.1:9000\"\n[queue]\nmax_pending = 50\nlease_ms = 5000\n",
+            )?;
+            jail.set_env("NPANEL_QUEUE__MAX_PENDING", "70");
+            jail.set_env("NPANEL_QUEUE__LIMITS__RESTORE", "7");
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9100".into()),
+                data_dir: None,
+            };
+            let c = Config::load(Some(Path::new("n.toml")), &flags).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:9100"); // flag > file
+            assert_eq!(c.queue.max_pending, 70); // env > file
+            assert_eq!(c.queue.lease_ms, 5000); // file > default
+            assert_eq!(c.queue.limits[&queue::JobKind::Restore], 7);
+            assert_eq!(c.workers.concurrency, 64); // default
+            jail.set_env("NPANEL_QUEUE__MAX_PENDING", "0");
+            jail.set_env("NPANEL_LISTEN", "nowhere");
+            let e = Config::load(None, &Overrides::default()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("queue.max_pending must be at least 1."),
+                "{msg}"
+            );
+            assert!(msg.contains("listen \"nowhere\""), "{msg}");
+            jail.create_file("bad.toml", "[queue]\nmax_pendin = 5\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("max_pendin"), "{e}");
+            let e =
+                Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
+            assert!(matches!(e, ConfigError::File(..)));
+            Ok(())
+        });
+    }
+}

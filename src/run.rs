@@ -1,0 +1,112 @@
+//! `npanel serve` and `npanel worker`: wire the queue, the pool and the scheduler together and
+//! run them against a shutdown token.
+
+use crate::config::Config;
+use crate::local_redis;
+use anyhow::Context;
+use queue::Queue;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Which parts run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything in one process (API and WS join in issue 3).
+    Serve,
+    /// Workers only, for more hosts.
+    Worker,
+}
+
+/// Build the queue handle for `cfg`, refusing kinds this build has no handler for.
+pub fn queue(cfg: &Config, url: String) -> anyhow::Result<Queue> {
+    let mut qc = cfg.queue.clone();
+    qc.redis_url = url;
+    let registry = workers::Registry::builtin();
+    Ok(Queue::new(qc)?.with_available_kinds(registry.kinds()))
+}
+
+/// Run until `shutdown` fires.
+pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let (url, private) = local_redis::resolve(
+        &cfg.queue.redis_url,
+        &cfg.local_redis,
+        &cfg.data_dir,
+        mode == Mode::Serve,
+    )
+    .await?;
+    let q = queue(&cfg, url.clone())?;
+    info!(redis = %crate::config::redact_url(&url), queue = %q.prefix(), ?mode, "nPanel jobs starting.");
+    if let Err(e) = q.ping().await {
+        tracing::warn!(error = %e, "Redis does not answer yet; workers will keep retrying.");
+    }
+    let registry = workers::Registry::builtin();
+    let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pool.run(shutdown.clone()).map_ok_anyhow());
+    if mode == Mode::Serve && cfg.scheduler.enabled {
+        let sched = scheduler::Scheduler::new(q.clone(), scheduler::builtin())?;
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            sched.run(s).await;
+            Ok(())
+        });
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            result = Err(e);
+            shutdown.cancel();
+        }
+    }
+    if let Some(r) = private {
+        r.stop().await;
+        info!("Stopped the private redis-server.");
+    }
+    result
+}
+
+trait MapOkAnyhow {
+    fn map_ok_anyhow(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl<F, E> MapOkAnyhow for F
+where
+    F: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    async fn map_ok_anyhow(self) -> anyhow::Result<()> {
+        Ok(self.await?)
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, then cancels `token`; a second signal exits at once.
+pub fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        let mut first: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            // Tools like timeout(1) deliver one TERM twice (to the pid and its group): a repeat
+            // within a second is the same request.
+            if first.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                continue;
+            }
+            if first.is_none() {
+                first = Some(std::time::Instant::now());
+                info!("Shutdown requested: finishing running jobs (signal again to quit now).");
+                token.cancel();
+            } else {
+                tracing::warn!(
+                    "Second signal: exiting now; running jobs will be recovered by their leases."
+                );
+                std::process::exit(130);
+            }
+        }
+    });
+}

@@ -1,0 +1,275 @@
+//! The `npanel` binary as real processes against a real Redis: the per-kind limit is global
+//! across worker processes and changes at runtime; a SIGKILLed worker loses no job; `serve`
+//! finds, starts or asks for a Redis; bad config is refused with a plain sentence.
+
+use queue::{testing, Diagnostic, Job, JobKind, JobStatus, NewJob, Queue, QueueConfig};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_npanel");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(cfg: &QueueConfig, extra: &[(&str, &str)]) -> Proc {
+    let dir = std::env::temp_dir().join(format!("npanel-test-{}", ulid::Ulid::new()));
+    let mut c = Command::new(BIN);
+    c.arg("worker")
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("REDIS_URL", &cfg.redis_url)
+        .env("NPANEL_QUEUE__NAME", &cfg.name)
+        .env("NPANEL_QUEUE__LEASE_MS", cfg.lease_ms.to_string())
+        .env("NPANEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    Proc(c.spawn().expect("start npanel worker"))
+}
+
+fn diag(ms: u64) -> NewJob {
+    NewJob::typed(&Diagnostic {
+        duration_ms: ms,
+        steps: 2,
+        fail_attempts: 0,
+    })
+}
+
+async fn wait_for(q: &Queue, id: &str, want: JobStatus, within: Duration) -> Job {
+    let t = Instant::now();
+    loop {
+        let j = q.get(id).await.unwrap();
+        if j.status == want {
+            return j;
+        }
+        assert!(
+            t.elapsed() < within,
+            "job {id}: {} after {within:?}",
+            j.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Largest number of overlapping [started, finished) intervals.
+fn max_overlap(jobs: &[Job]) -> usize {
+    let mut points = Vec::new();
+    for j in jobs {
+        points.push((j.started_at.unwrap(), 1i32));
+        points.push((j.finished_at.unwrap(), -1i32));
+    }
+    points.sort();
+    let (mut cur, mut max) = (0i32, 0i32);
+    for (_, d) in points {
+        cur += d;
+        max = max.max(cur);
+    }
+    max as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_global_across_two_worker_processes_and_changes_at_runtime() {
+    let cfg = testing::config("twoproc");
+    let q = Queue::new(cfg.clone()).unwrap();
+    q.set_limit(JobKind::Diagnostic, 2).await.unwrap();
+    let _a = worker(&cfg, &[]);
+    let _b = worker(&cfg, &[]);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(q.enqueue(diag(300)).await.unwrap().id);
+    }
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await);
+    }
+    assert_eq!(max_overlap(&jobs), 2, "limit 2 held across both processes");
+    let workers: std::collections::HashSet<String> = {
+        let mut s = std::collections::HashSet::new();
+        for id in &ids {
+            let w: String = q
+                .raw(
+                    redis::cmd("HGET")
+                        .arg(format!("{}job:{id}", q.prefix()))
+                        .arg("worker"),
+                )
+                .await
+                .unwrap();
+            s.insert(w.split(':').nth(1).unwrap().to_string()); // the pid
+        }
+        s
+    };
+    assert_eq!(workers.len(), 2, "both processes worked: {workers:?}");
+
+    // Runtime change: limit 1 with long jobs, then raise to 3.
+    q.set_limit(JobKind::Diagnostic, 1).await.unwrap();
+    let mut long = Vec::new();
+    for _ in 0..5 {
+        long.push(q.enqueue(diag(2500)).await.unwrap().id);
+    }
+    wait_for(&q, &long[0], JobStatus::Running, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.stats().await.unwrap().kinds["diagnostic"].running, 1);
+    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
+    let t = Instant::now();
+    loop {
+        let running = q.stats().await.unwrap().kinds["diagnostic"].running;
+        if running == 3 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "new limit not in force after 1 s ({running} running)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Lowering it again kills nothing: the running ones finish on their first attempt.
+    q.set_limit(JobKind::Diagnostic, 1).await.unwrap();
+    for id in &long {
+        let j = wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await;
+        assert_eq!(j.attempts, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_loses_no_job() {
+    let mut cfg = testing::config("sigkill");
+    cfg.lease_ms = 1000;
+    let q = Queue::new(cfg.clone()).unwrap();
+    let mut a = worker(&cfg, &[("NPANEL_WORKERS__REAP_INTERVAL_MS", "200")]);
+    let id = q
+        .enqueue(NewJob::typed(&Diagnostic {
+            duration_ms: 3000,
+            steps: 6,
+            fail_attempts: 0,
+        }))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&q, &id, JobStatus::Running, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.0.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.0.wait().unwrap();
+    let _b = worker(&cfg, &[("NPANEL_WORKERS__REAP_INTERVAL_MS", "200")]);
+    let j = wait_for(&q, &id, JobStatus::Succeeded, Duration::from_secs(20)).await;
+    assert_eq!(j.attempts, 2);
+    let ev = q.events_since("0", 1000).await.unwrap();
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == "status" && e.data["reason"] == "lease expired"));
+}
+
+fn serve_cmd(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("REDIS_URL")
+        .env("NPANEL_LOCAL_REDIS", "127.0.0.1:1") // nothing answers there
+        .env("NPANEL_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn serve_without_any_redis_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = serve_cmd(dir.path())
+        .env("PATH", dir.path()) // no redis-server on PATH
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Redis found: set REDIS_URL"), "{err}");
+    assert!(err.contains("apt-get install redis-server"), "{err}");
+}
+
+#[test]
+fn serve_starts_and_stops_a_private_redis_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_cmd(dir.path()).spawn().unwrap();
+    let sock = dir.path().join("data/redis/redis.sock");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no private redis socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // It really is a Redis, and npanel uses it.
+    let url = format!("redis+unix://{}", sock.display());
+    let c = redis::Client::open(url).unwrap();
+    let mut conn = c.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("np:{jobs}:*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.iter().any(|k| k.contains("sched:leader")), "{keys:?}");
+    drop(conn);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("Stopped the private redis-server"), "{err}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_err(),
+        "redis still up"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_plain_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("config")
+        .env("NPANEL_QUEUE__MAX_PENDING", "0")
+        .env("NPANEL_WORKERS__CONCURRENCY", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("queue.max_pending must be at least 1."),
+        "{err}"
+    );
+    assert!(
+        err.contains("workers.concurrency must be at least 1."),
+        "{err}"
+    );
+    let f = dir.path().join("n.toml");
+    std::fs::write(
+        &f,
+        "[queue]\nmax_pending = 7\nredis_url = \"redis://u:hunter2@127.0.0.1:6379\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&f)
+        .arg("config")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("max_pending = 7"), "{s}");
+    assert!(!s.contains("hunter2"), "secret printed: {s}");
+}
