@@ -13,8 +13,12 @@ local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local function jkey(id) return P .. 'job:' .. id end
 local function lkey(id) return P .. 'log:' .. id end
 
+-- Every event names the job's account and reseller so fan-out can filter by tenant without
+-- reading the job.
 local function emit(id, typ, data)
-  return redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVMAX, '*', 'job', id, 'type', typ, 'data', data)
+  local t = redis.call('HMGET', jkey(id), 'account', 'reseller')
+  return redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVMAX, '*', 'job', id, 'type', typ,
+    'data', data, 'account', t[1] or '', 'reseller', t[2] or '')
 end
 
 local function make_ready(id, kind, front)

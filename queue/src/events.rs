@@ -18,6 +18,10 @@ pub struct Event {
     pub kind: String,
     /// Type-specific fields.
     pub data: serde_json::Value,
+    /// The job's account, if any (for tenant filtering).
+    pub account: Option<String>,
+    /// The account's reseller, if any.
+    pub reseller: Option<String>,
 }
 
 impl Event {
@@ -34,6 +38,96 @@ impl Event {
             job_id: get("job"),
             kind: get("type"),
             data: serde_json::from_str(&get("data")).unwrap_or(serde_json::Value::Null),
+            account: Some(get("account")).filter(|s| !s.is_empty()),
+            reseller: Some(get("reseller")).filter(|s| !s.is_empty()),
         }
+    }
+}
+
+/// `XREAD` reply: streams → entries → fields.
+type XReadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+
+/// Follows the event stream on a dedicated connection with blocking reads (`XREAD BLOCK`):
+/// one per process is enough to fan out to every WebSocket (DESIGN §4).
+pub struct EventReader {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    client: redis::Client,
+    key: String,
+    last: String,
+}
+
+impl EventReader {
+    /// A reader starting after `since` (`"$"`: only new events; `"0"`: everything kept).
+    pub fn new(queue: &crate::Queue, since: &str) -> EventReader {
+        EventReader {
+            conn: None,
+            client: queue.client().clone(),
+            key: format!("{}events", queue.prefix()),
+            last: since.to_string(),
+        }
+    }
+
+    /// The id of the last event returned (resume point).
+    pub fn last_seq(&self) -> &str {
+        &self.last
+    }
+
+    /// Wait up to `block` for events after the last one seen; returns at most `count`.
+    /// On a Redis error the connection is dropped and re-made on the next call.
+    pub async fn next_batch(
+        &mut self,
+        block: std::time::Duration,
+        count: usize,
+    ) -> crate::Result<Vec<Event>> {
+        if self.conn.is_none() {
+            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            self.conn = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?,
+            );
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        if self.last == "$" {
+            // Pin "now" to a concrete id so nothing between two calls is missed.
+            let top: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                .arg(&self.key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            self.last = top
+                .first()
+                .map(|t| t.0.clone())
+                .unwrap_or_else(|| "0-0".into());
+        }
+        let reply: redis::RedisResult<Option<XReadReply>> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(&self.last)
+            .query_async(conn)
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::new();
+        for (_, entries) in reply.unwrap_or_default() {
+            for (id, fields) in entries {
+                let pairs: Vec<(String, String)> = fields;
+                self.last = id.clone();
+                out.push(Event::from_stream(id, &pairs));
+            }
+        }
+        Ok(out)
     }
 }

@@ -40,7 +40,7 @@ pub mod testing;
 
 pub use config::QueueConfig;
 pub use error::{QueueError, Result};
-pub use events::Event;
+pub use events::{Event, EventReader};
 pub use job::{Job, JobStatus, KindStats, QueueStats};
 pub use kind::{
     Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep, Restore,

@@ -226,12 +226,17 @@ impl Queue {
         }
         let client = redis::Client::open(cfg.redis_url.as_str())
             .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
-        let pool = deadpool_redis::Config::from_url(cfg.redis_url.clone())
-            .builder()
-            .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?
+        // redis-rs defaults to a 500 ms response timeout; a busy 2-core box running a big
+        // enqueue_bulk can exceed that and report a failure for a script that ran. 5 s.
+        let conn_cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let manager = deadpool_redis::Manager::new_with_config(cfg.redis_url.as_str(), conn_cfg)
+            .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
+        let pool = Pool::builder(manager)
             .max_size(cfg.pool_size)
             .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(2)))
+            .create_timeout(Some(Duration::from_secs(3)))
             .recycle_timeout(Some(Duration::from_secs(2)))
             .runtime(Runtime::Tokio1)
             .build()

@@ -581,3 +581,37 @@ async fn events_carry_seq_and_replay_from_it() {
     assert_eq!(after.len(), 2);
     assert_eq!(after[0].seq, all[1].seq);
 }
+
+#[tokio::test]
+async fn event_reader_blocks_until_events_arrive_and_misses_nothing() {
+    let q = q("reader");
+    q.enqueue(diag()).await.unwrap(); // before the reader: not seen with "$"
+    let mut r = EventReader::new(&q, "$");
+    let t = std::time::Instant::now();
+    assert!(r
+        .next_batch(Duration::from_millis(200), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(150), "it blocked");
+    let id = q
+        .enqueue(diag().account("acme").reseller("r1"))
+        .await
+        .unwrap()
+        .id;
+    let q2 = q.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q2.cancel(&id).await.unwrap();
+    });
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(r.next_batch(Duration::from_secs(2), 10).await.unwrap());
+    }
+    later.await.unwrap();
+    assert_eq!(got[0].kind, "status");
+    assert_eq!(got[0].account.as_deref(), Some("acme"));
+    assert_eq!(got[0].reseller.as_deref(), Some("r1"));
+    assert_eq!(got[1].kind, "complete");
+    assert_eq!(r.last_seq(), got[1].seq);
+}

@@ -1,0 +1,242 @@
+//! The agent's config file (TOML).
+//!
+//! ```toml
+//! socket_path = "/run/npanel/agent.sock"
+//! socket_gid = 990            # group owner of the socket (mode 0660); optional
+//! allowed_uids = [990]        # callers allowed by uid (SO_PEERCRED)
+//! allowed_gids = [990]        # callers allowed by primary gid
+//! allow_root = true           # uid 0 is always allowed unless set to false
+//! request_timeout_ms = 5000
+//! freeze_timeout_ms = 2000
+//! cgroup_root = "/sys/fs/cgroup/npanel.slice"
+//! home_root = "/home"
+//! home_device = "8:0"         # MAJ:MIN for io.max; default: the disk holding home_root
+//! min_account_uid = 1000      # prepare_home refuses owners below this
+//!
+//! [limits]                    # defaults for apply_limits
+//! cpu_max = "50000 100000"
+//! memory_max = 536870912
+//! io_rbps = 52428800
+//! io_wbps = 52428800
+//! pids_max = 256
+//!
+//! [fallback]                  # rlimits where a controller is missing
+//! cpu_seconds = 3600
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+use crate::protocol::Limits;
+
+/// Default config file location.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/npanel/agent.toml";
+/// Default socket path.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/npanel/agent.sock";
+/// Default cgroup root.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/npanel.slice";
+
+/// The agent's configuration. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub socket_path: PathBuf,
+    /// Group owner of the socket; the socket is mode 0660, so this is the
+    /// group whose members can connect at all (the allow lists then decide).
+    pub socket_gid: Option<u32>,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    /// uid 0 is allowed unless this is false: root can do everything the
+    /// agent does anyway, and the watchdog (root) must be able to ping.
+    pub allow_root: bool,
+    pub request_timeout_ms: u64,
+    pub freeze_timeout_ms: u64,
+    pub cgroup_root: PathBuf,
+    pub home_root: PathBuf,
+    /// `MAJ:MIN` of the block device for `io.max`; default: the whole disk
+    /// holding `home_root`.
+    pub home_device: Option<String>,
+    pub min_account_uid: u32,
+    pub limits: Limits,
+    pub fallback: Fallback,
+}
+
+/// rlimit fallback settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fallback {
+    /// RLIMIT_CPU (total CPU seconds of one process) used when the `cpu`
+    /// controller is missing. Not a rate limit: a different, cruder guard.
+    pub cpu_seconds: u64,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Self { cpu_seconds: 3600 }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            socket_path: DEFAULT_SOCKET_PATH.into(),
+            socket_gid: None,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            allow_root: true,
+            request_timeout_ms: 5_000,
+            freeze_timeout_ms: 2_000,
+            cgroup_root: DEFAULT_CGROUP_ROOT.into(),
+            home_root: "/home".into(),
+            home_device: None,
+            min_account_uid: 1000,
+            limits: Limits::default(),
+            fallback: Fallback::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, AgentError> {
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| AgentError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks the values for sense.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |m: String| Err(AgentError::Config(m));
+        if !self.socket_path.is_absolute() {
+            return bad(format!(
+                "socket_path {} must be absolute",
+                self.socket_path.display()
+            ));
+        }
+        if !self.cgroup_root.is_absolute() || self.cgroup_root.parent().is_none() {
+            return bad(format!(
+                "cgroup_root {} must be an absolute path below /",
+                self.cgroup_root.display()
+            ));
+        }
+        if !self.home_root.is_absolute() {
+            return bad(format!(
+                "home_root {} must be absolute",
+                self.home_root.display()
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.freeze_timeout_ms == 0 {
+            return bad("request_timeout_ms and freeze_timeout_ms must be > 0".into());
+        }
+        if let Some(dev) = &self.home_device {
+            parse_dev(dev).map_err(AgentError::Config)?;
+        }
+        if self.min_account_uid == 0 {
+            return bad("min_account_uid must be > 0 (homes are never owned by root)".into());
+        }
+        self.limits.validate().map_err(AgentError::Config)?;
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn freeze_timeout(&self) -> Duration {
+        Duration::from_millis(self.freeze_timeout_ms)
+    }
+
+    /// Whether a peer with these credentials may talk to the agent.
+    pub fn peer_allowed(&self, uid: u32, gid: u32) -> bool {
+        (uid == 0 && self.allow_root)
+            || self.allowed_uids.contains(&uid)
+            || self.allowed_gids.contains(&gid)
+    }
+}
+
+/// Parses `MAJ:MIN`.
+pub fn parse_dev(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("device {s:?} is not MAJ:MIN"))?;
+    let maj = a
+        .parse()
+        .map_err(|_| format!("device {s:?}: bad major number"))?;
+    let min = b
+        .parse()
+        .map_err(|_| format!("device {s:?}: bad minor number"))?;
+    Ok((maj, min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_documented_defaults() {
+        let c = AgentConfig::from_toml("").unwrap();
+        assert_eq!(c.cgroup_root, Path::new("/sys/fs/cgroup/npanel.slice"));
+        assert_eq!(c.limits.cpu_max.to_string(), "50000 100000");
+        assert_eq!(c.limits.memory_max, 536_870_912);
+        assert_eq!(c.limits.io_rbps, 52_428_800);
+        assert_eq!(c.limits.pids_max, 256);
+        assert!(c.allow_root);
+        assert!(c.peer_allowed(0, 0));
+        assert!(!c.peer_allowed(1000, 1000));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = AgentConfig::from_toml(
+            r#"
+            socket_path = "/tmp/x.sock"
+            socket_gid = 990
+            allowed_uids = [1000]
+            allowed_gids = [990]
+            allow_root = false
+            request_timeout_ms = 100
+            cgroup_root = "/tmp/cg"
+            home_device = "8:0"
+            [limits]
+            pids_max = 20
+            cpu_max = "max 100000"
+            [fallback]
+            cpu_seconds = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.pids_max, 20);
+        assert_eq!(c.limits.cpu_max.quota_us, None);
+        assert_eq!(c.fallback.cpu_seconds, 5);
+        assert!(!c.peer_allowed(0, 0));
+        assert!(c.peer_allowed(1000, 5));
+        assert!(c.peer_allowed(5, 990));
+        assert!(!c.peer_allowed(5, 5));
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        for bad in [
+            "socket_path = \"relative.sock\"",
+            "cgroup_root = \"/\"",
+            "request_timeout_ms = 0",
+            "home_device = \"sda\"",
+            "[limits]\npids_max = 0",
+            "[limits]\ncpu_max = \"lots\"",
+            "unknown_key = 1",
+            "socket_path = [",
+        ] {
+            assert!(AgentConfig::from_toml(bad).is_err(), "accepted: {bad}");
+        }
+    }
+}

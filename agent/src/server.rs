@@ -1,0 +1,346 @@
+//! The agent's server: Unix socket, peer credentials, typed requests.
+//!
+//! Each connection is served by its own task, so requests from different
+//! callers run concurrently; each request gets the config's request timeout.
+//! The filesystem work runs on the blocking pool. Every request takes a
+//! snapshot of the current [`State`], so a config reload (SIGHUP) never
+//! disturbs requests already in flight.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cgroup::{resolve_io_device, CgroupManager};
+use crate::config::{parse_dev, AgentConfig};
+use crate::error::AgentError;
+use crate::home;
+use crate::protocol::{
+    parse_request_line, ErrorCode, Pong, Reply, Request, Response, MAX_LINE_BYTES, PROTOCOL_VERSION,
+};
+
+/// Config plus what was derived from it.
+#[derive(Debug)]
+pub struct State {
+    pub config: AgentConfig,
+    pub cgroups: CgroupManager,
+}
+
+impl State {
+    /// Probes the host for the config's cgroup root and home device.
+    pub fn new(config: AgentConfig) -> Self {
+        let configured = config
+            .home_device
+            .as_deref()
+            .and_then(|d| parse_dev(d).ok());
+        let io_dev = resolve_io_device(configured, &config.home_root);
+        let cgroups = CgroupManager::open(&config.cgroup_root, io_dev, config.fallback);
+        Self { config, cgroups }
+    }
+}
+
+/// The state shared by all connections, swappable on reload.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    inner: Arc<RwLock<Arc<State>>>,
+    started: Instant,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(Arc::new(state))),
+            started: Instant::now(),
+        }
+    }
+
+    /// The current state (requests keep the snapshot they started with).
+    pub fn current(&self) -> Arc<State> {
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the config. A config that fails validation, or that changes
+    /// the socket path (which needs a restart), is refused and the old one
+    /// stays.
+    pub fn reload(&self, config: AgentConfig) -> Result<(), AgentError> {
+        config.validate()?;
+        let old = self.current();
+        if config.socket_path != old.config.socket_path {
+            return Err(AgentError::Config(format!(
+                "socket_path cannot change on reload ({} -> {}); restart the agent",
+                old.config.socket_path.display(),
+                config.socket_path.display()
+            )));
+        }
+        set_socket_owner(&config)?;
+        let state = State::new(config);
+        state.cgroups.log_capabilities();
+        match self.inner.write() {
+            Ok(mut g) => *g = Arc::new(state),
+            Err(p) => *p.into_inner() = Arc::new(state),
+        }
+        Ok(())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Binds the socket: creates the parent directory, removes a stale socket
+/// (refusing if another agent answers on it, or if the path is not a socket),
+/// and sets mode 0660 and the configured group.
+pub fn bind(config: &AgentConfig) -> Result<UnixListener, AgentError> {
+    let path = &config.socket_path;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AgentError::Busy(format!(
+                    "another process is listening on {}",
+                    path.display()
+                )));
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket");
+            std::fs::remove_file(path).map_err(|e| AgentError::io(path, e))?;
+        }
+        Ok(_) => {
+            return Err(AgentError::Config(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    // Create the socket with no access for others from the start.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(|e| AgentError::io(path, e))?;
+    set_socket_owner(config)?;
+    Ok(listener)
+}
+
+fn set_socket_owner(config: &AgentConfig) -> Result<(), AgentError> {
+    let path = &config.socket_path;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| AgentError::io(path, e))?;
+    if let Some(gid) = config.socket_gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| AgentError::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Accepts connections until `shutdown` is cancelled, then waits (up to the
+/// request timeout plus a second) for in-flight requests and removes the
+/// socket.
+pub async fn serve(listener: UnixListener, shared: Shared, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    let stop = shutdown.clone();
+                    tracker.spawn(async move { serve_connection(stream, shared, stop).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    let state = shared.current();
+    let path = state.config.socket_path.clone();
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
+    }
+    tracker.close();
+    let grace = state.config.request_timeout() + Duration::from_secs(1);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within {grace:?}");
+    }
+    tracing::info!("server stopped");
+}
+
+async fn serve_connection(stream: UnixStream, shared: Shared, shutdown: CancellationToken) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = limited.read_until(b'\n', &mut buf) => r,
+        };
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("read error: {e}");
+                return;
+            }
+        }
+        // Checked per request, so a reload that drops a caller takes effect
+        // on open connections too. The answer comes after reading the line,
+        // so the caller sees it instead of a broken pipe.
+        let state = shared.current();
+        if !state.config.peer_allowed(uid, gid) {
+            tracing::warn!(uid, gid, ?pid, "caller refused: not on the allow list");
+            let resp = Response::error(
+                None,
+                ErrorCode::NotPermitted,
+                format!("uid {uid} / gid {gid} is not allowed to use the agent"),
+            );
+            let _ = w.write_all(resp.to_line().as_bytes()).await;
+            return;
+        }
+        if buf.last() != Some(&b'\n') && buf.len() >= MAX_LINE_BYTES {
+            let resp = Response::error(
+                None,
+                ErrorCode::Malformed,
+                format!("request line longer than {MAX_LINE_BYTES} bytes; closing"),
+            );
+            let _ = w.write_all(resp.to_line().as_bytes()).await;
+            return;
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let response = match parse_request_line(&buf) {
+            Err(rej) => {
+                tracing::info!(uid, code = %rej.error.code, "rejected request: {}", rej.error.message);
+                Response {
+                    v: PROTOCOL_VERSION,
+                    id: rej.id,
+                    body: crate::protocol::ResponseBody::Error(rej.error),
+                }
+            }
+            Ok((id, request)) => {
+                let op = request.op();
+                let t0 = Instant::now();
+                let timeout = state.config.request_timeout();
+                let result =
+                    tokio::time::timeout(timeout, handle(state.clone(), &shared, request)).await;
+                let resp = match result {
+                    Ok(Ok(reply)) => Response::ok(id, reply),
+                    Ok(Err(e)) => Response::error(id, e.code(), e.to_string()),
+                    Err(_) => Response::error(
+                        id,
+                        ErrorCode::Timeout,
+                        format!("{op} did not finish within the request timeout of {timeout:?}"),
+                    ),
+                };
+                tracing::info!(
+                    uid,
+                    op,
+                    ms = t0.elapsed().as_millis() as u64,
+                    ok = matches!(resp.body, crate::protocol::ResponseBody::Ok(_)),
+                    "request"
+                );
+                resp
+            }
+        };
+        if w.write_all(response.to_line().as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Carries out one request.
+pub async fn handle(
+    state: Arc<State>,
+    shared: &Shared,
+    request: Request,
+) -> Result<Reply, AgentError> {
+    if let Request::Ping = request {
+        return Ok(Reply::Pong(Pong {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_ms: shared.uptime().as_millis() as u64,
+            capabilities: state.cgroups.capabilities().clone(),
+        }));
+    }
+    tokio::task::spawn_blocking(move || handle_blocking(&state, request))
+        .await
+        .map_err(|e| AgentError::Internal(format!("request task failed: {e}")))?
+}
+
+fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentError> {
+    let cfg = &state.config;
+    let cg = &state.cgroups;
+    match request {
+        Request::Ping => Err(AgentError::Internal("ping is answered elsewhere".into())),
+        Request::ApplyLimits { account, limits } => {
+            let limits = cfg.limits.patched(&limits);
+            limits.validate().map_err(AgentError::InvalidRequest)?;
+            Ok(Reply::LimitsApplied(cg.apply_limits(&account, &limits)?))
+        }
+        Request::Freeze { account } => {
+            cg.freeze(&account, cfg.freeze_timeout())?;
+            Ok(Reply::Frozen { account })
+        }
+        Request::Thaw { account } => {
+            cg.thaw(&account, cfg.freeze_timeout())?;
+            Ok(Reply::Thawed { account })
+        }
+        Request::Kill { account } => {
+            let (method, pids_signalled, emptied) = cg.kill(&account, cfg.freeze_timeout())?;
+            Ok(Reply::Killed {
+                account,
+                method,
+                pids_signalled,
+                emptied,
+            })
+        }
+        Request::Remove { account } => {
+            let existed = cg.remove(&account, cfg.freeze_timeout())?;
+            Ok(Reply::Removed { account, existed })
+        }
+        Request::Usage { account } => Ok(Reply::Usage(cg.usage(&account)?)),
+        Request::DiskUsage { account } => Ok(Reply::DiskUsage(home::disk_usage(
+            &cfg.home_root,
+            &account,
+        )?)),
+        Request::PrepareHome { account, uid, gid } => {
+            let path = home::prepare_home(&cfg.home_root, &account, uid, gid, cfg.min_account_uid)?;
+            Ok(Reply::HomePrepared {
+                account,
+                path: path.display().to_string(),
+                uid,
+                gid,
+                mode: home::HOME_MODE,
+            })
+        }
+    }
+}
+
+/// Whether a path is a Unix socket (for tests and tools).
+pub fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}

@@ -1,0 +1,256 @@
+//! Helpers shared by the integration tests: temp dirs shaped like cgroupfs,
+//! agent processes with their own config and socket, raw socket I/O.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_npanel-agent");
+pub const WATCHDOG_BIN: &str = env!("CARGO_BIN_EXE_npanel-watchdog");
+
+/// Creates a directory shaped like a cgroup v2 root with every controller
+/// available and enabled, plus cgroup.freeze and cgroup.kill.
+pub fn fake_cgroup_root(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+    std::fs::write(dir.join("cgroup.subtree_control"), "cpu io memory pids\n").unwrap();
+    std::fs::write(dir.join("cgroup.freeze"), "0\n").unwrap();
+    std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+}
+
+/// Files the kernel would create in an account cgroup.
+pub fn fake_account_cgroup(dir: &Path, populated: bool, with_kill: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cgroup.freeze"), "0\n").unwrap();
+    std::fs::write(
+        dir.join("cgroup.events"),
+        format!("populated {}\nfrozen 0\n", u8::from(populated)),
+    )
+    .unwrap();
+    std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+    if with_kill {
+        std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+    }
+}
+
+/// A test sandbox: temp dir with a fake cgroup root, a home root and a config.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("npanel-agent-test")
+            .tempdir()
+            .unwrap();
+        // traversable, so tests running a client as another uid can reach the socket
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        fake_cgroup_root(&dir.path().join("cg"));
+        std::fs::create_dir(dir.path().join("home")).unwrap();
+        Self { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("agent.sock")
+    }
+    pub fn cgroot(&self) -> PathBuf {
+        self.path().join("cg")
+    }
+    pub fn home(&self) -> PathBuf {
+        self.path().join("home")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("agent.toml")
+    }
+    /// Writes the config file: base settings for this sandbox plus `extra`
+    /// (TOML top-level keys; `[limits]` etc. may follow).
+    pub fn write_config(&self, extra: &str) {
+        // top-level keys must come before any [table] of `extra`
+        let text = format!(
+            "socket_path = {:?}\ncgroup_root = {:?}\nhome_root = {:?}\nhome_device = \"8:0\"\n{extra}\n",
+            self.socket(),
+            self.cgroot(),
+            self.home()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+}
+
+/// A running `npanel-agent`, killed on drop.
+pub struct AgentProc {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(sb: &Sandbox) -> Self {
+        Self::start_with_env(sb, &[])
+    }
+    pub fn start_with_env(sb: &Sandbox, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(AGENT_BIN);
+        cmd.arg("--config")
+            .arg(sb.config_path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut me = Self {
+            child,
+            socket: sb.socket(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = me.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = me.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("agent exited at start ({st}): {err}");
+            }
+            if let Ok(v) = try_request(
+                &me.socket,
+                r#"{"v":1,"op":"ping"}"#,
+                Duration::from_millis(500),
+            ) {
+                if v.get("ok").is_some() {
+                    return me;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not answer within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+    /// Waits for exit (with a deadline) and returns the status and stderr.
+    pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (st, err);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until a ping on `socket` gets an `ok` answer.
+pub fn wait_answering(socket: &Path, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(v) = try_request(socket, r#"{"v":1,"op":"ping"}"#, Duration::from_millis(500)) {
+            if v.get("ok").is_some() {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent at {} did not answer within {limit:?}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One connection, one request line, one answer.
+pub fn try_request(socket: &Path, line: &str, timeout: Duration) -> std::io::Result<Value> {
+    let mut conn = Conn::open_timeout(socket, timeout)?;
+    conn.send(line)
+}
+
+pub fn request(socket: &Path, line: &str) -> Value {
+    try_request(socket, line, Duration::from_secs(10)).unwrap()
+}
+
+/// A connection for several request lines.
+pub struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Conn {
+    pub fn open(socket: &Path) -> Self {
+        Self::open_timeout(socket, Duration::from_secs(10)).unwrap()
+    }
+    pub fn open_timeout(socket: &Path, timeout: Duration) -> std::io::Result<Self> {
+        let s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+    pub fn send(&mut self, line: &str) -> std::io::Result<Value> {
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\n")?;
+        self.read()
+    }
+    pub fn read(&mut self) -> std::io::Result<Value> {
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        serde_json::from_str(&answer)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// The error code of an answer (panics on an ok answer).
+pub fn error_code(v: &Value) -> String {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error answer, got {v}"))
+        .to_string()
+}
+
+/// The ok body of an answer (panics on an error answer).
+pub fn ok(v: &Value) -> &Value {
+    v.get("ok")
+        .unwrap_or_else(|| panic!("expected an ok answer, got {v}"))
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
