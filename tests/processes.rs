@@ -40,6 +40,7 @@ fn diag(ms: u64) -> NewJob {
         duration_ms: ms,
         steps: 2,
         fail_attempts: 0,
+        ..Default::default()
     })
 }
 
@@ -149,6 +150,7 @@ async fn a_sigkilled_worker_loses_no_job() {
             duration_ms: 3000,
             steps: 6,
             fail_attempts: 0,
+            ..Default::default()
         }))
         .await
         .unwrap()

@@ -2,7 +2,7 @@
 -- told over pub/sub (it also learns at its next lease renewal or progress write).
 -- ARGV[5] id. Returns { outcome, status } with outcome: cancelled | cancelling | finished | not_found.
 local id = ARGV[5]
-local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account')
+local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account', 'reseller')
 local st = j[1]
 if not st then return { 'not_found', '' } end
 if st == 'queued' or st == 'retrying' then
@@ -10,13 +10,13 @@ if st == 'queued' or st == 'retrying' then
   redis.call('ZREM', P .. 'delayed', id)
   redis.call('ZREM', KEYS[1], id)
   finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
-  complete_event(id, false, 'cancelled')
+  complete_event(id, false, 'cancelled', j[3], j[4])
   redis.call('PUBLISH', P .. 'wake', j[2])
   return { 'cancelled', 'cancelled' }
 elseif st == 'running' then
   redis.call('HSET', jkey(id), 'cancel', 1)
   redis.call('PUBLISH', P .. 'cancel', id)
-  status_event(id, 'cancelling')
+  status_event(id, 'cancelling', nil, j[3], j[4])
   return { 'cancelling', 'running' }
 end
 return { 'finished', st }

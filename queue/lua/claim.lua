@@ -28,7 +28,7 @@ for i = 8, #ARGV, 2 do
   while running < limit and taken < want do
     local id = redis.call('LPOP', P .. 'ready:' .. kind)
     if not id then break end
-    local j = redis.call('HMGET', jkey(id), 'status', 'payload', 'max_attempts', 'account')
+    local j = redis.call('HMGET', jkey(id), 'status', 'payload', 'max_attempts', 'account', 'reseller')
     if j[1] == 'queued' then
       local attempts = redis.call('HINCRBY', jkey(id), 'attempts', 1)
       local token = worker .. '/' .. attempts
@@ -38,7 +38,7 @@ for i = 8, #ARGV, 2 do
       redis.call('ZREM', KEYS[1], id)
       running = running + 1
       taken = taken + 1
-      status_event(id, 'running', { attempt = attempts })
+      status_event(id, 'running', { attempt = attempts }, j[4], j[5])
       table.insert(out, id)
       table.insert(out, kind)
       table.insert(out, j[2])

@@ -14,11 +14,10 @@ local function jkey(id) return P .. 'job:' .. id end
 local function lkey(id) return P .. 'log:' .. id end
 
 -- Every event names the job's account and reseller so fan-out can filter by tenant without
--- reading the job.
-local function emit(id, typ, data)
-  local t = redis.call('HMGET', jkey(id), 'account', 'reseller')
+-- reading the job. Callers pass them from the job fields they already read.
+local function emit(id, typ, data, account, reseller)
   return redis.call('XADD', P .. 'events', 'MAXLEN', '~', EVMAX, '*', 'job', id, 'type', typ,
-    'data', data, 'account', t[1] or '', 'reseller', t[2] or '')
+    'data', data, 'account', account or '', 'reseller', reseller or '')
 end
 
 local function make_ready(id, kind, front)
@@ -64,24 +63,28 @@ local function finish(id, status, account, fields)
   redis.call('PEXPIRE', jkey(id), RETENTION)
   redis.call('PEXPIRE', lkey(id), RETENTION)
   advance_account(id, account)
-  local bucket = P .. 'rate:' .. math.floor(NOW / 10000)
-  redis.call('INCR', bucket)
-  redis.call('PEXPIRE', bucket, 30000)
   trim_finished()
 end
 
-local function complete_event(id, success, msg)
+local function complete_event(id, success, msg, account, reseller)
   local d
   if success then
     d = cjson.encode({ success = true, summary = msg })
   else
     d = cjson.encode({ success = false, error = msg })
   end
-  emit(id, 'complete', d)
+  emit(id, 'complete', d, account, reseller)
 end
 
-local function status_event(id, status, extra)
+local function status_event(id, status, extra, account, reseller)
   local t = extra or {}
   t.status = status
-  emit(id, 'status', cjson.encode(t))
+  emit(id, 'status', cjson.encode(t), account, reseller)
+end
+
+-- Work of `kind` may be claimable now: wake idle workers, but only if some is waiting.
+local function wake(kind)
+  if redis.call('LLEN', P .. 'ready:' .. kind) > 0 then
+    redis.call('PUBLISH', P .. 'wake', kind)
+  end
 end

@@ -20,8 +20,8 @@ for i = 0, n - 1 do
 end
 local pending = redis.call('ZCARD', KEYS[1])
 if fresh > 0 and pending + fresh > max_pending then
-  -- Estimate when room frees up from the completion rate of the last full 10 s bucket.
-  local done = tonumber(redis.call('GET', P .. 'rate:' .. (math.floor(NOW / 10000) - 1)) or '0')
+  -- Estimate when room frees up from the completions of the last 10 s.
+  local done = redis.call('ZCOUNT', P .. 'finished', NOW - 10000, '+inf')
   local need = pending + fresh - max_pending
   local retry = 30
   if done > 0 then retry = math.ceil(need / (done / 10)) end
@@ -48,7 +48,7 @@ for i = 0, n - 1 do
     else
       make_ready(id, kind, false)
     end
-    status_event(id, 'queued')
+    status_event(id, 'queued', nil, account, reseller)
     woke[kind] = true
     table.insert(out, id)
     table.insert(out, 0)

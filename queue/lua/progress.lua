@@ -3,7 +3,7 @@
 -- ARGV[9] event data JSON, ARGV[10] number of hash field pairs, then the pairs, then log lines.
 -- Returns { owned 0/1, cancel requested 0/1 }.
 local id, token, lease = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local j = redis.call('HMGET', jkey(id), 'status', 'token', 'cancel')
+local j = redis.call('HMGET', jkey(id), 'status', 'token', 'cancel', 'account', 'reseller')
 if j[1] ~= 'running' or j[2] ~= token then return { 0, 0 } end
 redis.call('ZADD', P .. 'leases', 'XX', NOW + lease, id)
 local npairs = tonumber(ARGV[10])
@@ -12,10 +12,10 @@ if npairs > 0 then
   for i = 11, 10 + npairs * 2 do table.insert(f, ARGV[i]) end
   redis.call('HSET', jkey(id), unpack(f))
 end
-if ARGV[8] ~= '' then emit(id, ARGV[8], ARGV[9]) end
+if ARGV[8] ~= '' then emit(id, ARGV[8], ARGV[9], j[4], j[5]) end
 for i = 11 + npairs * 2, #ARGV do
   redis.call('RPUSH', lkey(id), ARGV[i])
-  emit(id, 'log', cjson.encode({ line = ARGV[i] }))
+  emit(id, 'log', cjson.encode({ line = ARGV[i] }), j[4], j[5])
 end
 if #ARGV >= 11 + npairs * 2 then redis.call('LTRIM', lkey(id), -100, -1) end
 local c = 0

@@ -2,7 +2,7 @@
 -- its account's line. ARGV[5] id, ARGV[6] max_pending.
 -- Returns { 'ok' } | { 'full', pending, retry_after } | { 'conflict', status } | { 'not_found' }.
 local id, max_pending = ARGV[5], tonumber(ARGV[6])
-local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account')
+local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account', 'reseller')
 if not j[1] then return { 'not_found' } end
 if j[1] ~= 'failed' and j[1] ~= 'cancelled' then return { 'conflict', j[1] } end
 local pending = redis.call('ZCARD', KEYS[1])
@@ -19,6 +19,6 @@ if account ~= '' then
 else
   make_ready(id, j[2], false)
 end
-status_event(id, 'queued', { reason = 'retry requested' })
+status_event(id, 'queued', { reason = 'retry requested' }, account, j[4])
 redis.call('PUBLISH', P .. 'wake', j[2])
 return { 'ok' }

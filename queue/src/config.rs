@@ -25,7 +25,7 @@ pub struct QueueConfig {
     pub events_maxlen: u64,
     /// How long an idempotency key maps to its job, in seconds. Default 24 h.
     pub idempotency_ttl_secs: u64,
-    /// Redis connections in this process's pool. Default 32.
+    /// Multiplexed Redis connections this process opens (requests are pipelined on each). Default 4.
     pub pool_size: usize,
     /// Starting per-kind concurrency limits, used until an admin sets one at runtime.
     /// Missing kinds use the built-in defaults (provision 10, restore 3, ...).
@@ -43,7 +43,7 @@ impl Default for QueueConfig {
             max_finished: 50_000,
             events_maxlen: 10_000,
             idempotency_ttl_secs: 24 * 3600,
-            pool_size: 32,
+            pool_size: 4,
             limits: BTreeMap::new(),
         }
     }

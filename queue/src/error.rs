@@ -60,11 +60,5 @@ impl From<redis::RedisError> for QueueError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for QueueError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        QueueError::Unavailable(e.to_string())
-    }
-}
-
 /// Result alias.
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;

@@ -170,6 +170,12 @@ pub struct Diagnostic {
     pub steps: u32,
     /// How many attempts fail before one succeeds.
     pub fail_attempts: u32,
+    /// Free number, ignored by the handler: load tests carry a send timestamp here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Free text, ignored by the handler: load tests pad jobs to the peers' job shape with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 impl JobPayload for Diagnostic {
     const KIND: JobKind = JobKind::Diagnostic;

@@ -6,10 +6,11 @@ use crate::job::{Job, JobStatus, KindStats, QueueStats};
 use crate::progress::ProgressWrite;
 use crate::scripts;
 use crate::{JobKind, JobPayload, QueueConfig, QueueError, Result};
-use deadpool_redis::{Pool, Runtime};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A job to enqueue.
@@ -167,8 +168,36 @@ pub struct ListFilter {
     pub limit: Option<usize>,
 }
 
+/// A few auto-reconnecting multiplexed connections, used round-robin. Each pipelines every
+/// concurrent request on it, so no checkout is needed: see the crate docs for why this replaced
+/// deadpool-redis.
+struct Conns {
+    client: redis::Client,
+    slots: Vec<OnceLock<ConnectionManager>>,
+    next: AtomicUsize,
+}
+
+impl Conns {
+    fn get(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.slots[i]
+            .get_or_init(|| {
+                let cfg = ConnectionManagerConfig::new()
+                    // redis-rs defaults to 500 ms; a big enqueue_bulk on a busy 2-core box can
+                    // exceed that and report a failure for a script that ran.
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+                    .expect("lazy connection manager")
+            })
+            .clone()
+    }
+}
+
 struct Inner {
-    pool: Pool,
+    conns: Arc<Conns>,
     client: redis::Client,
     cfg: QueueConfig,
     prefix: String,
@@ -226,25 +255,15 @@ impl Queue {
         }
         let client = redis::Client::open(cfg.redis_url.as_str())
             .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
-        // redis-rs defaults to a 500 ms response timeout; a busy 2-core box running a big
-        // enqueue_bulk can exceed that and report a failure for a script that ran. 5 s.
-        let conn_cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(2)));
-        let manager = deadpool_redis::Manager::new_with_config(cfg.redis_url.as_str(), conn_cfg)
-            .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(3)))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| QueueError::Invalid(format!("redis pool: {e}")))?;
+        let conns = Arc::new(Conns {
+            client: client.clone(),
+            slots: (0..cfg.pool_size).map(|_| OnceLock::new()).collect(),
+            next: AtomicUsize::new(0),
+        });
         let prefix = cfg.prefix();
         Ok(Queue {
             inner: Arc::new(Inner {
-                pool,
+                conns,
                 client,
                 cfg,
                 prefix,
@@ -257,7 +276,7 @@ impl Queue {
     /// binary passes the kinds it has handlers for.
     pub fn with_available_kinds(self, kinds: impl IntoIterator<Item = JobKind>) -> Queue {
         let inner = Inner {
-            pool: self.inner.pool.clone(),
+            conns: self.inner.conns.clone(),
             client: self.inner.client.clone(),
             cfg: self.inner.cfg.clone(),
             prefix: self.inner.prefix.clone(),
@@ -301,8 +320,8 @@ impl Queue {
         format!("{}cancel", self.inner.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        Ok(self.inner.pool.get().await?)
+    async fn conn(&self) -> Result<ConnectionManager> {
+        Ok(self.inner.conns.get())
     }
 
     fn script<'a>(&self, s: &'a redis::Script) -> redis::ScriptInvocation<'a> {

@@ -62,6 +62,7 @@ fn diag(duration_ms: u64, steps: u32, fail_attempts: u32) -> NewJob {
         duration_ms,
         steps,
         fail_attempts,
+        ..Default::default()
     })
 }
 
