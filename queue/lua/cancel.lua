@@ -8,6 +8,7 @@ if not st then return { 'not_found', '' } end
 if st == 'queued' or st == 'retrying' then
   redis.call('LREM', P .. 'ready:' .. j[2], 1, id)
   redis.call('ZREM', P .. 'delayed', id)
+  redis.call('HDEL', jkey(id), 'run_at')
   redis.call('ZREM', KEYS[1], id)
   finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
   complete_event(id, false, 'cancelled', j[3], j[4])

@@ -25,19 +25,22 @@ for i = 8, #ARGV, 2 do
   local kind = ARGV[i]
   local limit = tonumber(redis.call('HGET', P .. 'limits', kind) or ARGV[i + 1])
   local running = tonumber(redis.call('HGET', P .. 'running', kind) or '0')
+  local took = 0
   while running < limit and taken < want do
     local id = redis.call('LPOP', P .. 'ready:' .. kind)
     if not id then break end
-    local j = redis.call('HMGET', jkey(id), 'status', 'payload', 'max_attempts', 'account', 'reseller')
+    local j = redis.call('HMGET', jkey(id), 'status', 'payload', 'max_attempts', 'account',
+      'reseller', 'attempts')
     if j[1] == 'queued' then
-      local attempts = redis.call('HINCRBY', jkey(id), 'attempts', 1)
+      local attempts = tonumber(j[6] or '0') + 1
       local token = worker .. '/' .. attempts
-      redis.call('HSET', jkey(id), 'status', 'running', 'started_at', NOW, 'token', token, 'worker', worker)
+      redis.call('HSET', jkey(id), 'status', 'running', 'started_at', NOW, 'token', token,
+        'worker', worker, 'attempts', attempts)
       redis.call('ZADD', P .. 'leases', NOW + lease, id)
-      redis.call('HINCRBY', P .. 'running', kind, 1)
       redis.call('ZREM', KEYS[1], id)
       running = running + 1
       taken = taken + 1
+      took = took + 1
       status_event(id, 'running', { attempt = attempts }, j[4], j[5])
       table.insert(out, id)
       table.insert(out, kind)
@@ -48,5 +51,6 @@ for i = 8, #ARGV, 2 do
       table.insert(out, token)
     end
   end
+  if took > 0 then redis.call('HINCRBY', P .. 'running', kind, took) end
 end
 return out

@@ -33,14 +33,18 @@ end
 local function advance_account(id, account)
   if not account or account == '' then return end
   local key = P .. 'acct:' .. account
-  local head = redis.call('LINDEX', key, 0)
-  redis.call('LREM', key, 1, id)
-  if head == id then
-    local nxt = redis.call('LINDEX', key, 0)
-    if nxt then
-      local st = redis.call('HMGET', jkey(nxt), 'status', 'kind')
-      if st[1] == 'queued' then make_ready(nxt, st[2], false) end
-    end
+  local head = redis.call('LPOP', key)
+  if not head then return end
+  if head ~= id then
+    -- Not the head (a queued job cancelled further back): put the head back, remove the job.
+    redis.call('LPUSH', key, head)
+    redis.call('LREM', key, 1, id)
+    return
+  end
+  local nxt = redis.call('LINDEX', key, 0)
+  if nxt then
+    local st = redis.call('HMGET', jkey(nxt), 'status', 'kind')
+    if st[1] == 'queued' then make_ready(nxt, st[2], false) end
   end
 end
 
@@ -55,15 +59,14 @@ local function trim_finished()
   end
 end
 
--- Move a job to a final state. `fields` is a flat list of extra hash fields.
-local function finish(id, status, account, fields)
-  redis.call('HSET', jkey(id), 'status', status, 'finished_at', NOW, unpack(fields))
-  redis.call('HDEL', jkey(id), 'token', 'run_at')
+-- Move a job to a final state. `fields` is a flat list of extra hash fields; `logged` false
+-- when the job is known to have no log list. The count cap is applied by the reaper.
+local function finish(id, status, account, fields, logged)
+  redis.call('HSET', jkey(id), 'status', status, 'finished_at', NOW, 'token', '', unpack(fields))
   redis.call('ZADD', P .. 'finished', NOW, id)
   redis.call('PEXPIRE', jkey(id), RETENTION)
-  redis.call('PEXPIRE', lkey(id), RETENTION)
+  if logged ~= false then redis.call('PEXPIRE', lkey(id), RETENTION) end
   advance_account(id, account)
-  trim_finished()
 end
 
 local function complete_event(id, success, msg, account, reseller)

@@ -7,11 +7,13 @@ local j = redis.call('HMGET', jkey(id), 'status', 'token', 'cancel', 'account', 
 if j[1] ~= 'running' or j[2] ~= token then return { 0, 0 } end
 redis.call('ZADD', P .. 'leases', 'XX', NOW + lease, id)
 local npairs = tonumber(ARGV[10])
-if npairs > 0 then
-  local f = {}
-  for i = 11, 10 + npairs * 2 do table.insert(f, ARGV[i]) end
-  redis.call('HSET', jkey(id), unpack(f))
+local f = {}
+for i = 11, 10 + npairs * 2 do table.insert(f, ARGV[i]) end
+if #ARGV >= 11 + npairs * 2 then
+  -- remembered so that finishing the job knows whether a log list exists
+  table.insert(f, 'logged'); table.insert(f, '1')
 end
+if #f > 0 then redis.call('HSET', jkey(id), unpack(f)) end
 if ARGV[8] ~= '' then emit(id, ARGV[8], ARGV[9], j[4], j[5]) end
 for i = 11 + npairs * 2, #ARGV do
   redis.call('RPUSH', lkey(id), ARGV[i])

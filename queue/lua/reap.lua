@@ -18,8 +18,7 @@ for _, id in ipairs(expired) do
       finish(id, 'failed', j[3] or '', { 'error', msg })
       complete_event(id, false, msg, j[3], j[7])
     else
-      redis.call('HSET', jkey(id), 'status', 'queued', 'error', 'lease expired: worker lost')
-      redis.call('HDEL', jkey(id), 'token')
+      redis.call('HSET', jkey(id), 'status', 'queued', 'error', 'lease expired: worker lost', 'token', '')
       make_ready(id, j[2], true)
       redis.call('ZADD', KEYS[1], NOW, id)
       status_event(id, 'queued', { reason = 'lease expired' }, j[3], j[7])
@@ -27,5 +26,6 @@ for _, id in ipairs(expired) do
   end
 end
 redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf', NOW - RETENTION)
+trim_finished()
 for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
 return #expired

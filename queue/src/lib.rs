@@ -48,5 +48,6 @@ pub use kind::{
 };
 pub use progress::{EtaEstimator, Flusher, Progress};
 pub use queue::{
-    CancelOutcome, ClaimBatch, Claimed, Enqueued, ListFilter, NewJob, Outcome, Queue, Renewed,
+    CancelOutcome, ClaimBatch, Claimed, Completion, Enqueued, ListFilter, NewJob, Outcome, Queue,
+    Renewed,
 };

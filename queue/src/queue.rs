@@ -135,6 +135,19 @@ pub enum Outcome {
     Requeue,
 }
 
+/// One outcome for [`Queue::complete_many`].
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// Job id.
+    pub id: String,
+    /// Lease token of the attempt.
+    pub token: String,
+    /// Kind (for metrics).
+    pub kind: JobKind,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
 /// Result of a cancel request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -467,28 +480,69 @@ impl Queue {
         kind: JobKind,
         outcome: Outcome,
     ) -> Result<Option<JobStatus>> {
-        let (name, text, delay) = match outcome {
-            Outcome::Succeeded(v) => ("succeeded", v.to_string(), 0),
-            Outcome::Failed(e) => ("failed", e, 0),
-            Outcome::Retry { error, delay } => ("retry", error, delay.as_millis() as u64),
-            Outcome::Cancelled(e) => ("cancelled", e, 0),
-            Outcome::Requeue => ("requeue", String::new(), 0),
-        };
+        let mut v = self
+            .complete_many(&[Completion {
+                id: id.to_string(),
+                token: token.to_string(),
+                kind,
+                outcome,
+            }])
+            .await?;
+        Ok(v.remove(0))
+    }
+
+    /// Record several outcomes in one script (the pool batches completions under load).
+    /// One entry per input, as [`Queue::complete`] returns.
+    pub async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Option<JobStatus>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut inv = self.script(&scripts::COMPLETE);
-        inv.arg(id).arg(token).arg(name).arg(text).arg(delay);
+        inv.arg(items.len());
+        for it in items {
+            let (name, text, delay, okjson) = match &it.outcome {
+                Outcome::Succeeded(v) => (
+                    "succeeded",
+                    v.to_string(),
+                    0,
+                    serde_json::json!({"success": true, "summary": v}).to_string(),
+                ),
+                Outcome::Failed(e) => ("failed", e.clone(), 0, String::new()),
+                Outcome::Retry { error, delay } => (
+                    "retry",
+                    error.clone(),
+                    delay.as_millis() as u64,
+                    String::new(),
+                ),
+                Outcome::Cancelled(e) => ("cancelled", e.clone(), 0, String::new()),
+                Outcome::Requeue => ("requeue", String::new(), 0, String::new()),
+            };
+            inv.arg(&it.id)
+                .arg(&it.token)
+                .arg(name)
+                .arg(text)
+                .arg(delay)
+                .arg(okjson);
+        }
         let mut c = self.conn().await?;
-        let reply = as_array(inv.invoke_async(&mut c).await?)?;
-        let tag = as_str(reply.first().ok_or_else(|| bad("empty"))?)?;
-        let status = as_str(reply.get(1).ok_or_else(|| bad("short"))?)?;
-        if tag != "ok" {
-            return Ok(None);
+        let reply: Vec<String> = inv.invoke_async(&mut c).await?;
+        if reply.len() != items.len() {
+            return Err(bad(reply));
         }
-        let st = JobStatus::parse(&status).ok_or_else(|| bad(&status))?;
-        if st.is_final() {
-            metrics::counter!(crate::metrics::JOBS_FINISHED_TOTAL, "kind" => kind.as_str(), "status" => st.as_str())
-                .increment(1);
+        let mut out = Vec::with_capacity(items.len());
+        for (it, st) in items.iter().zip(reply) {
+            if st == "stale" {
+                out.push(None);
+                continue;
+            }
+            let st = JobStatus::parse(&st).ok_or_else(|| bad(&st))?;
+            if st.is_final() {
+                metrics::counter!(crate::metrics::JOBS_FINISHED_TOTAL, "kind" => it.kind.as_str(), "status" => st.as_str())
+                    .increment(1);
+            }
+            out.push(Some(st));
         }
-        Ok(Some(st))
+        Ok(out)
     }
 
     /// Renew the leases of `(id, token)` pairs this worker holds.

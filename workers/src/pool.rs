@@ -14,13 +14,13 @@
 
 use crate::{backoff, metrics as m, JobContext, JobError, Registry};
 use futures::FutureExt;
-use queue::{Claimed, Flusher, Outcome, Queue};
+use queue::{Claimed, Completion, Flusher, JobStatus, Outcome, Queue};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -79,6 +79,9 @@ struct Local {
 }
 
 type Table = Arc<Mutex<HashMap<String, Local>>>;
+
+/// An outcome waiting to be recorded, and who waits for the answer.
+type Pending = (Completion, oneshot::Sender<Option<Option<JobStatus>>>);
 
 /// Error that stops the pool.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,8 @@ impl Pool {
             self.cfg.reap_interval,
             bg.clone(),
         ));
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Pending>();
+        background.spawn(completer(self.queue.clone(), done_rx));
         info!(worker = %self.worker_id, kinds = ?kinds, concurrency = self.cfg.concurrency, "Worker pool started.");
 
         let this = Arc::new(self);
@@ -164,7 +169,8 @@ impl Pool {
             if free < batch_floor {
                 let _ = tokio::time::timeout(Duration::from_micros(500), freed.notified()).await;
                 if slots.available_permits() < batch_floor {
-                    let _ = tokio::time::timeout(Duration::from_micros(500), freed.notified()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_micros(500), freed.notified()).await;
                 }
             }
             let free = slots.available_permits();
@@ -206,8 +212,9 @@ impl Pool {
                 let this = this.clone();
                 let table = table.clone();
                 let freed = freed.clone();
+                let done = done_tx.clone();
                 tracker.spawn(async move {
-                    this.run_job(job, table).await;
+                    this.run_job(job, table, done).await;
                     drop(permit);
                     freed.notify_one();
                 });
@@ -235,6 +242,7 @@ impl Pool {
             warn!(jobs = ?left, "Shutdown grace over: stopping and requeueing running jobs.");
             tracker.wait().await;
         }
+        drop(done_tx); // the completer ends once every outcome is recorded
         bg.cancel();
         background.close();
         background.wait().await;
@@ -242,7 +250,7 @@ impl Pool {
         Ok(())
     }
 
-    async fn run_job(&self, job: Claimed, table: Table) {
+    async fn run_job(&self, job: Claimed, table: Table, done: mpsc::UnboundedSender<Pending>) {
         let span = info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempt);
         async {
             let started = Instant::now();
@@ -316,7 +324,21 @@ impl Pool {
             if let Some(Outcome::Retry { error, .. } | Outcome::Failed(error)) = Some(&outcome) {
                 warn!(error = %error, "Attempt failed.");
             }
-            self.complete(&job, outcome).await;
+            let (tx, rx) = oneshot::channel();
+            let c = Completion {
+                id: job.id.clone(),
+                token: job.token.clone(),
+                kind: job.kind,
+                outcome,
+            };
+            if done.send((c, tx)).is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(Some(Some(st))) => debug!(status = %st, "Job attempt recorded."),
+                Ok(Some(None)) => warn!("Outcome not recorded: the lease had moved on."),
+                _ => warn!("Outcome not recorded (redis unreachable); the lease will expire and the job run again."),
+            }
         }
         .instrument(span)
         .await
@@ -358,29 +380,47 @@ impl Pool {
             }
         }
     }
+}
 
-    /// Record the outcome, retrying while Redis is unreachable. If it never becomes reachable
-    /// the lease expires and the reaper of some process retries the job: at least once.
-    async fn complete(&self, job: &Claimed, outcome: Outcome) {
+/// Records outcomes, batching whatever has piled up while the previous batch was in flight
+/// (one script call for many jobs under load, one per job when quiet). Retries while Redis is
+/// unreachable; if it stays so, the leases expire and the reaper of some process reruns the
+/// jobs: at least once.
+async fn completer(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    const MAX_BATCH: usize = 128;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
         let mut delay = Duration::from_millis(100);
+        let mut result = None;
         for _ in 0..20 {
-            match self
-                .queue
-                .complete(&job.id, &job.token, job.kind, outcome.clone())
-                .await
-            {
-                Ok(Some(st)) => {
-                    debug!(status = %st, "Job attempt recorded.");
-                    return;
-                }
-                Ok(None) => {
-                    warn!("Outcome not recorded: the lease had moved on.");
-                    return;
+            match queue.complete_many(&items).await {
+                Ok(r) => {
+                    result = Some(r);
+                    break;
                 }
                 Err(e) => {
-                    warn!(error = %e, "Could not record the outcome; retrying.");
+                    warn!(error = %e, jobs = items.len(), "Could not record outcomes; retrying.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        match result {
+            Some(r) => {
+                for ((_, tx), st) in batch.into_iter().zip(r) {
+                    let _ = tx.send(Some(st));
+                }
+            }
+            None => {
+                for (_, tx) in batch {
+                    let _ = tx.send(None);
                 }
             }
         }
