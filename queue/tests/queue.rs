@@ -616,3 +616,49 @@ async fn event_reader_blocks_until_events_arrive_and_misses_nothing() {
     assert_eq!(got[1].kind, "complete");
     assert_eq!(r.last_seq(), got[1].seq);
 }
+
+#[tokio::test]
+async fn complete_many_records_each_outcome_and_flags_stale_ones() {
+    let q = q("many");
+    let k = JobKind::Diagnostic;
+    for _ in 0..4 {
+        q.enqueue(diag().max_attempts(1)).await.unwrap();
+    }
+    let c = claim_all(&q, &[k]).await;
+    let item = |j: &Claimed, token: &str, outcome: Outcome| Completion {
+        id: j.id.clone(),
+        token: token.to_string(),
+        kind: k,
+        outcome,
+    };
+    let res = q
+        .complete_many(&[
+            item(&c[0], &c[0].token, Outcome::Succeeded(json!({"a": 1}))),
+            item(&c[1], "someone-else/1", Outcome::Succeeded(json!(null))),
+            item(
+                &c[2],
+                &c[2].token,
+                Outcome::Retry {
+                    error: "last attempt".into(),
+                    delay: Duration::ZERO,
+                },
+            ),
+            item(&c[3], &c[3].token, Outcome::Requeue),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        res,
+        vec![
+            Some(JobStatus::Succeeded),
+            None,
+            Some(JobStatus::Failed),
+            Some(JobStatus::Queued)
+        ]
+    );
+    assert_eq!(q.get(&c[0].id).await.unwrap().result.unwrap()["a"], 1);
+    assert_eq!(q.get(&c[1].id).await.unwrap().status, JobStatus::Running);
+    let st = q.stats().await.unwrap();
+    assert_eq!(st.kinds["diagnostic"].running, 1, "only the stale one still counts");
+    assert_eq!(st.pending, 1);
+}

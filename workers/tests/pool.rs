@@ -403,3 +403,50 @@ async fn workers_and_reaper_reconnect_after_a_redis_restart() {
     p.shutdown().await;
     r.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_timeouts_are_honoured() {
+    let q = Queue::new(testing::config("retryafter")).unwrap();
+    let reg = Registry::new()
+        .register(JobKind::Diagnostic, |ctx: JobContext| async move {
+            if ctx.attempt == 1 {
+                return Err(JobError::RetryAfter(
+                    Duration::from_millis(700),
+                    "remote busy".into(),
+                ));
+            }
+            Ok(json!("done"))
+        })
+        .register(JobKind::Restore, |ctx: JobContext| async move {
+            // never returns on its own
+            ctx.cancelled().await;
+            Ok(json!(null))
+        });
+    let p = start(
+        &q,
+        reg,
+        PoolConfig {
+            job_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    );
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    let j = wait_status(&q, &id, JobStatus::Retrying, Duration::from_secs(5)).await;
+    assert_eq!(j.error.as_deref(), Some("remote busy"));
+    let wait = j.run_at.unwrap() - chrono::Utc::now();
+    assert!(
+        wait.num_milliseconds() > 300 && wait.num_milliseconds() <= 700,
+        "retry scheduled {wait} ahead"
+    );
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    assert_eq!(j.attempts, 2);
+    let id = q
+        .enqueue(NewJob::new(JobKind::Restore, json!({"archive": "/x"})).max_attempts(2))
+        .await
+        .unwrap()
+        .id;
+    let j = wait_status(&q, &id, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 2);
+    assert!(j.error.unwrap().contains("timed out after 300ms"));
+    p.shutdown().await;
+}
