@@ -29,6 +29,10 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// The scheduler.
     pub scheduler: SchedulerConfig,
+    /// The HTTP API (auth secret, rate limits, timeouts, body limit).
+    pub api: api::ApiConfig,
+    /// The WebSocket fan-out.
+    pub ws: WsConfig,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
 }
@@ -93,6 +97,42 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// WebSocket settings (see `ws::HubConfig`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Most open WebSockets per process; the next upgrade gets 503 `too_many_connections`.
+    /// Default 1000.
+    pub max_connections: usize,
+    /// Seconds between pings; a socket that missed the previous pong is closed. Default 30.
+    pub ping_interval_secs: u64,
+    /// Events buffered per process for slow sockets before they get a fresh snapshot.
+    /// Default 1024.
+    pub buffer: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_connections: 1000,
+            ping_interval_secs: 30,
+            buffer: 1024,
+        }
+    }
+}
+
+impl WsConfig {
+    /// As the hub wants it.
+    pub fn hub(&self) -> ws::HubConfig {
+        ws::HubConfig {
+            max_connections: self.max_connections,
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            buffer: self.buffer,
+            ..ws::HubConfig::default()
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -102,6 +142,8 @@ impl Default for Config {
             queue: QueueConfig::default(),
             workers: WorkersConfig::default(),
             scheduler: SchedulerConfig::default(),
+            api: api::ApiConfig::default(),
+            ws: WsConfig::default(),
             log: "info".into(),
         }
     }
@@ -144,6 +186,9 @@ impl Config {
             "config",
             "redis_server",
             "bench_cmd",
+            // The CLI client's settings, not the service's.
+            "url",
+            "token",
         ]));
         if let Ok(url) = std::env::var("REDIS_URL") {
             if !url.is_empty() {
@@ -171,6 +216,13 @@ impl Config {
                 self.listen
             ));
         }
+        p.extend(self.api.validate());
+        if self.ws.max_connections == 0 {
+            p.push("ws.max_connections must be at least 1.".into());
+        }
+        if self.ws.ping_interval_secs == 0 {
+            p.push("ws.ping_interval_secs must be at least 1.".into());
+        }
         if self.workers.concurrency == 0 {
             p.push("workers.concurrency must be at least 1.".into());
         }
@@ -190,6 +242,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.queue.redis_url = redact_url(&c.queue.redis_url);
+        if c.api.jwt_secret.is_some() {
+            c.api.jwt_secret = Some("**REDACTED**".into());
+        }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 }

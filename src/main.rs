@@ -1,7 +1,8 @@
 //! `npanel`: the one CLI binary. Thin: flags → config → tracing → run (see `src/lib.rs`).
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use npanel::cli::{self, client::Api};
 use npanel::config::{Config, Overrides};
 use npanel::run::{self, Mode};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "npanel",
     version,
-    about = "nPanel jobs: bounded Redis job queue, workers, scheduler"
+    about = "nPanel jobs: bounded Redis job queue, workers, scheduler, HTTP/WebSocket API"
 )]
 struct Cli {
     /// Config file (TOML). Precedence: defaults < file < NPANEL_* env < flags.
@@ -24,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run everything in one process: workers and scheduler (API and WebSocket: issue 3).
+    /// Run everything in one process: API + WebSocket, workers and scheduler.
     Serve {
         /// Listen address for HTTP.
         #[arg(long)]
@@ -43,12 +44,152 @@ enum Cmd {
     Schedules,
     /// Print the effective configuration (secrets hidden).
     Config,
+    /// Print a token signed with the configured secret (or the data dir's, created if missing).
+    Token {
+        /// admin, reseller or customer.
+        #[arg(long)]
+        role: String,
+        /// The customer's account (customers).
+        #[arg(long)]
+        account: Option<String>,
+        /// The reseller id (resellers; optional for customers).
+        #[arg(long)]
+        reseller: Option<String>,
+        /// Lifetime: 30s, 15m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Who the token is for (audit logs).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+        /// Data directory (where a generated secret lives).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Watch jobs live: a progress bar per job; exit 0 only if all succeed.
+    Watch {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Enqueue, list, show, cancel and retry jobs through the API.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Queue administration through the API (admin token).
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the API is.
+#[derive(Args)]
+struct Remote {
+    /// API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "NPANEL_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Bearer token (see `npanel token`).
+    #[arg(long, global = true, env = "NPANEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Enqueue a job (admin).
+    Enqueue {
+        /// Job type.
+        kind: String,
+        /// Payload as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Account it concerns.
+        #[arg(long)]
+        account: Option<String>,
+        /// That account's reseller.
+        #[arg(long)]
+        reseller: Option<String>,
+        /// Idempotency key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Attempts allowed.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// List jobs, newest first.
+    List {
+        /// queued, running, retrying, succeeded, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Job type.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Account.
+        #[arg(long)]
+        account: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one job as JSON.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+    /// Run a failed or cancelled job again.
+    Retry {
+        /// Job id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Pending vs bound, running and limits per type.
+    Queue,
+    /// Show the per-type concurrency limits, or `set <type> <n>`.
+    Concurrency {
+        #[command(subcommand)]
+        set: Option<ConcurrencyCmd>,
+    },
+    /// Stop claiming (running jobs go on).
+    Pause,
+    /// Resume claiming.
+    Resume,
+}
+
+#[derive(Subcommand)]
+enum ConcurrencyCmd {
+    /// Set a type's limit (in force within a second across all workers).
+    Set {
+        /// Job type.
+        kind: String,
+        /// New limit.
+        n: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("npanel: {e}");
             for (depth, cause) in e.chain().skip(1).enumerate() {
@@ -59,13 +200,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+/// `Ok(false)`: ran, but the outcome is a failure (a watched job failed).
+fn real_main(cli: Cli) -> anyhow::Result<bool> {
     let flags = match &cli.cmd {
         Cmd::Serve { listen, data_dir } => Overrides {
             listen: listen.clone(),
             data_dir: data_dir.clone(),
         },
-        Cmd::Worker { data_dir } => Overrides {
+        Cmd::Worker { data_dir } | Cmd::Token { data_dir, .. } => Overrides {
             listen: None,
             data_dir: data_dir.clone(),
         },
@@ -94,7 +236,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 };
                 let token = CancellationToken::new();
                 run::on_signals(token.clone());
-                run::run(cfg, mode, token).await
+                run::run(cfg, mode, token).await?;
+                Ok(true)
             }
             Cmd::Schedules => {
                 let (url, _) = npanel::local_redis::resolve(
@@ -126,11 +269,117 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         st.note.unwrap_or_default()
                     );
                 }
-                Ok(())
+                Ok(true)
             }
             Cmd::Config => {
                 print!("{}", cfg.to_redacted_toml());
-                Ok(())
+                Ok(true)
+            }
+            Cmd::Token {
+                role,
+                account,
+                reseller,
+                ttl,
+                subject,
+                ..
+            } => {
+                let role: api::Role = role.parse().map_err(anyhow::Error::msg)?;
+                let ttl = cli::parse_duration(&ttl)?;
+                let secret =
+                    api::auth::load_or_create_secret(cfg.api.jwt_secret.as_deref(), &cfg.data_dir)
+                        .context("cannot read or create the JWT secret in the data dir")?;
+                let claims = api::auth::Claims::new(subject, role, account, reseller, ttl)?;
+                println!("{}", api::auth::Auth::new(&secret).mint(&claims)?);
+                Ok(true)
+            }
+            Cmd::Watch { ids, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                cli::watch::watch(&api, &ids).await
+            }
+            Cmd::Jobs { cmd, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                match cmd {
+                    JobsCmd::Enqueue {
+                        kind,
+                        payload,
+                        account,
+                        reseller,
+                        idempotency_key,
+                        max_attempts,
+                    } => {
+                        cli::jobs_enqueue(
+                            &api,
+                            &kind,
+                            payload.as_deref(),
+                            account,
+                            reseller,
+                            idempotency_key,
+                            max_attempts,
+                        )
+                        .await?
+                    }
+                    JobsCmd::List {
+                        status,
+                        kind,
+                        account,
+                        limit,
+                    } => {
+                        cli::jobs_list(
+                            &api,
+                            &[
+                                ("status", status),
+                                ("kind", kind),
+                                ("account", account),
+                                ("limit", limit.map(|l| l.to_string())),
+                            ],
+                        )
+                        .await?
+                    }
+                    JobsCmd::Show { id } => cli::print_json(
+                        &api.call(
+                            "GET",
+                            &format!("/api/jobs/{}", cli::client::encode(&id)),
+                            None,
+                        )
+                        .await?,
+                    ),
+                    JobsCmd::Cancel { id } => cli::print_json(
+                        &api.call(
+                            "POST",
+                            &format!("/api/jobs/{}/cancel", cli::client::encode(&id)),
+                            None,
+                        )
+                        .await?,
+                    ),
+                    JobsCmd::Retry { id } => cli::print_json(
+                        &api.call(
+                            "POST",
+                            &format!("/api/jobs/{}/retry", cli::client::encode(&id)),
+                            None,
+                        )
+                        .await?,
+                    ),
+                }
+                Ok(true)
+            }
+            Cmd::Admin { cmd, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                match cmd {
+                    AdminCmd::Queue => cli::admin_queue(&api).await?,
+                    AdminCmd::Concurrency { set } => {
+                        let set = set.map(|ConcurrencyCmd::Set { kind, n }| (kind, n));
+                        cli::admin_concurrency(&api, set).await?
+                    }
+                    AdminCmd::Pause => {
+                        api.call("POST", "/api/admin/queue/pause", None).await?;
+                        println!("Claiming paused (running jobs go on).");
+                    }
+                    AdminCmd::Resume => {
+                        api.call("POST", "/api/admin/queue/resume", None).await?;
+                        println!("Claiming resumed.");
+                    }
+                }
+                Ok(true)
             }
         }
     })

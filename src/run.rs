@@ -1,5 +1,5 @@
-//! `npanel serve` and `npanel worker`: wire the queue, the pool and the scheduler together and
-//! run them against a shutdown token.
+//! `npanel serve` and `npanel worker`: wire the queue, the pool, the scheduler and (serve only)
+//! the HTTP API with its WebSocket hub together and run them against a shutdown token.
 
 use crate::config::Config;
 use crate::local_redis;
@@ -11,7 +11,7 @@ use tracing::info;
 /// Which parts run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Everything in one process (API and WS join in issue 3).
+    /// Everything in one process: API + WebSocket, workers, scheduler.
     Serve,
     /// Workers only, for more hosts.
     Worker,
@@ -29,6 +29,20 @@ pub fn queue(cfg: &Config, url: String) -> anyhow::Result<Queue> {
 pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Bind first: a busy port fails fast, before a private Redis is started.
+    let listener = match mode {
+        Mode::Serve => Some(
+            tokio::net::TcpListener::bind(&cfg.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (set --listen or NPANEL_LISTEN)",
+                        cfg.listen
+                    )
+                })?,
+        ),
+        Mode::Worker => None,
+    };
     let (url, private) = local_redis::resolve(
         &cfg.queue.redis_url,
         &cfg.local_redis,
@@ -44,6 +58,22 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     let registry = workers::Registry::builtin();
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
     let mut tasks = tokio::task::JoinSet::new();
+    if mode == Mode::Serve {
+        let listener = listener.expect("bound in serve mode");
+        let secret = api::auth::load_or_create_secret(cfg.api.jwt_secret.as_deref(), &cfg.data_dir)
+            .context("cannot read or create the JWT secret in the data dir")?;
+        let hub = ws::Hub::start(q.clone(), cfg.ws.hub(), shutdown.clone());
+        let state = api::AppState::new(
+            q.clone(),
+            hub,
+            &secret,
+            cfg.api.clone(),
+            api::metrics::install_prometheus(),
+        );
+        let addr = listener.local_addr()?;
+        info!(%addr, "API listening on http://{addr} (WebSocket on the same port)");
+        tasks.spawn(api::serve(listener, state, shutdown.clone()).map_ok_anyhow());
+    }
     tasks.spawn(pool.run(shutdown.clone()).map_ok_anyhow());
     if mode == Mode::Serve && cfg.scheduler.enabled {
         let sched = scheduler::Scheduler::new(q.clone(), scheduler::builtin())?;

@@ -175,6 +175,8 @@ async fn a_sigkilled_worker_loses_no_job() {
 fn serve_cmd(dir: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
     c.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0") // never collide with a real service on 8080
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env_remove("REDIS_URL")

@@ -1,4 +1,281 @@
-//! nPanel's HTTP API (DESIGN §3).
+//! nPanel's HTTP API (DESIGN §3): jobs, restore, migration health, admin, auth, rate limits,
+//! metrics, OpenAPI; the WebSocket routes are mounted from `ws`.
 //!
-//! **Not built yet** (issue 3). This crate exists so the workspace has the layout of DESIGN §1;
-//! it exports nothing, and `npanel serve` does not listen for HTTP until issue 3 lands.
+//! # Layout
+//! - [`router`] builds the whole app from an [`AppState`], so tests serve it on `127.0.0.1:0`
+//!   exactly as `npanel serve` does ([`serve`]).
+//! - Middleware, outermost first (one `ServiceBuilder`, STYLE.md §10): request id (`x-request-id`,
+//!   generated as a ULID when absent, echoed back) → a tracing span per request (method, route,
+//!   request id, role; never the query string, which may hold a token) → metrics → timeout →
+//!   body limit; then on `/api/*` only: [`auth::authenticate`] → [`limit::rate_limit`].
+//! - [`error`] holds the one error type and its table of stable codes.
+//! - Every route is registered through `utoipa-axum`, so `/api/openapi.json` is generated from
+//!   the same annotations that mount the handlers and cannot drift from them.
+//!
+//! # Tenancy
+//! A job records its account and that account's reseller. [`ws::Viewer`] is the one rule: admins
+//! see all, resellers jobs whose reseller is theirs, customers their account's. Another
+//! tenant's job is `404 not_found`, exactly like a missing one. Admin routes answer 403 to others.
+//! `POST /api/jobs` (any kind, any account) is admin-only, as DESIGN §3 says; customers and
+//! resellers start work through the typed routes (`/api/restore`, `/api/migration/{id}/health`).
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod limit;
+pub mod live;
+pub mod metrics;
+pub mod ops;
+pub mod restore;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::ApiError;
+use metrics_exporter_prometheus::PrometheusHandle;
+use queue::Queue;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+pub use ws::{Hub, HubConfig, Role, Viewer};
+
+/// API settings (`api.*` in the binary's config).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HS256 secret for tokens (`NPANEL_API__JWT_SECRET`). Unset: generated into
+    /// `<data_dir>/jwt.secret` (mode 0600) on first start. Never printed.
+    pub jwt_secret: Option<String>,
+    /// Rate limits.
+    pub rate_limit: limit::RateLimitConfig,
+    /// Longest a request may take, in seconds (WebSocket streams are not limited). Default 30.
+    pub request_timeout_secs: u64,
+    /// Largest request body in bytes; larger is 413. Default 1 MiB.
+    pub body_limit_bytes: usize,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "**REDACTED**"),
+            )
+            .field("rate_limit", &self.rate_limit)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .finish()
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            jwt_secret: None,
+            rate_limit: limit::RateLimitConfig::default(),
+            request_timeout_secs: 30,
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// One plain sentence per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.request_timeout_secs == 0 {
+            p.push("api.request_timeout_secs must be at least 1.".into());
+        }
+        if self.body_limit_bytes < 1024 {
+            p.push("api.body_limit_bytes must be at least 1024.".into());
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            p.push(
+                "api.jwt_secret must be at least 16 characters (or unset, to generate one).".into(),
+            );
+        }
+        p
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The queue (built with the kinds this build can run).
+    pub queue: Queue,
+    /// The WebSocket fan-out.
+    pub hub: Hub,
+    pub(crate) auth: Arc<auth::Auth>,
+    pub(crate) limits: Arc<limit::Limiters>,
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) cfg: Arc<ApiConfig>,
+    pub(crate) openapi: Arc<OnceLock<String>>,
+}
+
+impl AppState {
+    /// State over `queue` and `hub`, signing tokens with `secret`.
+    pub fn new(
+        queue: Queue,
+        hub: Hub,
+        secret: &[u8],
+        cfg: ApiConfig,
+        prometheus: PrometheusHandle,
+    ) -> AppState {
+        let limits = Arc::new(limit::Limiters::new(&cfg.rate_limit));
+        limit::spawn_janitor(&limits);
+        AppState {
+            queue,
+            hub,
+            auth: Arc::new(auth::Auth::new(secret)),
+            limits,
+            prometheus,
+            cfg: Arc::new(cfg),
+            openapi: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The token signer (tests and `npanel token` use the same keys).
+    pub fn auth(&self) -> &auth::Auth {
+        &self.auth
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MakeUlid;
+
+impl MakeRequestId for MakeUlid {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&ulid::Ulid::new().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+async fn timeout(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let d = Duration::from_secs(st.cfg.request_timeout_secs);
+    match tokio::time::timeout(d, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// The routes and their OpenAPI document, from the same registrations.
+fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (api, mut doc) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(live::job_live))
+        .routes(routes!(live::events_live))
+        .routes(routes!(restore::start))
+        .routes(routes!(restore::progress))
+        .routes(routes!(live::restore_live))
+        .routes(routes!(restore::run_health, restore::get_health))
+        .routes(routes!(admin::queue_view))
+        .routes(routes!(admin::set_concurrency))
+        .routes(routes!(admin::pause))
+        .routes(routes!(admin::resume))
+        .split_for_parts();
+    let (ops, ops_doc) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .split_for_parts();
+    doc.merge(ops_doc);
+    doc.info.title = "nPanel jobs API".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.contact = None;
+    doc.info.license = Some(utoipa::openapi::License::new("MIT"));
+    doc.info.description = Some(
+        "Bearer JWT on every /api route (roles admin, reseller, customer); errors are \
+         {\"error\": code, \"message\"}."
+            .into(),
+    );
+    (api, ops, doc)
+}
+
+/// The OpenAPI document (as served at `/api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().2
+}
+
+/// The whole app.
+pub fn router(state: AppState) -> Router {
+    let (api, ops, doc) = routes();
+    let _ = state
+        .openapi
+        .set(serde_json::to_string(&doc).expect("openapi serialises"));
+    let api = api.layer(
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(state.clone(), auth::authenticate))
+            .layer(from_fn_with_state(state.clone(), limit::rate_limit)),
+    );
+    let body_limit = state.cfg.body_limit_bytes;
+    Router::new()
+        .merge(api)
+        .merge(ops)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeUlid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(make_span)
+                        // Expected refusals (501, 503 queue_full) are not errors an operator
+                        // must act on; real internal errors are logged by `ApiError`.
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                        ),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(from_fn(metrics::track))
+                .layer(from_fn_with_state(state.clone(), timeout))
+                .layer(axum::Extension(extract::BodyLimit(body_limit)))
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .with_state(state)
+}
+
+fn make_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let rid = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), route, request_id = rid,
+        role = tracing::field::Empty)
+}
+
+/// Serve `state` on `listener` until `shutdown` fires (open WebSockets are closed by the hub
+/// on the same token).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use workers::{Pool, PoolConfig, Registry};
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn phase_on(p: &str) -> bool {
@@ -117,7 +120,10 @@ fn registry(c: Arc<Counters>, base: Instant, latency: bool) -> Registry {
             if latency {
                 let sent = ctx.raw_payload["id"].as_u64().unwrap_or(0);
                 let ns = (now - base).as_nanos() as u64;
-                c.lats.lock().unwrap().push(ns.saturating_sub(sent) as f64 / 1e6);
+                c.lats
+                    .lock()
+                    .unwrap()
+                    .push(ns.saturating_sub(sent) as f64 / 1e6);
             }
             c.seen.fetch_add(1, Ordering::Relaxed);
             Ok(serde_json::Value::Null)
@@ -125,7 +131,11 @@ fn registry(c: Arc<Counters>, base: Instant, latency: bool) -> Registry {
     })
 }
 
-fn start_pool(q: &Queue, reg: Registry, c: usize) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn start_pool(
+    q: &Queue,
+    reg: Registry,
+    c: usize,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let pool = Pool::new(
         q.clone(),
@@ -137,7 +147,10 @@ fn start_pool(q: &Queue, reg: Registry, c: usize) -> (CancellationToken, tokio::
         },
     );
     let s = stop.clone();
-    (stop, tokio::spawn(async move { pool.run(s).await.unwrap() }))
+    (
+        stop,
+        tokio::spawn(async move { pool.run(s).await.unwrap() }),
+    )
 }
 
 async fn finished(q: &Queue) -> u64 {
@@ -187,7 +200,7 @@ async fn latency(b: &Bench, m: u64, rate: u64, c: usize) -> (f64, f64) {
     });
     let (stop, h) = start_pool(&q, registry(counters.clone(), base, true), c);
     tokio::time::sleep(Duration::from_millis(500)).await; // idle, blocked on pub/sub
-    // Producer on its own OS thread and runtime, like a separate client process.
+                                                          // Producer on its own OS thread and runtime, like a separate client process.
     let pq = Queue::new(q.config().clone()).unwrap();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -228,7 +241,10 @@ fn cpu_secs() -> f64 {
 }
 
 async fn commands(q: &Queue) -> u64 {
-    let s: String = q.raw(redis::cmd("INFO").arg("stats")).await.unwrap_or_default();
+    let s: String = q
+        .raw(redis::cmd("INFO").arg("stats"))
+        .await
+        .unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())

@@ -1,4 +1,38 @@
 //! WebSocket fan-out of job events (DESIGN §4).
 //!
-//! **Not built yet** (issue 3). The events it will stream already exist: `queue` appends every
-//! progress, stage, log and completion event to a capped Redis stream (see `queue::events`).
+//! # Why this shape
+//! Every job event (status, progress, stage, log, complete) is already appended by `queue` to one
+//! capped Redis stream whose ids are strictly increasing. So the server side is small:
+//!
+//! - one [`Hub`] per process follows that stream with a single blocking `XREAD` connection
+//!   ([`queue::EventReader`]) and publishes each event, serialised once, on a tokio `broadcast`
+//!   channel: a thousand sockets cost one Redis connection, not a thousand;
+//! - each socket ([`serve_socket`]) filters the broadcast by its [`Scope`] (one job, or all) and
+//!   its [`Viewer`] (tenant rules), and sends a `snapshot` first, or with `?since=<seq>` replays
+//!   the stream from Redis (`XRANGE`) and then continues live, skipping what it already sent, so
+//!   nothing is missed or duplicated;
+//! - a socket that cannot keep up is never waited for: the broadcast overwrites its oldest
+//!   messages, its receiver reports `Lagged`, and it is sent a fresh snapshot instead;
+//! - pings keep idle sockets alive (and detect dead peers); [`Hub::try_acquire`] enforces
+//!   `ws.max_connections` before the upgrade so the refusal is a clean HTTP answer.
+//!
+//! Authentication and the HTTP error table live in `api`, which owns the routes; this crate takes
+//! an already-authenticated [`Viewer`]. It depends on `queue` only (DESIGN §1).
+//!
+//! # Messages
+//! `{"type": "snapshot"|"status"|"progress"|"stage"|"log"|"complete", "seq", "job_id", ...}`:
+//! the event's data fields are flattened into the message. A one-job `snapshot` carries the job
+//! under `"job"`; the all-jobs stream's `snapshot` carries `"jobs"` (newest 100 visible) and has no
+//! `job_id`. `seq` of a snapshot is the newest stream id at the time it was taken: reconnecting
+//! with `?since=` that value continues exactly after it.
+
+mod hub;
+mod message;
+pub mod metrics;
+mod socket;
+mod viewer;
+
+pub use hub::{ConnGuard, Hub, HubConfig, WireEvent};
+pub use message::{event_message, parse_seq, snapshot_all_message, snapshot_message, Seq};
+pub use socket::{serve_socket, Scope};
+pub use viewer::{Role, Viewer};

@@ -1,0 +1,270 @@
+//! `/api/jobs`: enqueue (admins), list, read, cancel, retry, all under the tenant rules.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use queue::{CancelOutcome, Job, JobKind, JobStatus, ListFilter, NewJob};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /api/jobs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// Job type: provision, restore, health_check, quota_sweep, upgrade, diagnostic.
+    pub kind: String,
+    /// The kind's payload (checked against its type).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// The account the job concerns.
+    pub account: Option<String>,
+    /// That account's reseller.
+    pub reseller: Option<String>,
+    /// Same key within its TTL returns the existing job.
+    pub idempotency_key: Option<String>,
+    /// Overrides the kind's default attempts.
+    pub max_attempts: Option<u32>,
+}
+
+/// Links of an accepted job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Links {
+    /// `GET` the job.
+    #[serde(rename = "self")]
+    pub self_: String,
+    /// Its WebSocket stream.
+    pub live: String,
+    /// Restore progress (restores only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+}
+
+/// `202` answer of an enqueue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Status now.
+    pub status: String,
+    /// Account.
+    pub account: Option<String>,
+    /// True when an idempotency key matched an existing job.
+    pub existed: bool,
+    /// Links.
+    pub links: Links,
+}
+
+/// Enqueue `job` and answer 202 with links.
+pub(crate) async fn accept(
+    st: &AppState,
+    job: NewJob,
+    live_base: &str,
+) -> Result<Response, ApiError> {
+    let kind = job.kind;
+    let account = job.account.clone();
+    let e = st.queue.enqueue(job).await?;
+    let status = if e.existed {
+        st.queue
+            .get(&e.id)
+            .await
+            .map(|j| j.status.to_string())
+            .unwrap_or_else(|_| "queued".into())
+    } else {
+        JobStatus::Queued.to_string()
+    };
+    let self_ = format!("/api/jobs/{}", e.id);
+    let body = Accepted {
+        kind: kind.to_string(),
+        status,
+        account,
+        existed: e.existed,
+        links: Links {
+            self_: self_.clone(),
+            live: format!("{live_base}/{}/live", e.id),
+            progress: (kind == JobKind::Restore).then(|| format!("/api/restore/{}/progress", e.id)),
+        },
+        id: e.id,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, self_)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// Enqueue any job type (admins).
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = EnqueueRequest,
+    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 501, body = ErrorBody), (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
+pub async fn enqueue(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<EnqueueRequest>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let kind: JobKind = req
+        .kind
+        .parse()
+        .map_err(|e: queue::UnknownKind| ApiError::Unprocessable(e.to_string()))?;
+    let mut job = NewJob::new(kind, req.payload);
+    job.account = req.account;
+    job.reseller = req.reseller;
+    job.idempotency_key = req.idempotency_key;
+    job.max_attempts = req.max_attempts;
+    tracing::info!(target: "audit", actor = %caller.0.subject, %kind, "Job enqueued by an admin.");
+    accept(&st, job, "/api/jobs").await
+}
+
+/// `GET /api/jobs` filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this account.
+    pub account: Option<String>,
+    /// Only this reseller.
+    pub reseller: Option<String>,
+    /// At most this many (default 100, max 1000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/jobs` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    /// Newest first (without log tails).
+    #[schema(value_type = Vec<Object>)]
+    pub jobs: Vec<Job>,
+}
+
+/// List the jobs the caller may see.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(st): State<AppState>,
+    Caller(viewer): Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let status = q
+        .status
+        .map(|s| {
+            JobStatus::parse(&s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown status {s:?}; statuses are queued, running, retrying, succeeded, failed, cancelled"
+                ))
+            })
+        })
+        .transpose()?;
+    let kind = q
+        .kind
+        .map(|k| {
+            k.parse::<JobKind>()
+                .map_err(|e| ApiError::BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    let f = ListFilter {
+        status,
+        kind,
+        account: q.account,
+        reseller: q.reseller,
+        limit: Some(q.limit.unwrap_or(100).clamp(1, 1000)),
+    };
+    let jobs = match viewer.narrow(f) {
+        Some(f) => st.queue.list(&f).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(JobList { jobs }))
+}
+
+/// A job the caller may see, or 404 (also for another tenant's job).
+pub(crate) async fn visible_job(st: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(ApiError::job_not_found(id));
+    }
+    let job = st.queue.get(id).await?;
+    if caller.0.can_see_job(&job) {
+        Ok(job)
+    } else {
+        Err(ApiError::job_not_found(id))
+    }
+}
+
+/// One job: status, stage, percent, bytes, speed, ETA, attempts, timestamps, error, result, log tail.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = Object, description = "The job (DESIGN §3 shape)"), (status = 404, body = ErrorBody)))]
+pub async fn get_job(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(visible_job(&st, &caller, &id).await?))
+}
+
+/// Answer of cancel and retry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Transition {
+    /// Job id.
+    pub id: String,
+    /// `cancelled`, `cancelling` (its worker is stopping it) or `queued`.
+    pub status: String,
+}
+
+/// Cancel a queued, retrying or running job.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 202, body = Transition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Transition>), ApiError> {
+    visible_job(&st, &caller, &id).await?;
+    let status = match st.queue.cancel(&id).await? {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Cancelling => "cancelling",
+    };
+    tracing::info!(target: "audit", actor = %caller.0.subject, job_id = %id, status, "Job cancel requested.");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Transition {
+            id,
+            status: status.into(),
+        }),
+    ))
+}
+
+/// Run a failed or cancelled job again.
+#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 202, body = Transition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
+pub async fn retry(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Transition>), ApiError> {
+    let job = visible_job(&st, &caller, &id).await?;
+    if !st.queue.is_available(job.kind) {
+        return Err(queue::QueueError::KindNotAvailable(job.kind).into());
+    }
+    st.queue.rerun(&id).await?;
+    tracing::info!(target: "audit", actor = %caller.0.subject, job_id = %id, "Job retry requested.");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Transition {
+            id,
+            status: "queued".into(),
+        }),
+    ))
+}

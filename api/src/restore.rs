@@ -1,0 +1,240 @@
+//! Restore and post-migration health routes. They enqueue `restore` and `health_check` jobs;
+//! until a build ships their handlers, those enqueues answer 501 `not_available`.
+//!
+//! Which account a job concerns: a customer's own (a different `account` is 403); a reseller
+//! names one (the job is recorded under the reseller; checking that the account really belongs
+//! to the reseller needs `store`, a later issue); an admin names account and reseller freely.
+
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::jobs::{accept, visible_job, Accepted};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use queue::{HealthCheck, Job, JobKind, JobStatus, ListFilter, NewJob, Restore};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /api/restore` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Path of the backup archive on the server.
+    pub archive: String,
+    /// Account to restore into (customers: their own, the default).
+    pub account: Option<String>,
+    /// The account's reseller (admins only).
+    pub reseller: Option<String>,
+    /// Same key within its TTL returns the existing job.
+    pub idempotency_key: Option<String>,
+}
+
+/// Account and reseller of a job a caller starts, under the tenant rules.
+fn owner(
+    caller: &Caller,
+    account: Option<String>,
+    reseller: Option<String>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    let v = &caller.0;
+    match v.role {
+        Role::Admin => Ok((account, reseller)),
+        Role::Reseller => {
+            if reseller.is_some_and(|r| Some(&r) != v.reseller.as_ref()) {
+                return Err(ApiError::Forbidden(
+                    "resellers act for their own customers only".into(),
+                ));
+            }
+            let account = account.ok_or_else(|| {
+                ApiError::Unprocessable("account is required for a reseller".into())
+            })?;
+            Ok((Some(account), v.reseller.clone()))
+        }
+        Role::Customer => {
+            if account
+                .as_ref()
+                .is_some_and(|a| Some(a) != v.account.as_ref())
+                || reseller.is_some_and(|r| Some(&r) != v.reseller.as_ref())
+            {
+                return Err(ApiError::Forbidden(
+                    "customers act for their own account only".into(),
+                ));
+            }
+            Ok((v.account.clone(), v.reseller.clone()))
+        }
+    }
+}
+
+/// Start a restore.
+#[utoipa::path(post, path = "/api/restore", tag = "restore", request_body = RestoreRequest,
+    responses((status = 202, body = Accepted), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 501, body = ErrorBody, description = "not_available: no restore handler in this build"),
+        (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
+pub async fn start(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RestoreRequest>,
+) -> Result<Response, ApiError> {
+    if req.archive.trim().is_empty() {
+        return Err(ApiError::Unprocessable("archive must not be empty".into()));
+    }
+    let (account, reseller) = owner(&caller, req.account, req.reseller)?;
+    let mut job = NewJob::typed(&Restore {
+        archive: req.archive,
+        account: account.clone(),
+    });
+    job.account = account;
+    job.reseller = reseller;
+    job.idempotency_key = req.idempotency_key;
+    accept(&st, job, "/api/restore").await
+}
+
+/// The restore progress shape (field names are the product spec's).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RestoreProgress {
+    /// Job id.
+    pub id: String,
+    /// Status.
+    pub status: String,
+    /// 0–100 across the restore's weighted stages.
+    pub progress_percent: f64,
+    /// extracting, validating, creating_accounts, restoring_data, finalizing.
+    pub current_stage: Option<String>,
+    /// Units of the current stage in total (bytes for byte-counting stages).
+    pub bytes_total: Option<u64>,
+    /// Units done.
+    pub bytes_processed: Option<u64>,
+    /// MB/s of the current stage.
+    pub speed_mbps: Option<f64>,
+    /// Seconds left (server-side estimate).
+    pub eta_seconds: Option<f64>,
+    /// Last log lines.
+    pub log_tail: Vec<String>,
+}
+
+impl From<Job> for RestoreProgress {
+    fn from(j: Job) -> Self {
+        RestoreProgress {
+            id: j.id,
+            status: j.status.to_string(),
+            progress_percent: j.progress_percent,
+            current_stage: j.current_stage,
+            bytes_total: j.bytes_total,
+            bytes_processed: j.bytes_processed,
+            speed_mbps: j.speed_mbps,
+            eta_seconds: j.eta_seconds,
+            log_tail: j.log_tail,
+        }
+    }
+}
+
+/// A restore's progress.
+#[utoipa::path(get, path = "/api/restore/{id}/progress", tag = "restore",
+    params(("id" = String, Path, description = "Restore job id")),
+    responses((status = 200, body = RestoreProgress), (status = 404, body = ErrorBody)))]
+pub async fn progress(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RestoreProgress>, ApiError> {
+    let job = visible_job(&st, &caller, &id).await?;
+    if job.kind != JobKind::Restore {
+        return Err(ApiError::NotFound(format!("restore {id} not found")));
+    }
+    Ok(Json(job.into()))
+}
+
+/// `POST /api/migration/{id}/health` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthRequest {
+    /// The migrated account.
+    pub account: Option<String>,
+    /// Its reseller (admins only).
+    pub reseller: Option<String>,
+}
+
+/// Run the post-migration health check of a migration.
+#[utoipa::path(post, path = "/api/migration/{id}/health", tag = "migration",
+    params(("id" = String, Path, description = "Migration id")), request_body(content = HealthRequest, description = "optional"),
+    responses((status = 202, body = Accepted), (status = 501, body = ErrorBody, description = "not_available: no health_check handler in this build"),
+        (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
+pub async fn run_health(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::Unprocessable(
+            "migration id must be 1 to 128 characters".into(),
+        ));
+    }
+    let req: HealthRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HealthRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::Unprocessable(format!("the JSON body does not match: {e}"))
+            } else {
+                ApiError::BadRequest(format!("malformed JSON body: {e}"))
+            }
+        })?
+    };
+    let (account, reseller) = owner(&caller, req.account, req.reseller)?;
+    let mut job = NewJob::typed(&HealthCheck { migration_id: id });
+    job.account = account;
+    job.reseller = reseller;
+    accept(&st, job, "/api/jobs").await
+}
+
+/// The latest health report of a migration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// Migration id.
+    pub migration_id: String,
+    /// The health-check job.
+    pub job_id: String,
+    /// Its status.
+    pub status: String,
+    /// The report (the job's result) once it succeeded.
+    #[schema(value_type = Object)]
+    pub report: Option<serde_json::Value>,
+    /// Error of a failed check.
+    pub error: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+}
+
+/// Read the latest post-migration health report.
+#[utoipa::path(get, path = "/api/migration/{id}/health", tag = "migration",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = HealthReport), (status = 404, body = ErrorBody)))]
+pub async fn get_health(
+    State(st): State<AppState>,
+    Caller(viewer): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<HealthReport>, ApiError> {
+    let f = viewer.narrow(ListFilter {
+        kind: Some(JobKind::HealthCheck),
+        limit: Some(1000),
+        ..Default::default()
+    });
+    let jobs = match f {
+        Some(f) => st.queue.list(&f).await?,
+        None => Vec::new(),
+    };
+    let job = jobs
+        .into_iter()
+        .find(|j| j.payload["migration_id"] == id.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no health check for migration {id}")))?;
+    Ok(Json(HealthReport {
+        migration_id: id,
+        job_id: job.id,
+        status: job.status.to_string(),
+        report: job.result.filter(|_| job.status == JobStatus::Succeeded),
+        error: job.error,
+        finished_at: job.finished_at.map(|t| t.to_rfc3339()),
+    }))
+}

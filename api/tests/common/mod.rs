@@ -1,0 +1,271 @@
+//! Test support: a real server on 127.0.0.1:0 over a real Redis (private per test binary), real
+//! workers with test handlers, and small HTTP/WebSocket clients.
+#![allow(dead_code)]
+
+use api::{limit::RateLimitConfig, ApiConfig, AppState, Hub, HubConfig};
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use queue::{testing, JobKind, Queue, QueueConfig};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use workers::{JobContext, JobError, Pool, PoolConfig, Registry};
+
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
+
+pub struct Opts {
+    pub registry: Registry,
+    pub workers: bool,
+    pub api: ApiConfig,
+    pub hub: HubConfig,
+    pub queue: Option<QueueConfig>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            registry: Registry::builtin().register(JobKind::Restore, restore_handler),
+            workers: true,
+            api: ApiConfig {
+                rate_limit: RateLimitConfig {
+                    per_ip_per_minute: 0,
+                    per_account_per_minute: 0,
+                },
+                ..ApiConfig::default()
+            },
+            hub: HubConfig::default(),
+            queue: None,
+        }
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub queue: Queue,
+    pub state: AppState,
+    stop: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A restore-like handler: the five restore stages, bytes in each, a log line per stage.
+/// Payload `archive` = "steps:<n>:<ms per step>" tunes it (default 4 steps of 20 ms).
+pub async fn restore_handler(ctx: JobContext) -> Result<Value, JobError> {
+    let p: queue::Restore = ctx.payload()?;
+    let mut parts = p.archive.split(':').skip(1);
+    let steps: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let ms: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(20);
+    for stage in [
+        "extracting",
+        "validating",
+        "creating_accounts",
+        "restoring_data",
+        "finalizing",
+    ] {
+        ctx.log(format!("stage {stage}"));
+        for i in 0..=steps {
+            ctx.progress(stage, i * 1_000_000, steps * 1_000_000);
+            ctx.sleep(Duration::from_millis(ms)).await?;
+        }
+    }
+    Ok(serde_json::json!({"restored": true}))
+}
+
+pub async fn start(o: Opts) -> Server {
+    let cfg = o.queue.unwrap_or_else(|| testing::config("api"));
+    let queue = Queue::new(cfg)
+        .unwrap()
+        .with_available_kinds(o.registry.kinds());
+    let stop = CancellationToken::new();
+    if o.workers {
+        let pool = Pool::new(
+            queue.clone(),
+            o.registry,
+            PoolConfig {
+                backoff_base: Duration::from_millis(50),
+                ..PoolConfig::default()
+            },
+        );
+        tokio::spawn(pool.run(stop.clone()));
+    }
+    let hub = Hub::start(queue.clone(), o.hub, stop.clone());
+    let state = AppState::new(
+        queue.clone(),
+        hub,
+        SECRET,
+        o.api,
+        api::metrics::install_prometheus(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(api::serve(listener, state.clone(), stop.clone()));
+    Server {
+        addr,
+        queue,
+        state,
+        stop,
+    }
+}
+
+pub fn token(role: api::Role, account: Option<&str>, reseller: Option<&str>) -> String {
+    let c = api::auth::Claims::new(
+        "test",
+        role,
+        account.map(Into::into),
+        reseller.map(Into::into),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    api::auth::Auth::new(SECRET).mint(&c).unwrap()
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub json: Value,
+}
+
+impl Server {
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        tok: Option<&str>,
+        body: Option<&str>,
+    ) -> Resp {
+        self.req_headers(method, path, tok, body, &[]).await
+    }
+
+    pub async fn req_headers(
+        &self,
+        method: &str,
+        path: &str,
+        tok: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(t) = tok {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// Enqueue as admin; returns the id.
+    pub async fn enqueue(&self, body: Value) -> String {
+        let admin = token(api::Role::Admin, None, None);
+        let r = self
+            .req("POST", "/api/jobs", Some(&admin), Some(&body.to_string()))
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+        r.json["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn wait_final(&self, id: &str) -> queue::Job {
+        let t = std::time::Instant::now();
+        loop {
+            let j = self.queue.get(id).await.unwrap();
+            if j.status.is_final() {
+                return j;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "job {id} still {}",
+                j.status
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Open a WebSocket; `Err(status, body)` when the upgrade is refused.
+    pub async fn ws(&self, path: &str, tok: Option<&str>) -> Result<Ws, (u16, Value)> {
+        let mut req = format!("ws://{}{path}", self.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(t) = tok {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((s, _)) => Ok(Ws(s)),
+            Err(tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("ws connect: {e}"),
+        }
+    }
+}
+
+pub struct Ws(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+impl Ws {
+    /// Next JSON message, or `None` when closed or nothing within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, self.0.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(t.as_str()).ok(),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Everything until the socket closes (or `within` of silence).
+    pub async fn drain(&mut self, within: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next(within).await {
+            out.push(v);
+        }
+        out
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.0.send(Message::Close(None)).await;
+    }
+}
+
+pub fn seq(v: &Value) -> (u64, u64) {
+    ws::parse_seq(v["seq"].as_str().unwrap()).unwrap()
+}

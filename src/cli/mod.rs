@@ -1,0 +1,165 @@
+//! The operator CLI on the HTTP API: `npanel token`, `jobs`, `admin`, `watch`.
+//!
+//! Every command except `token` is a plain API client (base URL and token from `--url`/`--token`
+//! or `NPANEL_URL`/`NPANEL_TOKEN`), so it works from any host that can reach the API and obeys
+//! the same auth and tenant rules as any other client. The client speaks plain `http://` and
+//! `ws://` only (no TLS stack in the binary, which keeps the build small): run it on the panel
+//! host against the loopback listener, or put a TLS-terminating proxy in front for remote use.
+
+pub mod client;
+pub mod watch;
+
+use anyhow::{bail, Context};
+use client::Api;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Parse `90`, `30s`, `15m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 30s, 15m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("{s:?} is not a duration like 30s, 15m, 24h or 7d"),
+    };
+    if secs == 0 {
+        bail!("a token's lifetime must be at least 1s");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `npanel jobs list`.
+pub async fn jobs_list(api: &Api, query: &[(&str, Option<String>)]) -> anyhow::Result<()> {
+    let q: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", client::encode(v))))
+        .collect();
+    let path = if q.is_empty() {
+        "/api/jobs".to_string()
+    } else {
+        format!("/api/jobs?{}", q.join("&"))
+    };
+    let v = api.call("GET", &path, None).await?;
+    println!(
+        "{:<26} {:<12} {:<10} {:>6} {:<18} {:<12} created",
+        "id", "kind", "status", "pct", "stage", "account"
+    );
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        println!(
+            "{:<26} {:<12} {:<10} {:>6.1} {:<18} {:<12} {}",
+            s(&j["id"]),
+            s(&j["kind"]),
+            s(&j["status"]),
+            j["progress_percent"].as_f64().unwrap_or(0.0),
+            s(&j["current_stage"]),
+            s(&j["account"]),
+            s(&j["created_at"]),
+        );
+    }
+    Ok(())
+}
+
+/// Print a JSON answer.
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `npanel jobs enqueue`.
+#[allow(clippy::too_many_arguments)]
+pub async fn jobs_enqueue(
+    api: &Api,
+    kind: &str,
+    payload: Option<&str>,
+    account: Option<String>,
+    reseller: Option<String>,
+    idempotency_key: Option<String>,
+    max_attempts: Option<u32>,
+) -> anyhow::Result<()> {
+    let payload: Value = match payload {
+        Some(p) => serde_json::from_str(p).context("--payload is not valid JSON")?,
+        None => json!({}),
+    };
+    let mut body = json!({"kind": kind, "payload": payload});
+    if let Some(a) = account {
+        body["account"] = json!(a);
+    }
+    if let Some(r) = reseller {
+        body["reseller"] = json!(r);
+    }
+    if let Some(k) = idempotency_key {
+        body["idempotency_key"] = json!(k);
+    }
+    if let Some(m) = max_attempts {
+        body["max_attempts"] = json!(m);
+    }
+    let v = api.call("POST", "/api/jobs", Some(body)).await?;
+    print_json(&v);
+    Ok(())
+}
+
+/// `npanel admin queue`.
+pub async fn admin_queue(api: &Api) -> anyhow::Result<()> {
+    let v = api.call("GET", "/api/admin/queue", None).await?;
+    println!(
+        "pending {} of {}{}",
+        s(&v["pending"]),
+        s(&v["max_pending"]),
+        if v["paused"] == true { " (PAUSED)" } else { "" }
+    );
+    print_kinds(&v);
+    Ok(())
+}
+
+fn print_kinds(v: &Value) {
+    println!(
+        "{:<14} {:>6} {:>8} {:>8}",
+        "kind", "limit", "running", "pending"
+    );
+    if let Some(kinds) = v["kinds"].as_object() {
+        for (k, x) in kinds {
+            println!(
+                "{:<14} {:>6} {:>8} {:>8}",
+                k,
+                s(&x["limit"]),
+                s(&x["running"]),
+                s(&x["pending"])
+            );
+        }
+    }
+}
+
+/// `npanel admin concurrency [set <kind> <n>]`.
+pub async fn admin_concurrency(api: &Api, set: Option<(String, u32)>) -> anyhow::Result<()> {
+    if let Some((kind, n)) = set {
+        let v = api
+            .call(
+                "PUT",
+                &format!("/api/admin/concurrency/{}", client::encode(&kind)),
+                Some(json!({"limit": n})),
+            )
+            .await?;
+        println!(
+            "{}: limit {} (in force within a second)",
+            s(&v["kind"]),
+            s(&v["limit"])
+        );
+        return Ok(());
+    }
+    let v = api.call("GET", "/api/admin/queue", None).await?;
+    print_kinds(&v);
+    Ok(())
+}
