@@ -205,7 +205,11 @@ async fn watch_one(
                     let ending = if v["success"] == true {
                         bar.set_position(1000);
                         bar.finish_with_message("succeeded");
-                        Ending::Succeeded(v["summary"].as_str().unwrap_or("").to_string())
+                        Ending::Succeeded(match &v["summary"] {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Null => String::new(),
+                            other => other.to_string(),
+                        })
                     } else {
                         let e = v["error"].as_str().unwrap_or("failed").to_string();
                         bar.abandon_with_message(format!("failed: {e}"));

@@ -41,12 +41,8 @@ pub(crate) fn complete_from_job(seq: &str, job: &Job) -> Value {
     let mut m = json!({"type": "complete", "seq": seq, "job_id": job.id,
         "success": job.status == JobStatus::Succeeded, "status": job.status});
     if job.status == JobStatus::Succeeded {
-        m["summary"] = Value::String(
-            job.result
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
-        );
+        // The same shape as a live `complete` event: the handler's result as JSON.
+        m["summary"] = job.result.clone().unwrap_or(Value::Null);
     } else {
         m["error"] = Value::String(job.error.clone().unwrap_or_else(|| job.status.to_string()));
     }
