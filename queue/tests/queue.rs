@@ -659,6 +659,9 @@ async fn complete_many_records_each_outcome_and_flags_stale_ones() {
     assert_eq!(q.get(&c[0].id).await.unwrap().result.unwrap()["a"], 1);
     assert_eq!(q.get(&c[1].id).await.unwrap().status, JobStatus::Running);
     let st = q.stats().await.unwrap();
-    assert_eq!(st.kinds["diagnostic"].running, 1, "only the stale one still counts");
+    assert_eq!(
+        st.kinds["diagnostic"].running, 1,
+        "only the stale one still counts"
+    );
     assert_eq!(st.pending, 1);
 }
