@@ -13,6 +13,7 @@ if st == 'queued' or st == 'retrying' then
   finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
   complete_event(id, false, 'cancelled', j[3], j[4])
   redis.call('PUBLISH', P .. 'wake', j[2])
+  publish_readied({ [j[2]] = true })
   return { 'cancelled', 'cancelled' }
 elseif st == 'running' then
   redis.call('HSET', jkey(id), 'cancel', 1)

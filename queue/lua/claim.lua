@@ -1,10 +1,12 @@
 -- Claim up to N jobs for a worker, honouring pause, per-kind limits and per-account order.
 -- ARGV[5] worker id, ARGV[6] lease (ms), ARGV[7] N, then pairs (kind, default limit).
--- Returns { next_delayed_due_ms or -1, paused 0/1, then 7 fields per claimed job }.
+-- Returns { next_delayed_due_ms or -1, paused 0/1, redis now (ms), then 7 fields per claimed job }.
 local worker, lease, want = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 -- Retries whose backoff has elapsed go back to the front of their ready list.
 local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, 500)
-for _, id in ipairs(due) do
+-- Walk them latest-due first, each pushed to the front, so the earliest due ends up first.
+for i = #due, 1, -1 do
+  local id = due[i]
   redis.call('ZREM', P .. 'delayed', id)
   local kind = redis.call('HGET', jkey(id), 'kind')
   if kind then
@@ -14,7 +16,7 @@ for _, id in ipairs(due) do
   end
 end
 local nxt = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-local out = { tonumber(nxt[2] or '-1'), 0 }
+local out = { tonumber(nxt[2] or '-1'), 0, NOW }
 if redis.call('EXISTS', P .. 'paused') == 1 then
   out[2] = 1
   return out
@@ -33,7 +35,8 @@ for i = 8, #ARGV, 2 do
       'reseller', 'attempts')
     if j[1] == 'queued' then
       local attempts = tonumber(j[6] or '0') + 1
-      local token = worker .. '/' .. attempts
+      -- unique per attempt even if attempts restart (rerun) or go back (requeue)
+      local token = worker .. '/' .. attempts .. '/' .. NOW
       redis.call('HSET', jkey(id), 'status', 'running', 'started_at', NOW, 'token', token,
         'worker', worker, 'attempts', attempts)
       redis.call('ZADD', P .. 'leases', NOW + lease, id)

@@ -20,6 +20,10 @@ local function emit(id, typ, data, account, reseller)
     'data', data, 'account', account or '', 'reseller', reseller or '')
 end
 
+-- Kinds that got a claimable job through advance_account: workers are woken for them by
+-- publish_readied() at the end of the script (the next job of an account may be of any kind).
+local READIED = {}
+
 local function make_ready(id, kind, front)
   if front then
     redis.call('LPUSH', P .. 'ready:' .. kind, id)
@@ -44,7 +48,16 @@ local function advance_account(id, account)
   local nxt = redis.call('LINDEX', key, 0)
   if nxt then
     local st = redis.call('HMGET', jkey(nxt), 'status', 'kind')
-    if st[1] == 'queued' then make_ready(nxt, st[2], false) end
+    if st[1] == 'queued' then
+      make_ready(nxt, st[2], false)
+      READIED[st[2]] = true
+    end
+  end
+end
+
+local function publish_readied(except)
+  for kind, _ in pairs(READIED) do
+    if not (except and except[kind]) then redis.call('PUBLISH', P .. 'wake', kind) end
   end
 end
 

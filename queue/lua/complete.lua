@@ -20,7 +20,10 @@ for i = 0, n - 1 do
     local logged = j[9] == '1'
     redis.call('ZREM', P .. 'leases', id)
     dec[kind] = (dec[kind] or 0) + 1
-    if outcome == 'retry' and j[7] == '1' then outcome = 'cancelled'; text = 'cancelled' end
+    -- A cancel requested meanwhile wins over trying again (after a failure or a shutdown).
+    if (outcome == 'retry' or outcome == 'requeue') and j[7] == '1' then
+      outcome = 'cancelled'; text = 'cancelled by request'
+    end
     if outcome == 'retry' and attempts >= max_attempts then outcome = 'failed' end
     local final
     if outcome == 'succeeded' then
@@ -51,12 +54,16 @@ for i = 0, n - 1 do
   end
 end
 for kind, d in pairs(dec) do redis.call('HINCRBY', P .. 'running', kind, -d) end
+local published = {}
 for kind, _ in pairs(woke) do
-  if retried[kind] then
-    -- idle workers learn the new due time from their next claim
+  if retried[kind] or READIED[kind] then
+    -- idle workers learn the new due time from their next claim / claim the account's next job
     redis.call('PUBLISH', P .. 'wake', kind)
-  else
-    wake(kind)
+    published[kind] = true
+  elseif redis.call('LLEN', P .. 'ready:' .. kind) > 0 then
+    redis.call('PUBLISH', P .. 'wake', kind)
+    published[kind] = true
   end
 end
+publish_readied(published)
 return out

@@ -6,14 +6,23 @@ local idem_ttl = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
 local out = { 'ok' }
 -- First pass: resolve idempotency keys so duplicates never count against the bound.
+-- A key repeated inside one batch maps to the batch's first job with that key.
 local fresh = 0
 local existing = {}
+local first_in_batch = {}
 for i = 0, n - 1 do
   local b = 8 + i * 7
   local key = ARGV[b + 6]
   if key ~= '' then
     local id = redis.call('GET', P .. 'idem:' .. key)
-    if id and redis.call('EXISTS', jkey(id)) == 1 then existing[i] = id else fresh = fresh + 1 end
+    if id and redis.call('EXISTS', jkey(id)) == 1 then
+      existing[i] = id
+    elseif first_in_batch[key] then
+      existing[i] = ARGV[8 + first_in_batch[key] * 7]
+    else
+      first_in_batch[key] = i
+      fresh = fresh + 1
+    end
   else
     fresh = fresh + 1
   end

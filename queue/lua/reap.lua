@@ -28,4 +28,5 @@ end
 redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf', NOW - RETENTION)
 trim_finished()
 for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
+publish_readied(woke)
 return #expired

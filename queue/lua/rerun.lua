@@ -7,7 +7,8 @@ if not j[1] then return { 'not_found' } end
 if j[1] ~= 'failed' and j[1] ~= 'cancelled' then return { 'conflict', j[1] } end
 local pending = redis.call('ZCARD', KEYS[1])
 if pending + 1 > max_pending then return { 'full', pending, 30 } end
-redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', 0, 'percent', 0, 'stage', '', 'eta', '', 'speed', '')
+redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', 0, 'percent', 0, 'stage', '', 'eta', '',
+  'speed', '', 'done', '', 'total', '')
 redis.call('HDEL', jkey(id), 'error', 'finished_at', 'started_at', 'cancel', 'result', 'token')
 redis.call('PERSIST', jkey(id))
 redis.call('PERSIST', lkey(id))

@@ -79,6 +79,12 @@ impl QueueConfig {
         if self.retention_secs == 0 {
             errs.push("queue.retention_secs must be at least 1.".into());
         }
+        if self.idempotency_ttl_secs == 0 {
+            errs.push("queue.idempotency_ttl_secs must be at least 1.".into());
+        }
+        if self.max_finished == 0 {
+            errs.push("queue.max_finished must be at least 1.".into());
+        }
         if self.pool_size == 0 {
             errs.push("queue.pool_size must be at least 1.".into());
         }

@@ -44,8 +44,10 @@ impl Event {
     }
 }
 
-/// `XREAD` reply: streams → entries → fields.
-type XReadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+/// One stream entry: id and fields.
+type StreamEntry = (String, Vec<(String, String)>);
+/// `XREAD` reply: streams → entries.
+type XReadReply = Vec<(String, Vec<StreamEntry>)>;
 
 /// Follows the event stream on a dedicated connection with blocking reads (`XREAD BLOCK`):
 /// one per process is enough to fan out to every WebSocket (DESIGN §4).
@@ -90,14 +92,21 @@ impl EventReader {
         let conn = self.conn.as_mut().expect("connected");
         if self.last == "$" {
             // Pin "now" to a concrete id so nothing between two calls is missed.
-            let top: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            let top: redis::RedisResult<Vec<StreamEntry>> = redis::cmd("XREVRANGE")
                 .arg(&self.key)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
                 .arg(1)
                 .query_async(conn)
-                .await?;
+                .await;
+            let top = match top {
+                Ok(t) => t,
+                Err(e) => {
+                    self.conn = None; // re-made on the next call
+                    return Err(e.into());
+                }
+            };
             self.last = top
                 .first()
                 .map(|t| t.0.clone())

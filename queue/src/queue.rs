@@ -113,6 +113,8 @@ pub struct ClaimBatch {
     pub next_due_ms: Option<i64>,
     /// Claiming is paused by an admin.
     pub paused: bool,
+    /// Redis's clock when the claim ran (unix ms), to compare with `next_due_ms`.
+    pub redis_now_ms: i64,
 }
 
 /// How an attempt ended, as the worker reports it.
@@ -157,13 +159,13 @@ pub enum CancelOutcome {
     Cancelling,
 }
 
-/// Result of a lease renewal.
+/// Result of a lease renewal: `(id, token)` pairs as they were passed in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Renewed {
-    /// Jobs whose cancel was requested.
-    pub cancelled: Vec<String>,
-    /// Jobs this worker no longer owns (lease expired and moved on).
-    pub lost: Vec<String>,
+    /// Attempts whose job was asked to cancel.
+    pub cancelled: Vec<(String, String)>,
+    /// Attempts that no longer own their job (lease expired and moved on).
+    pub lost: Vec<(String, String)>,
 }
 
 /// Filters for [`Queue::list`].
@@ -444,7 +446,7 @@ impl Queue {
         }
         let mut c = self.conn().await?;
         let reply = as_array(inv.invoke_async(&mut c).await?)?;
-        if reply.len() < 2 {
+        if reply.len() < 3 {
             return Err(bad(reply));
         }
         let due = as_int(&reply[0])?;
@@ -452,8 +454,9 @@ impl Queue {
             jobs: Vec::new(),
             next_due_ms: (due >= 0).then_some(due),
             paused: as_int(&reply[1])? == 1,
+            redis_now_ms: as_int(reply.get(2).ok_or_else(|| bad("short claim reply"))?)?,
         };
-        for f in reply[2..].chunks(7) {
+        for f in reply[3..].chunks(7) {
             if f.len() < 7 {
                 return Err(bad(f));
             }
@@ -556,8 +559,16 @@ impl Queue {
             inv.arg(id).arg(token);
         }
         let mut c = self.conn().await?;
-        let (cancelled, lost): (Vec<String>, Vec<String>) = inv.invoke_async(&mut c).await?;
-        Ok(Renewed { cancelled, lost })
+        let (cancelled, lost): (Vec<usize>, Vec<usize>) = inv.invoke_async(&mut c).await?;
+        let pick = |v: Vec<usize>| {
+            v.into_iter()
+                .filter_map(|i| leases.get(i.wrapping_sub(1)).cloned())
+                .collect()
+        };
+        Ok(Renewed {
+            cancelled: pick(cancelled),
+            lost: pick(lost),
+        })
     }
 
     /// Store progress (and renew the lease). Returns `(still owned, cancel requested)`.

@@ -211,7 +211,7 @@ async fn expired_leases_are_reaped_and_stale_owners_are_ignored() {
         .renew(&[(first.id.clone(), first.token.clone())])
         .await
         .unwrap();
-    assert_eq!(r.lost, vec![id.clone()]);
+    assert_eq!(r.lost, vec![(id.clone(), first.token.clone())]);
     assert_eq!(
         q.complete(&id, &first.token, k, Outcome::Succeeded(json!(0)))
             .await
@@ -331,7 +331,7 @@ async fn cancel_queued_running_finished_and_unknown() {
     let c = claim_all(&q, &[k]).await.remove(0);
     assert_eq!(q.cancel(&running).await.unwrap(), CancelOutcome::Cancelling);
     let r = q.renew(&[(c.id.clone(), c.token.clone())]).await.unwrap();
-    assert_eq!(r.cancelled, vec![running.clone()]);
+    assert_eq!(r.cancelled, vec![(running.clone(), c.token.clone())]);
     // a retry request from a cancelled job ends it as cancelled
     q.complete(
         &running,
@@ -664,4 +664,103 @@ async fn complete_many_records_each_outcome_and_flags_stale_ones() {
         "only the stale one still counts"
     );
     assert_eq!(st.pending, 1);
+}
+
+#[tokio::test]
+async fn a_cancel_wins_over_a_shutdown_requeue() {
+    let q = q("cancel-requeue");
+    let id = q.enqueue(diag()).await.unwrap().id;
+    let c = claim_all(&q, &[JobKind::Diagnostic]).await.remove(0);
+    assert_eq!(q.cancel(&id).await.unwrap(), CancelOutcome::Cancelling);
+    let st = q
+        .complete(&c.id, &c.token, c.kind, Outcome::Requeue)
+        .await
+        .unwrap();
+    assert_eq!(st, Some(JobStatus::Cancelled));
+    assert!(claim_all(&q, &[JobKind::Diagnostic]).await.is_empty());
+}
+
+#[tokio::test]
+async fn one_idempotency_key_twice_in_a_batch_is_one_job() {
+    let q = q("idem-batch");
+    let v = q
+        .enqueue_bulk(vec![
+            diag().idempotency_key("k"),
+            diag().idempotency_key("k"),
+            diag(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(v[0].id, v[1].id);
+    assert!(!v[0].existed && v[1].existed && !v[2].existed);
+    assert_eq!(q.stats().await.unwrap().pending, 2);
+}
+
+#[test]
+fn settings_that_would_break_scripts_are_refused() {
+    let c = QueueConfig {
+        idempotency_ttl_secs: 0,
+        max_finished: 0,
+        ..QueueConfig::default()
+    };
+    let errs = c.validate();
+    assert!(errs.iter().any(|e| e.contains("idempotency_ttl_secs")));
+    assert!(errs.iter().any(|e| e.contains("max_finished")));
+    assert!(matches!(Queue::new(c), Err(QueueError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn retries_that_fall_due_together_keep_their_order() {
+    let q = q("due-order");
+    let k = JobKind::Diagnostic;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(q.enqueue(diag()).await.unwrap().id);
+    }
+    let c = claim_all(&q, &[k]).await;
+    for (i, j) in c.iter().enumerate() {
+        let delay = Duration::from_millis(10 + 10 * i as u64);
+        q.complete(
+            &j.id,
+            &j.token,
+            k,
+            Outcome::Retry {
+                error: "x".into(),
+                delay,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again: Vec<String> = q
+        .claim("w", &[k], 1)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(again, vec![ids[0].clone()], "the earliest due runs first");
+}
+
+#[tokio::test]
+async fn renew_answers_per_attempt_even_for_jobs_claimed_together() {
+    let q = q("renew-pairs");
+    let a = q.enqueue(diag()).await.unwrap().id;
+    let b = q.enqueue(diag()).await.unwrap().id;
+    let c = claim_all(&q, &[JobKind::Diagnostic]).await;
+    assert_eq!(c.len(), 2);
+    q.cancel(&b).await.unwrap();
+    let pairs: Vec<_> = c.iter().map(|j| (j.id.clone(), j.token.clone())).collect();
+    let r = q.renew(&pairs).await.unwrap();
+    let tb = c.iter().find(|j| j.id == b).unwrap().token.clone();
+    assert_eq!(r.cancelled, vec![(b.clone(), tb)]);
+    assert!(r.lost.is_empty());
+    let ta = c.iter().find(|j| j.id == a).unwrap().token.clone();
+    q.complete(&a, &ta, JobKind::Diagnostic, Outcome::Succeeded(json!(1)))
+        .await
+        .unwrap();
+    let r = q.renew(&pairs).await.unwrap();
+    assert_eq!(r.lost, vec![(a, ta)]);
 }

@@ -228,7 +228,9 @@ impl Scheduler {
             }
             let mut payload = spec.payload.clone();
             if spec.kind == JobKind::QuotaSweep {
-                payload["tick"] = due.timestamp().into();
+                if let Some(obj) = payload.as_object_mut() {
+                    obj.insert("tick".into(), due.timestamp().into());
+                }
             }
             let job = NewJob::new(spec.kind, payload).idempotency_key(format!(
                 "sched:{}:{}",

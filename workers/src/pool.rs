@@ -73,12 +73,39 @@ const STOP_SHUTDOWN: u8 = 2;
 const STOP_LOST: u8 = 3;
 
 struct Local {
-    token: String,
+    id: String,
     cancel: CancellationToken,
     why: Arc<AtomicU8>,
 }
 
-type Table = Arc<Mutex<HashMap<String, Local>>>;
+impl Local {
+    /// Record why the job is being stopped; the first reason wins, except that a lost lease
+    /// overrides everything (nothing may be recorded for it any more).
+    fn stop(&self, why: u8) {
+        if why == STOP_LOST {
+            self.why.store(STOP_LOST, Ordering::SeqCst);
+        } else {
+            let _ = self
+                .why
+                .compare_exchange(STOP_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Running attempts of this process, keyed by (job id, lease token): the same job may briefly
+/// have an old attempt that lost its lease and a new one.
+type Table = Arc<Mutex<HashMap<(String, String), Local>>>;
+
+/// How the handler ended.
+enum Ended {
+    /// It returned.
+    Returned(Result<serde_json::Value, JobError>),
+    /// It did not stop within `cancel_grace` of a cancel and was dropped.
+    Dropped,
+    /// It ran past `job_timeout` and was dropped.
+    TimedOut(Duration),
+}
 
 /// An outcome waiting to be recorded, and who waits for the answer.
 type Pending = (Completion, oneshot::Sender<Option<Option<JobStatus>>>);
@@ -194,11 +221,13 @@ impl Pool {
             if batch.jobs.is_empty() {
                 let mut sleep = this.cfg.idle_poll;
                 if let Some(due) = batch.next_due_ms {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    sleep = sleep.min(Duration::from_millis((due - now).max(1) as u64));
+                    // Both times are Redis's clock: skew between hosts does not matter.
+                    let wait = (due - batch.redis_now_ms).max(1) as u64;
+                    sleep = sleep.min(Duration::from_millis(wait));
                 }
                 tokio::select! {
                     _ = wake.notified() => {}
+                    _ = freed.notified() => {}
                     _ = tokio::time::sleep(sleep) => {}
                     _ = shutdown.cancelled() => break,
                 }
@@ -231,11 +260,10 @@ impl Pool {
         {
             let left: Vec<_> = {
                 let t = table.lock().expect("table");
-                t.iter()
-                    .map(|(id, l)| {
-                        l.why.store(STOP_SHUTDOWN, Ordering::SeqCst);
-                        l.cancel.cancel();
-                        id.clone()
+                t.values()
+                    .map(|l| {
+                        l.stop(STOP_SHUTDOWN);
+                        l.id.clone()
                     })
                     .collect()
             };
@@ -256,14 +284,21 @@ impl Pool {
             let started = Instant::now();
             let cancel = CancellationToken::new();
             let why = Arc::new(AtomicU8::new(STOP_NONE));
-            table.lock().expect("table").insert(
-                job.id.clone(),
-                Local {
-                    token: job.token.clone(),
-                    cancel: cancel.clone(),
-                    why: why.clone(),
-                },
-            );
+            {
+                let mut t = table.lock().expect("table");
+                // An older attempt of this job still running here has lost its lease.
+                for l in t.values().filter(|l| l.id == job.id) {
+                    l.stop(STOP_LOST);
+                }
+                t.insert(
+                    (job.id.clone(), job.token.clone()),
+                    Local {
+                        id: job.id.clone(),
+                        cancel: cancel.clone(),
+                        why: why.clone(),
+                    },
+                );
+            }
             metrics::gauge!(m::JOBS_RUNNING).increment(1.0);
             let (progress, flusher) = Flusher::new(
                 self.queue.clone(),
@@ -285,25 +320,30 @@ impl Pool {
                 cancel: cancel.clone(),
             };
             debug!("Job started.");
-            let result = self.execute(ctx, &cancel).await;
+            let ended = self.execute(ctx, &cancel).await;
             stop_flush.cancel();
             let _ = flush_task.await;
-            table.lock().expect("table").remove(&job.id);
             metrics::gauge!(m::JOBS_RUNNING).decrement(1.0);
             let why = why.load(Ordering::SeqCst);
-            let outcome = match (why, result) {
+            let retry = |e: String| Outcome::Retry {
+                error: e,
+                delay: backoff(job.attempt, self.cfg.backoff_base, self.cfg.backoff_max),
+            };
+            // A result the handler returned wins over a cancel or shutdown that came too late
+            // to stop it: the work is done and must not run again.
+            let outcome = match (why, ended) {
                 (STOP_LOST, _) => None,
+                (_, Ended::Returned(Ok(v))) => Some(Outcome::Succeeded(v)),
                 (STOP_SHUTDOWN, _) => Some(Outcome::Requeue),
-                (STOP_CANCEL, _) | (_, Err(JobError::Cancelled)) => {
-                    Some(Outcome::Cancelled("cancelled by request".into()))
+                (STOP_CANCEL, _)
+                | (_, Ended::Returned(Err(JobError::Cancelled)))
+                | (_, Ended::Dropped) => Some(Outcome::Cancelled("cancelled by request".into())),
+                (_, Ended::Returned(Err(JobError::Permanent(e)))) => Some(Outcome::Failed(e)),
+                (_, Ended::Returned(Err(JobError::RetryAfter(d, e)))) => {
+                    Some(Outcome::Retry { error: e, delay: d })
                 }
-                (_, Ok(v)) => Some(Outcome::Succeeded(v)),
-                (_, Err(JobError::Permanent(e))) => Some(Outcome::Failed(e)),
-                (_, Err(JobError::RetryAfter(d, e))) => Some(Outcome::Retry { error: e, delay: d }),
-                (_, Err(JobError::Transient(e))) => Some(Outcome::Retry {
-                    error: e,
-                    delay: backoff(job.attempt, self.cfg.backoff_base, self.cfg.backoff_max),
-                }),
+                (_, Ended::Returned(Err(JobError::Transient(e)))) => Some(retry(e)),
+                (_, Ended::TimedOut(t)) => Some(retry(format!("timed out after {t:?}"))),
             };
             let label = match &outcome {
                 None => "lost",
@@ -318,6 +358,7 @@ impl Pool {
             metrics::histogram!(m::JOB_DURATION_SECONDS, "kind" => job.kind.as_str())
                 .record(started.elapsed().as_secs_f64());
             let Some(outcome) = outcome else {
+                table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
                 warn!("Lease lost while running; another attempt owns the job now.");
                 return;
             };
@@ -331,10 +372,15 @@ impl Pool {
                 kind: job.kind,
                 outcome,
             };
+            // The lease keeps being renewed (the entry stays in the table) until the outcome
+            // is recorded, so a slow Redis cannot make a finished job run again.
             if done.send((c, tx)).is_err() {
+                table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
                 return;
             }
-            match rx.await {
+            let recorded = rx.await;
+            table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
+            match recorded {
                 Ok(Some(Some(st))) => debug!(status = %st, "Job attempt recorded."),
                 Ok(Some(None)) => warn!("Outcome not recorded: the lease had moved on."),
                 _ => warn!("Outcome not recorded (redis unreachable); the lease will expire and the job run again."),
@@ -346,16 +392,12 @@ impl Pool {
 
     /// Run the handler with a timeout, catching panics; on cancel, give it `cancel_grace` to
     /// return by itself, then drop it (which kills its process groups).
-    async fn execute(
-        &self,
-        ctx: JobContext,
-        cancel: &CancellationToken,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn execute(&self, ctx: JobContext, cancel: &CancellationToken) -> Ended {
         let Some(handler) = self.registry.get(ctx.kind) else {
-            return Err(JobError::Permanent(format!(
+            return Ended::Returned(Err(JobError::Permanent(format!(
                 "no handler for job type {} in this worker",
                 ctx.kind
-            )));
+            ))));
         };
         let timeout = self.cfg.job_timeout;
         let fut = AssertUnwindSafe(handler(ctx)).catch_unwind();
@@ -367,16 +409,16 @@ impl Pool {
             }
         };
         match joined {
-            None if cancel.is_cancelled() => Err(JobError::Cancelled),
-            None => Err(JobError::Transient(format!("timed out after {timeout:?}"))),
-            Some(Ok(r)) => r,
+            None if cancel.is_cancelled() => Ended::Dropped,
+            None => Ended::TimedOut(timeout),
+            Some(Ok(r)) => Ended::Returned(r),
             Some(Err(panic)) => {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Err(JobError::Transient(format!("handler panicked: {msg}")))
+                Ended::Returned(Err(JobError::Transient(format!("handler panicked: {msg}"))))
             }
         }
     }
@@ -469,10 +511,9 @@ async fn listener(queue: Queue, table: Table, wake: Arc<Notify>, stop: Cancellat
             };
             if msg.get_channel_name() == cancel_ch {
                 let id: String = msg.get_payload().unwrap_or_default();
-                if let Some(l) = table.lock().expect("table").get(&id) {
+                for l in table.lock().expect("table").values().filter(|l| l.id == id) {
                     info!(job_id = %id, "Cancel requested; stopping the job.");
-                    l.why.store(STOP_CANCEL, Ordering::SeqCst);
-                    l.cancel.cancel();
+                    l.stop(STOP_CANCEL);
                 }
             } else {
                 wake.notify_one();
@@ -482,39 +523,29 @@ async fn listener(queue: Queue, table: Table, wake: Arc<Notify>, stop: Cancellat
 }
 
 async fn renewer(queue: Queue, table: Table, stop: CancellationToken) {
-    let every = Duration::from_millis((queue.config().lease_ms / 3).max(100));
+    // A third of the lease, and at least once a second so that a cancel whose pub/sub message
+    // was missed still stops the job within about a second.
+    let every = Duration::from_millis((queue.config().lease_ms / 3).clamp(100, 1000));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let leases: Vec<(String, String)> = table
-            .lock()
-            .expect("table")
-            .iter()
-            .map(|(id, l)| (id.clone(), l.token.clone()))
-            .collect();
+        let leases: Vec<(String, String)> = table.lock().expect("table").keys().cloned().collect();
         if leases.is_empty() {
             continue;
         }
         match queue.renew(&leases).await {
             Ok(r) => {
                 let t = table.lock().expect("table");
-                for id in r.cancelled {
-                    if let Some(l) = t.get(&id) {
-                        let _ = l.why.compare_exchange(
-                            STOP_NONE,
-                            STOP_CANCEL,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        );
-                        l.cancel.cancel();
+                for key in r.cancelled {
+                    if let Some(l) = t.get(&key) {
+                        l.stop(STOP_CANCEL);
                     }
                 }
-                for id in r.lost {
-                    if let Some(l) = t.get(&id) {
-                        l.why.store(STOP_LOST, Ordering::SeqCst);
-                        l.cancel.cancel();
+                for key in r.lost {
+                    if let Some(l) = t.get(&key) {
+                        l.stop(STOP_LOST);
                     }
                 }
             }

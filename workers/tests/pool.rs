@@ -450,3 +450,137 @@ async fn retry_after_and_timeouts_are_honoured() {
     assert!(j.error.unwrap().contains("timed out after 300ms"));
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_next_job_of_another_kind_starts_at_once() {
+    let q = Queue::new(testing::config("cross-kind")).unwrap();
+    let reg = Registry::new()
+        .register(JobKind::Diagnostic, |_c: JobContext| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(json!({}))
+        })
+        .register(JobKind::HealthCheck, |_c: JobContext| async move {
+            Ok(json!({}))
+        });
+    let p = start(
+        &q,
+        reg,
+        PoolConfig {
+            idle_poll: Duration::from_secs(30),
+            ..fast()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = q.enqueue(diag(0, 0, 0).account("acme")).await.unwrap().id;
+    let hc = q
+        .enqueue(
+            NewJob::typed(&HealthCheck {
+                migration_id: "m".into(),
+            })
+            .account("acme"),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait_status(&q, &a, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    wait_status(&q, &hc, JobStatus::Succeeded, Duration::from_secs(2)).await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_returned_after_shutdown_or_cancel_is_kept() {
+    let q = Queue::new(testing::config("late-ok")).unwrap();
+    let runs = Arc::new(Mutex::new(0u32));
+    let r = runs.clone();
+    let reg = Registry::new().register(JobKind::Diagnostic, move |_c: JobContext| {
+        let r = r.clone();
+        async move {
+            // does its work and ignores the cancel it is sent
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            *r.lock().unwrap() += 1;
+            Ok(json!({"done": true}))
+        }
+    });
+    let cfg = PoolConfig {
+        shutdown_grace: Duration::from_millis(300),
+        cancel_grace: Duration::from_secs(2),
+        ..fast()
+    };
+    // shutdown while it runs
+    let p = start(&q, reg.clone(), cfg.clone());
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &id, JobStatus::Running, Duration::from_secs(5)).await;
+    p.shutdown().await;
+    let j = q.get(&id).await.unwrap();
+    assert_eq!(j.status, JobStatus::Succeeded, "not requeued to run twice");
+    assert_eq!(j.result.unwrap()["done"], true);
+    // cancel while it runs
+    let p = start(&q, reg, cfg);
+    let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &id, JobStatus::Running, Duration::from_secs(5)).await;
+    q.cancel(&id).await.unwrap();
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(5)).await;
+    assert_eq!(j.result.unwrap()["done"], true);
+    assert_eq!(*runs.lock().unwrap(), 2);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_attempt_reclaimed_by_the_same_pool_never_overlaps() {
+    let mut cfg = testing::config("reclaim");
+    cfg.lease_ms = 1500;
+    let q = Queue::new(cfg).unwrap();
+    let active = Arc::new(Mutex::new((0u32, 0u32))); // (now, max) of attempts >= 2
+    let a = active.clone();
+    let reg = Registry::new().register(JobKind::Diagnostic, move |c: JobContext| {
+        let a = a.clone();
+        async move {
+            if c.attempt == 1 {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                return Ok(json!(1));
+            }
+            {
+                let mut g = a.lock().unwrap();
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+            }
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            a.lock().unwrap().0 -= 1;
+            Ok(json!(c.attempt))
+        }
+    });
+    let p = start(
+        &q,
+        reg,
+        PoolConfig {
+            reap_interval: Duration::from_millis(100),
+            ..fast()
+        },
+    );
+    let id = q
+        .enqueue(NewJob::typed(&Diagnostic::default()).max_attempts(10))
+        .await
+        .unwrap()
+        .id;
+    wait_status(&q, &id, JobStatus::Running, Duration::from_secs(5)).await;
+    // attempt 1 misses its lease (as in a network blip): the reaper requeues the job and this
+    // same pool claims attempt 2 while attempt 1 is still in its handler
+    let _: i64 = q
+        .raw(
+            redis::cmd("ZADD")
+                .arg(format!("{}leases", q.prefix()))
+                .arg(0)
+                .arg(&id),
+        )
+        .await
+        .unwrap();
+    let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 2, "attempt 2's lease kept being renewed");
+    assert_eq!(j.result.unwrap(), 2);
+    assert_eq!(
+        active.lock().unwrap().1,
+        1,
+        "no third attempt overlapped the second"
+    );
+    p.shutdown().await;
+}
