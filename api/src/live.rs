@@ -46,6 +46,10 @@ pub(crate) fn upgrade(
         st.hub.config().max_connections,
     ))?;
     let hub = st.hub.clone();
+    // tungstenite's default 128 KiB read buffer is zero-filled before every read, so it is all
+    // resident and costs a memset per poll: 137 KiB and most of the server's CPU per socket at
+    // 1000 watchers (loadtests/API.md). Clients send almost nothing; 4 KiB is plenty.
+    let ws = ws.read_buffer_size(4 * 1024);
     Ok(ws.on_upgrade(move |socket| ws::serve_socket(socket, hub, caller.0, scope, since, guard)))
 }
 
