@@ -39,6 +39,49 @@ pub const METRIC_GAVE_UP: &str = "npanel_agent_watchdog_gave_up_total";
 pub const LOG_TAIL_LINES: usize = 100;
 /// File (under the data dir) the failure records go to.
 pub const FAILURES_FILE: &str = "failures.jsonl";
+/// Prometheus text file (under the data dir) with the watchdog's counters, rewritten atomically
+/// after every failure: point node_exporter's textfile collector at it. The watchdog has no
+/// HTTP server on purpose (small, nothing listening beside a root process).
+pub const METRICS_FILE: &str = "watchdog.prom";
+
+/// The watchdog's counters, mirrored to [`METRICS_FILE`].
+#[derive(Debug, Default)]
+struct Counters {
+    failures: std::collections::BTreeMap<&'static str, u64>,
+    restarts: u64,
+    gave_up: u64,
+}
+
+impl Counters {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "# HELP {METRIC_FAILURES} Agent failures seen by the watchdog, by reason.\n# TYPE {METRIC_FAILURES} counter\n"
+        ));
+        for reason in ["exited", "unresponsive", "startup_timeout", "spawn_failed"] {
+            let n = self.failures.get(reason).copied().unwrap_or(0);
+            out.push_str(&format!("{METRIC_FAILURES}{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out.push_str(&format!(
+            "# HELP {METRIC_RESTARTS} Agent restarts done by the watchdog.\n# TYPE {METRIC_RESTARTS} counter\n{METRIC_RESTARTS} {}\n",
+            self.restarts
+        ));
+        out.push_str(&format!(
+            "# HELP {METRIC_GAVE_UP} Times the watchdog gave up (restart cap reached).\n# TYPE {METRIC_GAVE_UP} counter\n{METRIC_GAVE_UP} {}\n",
+            self.gave_up
+        ));
+        out
+    }
+
+    fn write(&self, dir: &std::path::Path) {
+        let tmp = dir.join(format!("{METRICS_FILE}.tmp"));
+        let res = std::fs::write(&tmp, self.render())
+            .and_then(|_| std::fs::rename(&tmp, dir.join(METRICS_FILE)));
+        if let Err(e) = res {
+            tracing::error!("cannot write {METRICS_FILE}: {e}");
+        }
+    }
+}
 
 /// Watchdog settings; the defaults are those of DESIGN §6.
 #[derive(Debug, Clone)]
@@ -164,6 +207,8 @@ pub async fn run(
     }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::io(&cfg.data_dir, e))?;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut counters = Counters::default();
+    counters.write(&cfg.data_dir);
     loop {
         let ring: Ring = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
         let mut readers = Vec::new();
@@ -248,11 +293,17 @@ pub async fn run(
             log_tail,
         };
         metrics::counter!(METRIC_FAILURES, "reason" => failure.reason.as_str()).increment(1);
+        *counters
+            .failures
+            .entry(failure.reason.as_str())
+            .or_default() += 1;
         if let Err(e) = append_record(&cfg, &record) {
             tracing::error!("cannot record the failure: {e}");
         }
         if give_up {
             metrics::counter!(METRIC_GAVE_UP).increment(1);
+            counters.gave_up += 1;
+            counters.write(&cfg.data_dir);
             tracing::error!(
                 restarts = restarts.len(),
                 window_s = cfg.window.as_secs(),
@@ -273,6 +324,8 @@ pub async fn run(
         );
         restarts.push_back(Instant::now());
         metrics::counter!(METRIC_RESTARTS).increment(1);
+        counters.restarts += 1;
+        counters.write(&cfg.data_dir);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
             _ = tokio::time::sleep(cfg.restart_delay) => {}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::watchdog::{read_records, FailureAction, FailureReason, FAILURES_FILE};
+use agent::watchdog::{read_records, FailureAction, FailureReason, FAILURES_FILE, METRICS_FILE};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -248,6 +248,17 @@ fn gives_up_after_the_restart_cap() {
         6,
         "5 restarts + the failure that gave up: {recs:?}"
     );
+    let prom = std::fs::read_to_string(sb.path().join("wd").join(METRICS_FILE)).unwrap();
+    assert!(
+        prom.contains("npanel_agent_failures_total{reason=\"exited\"} 6\n"),
+        "{prom}"
+    );
+    assert!(prom.contains("npanel_agent_restarts_total 5\n"), "{prom}");
+    assert!(
+        prom.contains("npanel_agent_watchdog_gave_up_total 1\n"),
+        "{prom}"
+    );
+    assert!(prom.contains("# TYPE npanel_agent_restarts_total counter"));
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r.reason, FailureReason::Exited);
         assert_eq!(r.exit_code, Some(3));
