@@ -54,6 +54,8 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     info!(redis = %crate::config::redact_url(&url), queue = %q.prefix(), ?mode, "nPanel jobs starting.");
     if let Err(e) = q.ping().await {
         tracing::warn!(error = %e, "Redis does not answer yet; workers will keep retrying.");
+    } else {
+        warn_if_evicting(&q).await;
     }
     let registry = workers::Registry::builtin();
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
@@ -139,4 +141,20 @@ pub fn on_signals(token: CancellationToken) {
             }
         }
     });
+}
+
+/// Jobs are data: a Redis that evicts keys under memory pressure can silently drop them.
+/// Managed Redis may forbid CONFIG; then nothing is said.
+async fn warn_if_evicting(q: &Queue) {
+    let policy: Result<Vec<String>, _> = q
+        .raw(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+        .await;
+    if let Ok(v) = policy {
+        if let Some(p) = v.get(1).filter(|p| p.as_str() != "noeviction") {
+            tracing::warn!(
+                policy = %p,
+                "Redis maxmemory-policy is not noeviction: under memory pressure it may drop job keys. Set maxmemory-policy noeviction."
+            );
+        }
+    }
 }
