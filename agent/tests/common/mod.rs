@@ -224,6 +224,11 @@ impl Conn {
         self.writer.write_all(b"\n")?;
         self.read()
     }
+    /// Write a line without waiting for the answer.
+    pub fn send_only(&mut self, line: &str) -> std::io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\n")
+    }
     pub fn read(&mut self) -> std::io::Result<Value> {
         let mut answer = String::new();
         if self.reader.read_line(&mut answer)? == 0 {
