@@ -35,6 +35,9 @@ pub struct Config {
     pub ws: WsConfig,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
+    /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
+    /// default (several workers may share a host); `serve` has `/metrics` on `listen`.
+    pub metrics_listen: Option<String>,
 }
 
 /// Worker pool settings (see `workers::PoolConfig`).
@@ -145,6 +148,7 @@ impl Default for Config {
             api: api::ApiConfig::default(),
             ws: WsConfig::default(),
             log: "info".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -215,6 +219,13 @@ impl Config {
                 "listen {:?} is not an address like 127.0.0.1:8080.",
                 self.listen
             ));
+        }
+        if let Some(m) = &self.metrics_listen {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!(
+                    "metrics_listen {m:?} is not an address like 127.0.0.1:9465."
+                ));
+            }
         }
         p.extend(self.api.validate());
         if self.ws.max_connections == 0 {

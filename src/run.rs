@@ -76,6 +76,27 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         info!(%addr, "API listening on http://{addr} (WebSocket on the same port)");
         tasks.spawn(api::serve(listener, state, shutdown.clone()).map_ok_anyhow());
     }
+    if let (Mode::Worker, Some(addr)) = (mode, &cfg.metrics_listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for /metrics"))?;
+        let handle = api::metrics::install_prometheus();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let h = handle.clone();
+                async move { h.render() }
+            }),
+        );
+        info!(addr = %listener.local_addr()?, "Worker metrics on /metrics.");
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await?;
+            Ok(())
+        });
+    }
     tasks.spawn(pool.run(shutdown.clone()).map_ok_anyhow());
     if mode == Mode::Serve && cfg.scheduler.enabled {
         let sched = scheduler::Scheduler::new(q.clone(), scheduler::builtin())?;
