@@ -12,6 +12,7 @@ use queue::{CancelOutcome, Job, JobKind, JobStatus, ListFilter, NewJob};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
+use ws::Role;
 
 /// `POST /api/jobs` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -64,20 +65,42 @@ pub struct Accepted {
 }
 
 /// Enqueue `job` and answer 202 with links.
+///
+/// Idempotency keys are scoped to the caller's tenant and the job kind, so one tenant's key can
+/// never match (and so reveal or suppress) another tenant's job.
 pub(crate) async fn accept(
     st: &AppState,
-    job: NewJob,
+    caller: &Caller,
+    mut job: NewJob,
     live_base: &str,
 ) -> Result<Response, ApiError> {
     let kind = job.kind;
-    let account = job.account.clone();
+    if let Some(key) = job.idempotency_key.take() {
+        let v = &caller.0;
+        let tenant = match v.role {
+            Role::Admin => "admin".to_string(),
+            Role::Reseller => format!("r:{}", v.reseller.as_deref().unwrap_or("")),
+            Role::Customer => format!("c:{}", v.account.as_deref().unwrap_or("")),
+        };
+        job.idempotency_key = Some(format!("api|{tenant}|{kind}|{key}"));
+    }
+    let mut account = job.account.clone();
     let e = st.queue.enqueue(job).await?;
     let status = if e.existed {
-        st.queue
-            .get(&e.id)
-            .await
-            .map(|j| j.status.to_string())
-            .unwrap_or_else(|_| "queued".into())
+        match st.queue.get(&e.id).await {
+            Ok(j) if caller.0.can_see_job(&j) => {
+                account = j.account.clone();
+                j.status.to_string()
+            }
+            // The same tenant's key can only name the same tenant's job; anything else is
+            // answered as a conflict without details.
+            Ok(_) => {
+                return Err(ApiError::Conflict(
+                    "this idempotency key is already in use".into(),
+                ))
+            }
+            Err(_) => "queued".into(),
+        }
     } else {
         JobStatus::Queued.to_string()
     };
@@ -123,7 +146,7 @@ pub async fn enqueue(
     job.idempotency_key = req.idempotency_key;
     job.max_attempts = req.max_attempts;
     tracing::info!(target: "audit", actor = %caller.0.subject, %kind, "Job enqueued by an admin.");
-    accept(&st, job, "/api/jobs").await
+    accept(&st, &caller, job, "/api/jobs").await
 }
 
 /// `GET /api/jobs` filters.

@@ -160,7 +160,8 @@ async fn rbac_matrix() {
                 Some(r#"{"account": "a1"}"#),
             )
             .await;
-        let expect = if name == "sibling" {
+        let expect = if name == "sibling" || name == "reseller" {
+            // resellers cannot name accounts until ownership is recorded (store)
             StatusCode::FORBIDDEN
         } else {
             StatusCode::NOT_IMPLEMENTED
@@ -192,6 +193,7 @@ async fn rbac_matrix() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A reseller may not name an account it cannot be shown to own (no store yet).
     let r = srv
         .req(
             "POST",
@@ -200,12 +202,39 @@ async fn rbac_matrix() {
             Some(r#"{"archive": "y", "account": "a9"}"#),
         )
         .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    let j = srv.queue.get(r.json["id"].as_str().unwrap()).await.unwrap();
-    assert_eq!(
-        (j.account.as_deref(), j.reseller.as_deref()),
-        (Some("a9"), Some("r1"))
-    );
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    // Customers name one of their backups, never a server path.
+    for archive in ["/home/other/secret.tar", "../x.tar", "a/b.tar"] {
+        let body = serde_json::json!({ "archive": archive }).to_string();
+        let r = srv
+            .req("POST", "/api/restore", Some(&customer), Some(&body))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{archive}: {}",
+            r.json
+        );
+    }
+    // Idempotency keys are per tenant: the same key from two customers makes two jobs, and
+    // neither learns of the other's.
+    let other = token(Role::Customer, Some("b1"), Some("r2"));
+    let body = r#"{"archive": "nightly.tar", "idempotency_key": "nightly"}"#;
+    let a = srv
+        .req("POST", "/api/restore", Some(&customer), Some(body))
+        .await;
+    let b = srv
+        .req("POST", "/api/restore", Some(&other), Some(body))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{}", b.json);
+    assert_ne!(a.json["id"], b.json["id"]);
+    assert_eq!(b.json["existed"], false);
+    let again = srv
+        .req("POST", "/api/restore", Some(&customer), Some(body))
+        .await;
+    assert_eq!(again.json["id"], a.json["id"]);
+    assert_eq!(again.json["existed"], true);
 
     // No token at all: 401 on every /api route.
     for (m, p) in [
