@@ -124,6 +124,16 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
             .map_err(|_| ApiError::Unauthorized)?;
         let c = data.claims;
+        // A customer token must name its account and a reseller token its reseller id;
+        // otherwise they would share rate-limit keys and start jobs for nobody.
+        let incomplete = match c.role {
+            Role::Admin => false,
+            Role::Reseller => c.reseller.as_deref().is_none_or(str::is_empty),
+            Role::Customer => c.account.as_deref().is_none_or(str::is_empty),
+        };
+        if incomplete {
+            return Err(ApiError::Unauthorized);
+        }
         Ok(Viewer {
             role: c.role,
             subject: c.sub,
@@ -147,8 +157,16 @@ pub fn load_or_create_secret(
     }
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
-        Ok(_) => {}
+        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is empty or shorter than 16 characters; delete it to have a new secret generated",
+                    path.display()
+                ),
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -168,9 +186,23 @@ pub fn load_or_create_secret(
     f.sync_all()?;
     drop(f);
     // Two processes starting at once: the first rename wins, both read the winner.
-    if std::fs::hard_link(&tmp, &path).is_err() {
+    if let Err(e) = std::fs::hard_link(&tmp, &path) {
         let _ = std::fs::remove_file(&tmp);
-        return load_or_create_secret(None, data_dir);
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        // Another process won the race: read its secret (once; no recursion).
+        let s = std::fs::read_to_string(&path)?;
+        if s.trim().len() < 16 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is being written by another process; retry",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(s.trim().as_bytes().to_vec());
     }
     let _ = std::fs::remove_file(&tmp);
     tracing::info!(path = %path.display(), "Generated a new JWT signing secret.");
@@ -203,6 +235,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// `?token=` is for browsers opening a WebSocket, which cannot set headers: only the live
+/// routes take it (tokens in other URLs end up in access logs).
+fn is_live_route(path: &str) -> bool {
+    path == "/api/events/live" || (path.starts_with("/api/") && path.ends_with("/live"))
+}
+
 fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -213,7 +251,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
 /// Decode the caller's token (if any) into an [`Authn`] extension.
 pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = bearer(req.headers()).map(str::to_string).or_else(|| {
-        is_upgrade(req.headers())
+        (is_upgrade(req.headers()) && is_live_route(req.uri().path()))
             .then(|| query_token(req.uri().query()))
             .flatten()
     });
