@@ -340,6 +340,18 @@ async fn replay_after_a_dropped_connection() {
     assert!(got.iter().any(|m| m["type"] == "log"));
     let c = got.last().unwrap();
     assert_eq!(c["success"], true);
+
+    // Reconnecting after the end (since = the complete's seq) gets a complete and a close,
+    // not a socket that waits forever.
+    let end = c["seq"].as_str().unwrap().to_string();
+    let mut ws = srv
+        .ws(&format!("/api/jobs/{id}/live?since={end}"), Some(&admin))
+        .await
+        .unwrap();
+    let after = ws.drain(S).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["type"], "complete");
+    assert_eq!(after[0]["success"], true);
 }
 
 async fn fast_reporter(ctx: workers::JobContext) -> Result<Value, workers::JobError> {

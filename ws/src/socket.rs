@@ -280,9 +280,22 @@ impl Conn {
                 }
             }
             if n < PAGE {
-                return Ok(Flow::Continue);
+                break;
             }
         }
+        // A one-job stream whose job already ended, with its `complete` before `since` (or
+        // trimmed away): say so and close instead of waiting forever.
+        if let Scope::Job(id) = self.scope.clone() {
+            let q = self.hub.inner.queue.clone();
+            let job = q.get(&id).await?;
+            if job.status.is_final() {
+                let seq = top(&q).await?;
+                self.send_json("complete", complete_from_job(&seq, &job))
+                    .await?;
+                return Ok(Flow::Done);
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     /// Forward one event if it is new, in scope and visible.
