@@ -186,14 +186,26 @@ impl Config {
             std::fs::metadata(f).map_err(|e| ConfigError::File(f.to_path_buf(), e.to_string()))?;
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("NPANEL_").split("__").ignore(&[
-            "config",
-            "redis_server",
-            "bench_cmd",
-            // The CLI client's settings, not the service's.
-            "url",
-            "token",
-        ]));
+        fig = fig.merge(
+            Env::prefixed("NPANEL_")
+                // Secrets are taken verbatim below: parsed as TOML, a numeric secret would be
+                // refused with the secret quoted in the error.
+                .filter(|k| k != "api__jwt_secret")
+                .split("__")
+                .ignore(&[
+                    "config",
+                    "redis_server",
+                    "bench_cmd",
+                    // The CLI client's settings, not the service's.
+                    "url",
+                    "token",
+                ]),
+        );
+        if let Ok(secret) = std::env::var("NPANEL_API__JWT_SECRET") {
+            if !secret.is_empty() {
+                fig = fig.merge(("api.jwt_secret", secret));
+            }
+        }
         if let Ok(url) = std::env::var("REDIS_URL") {
             if !url.is_empty() {
                 fig = fig.merge(("queue.redis_url", url));
@@ -302,6 +314,9 @@ mod tests {
             assert_eq!(c.queue.lease_ms, 5000); // file > default
             assert_eq!(c.queue.limits[&queue::JobKind::Restore], 7);
             assert_eq!(c.workers.concurrency, 64); // default
+            jail.set_env("NPANEL_API__JWT_SECRET", "4823749823749823");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.api.jwt_secret.as_deref(), Some("4823749823749823"));
             jail.set_env("NPANEL_QUEUE__MAX_PENDING", "0");
             jail.set_env("NPANEL_LISTEN", "nowhere");
             let e = Config::load(None, &Overrides::default()).unwrap_err();

@@ -99,6 +99,9 @@ fn say(mp: &MultiProgress, tty: bool, line: String) {
     }
 }
 
+/// Longest silence on a live socket before `watch` assumes the connection is dead.
+const READ_IDLE: Duration = Duration::from_secs(90);
+
 async fn watch_one(
     api: &Api,
     id: &str,
@@ -134,9 +137,18 @@ async fn watch_one(
                     .unwrap_or(Value::Null);
                 let code = body["error"].as_str().unwrap_or("http_error").to_string();
                 let msg = body["message"].as_str().unwrap_or("").to_string();
-                if resp.status().is_server_error() && failures < 5 {
+                let retryable = resp.status().is_server_error()
+                    || resp.status() == tungstenite::http::StatusCode::TOO_MANY_REQUESTS;
+                if retryable && failures < 5 {
                     failures += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let wait = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .clamp(1, 60);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
                     continue;
                 }
                 bail!("{code}: {msg} (HTTP {})", resp.status());
@@ -157,7 +169,25 @@ async fn watch_one(
         };
         failures = 0;
         let (_, mut rx) = stream.split();
-        while let Some(m) = rx.next().await {
+        loop {
+            // The server pings every `ws.ping_interval_secs` (30 s): a silent minute and a
+            // half means a half-open connection (NAT timeout, suspended laptop): reconnect.
+            let m = match tokio::time::timeout(READ_IDLE, rx.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    say(
+                        mp,
+                        tty,
+                        format!(
+                            "{}: no data for {}s; reconnecting",
+                            short(id),
+                            READ_IDLE.as_secs()
+                        ),
+                    );
+                    break;
+                }
+            };
             let text = match m {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Close(_)) | Err(_) => break,
