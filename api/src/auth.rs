@@ -82,7 +82,7 @@ impl Claims {
             account,
             reseller,
             iat: now,
-            exp: now + ttl.as_secs().max(1),
+            exp: now.saturating_add(ttl.as_secs().max(1)),
         })
     }
 }

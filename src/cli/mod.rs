@@ -21,13 +21,17 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let n: u64 = num
         .parse()
         .with_context(|| format!("{s:?} is not a duration like 30s, 15m, 24h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => bail!("{s:?} is not a duration like 30s, 15m, 24h or 7d"),
     };
+    let secs = n
+        .checked_mul(mult)
+        .filter(|v| *v <= 10 * 365 * 86400)
+        .with_context(|| format!("{s:?} is longer than 10 years"))?;
     if secs == 0 {
         bail!("a token's lifetime must be at least 1s");
     }
