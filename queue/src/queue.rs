@@ -662,6 +662,37 @@ impl Queue {
         Job::from_hash(&h, log).ok_or_else(|| QueueError::NotFound(id.into()))
     }
 
+    /// Read one job together with the id of the newest event, atomically (MULTI/EXEC): every
+    /// event after that id happened after this state. WebSocket snapshots use it so that
+    /// nothing is shown twice or missed between the snapshot and the live stream.
+    pub async fn get_at(&self, id: &str) -> Result<(Job, String)> {
+        let mut c = self.conn().await?;
+        let p = &self.inner.prefix;
+        type Reply = (
+            HashMap<String, String>,
+            Vec<String>,
+            Vec<(String, Vec<(String, String)>)>,
+        );
+        let (h, log, top): Reply = redis::pipe()
+            .atomic()
+            .hgetall(format!("{p}job:{id}"))
+            .lrange(format!("{p}log:{id}"), 0, -1)
+            .cmd("XREVRANGE")
+            .arg(format!("{p}events"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        let job = Job::from_hash(&h, log).ok_or_else(|| QueueError::NotFound(id.into()))?;
+        let seq = top
+            .first()
+            .map(|t| t.0.clone())
+            .unwrap_or_else(|| "0-0".into());
+        Ok((job, seq))
+    }
+
     /// List jobs, newest first: pending and running ones, then finished ones.
     pub async fn list(&self, f: &ListFilter) -> Result<Vec<Job>> {
         let limit = f.limit.unwrap_or(100).min(1000);

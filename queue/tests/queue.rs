@@ -764,3 +764,22 @@ async fn renew_answers_per_attempt_even_for_jobs_claimed_together() {
     let r = q.renew(&pairs).await.unwrap();
     assert_eq!(r.lost, vec![(a, ta)]);
 }
+
+#[tokio::test]
+async fn get_at_reads_state_and_stream_position_together() {
+    let q = q("get-at");
+    let id = q.enqueue(diag()).await.unwrap().id;
+    let (job, seq) = q.get_at(&id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    let ev = q.events_since("0", 10).await.unwrap();
+    assert_eq!(
+        seq,
+        ev.last().unwrap().seq,
+        "the newest event is the enqueue's"
+    );
+    assert!(q.events_since(&seq, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        q.get_at("nope").await,
+        Err(QueueError::NotFound(_))
+    ));
+}

@@ -220,10 +220,10 @@ impl Conn {
     /// Send the current state; for a finished job also its `complete`.
     async fn snapshot(&mut self) -> Result<Flow, Stop> {
         let q = self.hub.inner.queue.clone();
-        let seq = top(&q).await?;
         match self.scope.clone() {
             Scope::Job(id) => {
-                let job = q.get(&id).await?;
+                // State and stream position read atomically: no event twice, none missed.
+                let (job, seq) = q.get_at(&id).await?;
                 if !self.viewer.can_see_job(&job) {
                     return Err(Stop::Error("job not found".into()));
                 }
@@ -237,6 +237,7 @@ impl Conn {
                 }
             }
             Scope::All => {
+                let seq = top(&q).await?;
                 let jobs = match self.viewer.narrow(ListFilter {
                     limit: Some(100),
                     ..Default::default()
