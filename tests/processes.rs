@@ -80,18 +80,22 @@ fn max_overlap(jobs: &[Job]) -> usize {
 async fn the_limit_is_global_across_two_worker_processes_and_changes_at_runtime() {
     let cfg = testing::config("twoproc");
     let q = Queue::new(cfg.clone()).unwrap();
-    q.set_limit(JobKind::Diagnostic, 2).await.unwrap();
-    let _a = worker(&cfg, &[]);
-    let _b = worker(&cfg, &[]);
+    // Each process may run 2 at once (4 together); the global limit is 3. Reaching 3 needs both
+    // processes, and never exceeding it needs the limit to be global.
+    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
+    let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
+    let _a = worker(&cfg, &local);
+    let _b = worker(&cfg, &local);
+    tokio::time::sleep(Duration::from_millis(500)).await; // both up and idle
     let mut ids = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..15 {
         ids.push(q.enqueue(diag(300)).await.unwrap().id);
     }
     let mut jobs = Vec::new();
     for id in &ids {
         jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await);
     }
-    assert_eq!(max_overlap(&jobs), 2, "limit 2 held across both processes");
+    assert_eq!(max_overlap(&jobs), 3, "limit 3 held across both processes");
     let workers: std::collections::HashSet<String> = {
         let mut s = std::collections::HashSet::new();
         for id in &ids {
