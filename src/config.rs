@@ -107,6 +107,9 @@ pub struct WsConfig {
     /// Most open WebSockets per process; the next upgrade gets 503 `too_many_connections`.
     /// Default 1000.
     pub max_connections: usize,
+    /// Most open WebSockets of one customer account or reseller (admins not counted), so one
+    /// tenant cannot take every slot; 0 = no cap. Default 100.
+    pub max_per_tenant: usize,
     /// Seconds between pings; a socket that missed the previous pong is closed. Default 30.
     pub ping_interval_secs: u64,
     /// Events buffered per process for slow sockets before they get a fresh snapshot.
@@ -118,6 +121,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
             max_connections: 1000,
+            max_per_tenant: 100,
             ping_interval_secs: 30,
             buffer: 1024,
         }
@@ -129,6 +133,7 @@ impl WsConfig {
     pub fn hub(&self) -> ws::HubConfig {
         ws::HubConfig {
             max_connections: self.max_connections,
+            max_per_tenant: self.max_per_tenant,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             buffer: self.buffer,
             ..ws::HubConfig::default()

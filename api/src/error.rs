@@ -17,6 +17,7 @@
 //! | `NotAvailable` | `not_available` | 501 | the job type has no handler in this build |
 //! | `QueueFull` | `queue_full` | 503 | `Retry-After` (the queue's estimate) |
 //! | `TooManyConnections` | `too_many_connections` | 503 | `Retry-After`; `ws.max_connections` reached |
+//! | `TooManyTenantConnections` | `too_many_connections` | 429 | `Retry-After`; `ws.max_per_tenant` reached |
 //! | `Unavailable` | `unavailable` | 503 | `Retry-After`; Redis unreachable |
 //! | `Timeout` | `timeout` | 503 | request took longer than `api.request_timeout_secs` |
 //! | `Internal` | `internal` | 500 | details only in the log, inside the request's span |
@@ -74,6 +75,9 @@ pub enum ApiError {
     /// `ws.max_connections` reached.
     #[error("too many live connections on this server ({0}); retry later")]
     TooManyConnections(usize),
+    /// `ws.max_per_tenant` reached for the caller's account or reseller.
+    #[error("your account already has {0} live connections open; close one and retry")]
+    TooManyTenantConnections(usize),
     /// A dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -115,6 +119,7 @@ impl ApiError {
             NotAvailable(_) => ("not_available", StatusCode::NOT_IMPLEMENTED),
             QueueFull { .. } => ("queue_full", StatusCode::SERVICE_UNAVAILABLE),
             TooManyConnections(_) => ("too_many_connections", StatusCode::SERVICE_UNAVAILABLE),
+            TooManyTenantConnections(_) => ("too_many_connections", StatusCode::TOO_MANY_REQUESTS),
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
@@ -125,7 +130,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited(d) => Some(retry_secs(*d)),
             ApiError::QueueFull { retry_after, .. } => Some(retry_secs(*retry_after)),
-            ApiError::TooManyConnections(_) => Some(5),
+            ApiError::TooManyConnections(_) | ApiError::TooManyTenantConnections(_) => Some(5),
             ApiError::Unavailable(_) | ApiError::Timeout => Some(5),
             _ => None,
         }

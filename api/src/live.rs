@@ -42,9 +42,10 @@ pub(crate) fn upgrade(
             )));
         }
     }
-    let guard = st.hub.try_acquire().ok_or(ApiError::TooManyConnections(
-        st.hub.config().max_connections,
-    ))?;
+    let guard = st.hub.try_acquire_for(&caller.0).map_err(|r| match r {
+        ws::Refused::Full(n) => ApiError::TooManyConnections(n),
+        ws::Refused::Tenant(n) => ApiError::TooManyTenantConnections(n),
+    })?;
     let hub = st.hub.clone();
     // tungstenite's default 128 KiB read buffer is zero-filled before every read, so it is all
     // resident and costs a memset per poll: 137 KiB and most of the server's CPU per socket at

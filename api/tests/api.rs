@@ -632,6 +632,44 @@ async fn websocket_connections_are_capped_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_every_websocket() {
+    let srv = start(Opts {
+        workers: false,
+        hub: api::HubConfig {
+            max_per_tenant: 2,
+            ..Default::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let a1 = token(Role::Customer, Some("a1"), Some("r1"));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut w = srv.ws("/api/events/live", Some(&a1)).await.unwrap();
+        assert_eq!(w.next(S).await.unwrap()["type"], "snapshot");
+        open.push(w);
+    }
+    let (code, body) = srv.ws("/api/events/live", Some(&a1)).await.err().unwrap();
+    assert_eq!(code, 429);
+    assert_eq!(body["error"], "too_many_connections");
+    // other tenants and admins still get in
+    let b1 = token(Role::Customer, Some("b1"), Some("r1"));
+    assert!(srv.ws("/api/events/live", Some(&b1)).await.is_ok());
+    let admin = token(Role::Admin, None, None);
+    assert!(srv.ws("/api/events/live", Some(&admin)).await.is_ok());
+    // closing one frees a slot for the tenant
+    open.pop().unwrap().close().await;
+    let t = std::time::Instant::now();
+    loop {
+        match srv.ws("/api/events/live", Some(&a1)).await {
+            Ok(_) => break,
+            Err(_) if t.elapsed() < S => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("slot never freed: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_every_route() {
     let srv = start(Opts {
         workers: false,

@@ -15,6 +15,10 @@ use tracing::{debug, warn};
 pub struct HubConfig {
     /// Most open sockets in this process; the next upgrade is refused. Default 1000.
     pub max_connections: usize,
+    /// Most open sockets of one tenant (a customer account or a reseller) in this process, so
+    /// one tenant cannot take every slot; admins are not counted. 0 = no per-tenant cap.
+    /// Default 100.
+    pub max_per_tenant: usize,
     /// Ping period; a socket that has not answered the previous ping by the next one is closed.
     /// Default 30 s.
     pub ping_interval: Duration,
@@ -32,6 +36,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             max_connections: 1000,
+            max_per_tenant: 100,
             ping_interval: Duration::from_secs(30),
             buffer: 1024,
             send_timeout: Duration::from_secs(10),
@@ -76,6 +81,7 @@ pub(crate) struct Inner {
     pub(crate) cfg: HubConfig,
     pub(crate) shutdown: CancellationToken,
     conns: AtomicUsize,
+    tenants: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     following: AtomicBool,
 }
 
@@ -94,7 +100,7 @@ impl std::fmt::Debug for Hub {
 }
 
 /// Holds one of the `max_connections` slots; released on drop.
-pub struct ConnGuard(Arc<Inner>);
+pub struct ConnGuard(Arc<Inner>, Option<String>);
 
 impl std::fmt::Debug for ConnGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,8 +108,26 @@ impl std::fmt::Debug for ConnGuard {
     }
 }
 
+/// Why a socket was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The process holds `max_connections` sockets.
+    Full(usize),
+    /// The caller's tenant holds `max_per_tenant` sockets.
+    Tenant(usize),
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if let Some(t) = &self.1 {
+            let mut m = self.0.tenants.lock().expect("tenants");
+            if let Some(n) = m.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(t);
+                }
+            }
+        }
         let n = self.0.conns.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!(crate::metrics::WS_CONNECTIONS).set(n as f64);
     }
@@ -120,6 +144,7 @@ impl Hub {
             cfg,
             shutdown,
             conns: AtomicUsize::new(0),
+            tenants: Default::default(),
             following: AtomicBool::new(false),
         });
         tokio::spawn(follow(inner.clone()));
@@ -138,11 +163,51 @@ impl Hub {
         match ok {
             Ok(n) => {
                 metrics::gauge!(crate::metrics::WS_CONNECTIONS).set((n + 1) as f64);
-                Some(ConnGuard(self.inner.clone()))
+                Some(ConnGuard(self.inner.clone(), None))
             }
             Err(_) => {
                 metrics::counter!(crate::metrics::WS_REFUSED_TOTAL).increment(1);
                 None
+            }
+        }
+    }
+
+    /// Take a slot for `viewer`: `Err(Refused::Tenant)` when its tenant already holds
+    /// `max_per_tenant` sockets, `Err(Refused::Full)` when the process is full.
+    pub fn try_acquire_for(&self, viewer: &crate::Viewer) -> Result<ConnGuard, Refused> {
+        let tenant = match viewer.role {
+            crate::Role::Admin => None,
+            crate::Role::Reseller => {
+                Some(format!("r:{}", viewer.reseller.as_deref().unwrap_or("")))
+            }
+            crate::Role::Customer => Some(format!("c:{}", viewer.account.as_deref().unwrap_or(""))),
+        };
+        let cap = self.inner.cfg.max_per_tenant;
+        if let (Some(t), true) = (&tenant, cap > 0) {
+            let mut m = self.inner.tenants.lock().expect("tenants");
+            let n = m.entry(t.clone()).or_insert(0);
+            if *n >= cap {
+                metrics::counter!(crate::metrics::WS_REFUSED_TOTAL).increment(1);
+                return Err(Refused::Tenant(cap));
+            }
+            *n += 1;
+        }
+        match self.try_acquire() {
+            Some(mut g) => {
+                g.1 = tenant.filter(|_| cap > 0);
+                Ok(g)
+            }
+            None => {
+                if let (Some(t), true) = (&tenant, cap > 0) {
+                    let mut m = self.inner.tenants.lock().expect("tenants");
+                    if let Some(n) = m.get_mut(t) {
+                        *n -= 1;
+                        if *n == 0 {
+                            m.remove(t);
+                        }
+                    }
+                }
+                Err(Refused::Full(self.inner.cfg.max_connections))
             }
         }
     }
