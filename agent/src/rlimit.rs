@@ -157,8 +157,8 @@ impl ExecSpec {
                 "--nproc" => spec.rlimits.nproc = Some(num(a, it.next())?),
                 "--as" => spec.rlimits.address_space = Some(num(a, it.next())?),
                 "--cpu" => spec.rlimits.cpu_seconds = Some(num(a, it.next())?),
-                "--uid" => spec.uid = Some(num(a, it.next())? as u32),
-                "--gid" => spec.gid = Some(num(a, it.next())? as u32),
+                "--uid" => spec.uid = Some(id_arg(a, it.next())?),
+                "--gid" => spec.gid = Some(id_arg(a, it.next())?),
                 "--" => {
                     spec.argv = it.by_ref().cloned().collect();
                 }
@@ -172,6 +172,12 @@ impl ExecSpec {
         if spec.argv.is_empty() {
             return Err(AgentError::InvalidRequest(
                 "exec needs a command after --".into(),
+            ));
+        }
+        if spec.uid.is_some() != spec.gid.is_some() {
+            // --uid alone would keep gid 0 and root's supplementary groups.
+            return Err(AgentError::InvalidRequest(
+                "--uid and --gid go together".into(),
             ));
         }
         Ok(spec)
@@ -201,12 +207,52 @@ impl ExecSpec {
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<_, _>>()
             .map_err(|_| AgentError::InvalidRequest("argument contains a NUL byte".into()))?;
+        // Rust's runtime ignores SIGPIPE; the command gets the default back.
+        let _ = unsafe_free_sigpipe_default();
+        if self.uid.is_some() {
+            // The account's command starts with a clean environment, never the agent's.
+            let env: Vec<CString> = [
+                "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+                format!(
+                    "LANG={}",
+                    std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into())
+                ),
+            ]
+            .into_iter()
+            .filter_map(|v| CString::new(v).ok())
+            .collect();
+            let err = nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err();
+            return Err(AgentError::Internal(format!(
+                "exec {:?}: {err}",
+                self.argv[0]
+            )));
+        }
         let err = execvp(&argv[0], &argv).unwrap_err();
         Err(AgentError::Internal(format!(
             "exec {:?}: {err}",
             self.argv[0]
         )))
     }
+}
+
+/// Parse a uid/gid: a u32 that is neither 0 (root) nor u32::MAX (-1, "unchanged").
+fn id_arg(flag: &str, v: Option<&String>) -> Result<u32, AgentError> {
+    let v = v.ok_or_else(|| AgentError::InvalidRequest(format!("{flag} needs a value")))?;
+    match v.parse::<u32>() {
+        Ok(n) if n != 0 && n != u32::MAX => Ok(n),
+        _ => Err(AgentError::InvalidRequest(format!(
+            "{flag} {v:?} is not a non-root user or group id"
+        ))),
+    }
+}
+
+/// Reset SIGPIPE to its default disposition before exec.
+fn unsafe_free_sigpipe_default() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    #[allow(unsafe_code)]
+    unsafe { sigaction(Signal::SIGPIPE, &dfl) }.map(|_| ())
 }
 
 #[cfg(test)]

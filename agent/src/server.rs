@@ -146,6 +146,7 @@ fn set_socket_owner(config: &AgentConfig) -> Result<(), AgentError> {
 /// socket.
 pub async fn serve(listener: UnixListener, shared: Shared, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let slots = Arc::new(ConnSlots::default());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -153,7 +154,8 @@ pub async fn serve(listener: UnixListener, shared: Shared, shutdown: Cancellatio
                 Ok((stream, _)) => {
                     let shared = shared.clone();
                     let stop = shutdown.clone();
-                    tracker.spawn(async move { serve_connection(stream, shared, stop).await });
+                    let slots = slots.clone();
+                    tracker.spawn(async move { serve_connection(stream, shared, stop, slots).await });
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -176,7 +178,59 @@ pub async fn serve(listener: UnixListener, shared: Shared, shutdown: Cancellatio
     tracing::info!("server stopped");
 }
 
-async fn serve_connection(stream: UnixStream, shared: Shared, shutdown: CancellationToken) {
+/// Most connections open at once (root's are not counted, so the watchdog's ping always gets
+/// through), and most per non-root uid: an allowed-but-hostile caller cannot use up the
+/// agent's file descriptors.
+const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS_PER_UID: usize = 32;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct ConnSlots {
+    per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+struct Slot(Arc<ConnSlots>, u32);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.0.per_uid.lock().expect("slots");
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl ConnSlots {
+    fn take(self: &Arc<Self>, uid: u32) -> Option<Slot> {
+        if uid == 0 {
+            // never counted (the Drop of a u32::MAX slot finds nothing to decrement)
+            return Some(Slot(self.clone(), u32::MAX));
+        }
+        let mut m = self.per_uid.lock().expect("slots");
+        let total: usize = m.values().sum();
+        let n = m.entry(uid).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_UID || total >= MAX_CONNECTIONS {
+            if *n == 0 {
+                m.remove(&uid);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.clone(), uid))
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    shared: Shared,
+    shutdown: CancellationToken,
+    slots: Arc<ConnSlots>,
+) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -185,6 +239,13 @@ async fn serve_connection(stream: UnixStream, shared: Shared, shutdown: Cancella
         }
     };
     let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    let _slot = match slots.take(uid) {
+        Some(s) => s,
+        None => {
+            tracing::warn!(uid, "connection refused: too many open connections");
+            return;
+        }
+    };
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut buf = Vec::new();
@@ -193,6 +254,10 @@ async fn serve_connection(stream: UnixStream, shared: Shared, shutdown: Cancella
         let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
         let read = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => {
+                tracing::debug!(uid, "idle connection closed");
+                return;
+            }
             r = limited.read_until(b'\n', &mut buf) => r,
         };
         match read {

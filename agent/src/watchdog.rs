@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::AgentClient;
 use crate::error::AgentError;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Counter: agent restarts done by the watchdog.
 pub const METRIC_RESTARTS: &str = "npanel_agent_restarts_total";
@@ -74,10 +75,20 @@ impl Counters {
     }
 
     fn write(&self, dir: &std::path::Path) {
-        let tmp = dir.join(format!("{METRICS_FILE}.tmp"));
-        let res = std::fs::write(&tmp, self.render())
+        // A fresh, exclusively created temp file (never an existing path or a symlink: the
+        // watchdog runs as root), then an atomic rename over the real name.
+        let tmp = dir.join(format!("{METRICS_FILE}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let res = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(self.render().as_bytes()))
             .and_then(|_| std::fs::rename(&tmp, dir.join(METRICS_FILE)));
         if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
             tracing::error!("cannot write {METRICS_FILE}: {e}");
         }
     }
@@ -108,7 +119,7 @@ impl Default for WatchdogConfig {
         Self {
             agent_command: vec!["/usr/local/bin/npanel-agent".into()],
             socket: crate::config::DEFAULT_SOCKET_PATH.into(),
-            data_dir: "/var/lib/npanel/watchdog".into(),
+            data_dir: "/var/lib/npanel-watchdog".into(),
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(1),
             confirm_delay: Duration::from_secs(3),
@@ -206,6 +217,7 @@ pub async fn run(
         return Err(AgentError::Config("the agent command is empty".into()));
     }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| AgentError::io(&cfg.data_dir, e))?;
+    check_data_dir(&cfg.data_dir)?;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     let mut counters = Counters::default();
     counters.write(&cfg.data_dir);
@@ -444,6 +456,24 @@ async fn pump<R: AsyncRead + Unpin>(reader: R, ring: Ring, echo: bool) {
     }
 }
 
+/// Running as root, the watchdog writes only into a directory nobody else can change: owned
+/// by root, not a symlink, not writable by group or others (else an unprivileged user could
+/// plant links that make root overwrite arbitrary files).
+fn check_data_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| AgentError::io(dir, e))?;
+    if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(AgentError::Config(format!(
+            "the watchdog's data dir {} must be a directory owned by root and not writable by group or others",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn append_record(cfg: &WatchdogConfig, record: &FailureRecord) -> Result<(), AgentError> {
     let path = cfg.data_dir.join(FAILURES_FILE);
     let mut line =
@@ -452,6 +482,8 @@ fn append_record(cfg: &WatchdogConfig, record: &FailureRecord) -> Result<(), Age
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
         .open(&path)
         .map_err(|e| AgentError::io(&path, e))?;
     f.write_all(line.as_bytes())

@@ -322,6 +322,31 @@ fn prepare_home_and_disk_usage() {
     );
     assert_eq!(error_code(&v), "io", "{v}");
     assert_eq!(std::fs::metadata(sb.path()).unwrap().uid(), 0);
+    if is_root() {
+        // someone else's existing home is never handed over (an account named like a user)
+        let ubuntu = sb.home().join("ubuntu");
+        std::fs::create_dir(&ubuntu).unwrap();
+        std::fs::write(ubuntu.join(".profile"), "x").unwrap();
+        std::os::unix::fs::chown(&ubuntu, Some(1000), Some(1000)).unwrap();
+        let v = request(
+            &agent.socket,
+            r#"{"v":1,"op":"prepare_home","account":"ubuntu","uid":4242,"gid":4242}"#,
+        );
+        assert_eq!(error_code(&v), "busy", "{v}");
+        assert_eq!(std::fs::metadata(&ubuntu).unwrap().uid(), 1000);
+        // preparing dave's home again is fine (already his)
+        let v = request(
+            &agent.socket,
+            r#"{"v":1,"op":"prepare_home","account":"dave","uid":4242,"gid":4343}"#,
+        );
+        assert_eq!(ok(&v)["type"], "home_prepared");
+    }
+    // -1 means "unchanged" to chown: refused
+    let v = request(
+        &agent.socket,
+        r#"{"v":1,"op":"prepare_home","account":"maxu","uid":4294967295,"gid":4294967295}"#,
+    );
+    assert_eq!(error_code(&v), "invalid_request", "{v}");
 
     std::fs::write(home.join("a"), vec![1u8; 10_000]).unwrap();
     std::fs::create_dir(home.join("sub")).unwrap();

@@ -367,6 +367,48 @@ fn real_exec_applies_rlimits() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nproc needs a number"));
+    // --uid alone (would keep gid 0), root and truncating ids are refused
+    for args in [
+        vec!["exec", "--uid", "60001", "--", "id"],
+        vec!["exec", "--uid", "0", "--gid", "0", "--", "id"],
+        vec![
+            "exec",
+            "--uid",
+            "4294967296",
+            "--gid",
+            "4294967296",
+            "--",
+            "id",
+        ],
+    ] {
+        let out = Command::new(AGENT_BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+    // the account's command gets a clean environment and its own ids
+    if nix::unistd::geteuid().is_root() {
+        let out = Command::new(AGENT_BIN)
+            .args([
+                "exec",
+                "--uid",
+                "60001",
+                "--gid",
+                "60001",
+                "--",
+                "sh",
+                "-c",
+                "id -u; id -G; echo ${SECRET:-none}",
+            ])
+            .env("SECRET", "hunter2")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["60001", "60001", "none"],
+            "{text}"
+        );
+    }
 }
 
 #[test]

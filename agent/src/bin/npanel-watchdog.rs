@@ -3,7 +3,7 @@
 //! ```text
 //! npanel-watchdog [OPTIONS] -- AGENT-COMMAND...
 //!   --socket PATH          agent socket            (NPANEL_WATCHDOG_SOCKET, /run/npanel/agent.sock)
-//!   --data-dir DIR         failures.jsonl goes here (NPANEL_WATCHDOG_DATA_DIR, /var/lib/npanel/watchdog)
+//!   --data-dir DIR         failures.jsonl goes here (NPANEL_WATCHDOG_DATA_DIR, /var/lib/npanel-watchdog)
 //!   --interval-ms N        ping interval           (NPANEL_WATCHDOG_INTERVAL_MS, 2000)
 //!   --timeout-ms N         ping timeout            (NPANEL_WATCHDOG_TIMEOUT_MS, 1000)
 //!   --confirm-ms N         wait before the 2nd ping (NPANEL_WATCHDOG_CONFIRM_MS, 3000)
