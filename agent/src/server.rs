@@ -296,7 +296,7 @@ async fn serve_connection(
         }
         let response = match parse_request_line(&buf) {
             Err(rej) => {
-                tracing::info!(uid, code = %rej.error.code, "rejected request: {}", rej.error.message);
+                tracing::info!(uid, code = %rej.error.code, "rejected request: {:?}", rej.error.message);
                 Response {
                     v: PROTOCOL_VERSION,
                     id: rej.id,
