@@ -12,8 +12,7 @@ if st == 'queued' or st == 'retrying' then
   redis.call('ZREM', KEYS[1], id)
   finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
   complete_event(id, false, 'cancelled', j[3], j[4])
-  redis.call('PUBLISH', P .. 'wake', j[2])
-  publish_readied({ [j[2]] = true })
+  flush_wakes()
   return { 'cancelled', 'cancelled' }
 elseif st == 'running' then
   redis.call('HSET', jkey(id), 'cancel', 1)

@@ -20,11 +20,29 @@ local function emit(id, typ, data, account, reseller)
     'data', data, 'account', account or '', 'reseller', reseller or '')
 end
 
--- Kinds that got a claimable job through advance_account: workers are woken for them by
--- publish_readied() at the end of the script (the next job of an account may be of any kind).
-local READIED = {}
+-- Idle workers block on the `wake` channel. A script notes the kinds worth waking for and
+-- flush_wakes() publishes each once at the end: `true` = always (a job was made ready, or a
+-- retry's due time changed), `false` = only if that kind has ready work (a slot was freed).
+local WAKE = {}
+
+local function want_wake(kind, always)
+  if always then
+    WAKE[kind] = true
+  elseif WAKE[kind] == nil then
+    WAKE[kind] = false
+  end
+end
+
+local function flush_wakes()
+  for kind, always in pairs(WAKE) do
+    if always or redis.call('LLEN', P .. 'ready:' .. kind) > 0 then
+      redis.call('PUBLISH', P .. 'wake', kind)
+    end
+  end
+end
 
 local function make_ready(id, kind, front)
+  want_wake(kind, true)
   if front then
     redis.call('LPUSH', P .. 'ready:' .. kind, id)
   else
@@ -48,16 +66,7 @@ local function advance_account(id, account)
   local nxt = redis.call('LINDEX', key, 0)
   if nxt then
     local st = redis.call('HMGET', jkey(nxt), 'status', 'kind')
-    if st[1] == 'queued' then
-      make_ready(nxt, st[2], false)
-      READIED[st[2]] = true
-    end
-  end
-end
-
-local function publish_readied(except)
-  for kind, _ in pairs(READIED) do
-    if not (except and except[kind]) then redis.call('PUBLISH', P .. 'wake', kind) end
+    if st[1] == 'queued' then make_ready(nxt, st[2], false) end
   end
 end
 
@@ -98,9 +107,3 @@ local function status_event(id, status, extra, account, reseller)
   emit(id, 'status', cjson.encode(t), account, reseller)
 end
 
--- Work of `kind` may be claimable now: wake idle workers, but only if some is waiting.
-local function wake(kind)
-  if redis.call('LLEN', P .. 'ready:' .. kind) > 0 then
-    redis.call('PUBLISH', P .. 'wake', kind)
-  end
-end

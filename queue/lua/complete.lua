@@ -5,7 +5,7 @@
 -- Returns one status per job: the new status, or 'stale' when the caller no longer owned it.
 local n = tonumber(ARGV[5])
 local out = {}
-local dec, woke, retried = {}, {}, {}
+local dec = {}
 for i = 0, n - 1 do
   local b = 6 + i * 6
   local id, token, outcome, text = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -40,7 +40,7 @@ for i = 0, n - 1 do
       redis.call('ZADD', P .. 'delayed', at, id)
       redis.call('ZADD', KEYS[1], NOW, id)
       status_event(id, 'retrying', { error = text, run_at = at, attempt = attempts }, account, reseller)
-      retried[kind] = true
+      want_wake(kind, true)
       final = 'retrying'
     else -- requeue after shutdown: does not use an attempt, never refused by the bound
       redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', attempts - 1, 'token', '')
@@ -49,21 +49,10 @@ for i = 0, n - 1 do
       status_event(id, 'queued', { reason = 'worker shutdown' }, account, reseller)
       final = 'queued'
     end
-    woke[kind] = true
+    want_wake(kind, false) -- its slot is free
     table.insert(out, final)
   end
 end
 for kind, d in pairs(dec) do redis.call('HINCRBY', P .. 'running', kind, -d) end
-local published = {}
-for kind, _ in pairs(woke) do
-  if retried[kind] or READIED[kind] then
-    -- idle workers learn the new due time from their next claim / claim the account's next job
-    redis.call('PUBLISH', P .. 'wake', kind)
-    published[kind] = true
-  elseif redis.call('LLEN', P .. 'ready:' .. kind) > 0 then
-    redis.call('PUBLISH', P .. 'wake', kind)
-    published[kind] = true
-  end
-end
-publish_readied(published)
+flush_wakes()
 return out

@@ -38,7 +38,6 @@ if fresh > 0 and pending + fresh > max_pending then
   if retry > 300 then retry = 300 end
   return { 'full', pending, retry }
 end
-local woke = {}
 for i = 0, n - 1 do
   local b = 8 + i * 7
   if existing[i] then
@@ -58,10 +57,9 @@ for i = 0, n - 1 do
       make_ready(id, kind, false)
     end
     status_event(id, 'queued', nil, account, reseller)
-    woke[kind] = true
     table.insert(out, id)
     table.insert(out, 0)
   end
 end
-for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
+flush_wakes()
 return out

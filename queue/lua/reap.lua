@@ -2,13 +2,12 @@
 -- max_attempts; forget finished jobs older than the retention period.
 -- ARGV[5] max jobs per call. Returns the number of expired leases handled.
 local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[5]))
-local woke = {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', P .. 'leases', id)
   local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account', 'attempts', 'max_attempts', 'cancel', 'reseller')
   if j[1] == 'running' then
     redis.call('HINCRBY', P .. 'running', j[2], -1)
-    woke[j[2]] = true
+    want_wake(j[2], false) -- its slot is free
     local attempts, max_attempts = tonumber(j[4]), tonumber(j[5])
     if j[6] == '1' then
       finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled (worker lost)' })
@@ -27,6 +26,5 @@ for _, id in ipairs(expired) do
 end
 redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf', NOW - RETENTION)
 trim_finished()
-for kind, _ in pairs(woke) do redis.call('PUBLISH', P .. 'wake', kind) end
-publish_readied(woke)
+flush_wakes()
 return #expired

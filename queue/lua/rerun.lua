@@ -21,5 +21,5 @@ else
   make_ready(id, j[2], false)
 end
 status_event(id, 'queued', { reason = 'retry requested' }, account, j[4])
-redis.call('PUBLISH', P .. 'wake', j[2])
+flush_wakes()
 return { 'ok' }
