@@ -53,7 +53,7 @@ type XReadReply = Vec<(String, Vec<StreamEntry>)>;
 /// one per process is enough to fan out to every WebSocket (DESIGN §4).
 pub struct EventReader {
     conn: Option<redis::aio::MultiplexedConnection>,
-    client: redis::Client,
+    queue: crate::Queue,
     key: String,
     last: String,
 }
@@ -63,7 +63,7 @@ impl EventReader {
     pub fn new(queue: &crate::Queue, since: &str) -> EventReader {
         EventReader {
             conn: None,
-            client: queue.client().clone(),
+            queue: queue.clone(),
             key: format!("{}events", queue.prefix()),
             last: since.to_string(),
         }
@@ -84,7 +84,8 @@ impl EventReader {
         if self.conn.is_none() {
             let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
             self.conn = Some(
-                self.client
+                self.queue
+                    .client()
                     .get_multiplexed_async_connection_with_config(&cfg)
                     .await?,
             );
@@ -92,25 +93,7 @@ impl EventReader {
         let conn = self.conn.as_mut().expect("connected");
         if self.last == "$" {
             // Pin "now" to a concrete id so nothing between two calls is missed.
-            let top: redis::RedisResult<Vec<StreamEntry>> = redis::cmd("XREVRANGE")
-                .arg(&self.key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(conn)
-                .await;
-            let top = match top {
-                Ok(t) => t,
-                Err(e) => {
-                    self.conn = None; // re-made on the next call
-                    return Err(e.into());
-                }
-            };
-            self.last = top
-                .first()
-                .map(|t| t.0.clone())
-                .unwrap_or_else(|| "0-0".into());
+            self.last = self.queue.latest_seq().await?;
         }
         let reply: redis::RedisResult<Option<XReadReply>> = redis::cmd("XREAD")
             .arg("COUNT")

@@ -828,6 +828,32 @@ impl Queue {
             .collect())
     }
 
+    /// Id of the newest event kept (`"0-0"` when the stream is empty): "now" for a reader.
+    pub async fn latest_seq(&self) -> Result<String> {
+        Ok(self
+            .stream_end("XREVRANGE", "+", "-")
+            .await?
+            .unwrap_or_else(|| "0-0".into()))
+    }
+
+    /// Id of the oldest event still kept, if any: a `since` older than it was trimmed away.
+    pub async fn oldest_seq(&self) -> Result<Option<String>> {
+        self.stream_end("XRANGE", "-", "+").await
+    }
+
+    async fn stream_end(&self, cmd: &str, from: &str, to: &str) -> Result<Option<String>> {
+        let mut c = self.conn().await?;
+        let v: Vec<(String, Vec<(String, String)>)> = redis::cmd(cmd)
+            .arg(format!("{}events", self.inner.prefix))
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        Ok(v.into_iter().next().map(|e| e.0))
+    }
+
     /// Run a raw command on a pooled connection (tests and tools).
     pub async fn raw<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         let mut c = self.conn().await?;

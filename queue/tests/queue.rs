@@ -783,3 +783,18 @@ async fn get_at_reads_state_and_stream_position_together() {
         Err(QueueError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn stream_ends_name_the_oldest_and_newest_events() {
+    let q = q("stream-ends");
+    assert_eq!(q.latest_seq().await.unwrap(), "0-0");
+    assert_eq!(q.oldest_seq().await.unwrap(), None);
+    q.enqueue(diag()).await.unwrap();
+    q.enqueue(diag()).await.unwrap();
+    let ev = q.events_since("0", 10).await.unwrap();
+    assert_eq!(
+        q.oldest_seq().await.unwrap().as_deref(),
+        Some(ev[0].seq.as_str())
+    );
+    assert_eq!(q.latest_seq().await.unwrap(), ev[1].seq);
+}
