@@ -138,18 +138,16 @@ pub fn resolve_io_device(
         ));
     }
     let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
-    if sys.join("partition").exists() {
-        if let Ok(real) = fs::canonicalize(&sys) {
-            if let Some(parent) = real.parent() {
-                if let Ok(dev) = fs::read_to_string(parent.join("dev")) {
-                    if let Ok(d) = crate::config::parse_dev(dev.trim()) {
-                        return Ok(d);
-                    }
-                }
-            }
-        }
+    if !sys.join("partition").exists() {
+        return Ok((maj, min));
     }
-    Ok((maj, min))
+    // a partition: its sysfs directory sits inside the whole disk's
+    let whole_disk = || {
+        let real = fs::canonicalize(&sys).ok()?;
+        let dev = fs::read_to_string(real.parent()?.join("dev")).ok()?;
+        crate::config::parse_dev(dev.trim()).ok()
+    };
+    Ok(whole_disk().unwrap_or((maj, min)))
 }
 
 /// Manages the account cgroups under one root directory.
@@ -382,10 +380,6 @@ impl CgroupManager {
         &self.caps
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Whether the root is a plain directory tree rather than cgroupfs.
     pub fn is_plain_tree(&self) -> bool {
         self.plain_tree
@@ -405,6 +399,19 @@ impl CgroupManager {
                 what: format!("cgroup of account {account} ({})", dir.display()),
             })
         }
+    }
+
+    /// The account's cgroup directory and its `cgroup.freeze`, which must exist.
+    fn freezer(&self, account: &AccountName) -> Result<(PathBuf, PathBuf)> {
+        let dir = self.existing_dir(account)?;
+        let file = dir.join("cgroup.freeze");
+        if !file.exists() {
+            return Err(AgentError::Unsupported(format!(
+                "{} is missing: this kernel has no cgroup v2 freezer",
+                file.display()
+            )));
+        }
+        Ok((dir, file))
     }
 
     /// The rlimits that stand in for missing controllers.
@@ -431,7 +438,7 @@ impl CgroupManager {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(AgentError::io(&dir, e)),
         }
-        let plan = self.rlimit_plan(limits);
+        let fallback = self.rlimit_plan(limits).as_applied(&self.caps);
         let mut applied = Vec::new();
         for kind in LimitKind::ALL {
             match self.caps.enforcement(kind) {
@@ -465,11 +472,7 @@ impl CgroupManager {
                         note: None,
                     });
                 }
-                _ => applied.extend(
-                    plan.as_applied(&self.caps)
-                        .into_iter()
-                        .filter(|a| a.kind == kind),
-                ),
+                _ => applied.extend(fallback.iter().filter(|a| a.kind == kind).cloned()),
             }
         }
         tracing::info!(account = %account, ?limits, "limits applied");
@@ -508,14 +511,7 @@ impl CgroupManager {
     /// Freezes the account: writes `cgroup.freeze` 1 and waits until
     /// `cgroup.events` shows `frozen 1`. On timeout it thaws again and fails.
     pub fn freeze(&self, account: &AccountName, timeout: Duration) -> Result<()> {
-        let dir = self.existing_dir(account)?;
-        let file = dir.join("cgroup.freeze");
-        if !file.exists() {
-            return Err(AgentError::Unsupported(format!(
-                "{} is missing: this kernel has no cgroup v2 freezer",
-                file.display()
-            )));
-        }
+        let (dir, file) = self.freezer(account)?;
         write_file(&file, "1", false).map_err(|e| AgentError::io(&file, e))?;
         if wait_event(&dir, "frozen", true, timeout) {
             tracing::info!(account = %account, "frozen");
@@ -532,14 +528,7 @@ impl CgroupManager {
 
     /// Thaws the account: writes `cgroup.freeze` 0 and waits for `frozen 0`.
     pub fn thaw(&self, account: &AccountName, timeout: Duration) -> Result<()> {
-        let dir = self.existing_dir(account)?;
-        let file = dir.join("cgroup.freeze");
-        if !file.exists() {
-            return Err(AgentError::Unsupported(format!(
-                "{} is missing: this kernel has no cgroup v2 freezer",
-                file.display()
-            )));
-        }
+        let (dir, file) = self.freezer(account)?;
         write_file(&file, "0", false).map_err(|e| AgentError::io(&file, e))?;
         if wait_event(&dir, "frozen", false, timeout) {
             tracing::info!(account = %account, "thawed");

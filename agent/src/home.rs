@@ -48,7 +48,6 @@ pub fn prepare_home(
         // Never hand over someone else's directory (an account named like an existing user):
         // an existing home is accepted only if it already belongs to uid:gid, or is an empty
         // root-owned one left by an interrupted earlier call.
-        use std::os::unix::fs::MetadataExt;
         let m = dir.metadata().map_err(|e| AgentError::io(&path, e))?;
         let ours = m.uid() == uid && m.gid() == gid;
         let empty_root = m.uid() == 0

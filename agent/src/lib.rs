@@ -44,3 +44,15 @@ pub use client::AgentClient;
 pub use config::AgentConfig;
 pub use error::AgentError;
 pub use protocol::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+
+/// Logging for both binaries: to stderr, no colours, filtered by `NPANEL_LOG`
+/// (`EnvFilter` syntax, default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NPANEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -209,7 +209,7 @@ impl ExecSpec {
             .map_err(|_| AgentError::InvalidRequest("argument contains a NUL byte".into()))?;
         // Rust's runtime ignores SIGPIPE; the command gets the default back.
         let _ = unsafe_free_sigpipe_default();
-        if self.uid.is_some() {
+        let err = if self.uid.is_some() {
             // The account's command starts with a clean environment, never the agent's.
             let env: Vec<CString> = [
                 "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
@@ -221,13 +221,10 @@ impl ExecSpec {
             .into_iter()
             .filter_map(|v| CString::new(v).ok())
             .collect();
-            let err = nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err();
-            return Err(AgentError::Internal(format!(
-                "exec {:?}: {err}",
-                self.argv[0]
-            )));
-        }
-        let err = execvp(&argv[0], &argv).unwrap_err();
+            nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err()
+        } else {
+            execvp(&argv[0], &argv).unwrap_err()
+        };
         Err(AgentError::Internal(format!(
             "exec {:?}: {err}",
             self.argv[0]

@@ -351,24 +351,12 @@ async fn supervise(
     shutdown: &CancellationToken,
 ) -> Supervised {
     let client = AgentClient::new(&cfg.socket, cfg.ping_timeout);
-    let exited = |status: std::io::Result<ExitStatus>| {
-        Supervised::Failed(Failure {
-            reason: FailureReason::Exited,
-            detail: match &status {
-                Ok(s) => format!("agent exited: {s}"),
-                Err(e) => format!("cannot wait for the agent: {e}"),
-            },
-            status: status.ok(),
-        })
-    };
 
     // Startup: poll until it answers.
     let deadline = Instant::now() + cfg.startup_timeout;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Supervised::Stopped,
-            status = child.wait() => return exited(status),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        if let Some(end) = pause(child, shutdown, Duration::from_millis(20)).await {
+            return end;
         }
         let last_err = match client.ping().await {
             Ok(p) => {
@@ -390,10 +378,8 @@ async fn supervise(
     }
 
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Supervised::Stopped,
-            status = child.wait() => return exited(status),
-            _ = tokio::time::sleep(cfg.ping_interval) => {}
+        if let Some(end) = pause(child, shutdown, cfg.ping_interval).await {
+            return end;
         }
         let first = match client.ping().await {
             Ok(_) => continue,
@@ -403,10 +389,8 @@ async fn supervise(
             "ping failed: {first}; confirming in {:?}",
             cfg.confirm_delay
         );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Supervised::Stopped,
-            status = child.wait() => return exited(status),
-            _ = tokio::time::sleep(cfg.confirm_delay) => {}
+        if let Some(end) = pause(child, shutdown, cfg.confirm_delay).await {
+            return end;
         }
         match client.ping().await {
             Ok(_) => tracing::info!("agent answers again; no restart"),
@@ -421,6 +405,22 @@ async fn supervise(
                 })
             }
         }
+    }
+}
+
+/// Sleeps for `d`; `Some` if shutdown was requested or the agent exited meanwhile.
+async fn pause(child: &mut Child, shutdown: &CancellationToken, d: Duration) -> Option<Supervised> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Some(Supervised::Stopped),
+        status = child.wait() => Some(Supervised::Failed(Failure {
+            reason: FailureReason::Exited,
+            detail: match &status {
+                Ok(s) => format!("agent exited: {s}"),
+                Err(e) => format!("cannot wait for the agent: {e}"),
+            },
+            status: status.ok(),
+        })),
+        _ = tokio::time::sleep(d) => None,
     }
 }
 

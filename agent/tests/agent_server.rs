@@ -214,13 +214,7 @@ fn usage_freeze_kill_remove_through_the_socket() {
 fn request_timeout_answers_timeout() {
     let sb = Sandbox::new();
     // freeze may wait 5 s, but no request may take more than 200 ms
-    let text = format!(
-        "socket_path = {:?}\ncgroup_root = {:?}\nhome_root = {:?}\nrequest_timeout_ms = 200\nfreeze_timeout_ms = 5000\n",
-        sb.socket(),
-        sb.cgroot(),
-        sb.home()
-    );
-    std::fs::write(sb.config_path(), text).unwrap();
+    sb.write_config("request_timeout_ms = 200\nfreeze_timeout_ms = 5000");
     let agent = AgentProc::start(&sb);
     fake_account_cgroup(&sb.cgroot().join("slow"), true, true);
     let t0 = Instant::now();
@@ -314,14 +308,15 @@ fn prepare_home_and_disk_usage() {
     );
     assert_eq!(error_code(&v), "invalid_request");
     assert!(!sb.home().join("eve").exists());
-    // a symlink planted as a home is not followed
+    // a symlink planted as a home is not followed (its target keeps its owner)
+    let target_uid = std::fs::metadata(sb.path()).unwrap().uid();
     std::os::unix::fs::symlink(sb.path(), sb.home().join("mallory")).unwrap();
     let v = request(
         &agent.socket,
         r#"{"v":1,"op":"prepare_home","account":"mallory","uid":4242,"gid":4242}"#,
     );
     assert_eq!(error_code(&v), "io", "{v}");
-    assert_eq!(std::fs::metadata(sb.path()).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(sb.path()).unwrap().uid(), target_uid);
     if is_root() {
         // someone else's existing home is never handed over (an account named like a user)
         let ubuntu = sb.home().join("ubuntu");

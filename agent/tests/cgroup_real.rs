@@ -385,7 +385,7 @@ fn real_exec_applies_rlimits() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
     }
     // the account's command gets a clean environment and its own ids
-    if nix::unistd::geteuid().is_root() {
+    if is_root() {
         let out = Command::new(AGENT_BIN)
             .args([
                 "exec",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,16 @@ fn acct(s: &str) -> AccountName {
 
 fn manager(root: &Path) -> CgroupManager {
     CgroupManager::open_with_mounts(root, &[], Ok((8, 0)), Fallback::default())
+}
+
+/// A temp dir holding a fake cgroup root `cg` with every controller, and its
+/// manager. Keep the `TempDir` alive for the test.
+fn fake_tree() -> (tempfile::TempDir, PathBuf, CgroupManager) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cg");
+    fake_cgroup_root(&root);
+    let m = manager(&root);
+    (tmp, root, m)
 }
 
 #[test]
@@ -123,10 +133,7 @@ fn unusable_root_is_reported_and_limits_fall_back() {
 
 #[test]
 fn freeze_waits_for_frozen_1_and_thaw_for_frozen_0() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("cg");
-    fake_cgroup_root(&root);
-    let m = manager(&root);
+    let (_tmp, root, m) = fake_tree();
     let dir = root.join("alice");
     fake_account_cgroup(&dir, true, true);
     // the "kernel": reflect cgroup.freeze into cgroup.events after 150 ms
@@ -182,10 +189,7 @@ fn freeze_waits_for_frozen_1_and_thaw_for_frozen_0() {
 
 #[test]
 fn kill_falls_back_to_sigkill_of_every_pid_in_cgroup_procs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("cg");
-    fake_cgroup_root(&root);
-    let m = manager(&root);
+    let (_tmp, root, m) = fake_tree();
     let dir = root.join("alice");
     fake_account_cgroup(&dir, true, false); // no cgroup.kill
     std::fs::create_dir(dir.join("job1")).unwrap();
@@ -216,10 +220,7 @@ fn kill_falls_back_to_sigkill_of_every_pid_in_cgroup_procs() {
 
 #[test]
 fn kill_uses_cgroup_kill_where_present() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("cg");
-    fake_cgroup_root(&root);
-    let m = manager(&root);
+    let (_tmp, root, m) = fake_tree();
     let dir = root.join("alice");
     fake_account_cgroup(&dir, false, true);
     let (method, n, emptied) = m.kill(&acct("alice"), Duration::from_millis(200)).unwrap();
@@ -232,10 +233,7 @@ fn kill_uses_cgroup_kill_where_present() {
 
 #[test]
 fn remove_waits_for_populated_0() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("cg");
-    fake_cgroup_root(&root);
-    let m = manager(&root);
+    let (_tmp, root, m) = fake_tree();
     let dir = root.join("alice");
     fake_account_cgroup(&dir, true, true);
     std::fs::create_dir(dir.join("child")).unwrap();
@@ -259,10 +257,7 @@ fn remove_waits_for_populated_0() {
 
 #[test]
 fn memory_read_back_allows_kernel_page_rounding_but_not_other_values() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("cg");
-    fake_cgroup_root(&root);
-    let m = manager(&root);
+    let (_tmp, root, m) = fake_tree();
     // 1 MiB + 100 bytes: a plain file keeps it exactly; accepted
     let l = Limits {
         memory_max: (1 << 20) + 100,

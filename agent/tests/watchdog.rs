@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::watchdog::{read_records, FailureAction, FailureReason, FAILURES_FILE, METRICS_FILE};
+use agent::watchdog::{
+    read_records, FailureAction, FailureReason, FailureRecord, FAILURES_FILE, METRICS_FILE,
+};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -39,7 +41,7 @@ impl Watchdog {
             .arg("--socket")
             .arg(sb.socket())
             .arg("--data-dir")
-            .arg(sb.path().join("wd"))
+            .arg(data_dir(sb))
             .arg("--")
             .args(agent_cmd)
             .stdin(Stdio::null())
@@ -48,6 +50,15 @@ impl Watchdog {
             .spawn()
             .unwrap();
         Self { child }
+    }
+    /// Writes the sandbox config with `config`, supervises the real agent and
+    /// waits until it answers; returns its pid too.
+    fn start_agent(sb: &Sandbox, config: &str) -> (Self, i64) {
+        sb.write_config(config);
+        let config_path = sb.config_path().display().to_string();
+        let wd = Self::start(sb, &[], &[AGENT_BIN, "--config", config_path.as_str()]);
+        let pid = wait_new_pid(&sb.socket(), None, Duration::from_secs(10));
+        (wd, pid)
     }
     fn stop(mut self) -> std::process::ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
@@ -82,12 +93,13 @@ fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn agent_cmd(sb: &Sandbox) -> Vec<String> {
-    vec![
-        AGENT_BIN.to_string(),
-        "--config".into(),
-        sb.config_path().display().to_string(),
-    ]
+/// The watchdog's data dir.
+fn data_dir(sb: &Sandbox) -> PathBuf {
+    sb.path().join("wd")
+}
+
+fn failure_records(sb: &Sandbox) -> Vec<FailureRecord> {
+    read_records(&data_dir(sb).join(FAILURES_FILE)).unwrap()
 }
 
 fn ping_pid(socket: &Path, timeout: Duration) -> Option<i64> {
@@ -119,14 +131,7 @@ fn alive(pid: i64) -> bool {
 #[test]
 fn sigkilled_agent_is_restarted_and_answers_again() {
     let sb = Sandbox::new();
-    sb.write_config("");
-    let cmd = agent_cmd(&sb);
-    let wd = Watchdog::start(
-        &sb,
-        &[],
-        &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let pid1 = wait_new_pid(&sb.socket(), None, Duration::from_secs(10));
+    let (wd, pid1) = Watchdog::start_agent(&sb, "");
 
     let t0 = Instant::now();
     kill(Pid::from_raw(pid1 as i32), Signal::SIGKILL).unwrap();
@@ -139,7 +144,7 @@ fn sigkilled_agent_is_restarted_and_answers_again() {
     assert_ne!(pid1, pid2);
     assert!(took < Duration::from_secs(3), "restart took {took:?}");
 
-    let recs = read_records(&sb.path().join("wd").join(FAILURES_FILE)).unwrap();
+    let recs = failure_records(&sb);
     assert_eq!(recs.len(), 1, "{recs:?}");
     let r = &recs[0];
     assert_eq!(r.reason, FailureReason::Exited);
@@ -170,14 +175,7 @@ fn sigkilled_agent_is_restarted_and_answers_again() {
 #[test]
 fn hung_agent_is_killed_and_replaced() {
     let sb = Sandbox::new();
-    sb.write_config("");
-    let cmd = agent_cmd(&sb);
-    let _wd = Watchdog::start(
-        &sb,
-        &[],
-        &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let pid1 = wait_new_pid(&sb.socket(), None, Duration::from_secs(10));
+    let (_wd, pid1) = Watchdog::start_agent(&sb, "");
     // let the watchdog finish its startup check (it polls every 20 ms), so the
     // hang is caught by the periodic ping, not by the startup timeout
     std::thread::sleep(Duration::from_millis(300));
@@ -198,7 +196,7 @@ fn hung_agent_is_killed_and_replaced() {
     assert!(!alive(pid1), "the hung agent was not killed");
     assert_ne!(pid1, pid2);
 
-    let recs = read_records(&sb.path().join("wd").join(FAILURES_FILE)).unwrap();
+    let recs = failure_records(&sb);
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0].reason, FailureReason::Unresponsive);
     assert_eq!(recs[0].signal, Some(9));
@@ -242,13 +240,13 @@ fn gives_up_after_the_restart_cap() {
         "{stderr}"
     );
 
-    let recs = read_records(&sb.path().join("wd").join(FAILURES_FILE)).unwrap();
+    let recs = failure_records(&sb);
     assert_eq!(
         recs.len(),
         6,
         "5 restarts + the failure that gave up: {recs:?}"
     );
-    let prom = std::fs::read_to_string(sb.path().join("wd").join(METRICS_FILE)).unwrap();
+    let prom = std::fs::read_to_string(data_dir(&sb).join(METRICS_FILE)).unwrap();
     assert!(
         prom.contains("npanel_agent_failures_total{reason=\"exited\"} 6\n"),
         "{prom}"
@@ -299,7 +297,7 @@ fn window_slides_so_old_restarts_do_not_count() {
         wd.child.try_wait().unwrap().is_none(),
         "gave up although restarts were spread out"
     );
-    let recs = read_records(&sb.path().join("wd").join(FAILURES_FILE)).unwrap();
+    let recs = failure_records(&sb);
     assert!(recs.len() >= 4, "{recs:?}");
     assert!(recs
         .iter()
@@ -319,14 +317,7 @@ fn bad_usage_exits_2() {
 #[test]
 fn sighup_to_the_watchdog_reloads_the_agent() {
     let sb = Sandbox::new();
-    sb.write_config("[limits]\npids_max = 100");
-    let cmd = agent_cmd(&sb);
-    let wd = Watchdog::start(
-        &sb,
-        &[],
-        &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let pid1 = wait_new_pid(&sb.socket(), None, Duration::from_secs(10));
+    let (wd, pid1) = Watchdog::start_agent(&sb, "[limits]\npids_max = 100");
     std::thread::sleep(Duration::from_millis(100));
     sb.write_config("[limits]\npids_max = 42");
     kill(Pid::from_raw(wd.child.id() as i32), Signal::SIGHUP).unwrap();
@@ -344,6 +335,6 @@ fn sighup_to_the_watchdog_reloads_the_agent() {
     }
     // reloaded in place, not restarted
     assert_eq!(ping_pid(&sb.socket(), Duration::from_secs(1)), Some(pid1));
-    assert!(!sb.path().join("wd").join(FAILURES_FILE).exists());
+    assert!(!data_dir(&sb).join(FAILURES_FILE).exists());
     assert!(wd.stop().success());
 }

@@ -104,16 +104,6 @@ fn load_config(path: &Path, explicit: bool) -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig::load(path)?)
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NPANEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn check_config(args: &[String]) -> anyhow::Result<ExitCode> {
     let (path, explicit) = config_path(args)?;
     let cfg = load_config(&path, explicit)?;
@@ -163,7 +153,7 @@ fn exec(args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: &[String]) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    agent::init_tracing();
     let (path, explicit) = config_path(args)?;
     let config = load_config(&path, explicit)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -30,13 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NPANEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    agent::init_tracing();
     let cfg = match parse(std::env::args().skip(1).collect()) {
         Ok(c) => c,
         Err(e) => {
@@ -97,12 +91,9 @@ fn main() -> ExitCode {
 fn parse(args: Vec<String>) -> anyhow::Result<WatchdogConfig> {
     let mut cfg = WatchdogConfig::default();
     let env = |k: &str| std::env::var(k).ok();
-    let ms = |v: &str, k: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_millis(
-            v.parse()
-                .with_context(|| format!("{k}: not a number: {v:?}"))?,
-        ))
-    };
+    let ms = |v: &str, k: &str| number(v, k).map(Duration::from_millis);
+    let secs = |v: &str, k: &str| number(v, k).map(Duration::from_secs);
+    let count = number::<usize>;
     macro_rules! from_env {
         ($var:literal, $field:expr, $conv:expr) => {
             if let Some(v) = env($var) {
@@ -110,16 +101,6 @@ fn parse(args: Vec<String>) -> anyhow::Result<WatchdogConfig> {
             }
         };
     }
-    let count = |v: &str, k: &str| -> anyhow::Result<usize> {
-        v.parse()
-            .with_context(|| format!("{k}: not a number: {v:?}"))
-    };
-    let secs = |v: &str, k: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs(
-            v.parse()
-                .with_context(|| format!("{k}: not a number: {v:?}"))?,
-        ))
-    };
     let path = |v: &str, _k: &str| -> anyhow::Result<std::path::PathBuf> { Ok(v.into()) };
     from_env!("NPANEL_WATCHDOG_SOCKET", cfg.socket, path);
     from_env!("NPANEL_WATCHDOG_DATA_DIR", cfg.data_dir, path);
@@ -162,4 +143,14 @@ fn parse(args: Vec<String>) -> anyhow::Result<WatchdogConfig> {
         cfg.agent_command = command;
     }
     Ok(cfg)
+}
+
+/// `v` (the value of option or variable `k`) as a number.
+fn number<T>(v: &str, k: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.parse()
+        .with_context(|| format!("{k}: not a number: {v:?}"))
 }

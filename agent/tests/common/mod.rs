@@ -115,12 +115,7 @@ impl AgentProc {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = me.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = me.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("agent exited at start ({st}): {err}");
+                panic!("agent exited at start ({st}): {}", me.stderr());
             }
             if let Ok(v) = try_request(
                 &me.socket,
@@ -138,6 +133,15 @@ impl AgentProc {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    /// What the agent wrote to stderr (once it has exited).
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -149,12 +153,7 @@ impl AgentProc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (st, err);
+                return (st, self.stderr());
             }
             assert!(
                 Instant::now() < deadline,
@@ -169,24 +168,6 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls until a ping on `socket` gets an `ok` answer.
-pub fn wait_answering(socket: &Path, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(v) = try_request(socket, r#"{"v":1,"op":"ping"}"#, Duration::from_millis(500)) {
-            if v.get("ok").is_some() {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent at {} did not answer within {limit:?}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
