@@ -238,7 +238,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `?token=` is for browsers opening a WebSocket, which cannot set headers: only the live
 /// routes take it (tokens in other URLs end up in access logs).
 fn is_live_route(path: &str) -> bool {
-    path == "/api/events/live" || (path.starts_with("/api/") && path.ends_with("/live"))
+    path.starts_with("/api/") && path.ends_with("/live")
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {

@@ -130,8 +130,10 @@ impl ApiError {
         match self {
             ApiError::RateLimited(d) => Some(retry_secs(*d)),
             ApiError::QueueFull { retry_after, .. } => Some(retry_secs(*retry_after)),
-            ApiError::TooManyConnections(_) | ApiError::TooManyTenantConnections(_) => Some(5),
-            ApiError::Unavailable(_) | ApiError::Timeout => Some(5),
+            ApiError::TooManyConnections(_)
+            | ApiError::TooManyTenantConnections(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Timeout => Some(5),
             _ => None,
         }
     }

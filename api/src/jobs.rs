@@ -12,7 +12,6 @@ use queue::{CancelOutcome, Job, JobKind, JobStatus, ListFilter, NewJob};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
-use ws::Role;
 
 /// `POST /api/jobs` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,12 +75,7 @@ pub(crate) async fn accept(
 ) -> Result<Response, ApiError> {
     let kind = job.kind;
     if let Some(key) = job.idempotency_key.take() {
-        let v = &caller.0;
-        let tenant = match v.role {
-            Role::Admin => "admin".to_string(),
-            Role::Reseller => format!("r:{}", v.reseller.as_deref().unwrap_or("")),
-            Role::Customer => format!("c:{}", v.account.as_deref().unwrap_or("")),
-        };
+        let tenant = caller.0.tenant().unwrap_or_else(|| "admin".into());
         job.idempotency_key = Some(format!("api|{tenant}|{kind}|{key}"));
     }
     let mut account = job.account.clone();
@@ -205,10 +199,7 @@ pub async fn list(
         reseller: q.reseller,
         limit: Some(q.limit.unwrap_or(100).clamp(1, 1000)),
     };
-    let jobs = match viewer.narrow(f) {
-        Some(f) => st.queue.list(&f).await?,
-        None => Vec::new(),
-    };
+    let jobs = viewer.list(&st.queue, f).await?;
     Ok(Json(JobList { jobs }))
 }
 

@@ -3,10 +3,10 @@
 //! One middleware rather than `tower_governor`: it needs the caller's role and account, which
 //! the auth middleware has just decoded, and it answers with our own `rate_limited` body. Keys
 //! are the peer IP (proxies' `X-Forwarded-For` is not trusted) and, for authenticated
-//! non-admins, `customer:<account>` or `reseller:<id>`. Idle keys are forgotten every minute so
-//! memory stays bounded.
+//! non-admins, their tenant ([`ws::Viewer::tenant`]: `c:<account>` or `r:<id>`). Idle keys are
+//! forgotten every minute so memory stays bounded.
 
-use crate::auth::{Authn, Role};
+use crate::auth::Authn;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{ConnectInfo, Request, State};
@@ -121,15 +121,8 @@ pub fn spawn_janitor(l: &Arc<Limiters>) {
 /// per-account limit unreachable and let tenants behind one proxy address lock each other out.
 fn check(st: &AppState, req: &Request) -> Result<(), ApiError> {
     if let Some(Authn::Ok(v)) = req.extensions().get::<Authn>() {
-        return match v.role {
-            Role::Admin => Ok(()),
-            Role::Customer => st
-                .limits
-                .check_account(format!("customer:{}", v.account.as_deref().unwrap_or(""))),
-            Role::Reseller => st
-                .limits
-                .check_account(format!("reseller:{}", v.reseller.as_deref().unwrap_or(""))),
-        };
+        // Admins have no tenant and are not limited.
+        return v.tenant().map_or(Ok(()), |t| st.limits.check_account(t));
     }
     if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
         st.limits.check_ip(addr.ip())?;

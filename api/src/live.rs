@@ -6,12 +6,12 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::jobs::visible_job;
+use crate::restore::visible_restore;
 use crate::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use queue::JobKind;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use ws::{parse_seq, Scope};
@@ -82,10 +82,7 @@ pub async fn restore_live(
     ApiQuery(q): ApiQuery<LiveQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let job = visible_job(&st, &caller, &id).await?;
-    if job.kind != JobKind::Restore {
-        return Err(ApiError::NotFound(format!("restore {id} not found")));
-    }
+    visible_restore(&st, &caller, &id).await?;
     upgrade(&st, ws, caller, Scope::Job(id), q.since)
 }
 

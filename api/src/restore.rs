@@ -145,11 +145,20 @@ pub async fn progress(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RestoreProgress>, ApiError> {
-    let job = visible_job(&st, &caller, &id).await?;
+    Ok(Json(visible_restore(&st, &caller, &id).await?.into()))
+}
+
+/// A restore job the caller may see, or 404 (also for a job of another kind).
+pub(crate) async fn visible_restore(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Job, ApiError> {
+    let job = visible_job(st, caller, id).await?;
     if job.kind != JobKind::Restore {
         return Err(ApiError::NotFound(format!("restore {id} not found")));
     }
-    Ok(Json(job.into()))
+    Ok(job)
 }
 
 /// `POST /api/migration/{id}/health` body (optional).
@@ -230,16 +239,14 @@ pub async fn get_health(
     Caller(viewer): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HealthReport>, ApiError> {
-    let f = viewer.narrow(ListFilter {
+    let f = ListFilter {
         kind: Some(JobKind::HealthCheck),
         limit: Some(1000),
         ..Default::default()
-    });
-    let jobs = match f {
-        Some(f) => st.queue.list(&f).await?,
-        None => Vec::new(),
     };
-    let job = jobs
+    let job = viewer
+        .list(&st.queue, f)
+        .await?
         .into_iter()
         .find(|j| j.payload["migration_id"] == id.as_str())
         .ok_or_else(|| ApiError::NotFound(format!("no health check for migration {id}")))?;

@@ -120,16 +120,23 @@ pub enum Refused {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if let Some(t) = &self.1 {
-            let mut m = self.0.tenants.lock().expect("tenants");
-            if let Some(n) = m.get_mut(t) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(t);
-                }
-            }
+            self.0.release_tenant(t);
         }
         let n = self.0.conns.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!(crate::metrics::WS_CONNECTIONS).set(n as f64);
+    }
+}
+
+impl Inner {
+    /// Give back one of `tenant`'s `max_per_tenant` slots.
+    fn release_tenant(&self, tenant: &str) {
+        let mut m = self.tenants.lock().expect("tenants");
+        if let Some(n) = m.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(tenant);
+            }
+        }
     }
 }
 
@@ -175,15 +182,10 @@ impl Hub {
     /// Take a slot for `viewer`: `Err(Refused::Tenant)` when its tenant already holds
     /// `max_per_tenant` sockets, `Err(Refused::Full)` when the process is full.
     pub fn try_acquire_for(&self, viewer: &crate::Viewer) -> Result<ConnGuard, Refused> {
-        let tenant = match viewer.role {
-            crate::Role::Admin => None,
-            crate::Role::Reseller => {
-                Some(format!("r:{}", viewer.reseller.as_deref().unwrap_or("")))
-            }
-            crate::Role::Customer => Some(format!("c:{}", viewer.account.as_deref().unwrap_or(""))),
-        };
         let cap = self.inner.cfg.max_per_tenant;
-        if let (Some(t), true) = (&tenant, cap > 0) {
+        // Counted only under a cap; admins (no tenant) never are.
+        let tenant = viewer.tenant().filter(|_| cap > 0);
+        if let Some(t) = &tenant {
             let mut m = self.inner.tenants.lock().expect("tenants");
             let n = m.entry(t.clone()).or_insert(0);
             if *n >= cap {
@@ -194,18 +196,12 @@ impl Hub {
         }
         match self.try_acquire() {
             Some(mut g) => {
-                g.1 = tenant.filter(|_| cap > 0);
+                g.1 = tenant;
                 Ok(g)
             }
             None => {
-                if let (Some(t), true) = (&tenant, cap > 0) {
-                    let mut m = self.inner.tenants.lock().expect("tenants");
-                    if let Some(n) = m.get_mut(t) {
-                        *n -= 1;
-                        if *n == 0 {
-                            m.remove(t);
-                        }
-                    }
+                if let Some(t) = &tenant {
+                    self.inner.release_tenant(t);
                 }
                 Err(Refused::Full(self.inner.cfg.max_connections))
             }

@@ -5,7 +5,6 @@ use crate::message::{complete_from_job, parse_seq, snapshot_all_message, snapsho
 use crate::Viewer;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use queue::{ListFilter, QueueError};
-use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
 
@@ -179,41 +178,12 @@ impl Conn {
 
 /// Newest stream id, `0-0` when the stream is empty.
 async fn top(q: &queue::Queue) -> Result<String, Stop> {
-    {
-        let key = format!("{}events", q.prefix());
-        let top: Vec<(String, Vec<(String, String)>)> = q
-            .raw(
-                redis::cmd("XREVRANGE")
-                    .arg(key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        Ok(top
-            .first()
-            .map(|t| t.0.clone())
-            .unwrap_or_else(|| "0-0".into()))
-    }
+    Ok(q.latest_seq().await?)
 }
 
 /// Oldest stream id still kept, if any.
 async fn oldest(q: &queue::Queue) -> Result<Option<Seq>, Stop> {
-    {
-        let key = format!("{}events", q.prefix());
-        let first: Vec<(String, Vec<(String, String)>)> = q
-            .raw(
-                redis::cmd("XRANGE")
-                    .arg(key)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        Ok(first.first().and_then(|t| parse_seq(&t.0)))
-    }
+    Ok(q.oldest_seq().await?.as_deref().and_then(parse_seq))
 }
 
 impl Conn {
@@ -238,13 +208,16 @@ impl Conn {
             }
             Scope::All => {
                 let seq = top(&q).await?;
-                let jobs = match self.viewer.narrow(ListFilter {
-                    limit: Some(100),
-                    ..Default::default()
-                }) {
-                    Some(f) => q.list(&f).await?,
-                    None => Vec::new(),
-                };
+                let jobs = self
+                    .viewer
+                    .list(
+                        &q,
+                        ListFilter {
+                            limit: Some(100),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 self.send_json("snapshot", snapshot_all_message(&seq, &jobs))
                     .await?;
                 self.last = parse_seq(&seq).unwrap_or_default();
@@ -257,7 +230,7 @@ impl Conn {
     /// the stream no longer holds `since` (trimmed by its cap).
     async fn replay(&mut self, since: &str) -> Result<Flow, Stop> {
         let from = parse_seq(since).ok_or_else(|| Stop::Error("bad since".into()))?;
-        if oldest(&self.hub.inner.queue.clone())
+        if oldest(&self.hub.inner.queue)
             .await?
             .is_some_and(|o| o > from)
         {
@@ -274,8 +247,8 @@ impl Conn {
             let n = page.len();
             for e in &page {
                 cursor = e.seq.clone();
-                if let Some(w) = crate::hub::WireEvent::from_event(e) {
-                    if let Flow::Done = self.live(&Arc::new(w)).await? {
+                if let Some(w) = WireEvent::from_event(e) {
+                    if let Flow::Done = self.live(&w).await? {
                         return Ok(Flow::Done);
                     }
                 }
@@ -287,10 +260,9 @@ impl Conn {
         // A one-job stream whose job already ended, with its `complete` before `since` (or
         // trimmed away): say so and close instead of waiting forever.
         if let Scope::Job(id) = self.scope.clone() {
-            let q = self.hub.inner.queue.clone();
-            let job = q.get(&id).await?;
+            // State and newest seq in one atomic read, as for a snapshot.
+            let (job, seq) = self.hub.inner.queue.get_at(&id).await?;
             if job.status.is_final() {
-                let seq = top(&q).await?;
                 self.send_json("complete", complete_from_job(&seq, &job))
                     .await?;
                 return Ok(Flow::Done);
@@ -300,7 +272,7 @@ impl Conn {
     }
 
     /// Forward one event if it is new, in scope and visible.
-    async fn live(&mut self, ev: &Arc<WireEvent>) -> Result<Flow, Stop> {
+    async fn live(&mut self, ev: &WireEvent) -> Result<Flow, Stop> {
         if ev.seq <= self.last {
             return Ok(Flow::Continue);
         }

@@ -1,6 +1,6 @@
 //! Who is watching, and what they may see. The one tenant rule used by every route and stream.
 
-use queue::{Job, ListFilter};
+use queue::{Job, ListFilter, Queue, QueueError};
 use serde::{Deserialize, Serialize};
 
 /// A panel user's role.
@@ -79,6 +79,24 @@ impl Viewer {
         self.can_see(job.account.as_deref(), job.reseller.as_deref())
     }
 
+    /// The tenant this viewer acts for, as a key: `r:<reseller>` or `c:<account>`; `None` for
+    /// admins. Used for per-tenant socket caps and (stored in Redis) idempotency-key scopes.
+    pub fn tenant(&self) -> Option<String> {
+        match self.role {
+            Role::Admin => None,
+            Role::Reseller => Some(format!("r:{}", self.reseller.as_deref().unwrap_or(""))),
+            Role::Customer => Some(format!("c:{}", self.account.as_deref().unwrap_or(""))),
+        }
+    }
+
+    /// The jobs matching `f` that this viewer may see ([`Viewer::narrow`], then list).
+    pub async fn list(&self, q: &Queue, f: ListFilter) -> Result<Vec<Job>, QueueError> {
+        match self.narrow(f) {
+            Some(f) => q.list(&f).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Narrow a list filter to what this viewer may see; `None` when the result must be empty
     /// (a customer asking for another account).
     pub fn narrow(&self, mut f: ListFilter) -> Option<ListFilter> {
@@ -153,5 +171,22 @@ mod tests {
             Some("r1")
         );
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn tenant_keys() {
+        assert_eq!(v(Role::Admin, Some("a1"), Some("r1")).tenant(), None);
+        assert_eq!(
+            v(Role::Reseller, Some("a1"), Some("r1"))
+                .tenant()
+                .as_deref(),
+            Some("r:r1")
+        );
+        assert_eq!(
+            v(Role::Customer, Some("a1"), Some("r1"))
+                .tenant()
+                .as_deref(),
+            Some("c:a1")
+        );
     }
 }
