@@ -2,6 +2,7 @@
 //! across worker processes and changes at runtime; a SIGKILLed worker loses no job; `serve`
 //! finds, starts or asks for a Redis; bad config is refused with a plain sentence.
 
+use queue::testing::wait_for_status as wait_for;
 use queue::{testing, Diagnostic, Job, JobKind, JobStatus, NewJob, Queue, QueueConfig};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,22 +43,6 @@ fn diag(ms: u64) -> NewJob {
         fail_attempts: 0,
         ..Default::default()
     })
-}
-
-async fn wait_for(q: &Queue, id: &str, want: JobStatus, within: Duration) -> Job {
-    let t = Instant::now();
-    loop {
-        let j = q.get(id).await.unwrap();
-        if j.status == want {
-            return j;
-        }
-        assert!(
-            t.elapsed() < within,
-            "job {id}: {} after {within:?}",
-            j.status
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Largest number of overlapping [started, finished) intervals.

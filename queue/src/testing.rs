@@ -5,7 +5,7 @@
 //! `sh` that waits on a pipe from us and kills the server when the pipe closes. Each test gets
 //! its own queue name, so nothing ever needs a FLUSHALL.
 
-use crate::QueueConfig;
+use crate::{Job, JobStatus, Queue, QueueConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -127,5 +127,22 @@ pub fn config(hint: &str) -> QueueConfig {
         redis_url: redis_url(),
         name: format!("t-{hint}-{}", ulid::Ulid::new()),
         ..QueueConfig::default()
+    }
+}
+
+/// Poll until job `id` has status `want`; panics with the job's state after `within`.
+pub async fn wait_for_status(q: &Queue, id: &str, want: JobStatus, within: Duration) -> Job {
+    let t = Instant::now();
+    loop {
+        let j = q.get(id).await.expect("job readable");
+        if j.status == want {
+            return j;
+        }
+        assert!(
+            t.elapsed() < within,
+            "job {id} is {} not {want} after {within:?}: {j:?}",
+            j.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
