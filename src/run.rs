@@ -74,7 +74,8 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         );
         let addr = listener.local_addr()?;
         info!(%addr, "API listening on http://{addr} (WebSocket on the same port)");
-        tasks.spawn(api::serve(listener, state, shutdown.clone()).map_ok_anyhow());
+        let s = shutdown.clone();
+        tasks.spawn(async move { Ok(api::serve(listener, state, s).await?) });
     }
     if let (Mode::Worker, Some(addr)) = (mode, &cfg.metrics_listen) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -97,7 +98,8 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
             Ok(())
         });
     }
-    tasks.spawn(pool.run(shutdown.clone()).map_ok_anyhow());
+    let s = shutdown.clone();
+    tasks.spawn(async move { Ok(pool.run(s).await?) });
     if mode == Mode::Serve && cfg.scheduler.enabled {
         let sched = scheduler::Scheduler::new(q.clone(), scheduler::builtin())?;
         let s = shutdown.clone();
@@ -118,20 +120,6 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         info!("Stopped the private redis-server.");
     }
     result
-}
-
-trait MapOkAnyhow {
-    fn map_ok_anyhow(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
-}
-
-impl<F, E> MapOkAnyhow for F
-where
-    F: std::future::Future<Output = Result<(), E>> + Send,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    async fn map_ok_anyhow(self) -> anyhow::Result<()> {
-        Ok(self.await?)
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C, then cancels `token`; a second signal exits at once.
