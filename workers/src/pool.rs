@@ -189,18 +189,6 @@ impl Pool {
                 }
                 continue;
             }
-            // Under load, let a few slots free up before claiming, so one script claims
-            // several jobs instead of one per completion. Idle pools (all slots free) and
-            // small pools claim at once, so pickup latency is unaffected.
-            let batch_floor = (this.cfg.concurrency.min(this.cfg.claim_batch) / 4).max(1);
-            if free < batch_floor {
-                let _ = tokio::time::timeout(Duration::from_micros(500), freed.notified()).await;
-                if slots.available_permits() < batch_floor {
-                    let _ =
-                        tokio::time::timeout(Duration::from_micros(500), freed.notified()).await;
-                }
-            }
-            let free = slots.available_permits();
             order.rotate_left(1);
             let n = free.min(this.cfg.claim_batch);
             let batch = match this.queue.claim(&this.worker_id, &order, n).await {
