@@ -15,6 +15,7 @@
 //! `../shared/bench/peers/run.sh` reads (`NPANEL_BENCH_CMD`). `REDIS_URL` selects the Redis;
 //! without it a private redis-server is started on a Unix socket.
 
+use loadtests::{cpu_ticks, env_u64, pct, phase_on};
 use queue::testing::PrivateRedis;
 use queue::{Diagnostic, JobKind, NewJob, Queue, QueueConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,19 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use workers::{Pool, PoolConfig, Registry};
-
-fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn phase_on(p: &str) -> bool {
-    std::env::var("PHASES")
-        .map(|v| v.split(',').any(|x| x == p))
-        .unwrap_or(true)
-}
 
 struct Bench {
     url: String,
@@ -185,10 +173,6 @@ async fn process(b: &Bench, n: u64, backlog: u64, c: usize) -> f64 {
     rate
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize]
-}
-
 async fn latency(b: &Bench, m: u64, rate: u64, c: usize) -> (f64, f64) {
     let q = b.queue((m + 1) as u32);
     q.set_limit(JobKind::Diagnostic, c as u32).await.unwrap();
@@ -231,15 +215,6 @@ async fn latency(b: &Bench, m: u64, rate: u64, c: usize) -> (f64, f64) {
     (pct(&v, 50.0), pct(&v, 99.0))
 }
 
-fn cpu_secs() -> f64 {
-    // utime + stime of this process, from /proc/self/stat (fields 14 and 15, in clock ticks).
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn commands(q: &Queue) -> u64 {
     let s: String = q
         .raw(redis::cmd("INFO").arg("stats"))
@@ -261,10 +236,12 @@ async fn idle(b: &Bench, secs: u64) -> (f64, u64) {
     let (stop, h) = start_pool(&q, registry(counters, Instant::now(), false), 64);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c0 = commands(&q).await;
-    let t0 = cpu_secs();
+    let t0 = cpu_ticks(std::process::id()).unwrap_or(0) as f64 / 100.0;
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let cpu = (cpu_secs() - t0) / w0.elapsed().as_secs_f64() * 100.0;
+    let cpu = ((cpu_ticks(std::process::id()).unwrap_or(0) as f64 / 100.0) - t0)
+        / w0.elapsed().as_secs_f64()
+        * 100.0;
     let cmds = commands(&q).await.saturating_sub(c0 + 1);
     stop.cancel();
     let _ = h.await;

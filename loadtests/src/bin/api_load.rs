@@ -30,6 +30,7 @@ use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use loadtests::{cpu_ticks, env_u64, pct, phase_on};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -52,32 +53,12 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// The running server's pid, for the watchdog.
 static SERVER_PID: AtomicU32 = AtomicU32::new(0);
 
-fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn phase_on(p: &str) -> bool {
-    std::env::var("PHASES")
-        .map(|v| v.split(',').any(|x| x.trim() == p))
-        .unwrap_or(true)
-}
-
 fn log(msg: impl AsRef<str>) {
     eprintln!("[api-load] {}", msg.as_ref());
 }
 
 // ---------------------------------------------------------------------------------------------
 // /proc
-
-/// utime + stime of `pid`, in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -128,13 +109,6 @@ fn cpu_str(v: &[(String, f64)]) -> String {
         .map(|(n, c)| format!("{n} {c:.0} %"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize]
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {

@@ -1,0 +1,45 @@
+//! Small helpers shared by the benchmark binaries (`npanel-bench`, `npanel-api-load`).
+
+/// `k` from the environment as a number, else `d`.
+pub fn env_u64(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// Whether phase `p` is selected by `PHASES` (comma separated; unset = all).
+pub fn phase_on(p: &str) -> bool {
+    std::env::var("PHASES")
+        .map(|v| v.split(',').any(|x| x.trim() == p))
+        .unwrap_or(true)
+}
+
+/// The `p`th percentile of sorted samples (NaN when there are none).
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize]
+}
+
+/// utime + stime of `pid`, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_own_cpu() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(pct(&v, 50.0), 51.0);
+        assert_eq!(pct(&v, 99.0), 99.0);
+        assert!(pct(&[], 50.0).is_nan());
+        assert!(cpu_ticks(std::process::id()).is_some());
+    }
+}
