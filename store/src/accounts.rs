@@ -1,0 +1,757 @@
+//! Accounts and the reseller hierarchy (DESIGN §10).
+//!
+//! Depth is at most three: admin → reseller → customer, and a customer may hang directly under
+//! an admin (or under nobody, meaning the panel's root admin). Every account row stores its
+//! `reseller` (the reseller that owns it, or its own id for a reseller), so "is this account
+//! one of reseller R's" is one indexed lookup, and lists by reseller are one index range.
+//!
+//! Creation checks everything before writing anything: the name, the parent's type, the
+//! package (active, global or the reseller's own) and the reseller's allowance. Writes that
+//! check an allowance are serialised (a process-wide lock, plus `FOR UPDATE` on the reseller's
+//! row on PostgreSQL) so two concurrent creates cannot both take the last slot.
+
+use crate::packages::{Limits, Package, PackageStatus};
+use crate::{get_opt_str, ms_to_rfc3339, now_ms, Result, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::sync::OnceLock;
+use tokio::sync::Mutex;
+
+/// Names never given to an account (system users and words that confuse people).
+pub const RESERVED_NAMES: &[&str] = &[
+    "root",
+    "admin",
+    "administrator",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www",
+    "wwwdata",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "systemd",
+    "messagebus",
+    "sshd",
+    "mysql",
+    "postgres",
+    "redis",
+    "exim",
+    "dovecot",
+    "named",
+    "bind",
+    "ftp",
+    "nginx",
+    "apache",
+    "httpd",
+    "npanel",
+    "cpanel",
+    "whm",
+    "test",
+    "all",
+    "virtfs",
+    "reseller",
+    "customer",
+    "system",
+    "support",
+    "abuse",
+    "postmaster",
+    "hostmaster",
+    "webmaster",
+    "localhost",
+];
+
+/// A terminated name may be taken again after this many days.
+pub const NAME_REUSE_DAYS: i64 = 30;
+
+/// `^[a-z][a-z0-9]{0,15}$` and not reserved.
+pub fn validate_username(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 16
+        && id.as_bytes()[0].is_ascii_lowercase()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        return Err(StoreError::Invalid(format!(
+            "username {id:?} is invalid: 1-16 characters, a lowercase letter first, then lowercase letters or digits"
+        )));
+    }
+    if RESERVED_NAMES.contains(&id) {
+        return Err(StoreError::Invalid(format!(
+            "username {id:?} is reserved; choose another"
+        )));
+    }
+    Ok(())
+}
+
+/// Place in the hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountType {
+    /// Top level.
+    Admin,
+    /// Sells to customers, within an allowance.
+    Reseller,
+    /// Has a home, sites and mail.
+    Customer,
+}
+
+impl AccountType {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountType::Admin => "admin",
+            AccountType::Reseller => "reseller",
+            AccountType::Customer => "customer",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(AccountType::Admin),
+            "reseller" => Ok(AccountType::Reseller),
+            "customer" => Ok(AccountType::Customer),
+            _ => Err(StoreError::Database(format!("stored account type {s:?}"))),
+        }
+    }
+}
+
+/// Lifecycle of an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    /// Recorded; its `provision/create` job has not finished.
+    Pending,
+    /// Live.
+    Active,
+    /// Suspended.
+    Suspended,
+    /// Gone (the row stays for history and the name-reuse rule).
+    Terminated,
+}
+
+impl AccountStatus {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Pending => "pending",
+            AccountStatus::Active => "active",
+            AccountStatus::Suspended => "suspended",
+            AccountStatus::Terminated => "terminated",
+        }
+    }
+    /// Parse the stored or query form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(AccountStatus::Pending),
+            "active" => Some(AccountStatus::Active),
+            "suspended" => Some(AccountStatus::Suspended),
+            "terminated" => Some(AccountStatus::Terminated),
+            _ => None,
+        }
+    }
+}
+
+/// A reseller's allowance: `None` is unlimited (max_accounts is never above 1000).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowance {
+    /// Customers it may have (≤ 1000).
+    pub max_accounts: u32,
+    /// Disk it may hand out, MB (sum of its customers' package quotas).
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
+    /// Bandwidth it may hand out, MB.
+    #[serde(default)]
+    pub bandwidth_mb: Option<u64>,
+}
+
+impl Allowance {
+    /// The hard ceiling on `max_accounts`.
+    pub const MAX_ACCOUNTS: u32 = 1000;
+
+    fn check(&self) -> Result<()> {
+        if self.max_accounts > Self::MAX_ACCOUNTS {
+            return Err(StoreError::Invalid(format!(
+                "allowance.max_accounts is {}; a reseller may have at most {} accounts",
+                self.max_accounts,
+                Self::MAX_ACCOUNTS
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An account as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    /// Username.
+    pub id: String,
+    /// Place in the hierarchy.
+    #[serde(rename = "type")]
+    pub kind: AccountType,
+    /// Parent account (`None`: the panel's root admin).
+    pub parent: Option<String>,
+    /// The reseller that owns it (its own id for a reseller).
+    pub reseller: Option<String>,
+    /// Package id.
+    pub package: Option<String>,
+    /// Lifecycle state.
+    pub status: AccountStatus,
+    /// Main domain.
+    pub domain: Option<String>,
+    /// Contact e-mail.
+    pub email: Option<String>,
+    /// Times (RFC 3339).
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Suspended since.
+    pub suspended_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why.
+    pub suspend_reason: Option<String>,
+    /// Terminated at.
+    pub terminated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// WHMCS service id, when WHMCS created it.
+    pub whmcs_service_id: Option<String>,
+    /// Effective limits (the package's; `null` values are unlimited).
+    pub limits: Option<Limits>,
+    /// Effective features (the package's granted minus disabled).
+    pub features: Vec<String>,
+    /// Allowance (resellers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<Allowance>,
+}
+
+/// `POST /api/accounts` after the API has applied the caller's scope.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NewAccount {
+    /// Username.
+    pub id: String,
+    /// Type (`customer` when absent in the API).
+    pub kind: Option<AccountType>,
+    /// Parent.
+    pub parent: Option<String>,
+    /// Package.
+    pub package: Option<String>,
+    /// Domain.
+    pub domain: Option<String>,
+    /// E-mail.
+    pub email: Option<String>,
+    /// Reseller allowance.
+    pub allowance: Option<Allowance>,
+    /// WHMCS service id.
+    pub whmcs_service_id: Option<String>,
+}
+
+/// `GET /api/resellers/{id}/summary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResellerSummary {
+    /// Reseller id.
+    pub reseller: String,
+    /// Its allowance.
+    pub allowance: Allowance,
+    /// Customers that are not terminated.
+    pub accounts: i64,
+    /// Of which pending (creation not finished).
+    pub pending: i64,
+    /// Of which suspended.
+    pub suspended: i64,
+    /// Disk handed out (sum of its customers' package quotas, MB); `None` if one is unlimited.
+    pub disk_mb_allocated: Option<u64>,
+    /// Bandwidth handed out, MB; `None` if one is unlimited.
+    pub bandwidth_mb_allocated: Option<u64>,
+}
+
+const COLS: &str = "a.id, a.type, a.parent, a.reseller, a.package, a.status, a.domain, a.email, a.created_at, a.suspended_at, a.suspend_reason, a.terminated_at, a.whmcs_service_id, a.allowance, p.limits AS p_limits, p.features AS p_features, p.disabled_features AS p_disabled";
+
+fn from_row(r: &AnyRow) -> Result<Account> {
+    let allowance: Option<String> = get_opt_str(r, "allowance")?;
+    let limits: Option<String> = get_opt_str(r, "p_limits")?;
+    let features: Vec<String> = match get_opt_str(r, "p_features")? {
+        Some(f) => serde_json::from_str(&f)?,
+        None => Vec::new(),
+    };
+    let disabled: Vec<String> = match get_opt_str(r, "p_disabled")? {
+        Some(f) => serde_json::from_str(&f)?,
+        None => Vec::new(),
+    };
+    Ok(Account {
+        id: r.try_get("id")?,
+        kind: AccountType::parse(&r.try_get::<String, _>("type")?)?,
+        parent: get_opt_str(r, "parent")?,
+        reseller: get_opt_str(r, "reseller")?,
+        package: get_opt_str(r, "package")?,
+        status: AccountStatus::parse(&r.try_get::<String, _>("status")?)
+            .ok_or_else(|| StoreError::Database("stored account status".into()))?,
+        domain: get_opt_str(r, "domain")?,
+        email: get_opt_str(r, "email")?,
+        created_at: ms_to_rfc3339(r.try_get("created_at")?),
+        suspended_at: ms_to_rfc3339(r.try_get("suspended_at")?),
+        suspend_reason: get_opt_str(r, "suspend_reason")?,
+        terminated_at: ms_to_rfc3339(r.try_get("terminated_at")?),
+        whmcs_service_id: get_opt_str(r, "whmcs_service_id")?,
+        limits: limits.map(|l| serde_json::from_str(&l)).transpose()?,
+        features: features
+            .into_iter()
+            .filter(|f| !disabled.contains(f))
+            .collect(),
+        allowance: allowance.map(|a| serde_json::from_str(&a)).transpose()?,
+    })
+}
+
+fn write_lock() -> &'static Mutex<()> {
+    static L: OnceLock<Mutex<()>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(()))
+}
+
+fn sum_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(a?.saturating_add(b?))
+}
+
+impl Store {
+    /// One account (any status).
+    pub async fn account(&self, id: &str) -> Result<Account> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no account {id:?}")))?;
+        from_row(&row)
+    }
+
+    /// Accounts, keyset by id after `after`: all (`reseller` = None) or one reseller's
+    /// customers; optionally one status.
+    pub async fn list_accounts(
+        &self,
+        reseller: Option<&str>,
+        status: Option<AccountStatus>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Account>> {
+        let mut sql = format!(
+            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.id > $1"
+        );
+        let mut n = 2;
+        if reseller.is_some() {
+            sql.push_str(&format!(" AND a.reseller = ${n} AND a.type = 'customer'"));
+            n += 1;
+        }
+        if status.is_some() {
+            sql.push_str(&format!(" AND a.status = ${n}"));
+            n += 1;
+        }
+        sql.push_str(&format!(" ORDER BY a.id LIMIT ${n}"));
+        let mut q = sqlx::query(&sql).bind(after.unwrap_or(""));
+        if let Some(r) = reseller {
+            q = q.bind(r);
+        }
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Record a new account as `pending`, after every check (see the module docs). The
+    /// `provision/create` job turns it `active`.
+    pub async fn create_account(&self, new: &NewAccount) -> Result<Account> {
+        validate_username(&new.id)?;
+        let kind = new.kind.unwrap_or(AccountType::Customer);
+        let _g = write_lock().lock().await;
+        let mut tx = self.pool().begin().await?;
+        // The name: unique, and a terminated one only after NAME_REUSE_DAYS.
+        let old: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, terminated_at FROM accounts WHERE id = $1")
+                .bind(&new.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((status, terminated_at)) = old {
+            let free_at = terminated_at.map(|t| t + NAME_REUSE_DAYS * 86_400_000);
+            match (status.as_str(), free_at) {
+                ("terminated", Some(f)) if f <= now_ms() => {
+                    sqlx::query("DELETE FROM accounts WHERE id = $1")
+                        .bind(&new.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                ("terminated", _) => {
+                    return Err(StoreError::Conflict(format!(
+                        "username {} belonged to an account terminated less than {NAME_REUSE_DAYS} days ago; choose another",
+                        new.id
+                    )))
+                }
+                _ => {
+                    return Err(StoreError::Conflict(format!(
+                        "username {} is taken",
+                        new.id
+                    )))
+                }
+            }
+        }
+        // The parent and the depth.
+        let parent = match &new.parent {
+            None => None,
+            Some(p) => {
+                let sql = if self.backend() == crate::Backend::Postgres {
+                    "SELECT type, status, allowance FROM accounts WHERE id = $1 FOR UPDATE"
+                } else {
+                    "SELECT type, status, allowance FROM accounts WHERE id = $1"
+                };
+                let row: Option<(String, String, Option<String>)> =
+                    sqlx::query_as(sql).bind(p).fetch_optional(&mut *tx).await?;
+                let (t, s, a) = row.ok_or_else(|| {
+                    StoreError::Invalid(format!("parent account {p:?} does not exist"))
+                })?;
+                if s == "terminated" {
+                    return Err(StoreError::Invalid(format!(
+                        "parent account {p} is terminated"
+                    )));
+                }
+                Some((p.clone(), AccountType::parse(&t)?, a))
+            }
+        };
+        let ptype = parent.as_ref().map(|p| p.1);
+        match (kind, ptype) {
+            (AccountType::Admin, None) => {}
+            (AccountType::Admin, Some(_)) => {
+                return Err(StoreError::Invalid(
+                    "an admin account has no parent".into(),
+                ))
+            }
+            (AccountType::Reseller, None | Some(AccountType::Admin)) => {}
+            (AccountType::Reseller, Some(_)) => {
+                return Err(StoreError::Invalid(
+                    "a reseller hangs under an admin (or the root); resellers cannot create resellers"
+                        .into(),
+                ))
+            }
+            (AccountType::Customer, None | Some(AccountType::Admin | AccountType::Reseller)) => {}
+            (AccountType::Customer, Some(AccountType::Customer)) => {
+                return Err(StoreError::Invalid(
+                    "a customer cannot have sub-accounts: the hierarchy is at most admin → reseller → customer"
+                        .into(),
+                ))
+            }
+        }
+        let reseller = match (kind, &parent) {
+            (AccountType::Reseller, _) => Some(new.id.clone()),
+            (AccountType::Customer, Some((p, AccountType::Reseller, _))) => Some(p.clone()),
+            _ => None,
+        };
+        if kind == AccountType::Reseller {
+            new.allowance
+                .as_ref()
+                .ok_or_else(|| {
+                    StoreError::Invalid(
+                        "a reseller needs an allowance {max_accounts, disk_mb, bandwidth_mb}"
+                            .into(),
+                    )
+                })?
+                .check()?;
+        } else if new.allowance.is_some() {
+            return Err(StoreError::Invalid(
+                "only resellers have an allowance".into(),
+            ));
+        }
+        // The package: active, and global or the owning reseller's.
+        let package = match &new.package {
+            None if kind == AccountType::Customer => {
+                return Err(StoreError::Invalid(
+                    "a customer account needs a package".into(),
+                ))
+            }
+            None => None,
+            Some(id) => {
+                let p = self.package(id).await.map_err(|e| match e {
+                    StoreError::NotFound(_) => {
+                        StoreError::Invalid(format!("package {id:?} does not exist"))
+                    }
+                    e => e,
+                })?;
+                if p.status != PackageStatus::Active {
+                    return Err(StoreError::Invalid(format!(
+                        "package {id} is {}; only active packages take new accounts",
+                        p.status.as_str()
+                    )));
+                }
+                if p.owner.is_some() && p.owner != reseller {
+                    return Err(StoreError::Invalid(format!(
+                        "package {id} belongs to another reseller"
+                    )));
+                }
+                Some(p)
+            }
+        };
+        // The reseller's allowance.
+        if kind == AccountType::Customer {
+            if let Some((rid, AccountType::Reseller, allowance)) = &parent {
+                let allowance: Allowance = allowance
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()?
+                    .unwrap_or_default();
+                check_allowance(&mut tx, rid, &allowance, package.as_ref(), None).await?;
+            }
+        }
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO accounts (id, type, parent, reseller, package, status, domain, email, created_at, whmcs_service_id, allowance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&new.id)
+        .bind(kind.as_str())
+        .bind(new.parent.clone())
+        .bind(reseller)
+        .bind(new.package.clone())
+        .bind(AccountStatus::Pending.as_str())
+        .bind(new.domain.clone())
+        .bind(new.email.clone())
+        .bind(now)
+        .bind(new.whmcs_service_id.clone())
+        .bind(new.allowance.as_ref().map(serde_json::to_string).transpose()?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        drop(_g);
+        self.account(&new.id).await
+    }
+
+    /// Check that moving `account` (a reseller's customer) to `package` stays within the
+    /// reseller's allowance. Admin-level accounts always pass.
+    pub async fn check_package_change(&self, account: &Account, package: &str) -> Result<()> {
+        let p = self.package(package).await.map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                StoreError::Invalid(format!("package {package:?} does not exist"))
+            }
+            e => e,
+        })?;
+        if p.status != PackageStatus::Active {
+            return Err(StoreError::Invalid(format!(
+                "package {package} is {}; only active packages take accounts",
+                p.status.as_str()
+            )));
+        }
+        if p.owner.is_some() && p.owner != account.reseller {
+            return Err(StoreError::Invalid(format!(
+                "package {package} belongs to another reseller"
+            )));
+        }
+        if let (AccountType::Customer, Some(r)) = (account.kind, &account.reseller) {
+            let reseller = self.account(r).await?;
+            let mut tx = self.pool().begin().await?;
+            check_allowance(
+                &mut tx,
+                r,
+                &reseller.allowance.unwrap_or_default(),
+                Some(&p),
+                Some(&account.id),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Set an account's status (and the matching timestamps).
+    pub async fn set_account_status(
+        &self,
+        id: &str,
+        status: AccountStatus,
+        reason: Option<&str>,
+    ) -> Result<Account> {
+        let now = now_ms();
+        let q = match status {
+            AccountStatus::Suspended | AccountStatus::Terminated => {
+                let col = if status == AccountStatus::Suspended {
+                    "suspended_at"
+                } else {
+                    "terminated_at"
+                };
+                sqlx::query(&format!(
+                    "UPDATE accounts SET status = $1, {col} = $2, suspend_reason = $3 WHERE id = $4"
+                ))
+                .bind(status.as_str())
+                .bind(now)
+                .bind(reason.map(str::to_string))
+                .bind(id)
+                .execute(self.pool())
+                .await?
+            }
+            _ => {
+                sqlx::query(
+                    "UPDATE accounts SET status = $1, suspended_at = NULL, suspend_reason = NULL WHERE id = $2",
+                )
+                .bind(status.as_str())
+                .bind(id)
+                .execute(self.pool())
+                .await?
+            }
+        };
+        let n = q;
+        if n.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no account {id:?}")));
+        }
+        self.account(id).await
+    }
+
+    /// Point an account at another package (after [`Store::check_package_change`]).
+    pub async fn set_account_package(&self, id: &str, package: &str) -> Result<Account> {
+        sqlx::query("UPDATE accounts SET package = $1 WHERE id = $2")
+            .bind(package)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.account(id).await
+    }
+
+    /// Replace a reseller's allowance (refused below what it already uses).
+    pub async fn set_allowance(&self, id: &str, allowance: &Allowance) -> Result<Account> {
+        allowance.check()?;
+        let _g = write_lock().lock().await;
+        let a = self.account(id).await?;
+        if a.kind != AccountType::Reseller {
+            return Err(StoreError::Invalid(format!("{id} is not a reseller")));
+        }
+        let s = self.reseller_summary(id).await?;
+        if s.accounts > allowance.max_accounts as i64 {
+            return Err(StoreError::AllowanceExceeded(format!(
+                "reseller {id} already has {} accounts; the new allowance of {} is below that",
+                s.accounts, allowance.max_accounts
+            )));
+        }
+        sqlx::query("UPDATE accounts SET allowance = $1 WHERE id = $2")
+            .bind(serde_json::to_string(allowance)?)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.account(id).await
+    }
+
+    /// What a reseller uses against its allowance.
+    pub async fn reseller_summary(&self, id: &str) -> Result<ResellerSummary> {
+        let a = self.account(id).await?;
+        if a.kind != AccountType::Reseller {
+            return Err(StoreError::NotFound(format!("no reseller {id:?}")));
+        }
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT a.status, p.limits FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.reseller = $1 AND a.type = 'customer' AND a.status <> 'terminated'",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let mut disk = Some(0u64);
+        let mut bw = Some(0u64);
+        let (mut pending, mut suspended) = (0, 0);
+        for (status, limits) in &rows {
+            pending += (status == "pending") as i64;
+            suspended += (status == "suspended") as i64;
+            let l: Limits = limits
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?
+                .unwrap_or_default();
+            disk = sum_opt(disk, l.disk_mb);
+            bw = sum_opt(bw, l.bandwidth_mb);
+        }
+        Ok(ResellerSummary {
+            reseller: id.to_string(),
+            allowance: a.allowance.unwrap_or_default(),
+            accounts: rows.len() as i64,
+            pending,
+            suspended,
+            disk_mb_allocated: disk,
+            bandwidth_mb_allocated: bw,
+        })
+    }
+}
+
+/// Refuse when adding `package` (instead of `replacing`'s current one) would exceed the
+/// reseller's allowance.
+async fn check_allowance(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    reseller: &str,
+    allowance: &Allowance,
+    package: Option<&Package>,
+    replacing: Option<&str>,
+) -> Result<()> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT a.id, p.limits FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.reseller = $1 AND a.type = 'customer' AND a.status <> 'terminated'",
+    )
+    .bind(reseller)
+    .fetch_all(&mut **tx)
+    .await?;
+    let others = rows.iter().filter(|(id, _)| Some(id.as_str()) != replacing);
+    let count = others.clone().count() as u64 + 1;
+    if count > allowance.max_accounts as u64 {
+        return Err(StoreError::AllowanceExceeded(format!(
+            "reseller {reseller} may have {} accounts and already has {}; nothing was created",
+            allowance.max_accounts,
+            count - 1
+        )));
+    }
+    let mut disk = Some(0u64);
+    let mut bw = Some(0u64);
+    for (_, l) in others {
+        let l: Limits = l
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()?
+            .unwrap_or_default();
+        disk = sum_opt(disk, l.disk_mb);
+        bw = sum_opt(bw, l.bandwidth_mb);
+    }
+    let new = package.map(|p| p.limits.clone()).unwrap_or_default();
+    for (what, used, add, cap) in [
+        ("disk", disk, new.disk_mb, allowance.disk_mb),
+        ("bandwidth", bw, new.bandwidth_mb, allowance.bandwidth_mb),
+    ] {
+        if let Some(cap) = cap {
+            match sum_opt(used, add) {
+                Some(total) if total <= cap => {}
+                Some(total) => {
+                    return Err(StoreError::AllowanceExceeded(format!(
+                        "reseller {reseller}'s {what} allowance is {cap} MB; this would hand out {total} MB"
+                    )))
+                }
+                None => {
+                    return Err(StoreError::AllowanceExceeded(format!(
+                        "reseller {reseller}'s {what} allowance is {cap} MB; an unlimited package cannot fit in it"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(validate_username("acme1").is_ok());
+        for bad in [
+            "",
+            "1abc",
+            "Acme",
+            "a-b",
+            "abcdefghijklmnopq",
+            "root",
+            "mysql",
+        ] {
+            assert!(validate_username(bad).is_err(), "{bad}");
+        }
+    }
+}

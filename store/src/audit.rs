@@ -1,0 +1,494 @@
+//! The audit log (DESIGN §10): one record per mutating call, job transition, override and
+//! config change, chained by hash.
+//!
+//! - **Chain.** `hash = SHA-256(prev_hash ‖ "\n" ‖ canonical JSON of the record without
+//!   `hash`)`, genesis `prev_hash` = 64 zeros; canonical JSON has object keys sorted and no
+//!   whitespace, so equal records hash equally whatever built them. [`Store::verify_audit`]
+//!   walks the chain and names the first record that does not match. A chain kept on the same
+//!   host detects edits in the middle, not the removal of the tail: the head hash is given out
+//!   with every verification so it can be kept elsewhere.
+//! - **Order.** `seq` is assigned here, at append, inside one transaction that reads the head
+//!   and inserts after it. Two appenders racing (two processes on PostgreSQL) collide on the
+//!   `seq` primary key; the loser retries on the new head. Records carry their own ULID `id`
+//!   made on the request path; an id already present is skipped, so re-delivering an outbox
+//!   entry after a crash never writes it twice.
+//! - **Columns vs document.** The filterable fields are copied into indexed columns; the
+//!   record itself is the `doc` column, which is what the hash covers. `verify` also checks the
+//!   columns against the document, so editing either is found.
+
+use crate::{get_opt_str, Result, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::sync::OnceLock;
+use tokio::sync::Mutex;
+
+/// The genesis `prev_hash`.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Who did it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `admin`, `reseller`, `customer`, `whmcs` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Token subject, account, key id, or the component's name.
+    pub id: String,
+    /// Client address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Client user agent.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+}
+
+/// A record as written on the request path (before `seq` and the chain).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewAudit {
+    /// ULID made by the writer (deduplication key).
+    pub id: String,
+    /// When it happened, Unix ms.
+    pub timestamp: i64,
+    /// The account concerned.
+    pub account: Option<String>,
+    /// That account's reseller (who may read the record besides the account and admins).
+    pub reseller: Option<String>,
+    /// Who.
+    pub actor: Actor,
+    /// What (`account_created`, `package_changed`, `concurrency_changed`, ...).
+    pub action: String,
+    /// On what: `{"type", "id", "name"}`.
+    pub resource: Value,
+    /// `{"before", "after"}`, secrets already redacted.
+    pub changes: Value,
+    /// `success`, `failure` or `denied`.
+    pub result: String,
+    /// How long the action took.
+    pub duration_ms: Option<u64>,
+    /// `{"method": "API"|"WHMCS"|"CLI"|"JOB", "endpoint"}`.
+    pub source: Value,
+    /// The job it started or concerns.
+    pub job_id: Option<String>,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The record this one follows from (a job's completion → the request that started it).
+    pub parent_id: Option<String>,
+    /// Log lines that explain it.
+    pub related_logs: Vec<String>,
+    /// `{"accounts_affected", "resources_changed"}`.
+    pub impact: Value,
+}
+
+impl NewAudit {
+    /// A record with a fresh id and the current time.
+    pub fn new(action: impl Into<String>, actor: Actor, result: &str) -> NewAudit {
+        NewAudit {
+            id: ulid::Ulid::new().to_string(),
+            timestamp: crate::now_ms(),
+            actor,
+            action: action.into(),
+            result: result.to_string(),
+            resource: Value::Null,
+            changes: Value::Null,
+            source: Value::Null,
+            impact: Value::Null,
+            ..NewAudit::default()
+        }
+    }
+}
+
+/// A stored record: the written fields, plus its place in the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the log.
+    pub seq: i64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: NewAudit,
+    /// Hash of the previous record.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// Search filters (all optional); newest first, keyset on `seq`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// From (inclusive), Unix ms.
+    pub from: Option<i64>,
+    /// To (exclusive), Unix ms.
+    pub to: Option<i64>,
+    /// Action prefix (`account_` matches `account_created` and `account_suspended`).
+    pub action: Option<String>,
+    /// Account.
+    pub account: Option<String>,
+    /// Reseller (visibility of a reseller: its own records and its customers').
+    pub reseller: Option<String>,
+    /// Actor id.
+    pub actor: Option<String>,
+    /// Result.
+    pub result: Option<String>,
+    /// Resource type.
+    pub resource_type: Option<String>,
+    /// Free text, case-insensitive, anywhere in the record.
+    pub text: Option<String>,
+    /// Records with `seq` below this.
+    pub before_seq: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// The outcome of [`Store::verify_audit`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// True when every record checked out.
+    pub ok: bool,
+    /// Records checked.
+    pub checked: u64,
+    /// First and last `seq` present.
+    pub first_seq: Option<i64>,
+    /// Last `seq`.
+    pub last_seq: Option<i64>,
+    /// Hash of the newest record (keep it elsewhere to detect a rewritten tail).
+    pub head_hash: Option<String>,
+    /// The first record that does not match.
+    pub broken_at: Option<i64>,
+    /// Why it does not.
+    pub reason: Option<String>,
+}
+
+/// JSON with object keys sorted, no whitespace (serde_json's `Value` map is sorted unless
+/// `preserve_order` is on somewhere in the build, so the keys are sorted here explicitly).
+pub fn canonical(v: &Value) -> String {
+    fn walk(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    walk(&m[*k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    walk(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    walk(v, &mut s);
+    s
+}
+
+fn chain_hash(prev: &str, doc: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(doc.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The document that is hashed and stored: the record with `seq` and `prev_hash`.
+fn document(seq: i64, rec: &NewAudit, prev: &str) -> Result<String> {
+    let mut v = serde_json::to_value(rec)?;
+    v["seq"] = seq.into();
+    v["prev_hash"] = prev.into();
+    Ok(canonical(&v))
+}
+
+fn append_lock() -> &'static Mutex<()> {
+    static L: OnceLock<Mutex<()>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(()))
+}
+
+fn record_from_row(r: &AnyRow) -> Result<AuditRecord> {
+    let doc: Value = serde_json::from_str(&r.try_get::<String, _>("doc")?)?;
+    let record: NewAudit = serde_json::from_value(doc)?;
+    Ok(AuditRecord {
+        seq: r.try_get("seq")?,
+        record,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+const COLS: &str = "seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash";
+
+impl Store {
+    /// Append records in order, skipping ids already present. Returns how many were written.
+    pub async fn append_audit(&self, records: &[NewAudit]) -> Result<usize> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let _g = append_lock().lock().await;
+        let mut last_err = None;
+        for _ in 0..5 {
+            match self.try_append(records).await {
+                Ok(n) => return Ok(n),
+                Err(StoreError::Conflict(e)) => last_err = Some(StoreError::Conflict(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| StoreError::Database("audit append failed".into())))
+    }
+
+    async fn try_append(&self, records: &[NewAudit]) -> Result<usize> {
+        let mut tx = self.pool().begin().await?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+        let mut written = 0;
+        for rec in records {
+            if rec.id.is_empty() || rec.id.len() > 64 {
+                return Err(StoreError::Invalid("an audit record needs an id".into()));
+            }
+            let dup = sqlx::query("SELECT 1 FROM audit WHERE id = $1")
+                .bind(&rec.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if dup.is_some() {
+                continue;
+            }
+            seq += 1;
+            let doc = document(seq, rec, &prev)?;
+            let hash = chain_hash(&prev, &doc);
+            sqlx::query(
+                "INSERT INTO audit (seq, id, ts, account, reseller, actor_type, actor_id, action, resource_type, resource_id, result, job_id, parent_id, doc, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            )
+            .bind(seq)
+            .bind(&rec.id)
+            .bind(rec.timestamp)
+            .bind(rec.account.clone())
+            .bind(rec.reseller.clone())
+            .bind(&rec.actor.kind)
+            .bind(&rec.actor.id)
+            .bind(&rec.action)
+            .bind(rec.resource.get("type").and_then(Value::as_str).map(str::to_string))
+            .bind(rec.resource.get("id").and_then(Value::as_str).map(str::to_string))
+            .bind(&rec.result)
+            .bind(rec.job_id.clone())
+            .bind(rec.parent_id.clone())
+            .bind(&doc)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+            written += 1;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Search, newest first.
+    pub async fn search_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        enum B {
+            I(i64),
+            S(String),
+        }
+        let mut wh: Vec<String> = Vec::new();
+        let mut binds: Vec<B> = Vec::new();
+        let mut add = |cond: &str, b: B| {
+            binds.push(b);
+            wh.push(cond.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(v) = f.before_seq {
+            add("seq < ?", B::I(v));
+        }
+        if let Some(v) = f.from {
+            add("ts >= ?", B::I(v));
+        }
+        if let Some(v) = f.to {
+            add("ts < ?", B::I(v));
+        }
+        if let Some(v) = &f.action {
+            let esc = v
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            add("action LIKE ? ESCAPE '\\'", B::S(format!("{esc}%")));
+        }
+        if let Some(v) = &f.account {
+            add("account = ?", B::S(v.clone()));
+        }
+        if let Some(v) = &f.reseller {
+            add("reseller = ?", B::S(v.clone()));
+        }
+        if let Some(v) = &f.actor {
+            add("actor_id = ?", B::S(v.clone()));
+        }
+        if let Some(v) = &f.result {
+            add("result = ?", B::S(v.clone()));
+        }
+        if let Some(v) = &f.resource_type {
+            add("resource_type = ?", B::S(v.clone()));
+        }
+        if let Some(v) = &f.text {
+            let esc = v
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            add("LOWER(doc) LIKE ? ESCAPE '\\'", B::S(format!("%{esc}%")));
+        }
+        let mut sql = format!("SELECT {COLS} FROM audit");
+        if !wh.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&wh.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", binds.len() + 1));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                B::I(i) => q.bind(i),
+                B::S(s) => q.bind(s),
+            };
+        }
+        let rows = q.bind(f.limit).fetch_all(self.pool()).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// One record with its related ones: its parent, its children, and the other records of
+    /// the same job.
+    pub async fn audit_record(&self, id: &str) -> Result<(AuditRecord, Vec<AuditRecord>)> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLS}, parent_id, job_id FROM audit WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no audit record {id:?}")))?;
+        let rec = record_from_row(&row)?;
+        let parent: Option<String> = get_opt_str(&row, "parent_id")?;
+        let job: Option<String> = get_opt_str(&row, "job_id")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM audit WHERE (parent_id = $1 OR id = $2 OR (job_id IS NOT NULL AND job_id = $3)) AND id <> $4 ORDER BY seq LIMIT 100"
+        ))
+        .bind(id)
+        .bind(parent.unwrap_or_default())
+        .bind(job.unwrap_or_default())
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let related = rows.iter().map(record_from_row).collect::<Result<_>>()?;
+        Ok((rec, related))
+    }
+
+    /// Walk the whole chain (in pages) and report the first record that does not match.
+    pub async fn verify_audit(&self) -> Result<Verification> {
+        let mut v = Verification {
+            ok: true,
+            checked: 0,
+            first_seq: None,
+            last_seq: None,
+            head_hash: None,
+            broken_at: None,
+            reason: None,
+        };
+        let mut after = 0i64;
+        let mut prev: Option<String> = None;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT 5000",
+            )
+            .bind(after)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let seq: i64 = r.try_get("seq")?;
+                let doc: String = r.try_get("doc")?;
+                let prev_hash: String = r.try_get("prev_hash")?;
+                let hash: String = r.try_get("hash")?;
+                v.first_seq.get_or_insert(seq);
+                let fail = |why: String| (seq, why);
+                let problem = (|| {
+                    if let Some(p) = &prev {
+                        if *p != prev_hash {
+                            return Some(fail(format!(
+                                "record {seq} does not follow the record before it (prev_hash differs: a record was removed, inserted or edited)"
+                            )));
+                        }
+                        if seq != after + 1 {
+                            return Some(fail(format!(
+                                "records {} to {} are missing",
+                                after + 1,
+                                seq - 1
+                            )));
+                        }
+                    }
+                    if chain_hash(&prev_hash, &doc) != hash {
+                        return Some(fail(format!(
+                            "record {seq}'s content does not match its hash (it was edited)"
+                        )));
+                    }
+                    let d: Value = match serde_json::from_str(&doc) {
+                        Ok(d) => d,
+                        Err(_) => return Some(fail(format!("record {seq} is not JSON"))),
+                    };
+                    let col = |c: &str| get_opt_str(r, c).ok().flatten();
+                    let same = d["seq"].as_i64() == Some(seq)
+                        && d["prev_hash"].as_str() == Some(prev_hash.as_str())
+                        && d["id"].as_str() == col("id").as_deref()
+                        && d["action"].as_str() == col("action").as_deref()
+                        && d["account"].as_str() == col("account").as_deref()
+                        && d["result"].as_str() == col("result").as_deref()
+                        && d["actor"]["id"].as_str() == col("actor_id").as_deref()
+                        && d["timestamp"].as_i64() == r.try_get::<i64, _>("ts").ok();
+                    if !same {
+                        return Some(fail(format!(
+                            "record {seq}'s indexed columns differ from its hashed content (they were edited)"
+                        )));
+                    }
+                    None
+                })();
+                if let Some((s, why)) = problem {
+                    v.ok = false;
+                    v.broken_at = Some(s);
+                    v.reason = Some(why);
+                    return Ok(v);
+                }
+                v.checked += 1;
+                v.last_seq = Some(seq);
+                v.head_hash = Some(hash.clone());
+                prev = Some(hash);
+                after = seq;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Retention: drop records older than `cutoff_ms`. The chain then starts at the oldest
+    /// record kept (its `prev_hash` names the dropped one, which `verify` accepts).
+    pub async fn purge_audit(&self, cutoff_ms: i64) -> Result<u64> {
+        // By position, not by time: the chain stays a suffix even when clocks disagree.
+        let n = sqlx::query(
+            "DELETE FROM audit WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM audit WHERE ts < $1)",
+        )
+        .bind(cutoff_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(n.rows_affected())
+    }
+}

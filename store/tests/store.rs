@@ -1,0 +1,400 @@
+//! The store's behaviour, on SQLite always and on PostgreSQL when `NPANEL_TEST_POSTGRES_URL`
+//! is set: every test body runs once per backend.
+
+use serde_json::json;
+use store::testing::{self, TestStore};
+use store::*;
+
+async fn active_package(s: &Store, id: &str, disk: Option<u64>, owner: Option<&str>) {
+    s.create_package(NewPackage {
+        id: id.into(),
+        limits: Limits {
+            disk_mb: disk,
+            bandwidth_mb: disk.map(|d| d * 10),
+            ..Limits::default()
+        },
+        features: vec!["ssh".into(), "cron".into()],
+        disabled_features: vec!["cron".into()],
+        owner: owner.map(Into::into),
+        ..NewPackage::default()
+    })
+    .await
+    .unwrap();
+    s.set_package_status(id, PackageStatus::Active)
+        .await
+        .unwrap();
+}
+
+fn customer(id: &str, parent: Option<&str>, package: &str) -> NewAccount {
+    NewAccount {
+        id: id.into(),
+        kind: Some(AccountType::Customer),
+        parent: parent.map(Into::into),
+        package: Some(package.into()),
+        domain: Some(format!("{id}.example")),
+        ..NewAccount::default()
+    }
+}
+
+fn reseller(id: &str, max: u32, disk: Option<u64>) -> NewAccount {
+    NewAccount {
+        id: id.into(),
+        kind: Some(AccountType::Reseller),
+        allowance: Some(Allowance {
+            max_accounts: max,
+            disk_mb: disk,
+            bandwidth_mb: None,
+        }),
+        ..NewAccount::default()
+    }
+}
+
+async fn each(f: impl AsyncFn(&TestStore)) {
+    for s in testing::all().await {
+        eprintln!("backend {:?}", s.backend());
+        f(&s).await;
+    }
+}
+
+#[tokio::test]
+async fn hierarchy_rules_and_allowance() {
+    each(async |s| {
+        active_package(s, "basic", Some(1000), None).await;
+        active_package(s, "huge", None, None).await;
+        s.create_account(&reseller("r1", 2, Some(2500)))
+            .await
+            .unwrap();
+        let a = s
+            .create_account(&customer("c1", Some("r1"), "basic"))
+            .await
+            .unwrap();
+        assert_eq!(a.reseller.as_deref(), Some("r1"));
+        assert_eq!(a.status, AccountStatus::Pending);
+        assert_eq!(
+            a.features,
+            vec!["ssh".to_string()],
+            "disabled features are removed"
+        );
+        assert_eq!(a.limits.as_ref().unwrap().disk_mb, Some(1000));
+        // Duplicates, reserved and invalid names.
+        assert!(matches!(
+            s.create_account(&customer("c1", None, "basic")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.create_account(&customer("root", None, "basic")).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.create_account(&customer("Bad-Name", None, "basic")).await,
+            Err(StoreError::Invalid(_))
+        ));
+        // A fourth level and a reseller under a reseller.
+        let e = s
+            .create_account(&customer("c9", Some("c1"), "basic"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        let mut rr = reseller("r9", 1, None);
+        rr.parent = Some("r1".into());
+        assert!(matches!(
+            s.create_account(&rr).await,
+            Err(StoreError::Invalid(_))
+        ));
+        // An unlimited package does not fit a finite disk allowance.
+        let e = s
+            .create_account(&customer("c2", Some("r1"), "huge"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::AllowanceExceeded(_)), "{e}");
+        s.create_account(&customer("c2", Some("r1"), "basic"))
+            .await
+            .unwrap();
+        // The third customer is over max_accounts; nothing is written.
+        let e = s
+            .create_account(&customer("c3", Some("r1"), "basic"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::AllowanceExceeded(_)), "{e}");
+        assert!(matches!(
+            s.account("c3").await,
+            Err(StoreError::NotFound(_))
+        ));
+        let sum = s.reseller_summary("r1").await.unwrap();
+        assert_eq!(
+            (sum.accounts, sum.pending, sum.disk_mb_allocated),
+            (2, 2, Some(2000))
+        );
+        // Allowance cannot go below use; a customer under the root admin is fine.
+        assert!(s
+            .set_allowance(
+                "r1",
+                &Allowance {
+                    max_accounts: 1,
+                    disk_mb: None,
+                    bandwidth_mb: None
+                }
+            )
+            .await
+            .is_err());
+        assert!(s
+            .set_allowance(
+                "r1",
+                &Allowance {
+                    max_accounts: 1001,
+                    disk_mb: None,
+                    bandwidth_mb: None
+                }
+            )
+            .await
+            .is_err());
+        s.create_account(&customer("solo", None, "huge"))
+            .await
+            .unwrap();
+        // Lists: a reseller's customers only, keyset.
+        let page = s.list_accounts(Some("r1"), None, None, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        let next = s
+            .list_accounts(Some("r1"), None, Some(&page[0].id), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            vec!["c2"]
+        );
+        // Terminated names are not reused within 30 days.
+        s.set_account_status("c2", AccountStatus::Terminated, Some("gone"))
+            .await
+            .unwrap();
+        let e = s
+            .create_account(&customer("c2", Some("r1"), "basic"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("30 days"), "{e}");
+        // Suspend and back.
+        let a = s
+            .set_account_status("c1", AccountStatus::Suspended, Some("abuse"))
+            .await
+            .unwrap();
+        assert!(a.suspended_at.is_some());
+        let a = s
+            .set_account_status("c1", AccountStatus::Active, None)
+            .await
+            .unwrap();
+        assert!(a.suspended_at.is_none() && a.suspend_reason.is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn package_lifecycle() {
+    each(async |s| {
+        let p = s
+            .create_package(parse_package_yaml(include_str!("../../packages/basic.yaml")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!((p.status, p.version), (PackageStatus::Draft, 1));
+        assert!(
+            s.create_account(&customer("c1", None, "basic"))
+                .await
+                .is_err(),
+            "draft takes no accounts"
+        );
+        s.set_package_status("basic", PackageStatus::Active)
+            .await
+            .unwrap();
+        s.create_account(&customer("c1", None, "basic"))
+            .await
+            .unwrap();
+        let (before, after) = s
+            .update_package(
+                "basic",
+                &PackageUpdate {
+                    name: Some("Basic 2".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((before.version, after.version), (1, 2));
+        // In use: deleting deprecates instead.
+        let kept = s.delete_package("basic").await.unwrap().expect("kept");
+        assert_eq!(kept.status, PackageStatus::Deprecated);
+        assert!(s
+            .create_account(&customer("c2", None, "basic"))
+            .await
+            .is_err());
+        // Unused: deleted.
+        s.create_package(NewPackage {
+            id: "tmp".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(s.delete_package("tmp").await.unwrap().is_none());
+        assert!(matches!(
+            s.package("tmp").await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Bad input.
+        let dup = s
+            .create_package(NewPackage {
+                id: "basic".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))));
+        let unknown = s
+            .create_package(NewPackage {
+                id: "x".into(),
+                features: vec!["teleport".into()],
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(unknown, Err(StoreError::Invalid(_))));
+        let big = s
+            .create_package(NewPackage {
+                id: "big".into(),
+                pricing: Some(json!("x".repeat(60_000))),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            matches!(big, Err(StoreError::Invalid(ref m)) if m.contains("50 KiB")),
+            "{big:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_chain_search_and_tamper() {
+    each(async |s| {
+        let mut recs = Vec::new();
+        for i in 0..30 {
+            let mut r = NewAudit::new(
+                if i % 2 == 0 { "account_created" } else { "package_changed" },
+                Actor { kind: "admin".into(), id: format!("u{}", i % 3), ..Default::default() },
+                "success",
+            );
+            r.account = Some(format!("acct{}", i % 5));
+            r.changes = json!({"before": null, "after": {"n": i}});
+            recs.push(r);
+        }
+        assert_eq!(s.append_audit(&recs).await.unwrap(), 30);
+        // Re-delivery writes nothing twice.
+        assert_eq!(s.append_audit(&recs[..10]).await.unwrap(), 0);
+        let v = s.verify_audit().await.unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.checked, 30);
+        let page = s
+            .search_audit(&AuditFilter { action: Some("account_".into()), limit: 5, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 5);
+        assert!(page.windows(2).all(|w| w[0].seq > w[1].seq));
+        let rest = s
+            .search_audit(&AuditFilter {
+                action: Some("account_".into()),
+                before_seq: Some(page[4].seq),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.len() + rest.len(), 15);
+        let text = s
+            .search_audit(&AuditFilter { text: Some("\"N\":7".into()), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 1);
+        let by = s
+            .search_audit(&AuditFilter { account: Some("acct1".into()), actor: Some("u0".into()), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert!(by.iter().all(|r| r.record.account.as_deref() == Some("acct1") && r.record.actor.id == "u0"));
+        // Edit a record's content: verify names it.
+        let victim = &page[2];
+        sqlx_update(s, &format!(
+            "UPDATE audit SET doc = REPLACE(doc, 'account_created', 'account_deleted') WHERE seq = {}",
+            victim.seq
+        ))
+        .await;
+        let v = s.verify_audit().await.unwrap();
+        assert!(!v.ok);
+        assert_eq!(v.broken_at, Some(victim.seq));
+    })
+    .await;
+}
+
+async fn sqlx_update(s: &Store, sql: &str) {
+    s.execute_for_tests(sql).await.unwrap();
+}
+
+#[tokio::test]
+async fn history_archive_is_atomic_and_idempotent() {
+    each(async |s| {
+        let row = |id: &str, status: &str| HistoryRow {
+            id: id.into(),
+            kind: "diagnostic".into(),
+            status: status.into(),
+            account: Some("a1".into()),
+            reseller: None,
+            finished_at: 10,
+            doc: json!({"id": id, "status": status}),
+        };
+        assert_eq!(s.archive_mark("jobs").await.unwrap(), (0, String::new()));
+        s.archive_jobs(
+            "jobs",
+            &[row("01A", "failed"), row("01B", "succeeded")],
+            (10, "01B"),
+        )
+        .await
+        .unwrap();
+        // The same job archived again (re-run and finished again) is still one row.
+        s.archive_jobs("jobs", &[row("01A", "succeeded")], (11, "01A"))
+            .await
+            .unwrap();
+        let all = s
+            .list_history(&HistoryFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.id.as_str(), r.status.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("01B", "succeeded"), ("01A", "succeeded")]
+        );
+        assert_eq!(
+            s.archive_mark("jobs").await.unwrap(),
+            (11, "01A".to_string())
+        );
+        let older = s
+            .list_history(&HistoryFilter {
+                before: Some("01B".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(older.len(), 1);
+        assert!(s.history_job("01A").await.unwrap().is_some());
+        assert_eq!(s.purge_history(10).await.unwrap(), 0);
+        assert_eq!(s.purge_history(11).await.unwrap(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_closed_store_is_unavailable() {
+    let s = testing::sqlite().await;
+    s.close().await;
+    assert!(matches!(s.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        s.account("x").await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
