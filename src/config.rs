@@ -16,9 +16,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// HTTP listen address (the API joins in a later issue). Default `127.0.0.1:8080`.
+    /// HTTP listen address of the API and WebSocket. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Where nPanel keeps its files (a private Redis's data, later the SQLite store).
+    /// Where nPanel keeps its files (a private Redis's data, the JWT secret, the SQLite store).
     /// Default `./npanel-data`.
     pub data_dir: PathBuf,
     /// Where `serve` looks for a local Redis when `REDIS_URL` is unset. Default `127.0.0.1:6379`.
@@ -33,6 +33,8 @@ pub struct Config {
     pub api: api::ApiConfig,
     /// The WebSocket fan-out.
     pub ws: WsConfig,
+    /// The store (system of record).
+    pub store: StoreConfig,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
@@ -100,6 +102,47 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Store settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database URL (`DATABASE_URL`): `postgres://…` for several hosts, `sqlite://PATH`.
+    /// Unset: the SQLite file `<data_dir>/npanel.db`, created on first start.
+    pub url: Option<String>,
+    /// Days finished jobs stay readable in the history. Default 90.
+    pub history_days: u32,
+    /// Days audit records are kept. Default 730 (2 years).
+    pub audit_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            history_days: 90,
+            audit_days: 730,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The URL to open for `data_dir`.
+    pub fn url_for(&self, data_dir: &Path) -> String {
+        match &self.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("npanel.db").display()),
+        }
+    }
+
+    /// The retention defaults for the `retention` job.
+    pub fn days(&self) -> workers::retention::RetentionDays {
+        workers::retention::RetentionDays {
+            history: self.history_days,
+            audit: self.audit_days,
+        }
+    }
+}
+
 /// WebSocket settings (see `ws::HubConfig`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -152,6 +195,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             api: api::ApiConfig::default(),
             ws: WsConfig::default(),
+            store: StoreConfig::default(),
             log: "info".into(),
             metrics_listen: None,
         }
@@ -216,6 +260,11 @@ impl Config {
                 fig = fig.merge(("queue.redis_url", url));
             }
         }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                fig = fig.merge(("store.url", url));
+            }
+        }
         fig = fig.merge(Serialized::defaults(flags));
         let cfg: Config = fig
             .extract()
@@ -251,6 +300,20 @@ impl Config {
         if self.ws.ping_interval_secs == 0 {
             p.push("ws.ping_interval_secs must be at least 1.".into());
         }
+        if let Some(u) = &self.store.url {
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres:")
+                || u.starts_with("postgresql:"))
+            {
+                p.push(format!(
+                    "store.url {:?} is not a sqlite:// or postgres:// URL.",
+                    redact_url(u)
+                ));
+            }
+        }
+        if self.store.history_days == 0 || self.store.audit_days == 0 {
+            p.push("store.history_days and store.audit_days must be at least 1.".into());
+        }
         if self.workers.concurrency == 0 {
             p.push("workers.concurrency must be at least 1.".into());
         }
@@ -270,6 +333,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.queue.redis_url = redact_url(&c.queue.redis_url);
+        c.store.url = c.store.url.as_deref().map(redact_url);
         if c.api.jwt_secret.is_some() {
             c.api.jwt_secret = Some("**REDACTED**".into());
         }

@@ -57,7 +57,26 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     } else {
         warn_if_evicting(&q).await;
     }
-    let registry = workers::Registry::builtin();
+    // The store: serve always has one (SQLite in the data dir by default); a worker on
+    // another host only when it shares one (DATABASE_URL), for the jobs that need it.
+    let store = if mode == Mode::Serve || cfg.store.url.is_some() {
+        let url = cfg.store.url_for(&cfg.data_dir);
+        let s = store::Store::connect(&url).await.with_context(|| {
+            format!(
+                "cannot open the store at {} (set DATABASE_URL, or check the data dir)",
+                store::redact_url(&url)
+            )
+        })?;
+        info!(store = %store::redact_url(&url), backend = ?s.backend(), "Store open.");
+        Some(s)
+    } else {
+        None
+    };
+    let mut registry = workers::Registry::builtin();
+    if let Some(s) = &store {
+        registry = registry.with_store(s.clone(), cfg.store.days());
+    }
+    let q = q.with_available_kinds(registry.kinds());
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
     let mut tasks = tokio::task::JoinSet::new();
     if mode == Mode::Serve {
@@ -68,10 +87,17 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         let state = api::AppState::new(
             q.clone(),
             hub,
+            store.clone().expect("serve opens the store"),
             &secret,
             cfg.api.clone(),
             api::metrics::install_prometheus(),
         );
+        for h in state.spawn_background(shutdown.clone()) {
+            tasks.spawn(async move {
+                h.await?;
+                Ok(())
+            });
+        }
         let addr = listener.local_addr()?;
         info!(%addr, "API listening on http://{addr} (WebSocket on the same port)");
         let s = shutdown.clone();

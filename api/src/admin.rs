@@ -1,5 +1,6 @@
 //! Admin routes: the queue at a glance, runtime concurrency limits (audited), pause/resume.
 
+use crate::audit::Ctx;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
@@ -8,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use queue::{JobKind, QueueStats};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 /// The queue view.
@@ -45,27 +47,43 @@ pub struct LimitSet {
     responses((status = 200, body = LimitSet), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_concurrency(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     Path(kind): Path<String>,
     ApiJson(body): ApiJson<LimitBody>,
 ) -> Result<Json<LimitSet>, ApiError> {
-    caller.require_admin()?;
-    let k: JobKind = kind
-        .parse()
-        .map_err(|e: queue::UnknownKind| ApiError::Unprocessable(e.to_string()))?;
-    let before = st
-        .queue
-        .stats()
-        .await
-        .ok()
-        .and_then(|s| s.kinds.get(k.as_str()).map(|x| x.limit));
-    st.queue.set_limit(k, body.limit).await?;
-    tracing::info!(target: "audit", actor = %caller.0.subject, kind = %k, ?before, after = body.limit,
-        "Concurrency limit changed.");
-    Ok(Json(LimitSet {
-        kind: k.to_string(),
-        limit: body.limit,
-    }))
+    let mut before = None;
+    let res = async {
+        ctx.caller.require_admin()?;
+        let k: JobKind = kind
+            .parse()
+            .map_err(|e: queue::UnknownKind| ApiError::Unprocessable(e.to_string()))?;
+        before = st
+            .queue
+            .stats()
+            .await
+            .ok()
+            .and_then(|s| s.kinds.get(k.as_str()).map(|x| x.limit));
+        st.queue.set_limit(k, body.limit).await?;
+        tracing::info!(target: "audit", actor = %ctx.caller.0.subject, kind = %k, ?before, after = body.limit,
+            "Concurrency limit changed.");
+        Ok(LimitSet {
+            kind: k.to_string(),
+            limit: body.limit,
+        })
+    }
+    .await;
+    ctx.audit(
+        &st,
+        "concurrency_changed",
+        json!({"type": "queue", "id": kind, "name": kind}),
+        None,
+        None,
+        json!({"before": {"limit": before}, "after": {"limit": body.limit}}),
+        None,
+        res.as_ref().err(),
+    )
+    .await;
+    Ok(Json(res?))
 }
 
 /// Answer of pause/resume.
@@ -78,25 +96,47 @@ pub struct PauseState {
 /// Stop claiming everywhere (running jobs go on).
 #[utoipa::path(post, path = "/api/admin/queue/pause", tag = "admin",
     responses((status = 200, body = PauseState), (status = 403, body = ErrorBody)))]
-pub async fn pause(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<Json<PauseState>, ApiError> {
-    caller.require_admin()?;
-    st.queue.pause().await?;
-    tracing::info!(target: "audit", actor = %caller.0.subject, "Queue paused.");
-    Ok(Json(PauseState { paused: true }))
+pub async fn pause(State(st): State<AppState>, ctx: Ctx) -> Result<Json<PauseState>, ApiError> {
+    let res = async {
+        ctx.caller.require_admin()?;
+        st.queue.pause().await?;
+        Ok(PauseState { paused: true })
+    }
+    .await;
+    ctx.audit(
+        &st,
+        "queue_paused",
+        json!({"type": "queue", "id": "queue", "name": "queue"}),
+        None,
+        None,
+        json!({"before": {"paused": !true}, "after": {"paused": true}}),
+        None,
+        res.as_ref().err(),
+    )
+    .await;
+    Ok(Json(res?))
 }
 
 /// Resume claiming.
 #[utoipa::path(post, path = "/api/admin/queue/resume", tag = "admin",
     responses((status = 200, body = PauseState), (status = 403, body = ErrorBody)))]
-pub async fn resume(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<Json<PauseState>, ApiError> {
-    caller.require_admin()?;
-    st.queue.resume().await?;
-    tracing::info!(target: "audit", actor = %caller.0.subject, "Queue resumed.");
-    Ok(Json(PauseState { paused: false }))
+pub async fn resume(State(st): State<AppState>, ctx: Ctx) -> Result<Json<PauseState>, ApiError> {
+    let res = async {
+        ctx.caller.require_admin()?;
+        st.queue.resume().await?;
+        Ok(PauseState { paused: false })
+    }
+    .await;
+    ctx.audit(
+        &st,
+        "queue_resumed",
+        json!({"type": "queue", "id": "queue", "name": "queue"}),
+        None,
+        None,
+        json!({"before": {"paused": !false}, "after": {"paused": false}}),
+        None,
+        res.as_ref().err(),
+    )
+    .await;
+    Ok(Json(res?))
 }

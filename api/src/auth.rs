@@ -216,8 +216,11 @@ pub enum Authn {
     Ok(Viewer),
     /// No token at all.
     Missing,
-    /// A token that did not verify.
+    /// A token that did not verify, or whose account the store does not know (or knows
+    /// under another reseller).
     Invalid,
+    /// A valid token whose account could not be checked: the store is down (503).
+    StoreDown,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -258,7 +261,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     let outcome = match token {
         None => Authn::Missing,
         Some(t) => match st.auth.verify(&t) {
-            Ok(v) => Authn::Ok(v),
+            Ok(v) => check_against_store(&st.store, v).await,
             Err(_) => Authn::Invalid,
         },
     };
@@ -267,6 +270,48 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     }
     req.extensions_mut().insert(outcome);
     next.run(req).await
+}
+
+/// The hierarchy check: a reseller token's reseller must be a reseller in the store, a
+/// customer token's account a customer whose reseller is the token's (filled in from the store
+/// when the token has none). Terminated accounts are refused. One indexed read per request.
+async fn check_against_store(store: &store::Store, mut v: ws::Viewer) -> Authn {
+    use store::{AccountStatus, AccountType, StoreError};
+    let id = match v.role {
+        Role::Admin => return Authn::Ok(v),
+        Role::Reseller => v.reseller.clone(),
+        Role::Customer => v.account.clone(),
+    };
+    let Some(id) = id else {
+        return Authn::Invalid;
+    };
+    match store.account(&id).await {
+        Ok(a) if a.status == AccountStatus::Terminated => Authn::Invalid,
+        Ok(a) if v.role == Role::Reseller => {
+            if a.kind == AccountType::Reseller {
+                Authn::Ok(v)
+            } else {
+                Authn::Invalid
+            }
+        }
+        Ok(a) => {
+            if a.kind != AccountType::Customer {
+                return Authn::Invalid;
+            }
+            match &v.reseller {
+                Some(r) if Some(r) != a.reseller.as_ref() => Authn::Invalid,
+                _ => {
+                    v.reseller = a.reseller;
+                    Authn::Ok(v)
+                }
+            }
+        }
+        Err(StoreError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "Cannot check a token's account: the store is unavailable.");
+            Authn::StoreDown
+        }
+        Err(_) => Authn::Invalid,
+    }
 }
 
 /// An authenticated caller: extracting it answers 401 when the token is missing or bad.
@@ -278,6 +323,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         match parts.extensions.get::<Authn>() {
             Some(Authn::Ok(v)) => Ok(Caller(v.clone())),
+            Some(Authn::StoreDown) => Err(ApiError::Unavailable(
+                "the store (database) is unavailable; retry shortly".into(),
+            )),
             _ => Err(ApiError::Unauthorized),
         }
     }

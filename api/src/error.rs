@@ -11,7 +11,9 @@
 //! | `MethodNotAllowed` | `method_not_allowed` | 405 | |
 //! | `BadRequest` | `invalid_request` | 400 | malformed JSON, bad query string, not a WebSocket upgrade |
 //! | `Unprocessable` | `invalid_request` | 422 | well-formed but invalid: unknown job type, payload mismatch, bad values |
-//! | `Conflict` | `conflict` | 409 | job not in a state that allows the action |
+//! | `Conflict` | `conflict` | 409 | job not in a state that allows the action; a name taken |
+//! | `AllowanceExceeded` | `allowance_exceeded` | 409 | a reseller's allowance would be exceeded; nothing written |
+//! | `FeatureDisabled` | `feature_disabled` | 403 | the account's package does not grant the feature |
 //! | `PayloadTooLarge` | `payload_too_large` | 413 | body over `api.body_limit_bytes` |
 //! | `RateLimited` | `rate_limited` | 429 | `Retry-After` |
 //! | `NotAvailable` | `not_available` | 501 | the job type has no handler in this build |
@@ -53,6 +55,12 @@ pub enum ApiError {
     /// Wrong state for the action.
     #[error("{0}")]
     Conflict(String),
+    /// A reseller's allowance would be exceeded.
+    #[error("{0}")]
+    AllowanceExceeded(String),
+    /// The account's package does not grant a feature.
+    #[error("{0}")]
+    FeatureDisabled(String),
     /// Body too large.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -114,6 +122,8 @@ impl ApiError {
             BadRequest(_) => ("invalid_request", StatusCode::BAD_REQUEST),
             Unprocessable(_) => ("invalid_request", StatusCode::UNPROCESSABLE_ENTITY),
             Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            AllowanceExceeded(_) => ("allowance_exceeded", StatusCode::CONFLICT),
+            FeatureDisabled(_) => ("feature_disabled", StatusCode::FORBIDDEN),
             PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             NotAvailable(_) => ("not_available", StatusCode::NOT_IMPLEMENTED),
@@ -192,6 +202,23 @@ impl From<QueueError> for ApiError {
             e @ QueueError::Conflict { .. } => ApiError::Conflict(e.to_string()),
             QueueError::Invalid(m) => ApiError::Unprocessable(m),
             QueueError::Protocol(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        use store::StoreError as S;
+        match e {
+            S::Unavailable(d) => {
+                tracing::warn!(detail = %d, "Store unavailable.");
+                ApiError::Unavailable("the store (database) is unavailable; retry shortly".into())
+            }
+            S::NotFound(m) => ApiError::NotFound(m),
+            S::Conflict(m) => ApiError::Conflict(m),
+            S::AllowanceExceeded(m) => ApiError::AllowanceExceeded(m),
+            S::Invalid(m) => ApiError::Unprocessable(m),
+            S::Database(m) => ApiError::Internal(m),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `/api/jobs`: enqueue (admins), list, read, cancel, retry, all under the tenant rules.
 
+use crate::audit::Ctx;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use queue::{CancelOutcome, Job, JobKind, JobStatus, ListFilter, NewJob};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 /// `POST /api/jobs` body.
@@ -70,9 +71,36 @@ pub struct Accepted {
 pub(crate) async fn accept(
     st: &AppState,
     caller: &Caller,
-    mut job: NewJob,
+    job: NewJob,
     live_base: &str,
 ) -> Result<Response, ApiError> {
+    let body = accept_inner(st, caller, job, live_base).await?;
+    let self_ = body.links.self_.clone();
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, self_)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// [`accept`], answering the accepted job as JSON (for routes that embed it).
+pub(crate) async fn accept_json(
+    st: &AppState,
+    caller: &Caller,
+    job: NewJob,
+    live_base: &str,
+) -> Result<Value, ApiError> {
+    let body = accept_inner(st, caller, job, live_base).await?;
+    serde_json::to_value(body).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn accept_inner(
+    st: &AppState,
+    caller: &Caller,
+    mut job: NewJob,
+    live_base: &str,
+) -> Result<Accepted, ApiError> {
     let kind = job.kind;
     if let Some(key) = job.idempotency_key.take() {
         let tenant = caller.0.tenant().unwrap_or_else(|| "admin".into());
@@ -111,12 +139,7 @@ pub(crate) async fn accept(
         },
         id: e.id,
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, self_)],
-        Json(body),
-    )
-        .into_response())
+    Ok(body)
 }
 
 /// Enqueue any job type (admins).
@@ -126,8 +149,42 @@ pub(crate) async fn accept(
         (status = 501, body = ErrorBody), (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn enqueue(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     ApiJson(req): ApiJson<EnqueueRequest>,
+) -> Result<Response, ApiError> {
+    let (account, reseller, kind) = (req.account.clone(), req.reseller.clone(), req.kind.clone());
+    let res = enqueue_inner(&st, &ctx.caller, req).await;
+    let job_id = res
+        .as_ref()
+        .ok()
+        .and_then(|r| r.headers().get(header::LOCATION))
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.rsplit('/').next())
+        .map(String::from);
+    ctx.audit(
+        &st,
+        &format!(
+            "{}_started",
+            kind.chars()
+                .filter(|c| c.is_ascii_lowercase() || *c == '_')
+                .take(32)
+                .collect::<String>()
+        ),
+        json!({"type": "job", "id": job_id, "name": kind}),
+        account.as_deref(),
+        reseller.as_deref(),
+        Value::Null,
+        job_id.as_deref(),
+        res.as_ref().err(),
+    )
+    .await;
+    res
+}
+
+async fn enqueue_inner(
+    st: &AppState,
+    caller: &Caller,
+    req: EnqueueRequest,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let kind: JobKind = req
@@ -140,7 +197,7 @@ pub async fn enqueue(
     job.idempotency_key = req.idempotency_key;
     job.max_attempts = req.max_attempts;
     tracing::info!(target: "audit", actor = %caller.0.subject, %kind, "Job enqueued by an admin.");
-    accept(&st, &caller, job, "/api/jobs").await
+    accept(st, caller, job, "/api/jobs").await
 }
 
 /// `GET /api/jobs` filters.
@@ -156,15 +213,20 @@ pub struct ListQuery {
     /// Only this reseller.
     pub reseller: Option<String>,
     /// At most this many (default 100, max 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
 }
 
 /// `GET /api/jobs` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
-    /// Newest first (without log tails).
+    /// Newest first: live work from Redis and history from the store.
     #[schema(value_type = Vec<Object>)]
     pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null at the end.
+    pub next_cursor: Option<String>,
 }
 
 /// List the jobs the caller may see.
@@ -192,15 +254,34 @@ pub async fn list(
                 .map_err(|e| ApiError::BadRequest(e.to_string()))
         })
         .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| store::Cursor::decode("jobs", c).map(|c| c.0))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let f = ListFilter {
         status,
         kind,
         account: q.account,
         reseller: q.reseller,
-        limit: Some(q.limit.unwrap_or(100).clamp(1, 1000)),
+        limit: Some(limit),
+        finished_after: None,
     };
-    let jobs = viewer.list(&st.queue, f).await?;
-    Ok(Json(JobList { jobs }))
+    let (mut jobs, more) =
+        crate::history::list_jobs(&st.queue, &st.store, &viewer, f, before.as_deref(), limit)
+            .await?;
+    for j in &mut jobs {
+        j.log_tail.clear();
+    }
+    let next_cursor = more
+        .then(|| jobs.last().map(|j| store::Cursor::encode("jobs", &j.id)))
+        .flatten();
+    Ok(Json(JobList { jobs, next_cursor }))
 }
 
 /// A job the caller may see, or 404 (also for another tenant's job).
@@ -208,7 +289,7 @@ pub(crate) async fn visible_job(st: &AppState, caller: &Caller, id: &str) -> Res
     if id.is_empty() || id.len() > 64 {
         return Err(ApiError::job_not_found(id));
     }
-    let job = st.queue.get(id).await?;
+    let job = crate::history::find_job(st, id).await?;
     if caller.0.can_see_job(&job) {
         Ok(job)
     } else {
@@ -241,22 +322,51 @@ pub struct Transition {
     responses((status = 202, body = Transition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Transition>), ApiError> {
-    visible_job(&st, &caller, &id).await?;
-    let status = match st.queue.cancel(&id).await? {
-        CancelOutcome::Cancelled => "cancelled",
-        CancelOutcome::Cancelling => "cancelling",
-    };
-    tracing::info!(target: "audit", actor = %caller.0.subject, job_id = %id, status, "Job cancel requested.");
+    let job = visible_job(&st, &ctx.caller, &id).await?;
+    let res = async {
+        if job.status.is_final() {
+            return Err(ApiError::Conflict(format!(
+                "job {id} already ended ({}); nothing to cancel",
+                job.status
+            )));
+        }
+        Ok(match st.queue.cancel(&id).await? {
+            CancelOutcome::Cancelled => "cancelled",
+            CancelOutcome::Cancelling => "cancelling",
+        })
+    }
+    .await;
+    transition_audit(&st, &ctx, &job, "job_cancel_requested", res.as_ref().err()).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(Transition {
             id,
-            status: status.into(),
+            status: res?.into(),
         }),
     ))
+}
+
+async fn transition_audit(
+    st: &AppState,
+    ctx: &Ctx,
+    job: &Job,
+    action: &str,
+    error: Option<&ApiError>,
+) {
+    ctx.audit(
+        st,
+        action,
+        json!({"type": "job", "id": job.id, "name": job.kind.as_str()}),
+        job.account.as_deref(),
+        job.reseller.as_deref(),
+        json!({"before": {"status": job.status}, "after": null}),
+        Some(&job.id),
+        error,
+    )
+    .await;
 }
 
 /// Run a failed or cancelled job again.
@@ -265,15 +375,24 @@ pub async fn cancel(
         (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn retry(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Transition>), ApiError> {
-    let job = visible_job(&st, &caller, &id).await?;
-    if !st.queue.is_available(job.kind) {
-        return Err(queue::QueueError::KindNotAvailable(job.kind).into());
+    let job = visible_job(&st, &ctx.caller, &id).await?;
+    let res = async {
+        if !st.queue.is_available(job.kind) {
+            return Err(queue::QueueError::KindNotAvailable(job.kind).into());
+        }
+        match st.queue.rerun(&id).await {
+            Err(queue::QueueError::NotFound(_)) => Err(ApiError::Conflict(format!(
+                "job {id} is past the queue's retention and only in the history; enqueue a new job instead"
+            ))),
+            r => Ok(r?),
+        }
     }
-    st.queue.rerun(&id).await?;
-    tracing::info!(target: "audit", actor = %caller.0.subject, job_id = %id, "Job retry requested.");
+    .await;
+    transition_audit(&st, &ctx, &job, "job_retry_requested", res.as_ref().err()).await;
+    res?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Transition {

@@ -19,15 +19,19 @@
 //! `POST /api/jobs` (any kind, any account) is admin-only, as DESIGN §3 says; customers and
 //! resellers start work through the typed routes (`/api/restore`, `/api/migration/{id}/health`).
 
+pub mod accounts;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod history;
 pub mod jobs;
 pub mod limit;
 pub mod live;
 pub mod metrics;
 pub mod ops;
+pub mod packages;
 pub mod restore;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -118,6 +122,10 @@ pub struct AppState {
     pub queue: Queue,
     /// The WebSocket fan-out.
     pub hub: Hub,
+    /// The system of record.
+    pub store: store::Store,
+    /// The audit log's write path.
+    pub auditor: Arc<audit::Auditor>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) limits: Arc<limit::Limiters>,
     pub(crate) prometheus: PrometheusHandle,
@@ -126,17 +134,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `queue` and `hub`, signing tokens with `secret`.
+    /// State over `queue`, `hub` and `store`, signing tokens with `secret`. Connects the hub's
+    /// snapshots to the store's job history. The background tasks (archiver, audit drain) are
+    /// started by [`AppState::spawn_background`].
     pub fn new(
         queue: Queue,
         hub: Hub,
+        store: store::Store,
         secret: &[u8],
         cfg: ApiConfig,
         prometheus: PrometheusHandle,
     ) -> AppState {
         let limits = Arc::new(limit::Limiters::new(&cfg.rate_limit));
         limit::spawn_janitor(&limits);
+        history::attach(&hub, queue.clone(), store.clone());
         AppState {
+            auditor: audit::Auditor::new(queue.clone(), store.clone()),
+            store,
             queue,
             hub,
             auth: Arc::new(auth::Auth::new(secret)),
@@ -145,6 +159,19 @@ impl AppState {
             cfg: Arc::new(cfg),
             openapi: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Start the archiver (finished jobs → history) and the audit outbox drain; both stop
+    /// with `stop` (the drain after one last pass).
+    pub fn spawn_background(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(history::run_archiver(
+                self.queue.clone(),
+                self.store.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(self.auditor.clone().run(stop)),
+        ]
     }
 
     /// The token signer (tests and `npanel token` use the same keys).
@@ -189,6 +216,28 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::set_concurrency))
         .routes(routes!(admin::pause))
         .routes(routes!(admin::resume))
+        .routes(routes!(accounts::list, accounts::create))
+        .routes(routes!(accounts::get_account))
+        .routes(routes!(accounts::suspend))
+        .routes(routes!(accounts::unsuspend))
+        .routes(routes!(accounts::terminate))
+        .routes(routes!(accounts::change_package))
+        .routes(routes!(accounts::password))
+        .routes(routes!(accounts::feature))
+        .routes(routes!(accounts::set_allowance))
+        .routes(routes!(accounts::reseller_summary))
+        .routes(routes!(packages::list, packages::create))
+        .routes(routes!(
+            packages::get_package,
+            packages::update,
+            packages::delete
+        ))
+        .routes(routes!(packages::activate))
+        .routes(routes!(packages::deprecate))
+        .routes(routes!(audit::search))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::get_record))
         .split_for_parts();
     let (ops, ops_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(ops::healthz))

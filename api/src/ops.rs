@@ -1,5 +1,5 @@
-//! Operations routes: `/healthz` (the process answers), `/readyz` (Redis answers; the store
-//! joins when it exists), `/metrics` (Prometheus text; queue gauges sampled at each scrape),
+//! Operations routes: `/healthz` (the process answers), `/readyz` (Redis and the store
+//! answer), `/metrics` (Prometheus text; queue gauges sampled at each scrape),
 //! `/api/openapi.json` (generated from the handlers' annotations). No auth, no rate limit:
 //! they carry no tenant data and probes must not be throttled.
 
@@ -21,7 +21,7 @@ pub struct Health {
     /// Redis check (`ok`), readiness only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'static str>,
-    /// Store check: `not_configured` until the store exists.
+    /// Store check (`ok`, readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<&'static str>,
     /// WebSocket connections open in this process.
@@ -40,15 +40,24 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Ready to serve: Redis answers within 2 s.
+/// Ready to serve: Redis and the store answer within 2 s each.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(ApiError::Unavailable(
+                "the store did not answer within 2s".into(),
+            ))
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(2), st.queue.ping()).await {
         Ok(Ok(())) => Ok(Json(Health {
             status: "ready",
             redis: Some("ok"),
-            store: Some("not_configured"),
+            store: Some("ok"),
             ws_connections: Some(st.hub.connections()),
         })),
         Ok(Err(e)) => Err(e.into()),

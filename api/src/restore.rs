@@ -2,8 +2,9 @@
 //! until a build ships their handlers, those enqueues answer 501 `not_available`.
 //!
 //! Which account a job concerns: a customer's own (a different `account` is 403); a reseller
-//! names one (the job is recorded under the reseller; checking that the account really belongs
-//! to the reseller needs `store`, a later issue); an admin names account and reseller freely.
+//! names one of its own customers (checked against the store; another's is 404, like a missing
+//! one); an admin names any account, and its reseller is taken from the store when the account
+//! is there.
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
@@ -32,22 +33,40 @@ pub struct RestoreRequest {
 }
 
 /// Account and reseller of a job a caller starts, under the tenant rules.
-fn owner(
+async fn owner(
+    st: &AppState,
     caller: &Caller,
     account: Option<String>,
     reseller: Option<String>,
 ) -> Result<(Option<String>, Option<String>), ApiError> {
     let v = &caller.0;
     match v.role {
-        Role::Admin => Ok((account, reseller)),
+        Role::Admin => match &account {
+            Some(a) if reseller.is_none() => match st.store.account(a).await {
+                Ok(acc) => Ok((account, acc.reseller)),
+                Err(store::StoreError::NotFound(_)) => Ok((account, None)),
+                Err(e) => Err(e.into()),
+            },
+            _ => Ok((account, reseller)),
+        },
         Role::Reseller => {
-            // Which accounts belong to a reseller lives in `store`, which this build does not
-            // have: rather than let a reseller act on any account (and record it under itself),
-            // refuse until ownership can be checked. Admins and the customers themselves can.
-            let _ = (account, reseller);
-            Err(ApiError::Forbidden(
-                "resellers cannot start jobs for an account in this build (account ownership is not recorded yet); ask an admin or the customer".into(),
-            ))
+            let Some(a) = account else {
+                return Err(ApiError::Unprocessable(
+                    "name the account (one of your customers)".into(),
+                ));
+            };
+            if reseller.is_some() && reseller != v.reseller {
+                return Err(ApiError::Forbidden(
+                    "resellers act for their own customers only".into(),
+                ));
+            }
+            let acc = crate::accounts::visible_account(st, caller, &a).await?;
+            if acc.kind != store::AccountType::Customer {
+                return Err(ApiError::Forbidden(
+                    "resellers start jobs for their customers' accounts only".into(),
+                ));
+            }
+            Ok((Some(a), acc.reseller))
         }
         Role::Customer => {
             if account
@@ -86,7 +105,7 @@ pub async fn start(
             "archive must be the file name of one of your backups (no path)".into(),
         ));
     }
-    let (account, reseller) = owner(&caller, req.account, req.reseller)?;
+    let (account, reseller) = owner(&st, &caller, req.account, req.reseller).await?;
     let mut job = NewJob::typed(&Restore {
         archive: req.archive,
         account: account.clone(),
@@ -205,7 +224,7 @@ pub async fn run_health(
             }
         })?
     };
-    let (account, reseller) = owner(&caller, req.account, req.reseller)?;
+    let (account, reseller) = owner(&st, &caller, req.account, req.reseller).await?;
     let mut job = NewJob::typed(&HealthCheck { migration_id: id });
     job.account = account;
     job.reseller = reseller;
@@ -244,9 +263,9 @@ pub async fn get_health(
         limit: Some(1000),
         ..Default::default()
     };
-    let job = viewer
-        .list(&st.queue, f)
+    let job = crate::history::list_jobs(&st.queue, &st.store, &viewer, f, None, 1000)
         .await?
+        .0
         .into_iter()
         .find(|j| j.payload["migration_id"] == id.as_str())
         .ok_or_else(|| ApiError::NotFound(format!("no health check for migration {id}")))?;

@@ -70,13 +70,23 @@ local function advance_account(id, account)
   end
 end
 
--- Drop the oldest finished jobs beyond the count cap (the age cap is the keys' TTL).
+-- Drop the oldest finished jobs beyond the count cap (the age cap is the keys' TTL). When a
+-- store archives finished jobs (the 'archived' key holds its watermark, a finish time in ms),
+-- only jobs finished before the watermark are dropped: nothing leaves Redis unarchived.
 local function trim_finished()
   local over = redis.call('ZCARD', P .. 'finished') - MAX_FINISHED
   if over > 0 then
-    local old = redis.call('ZPOPMIN', P .. 'finished', over)
-    for i = 1, #old, 2 do
-      redis.call('DEL', jkey(old[i]), lkey(old[i]))
+    local upto = redis.call('GET', P .. 'archived')
+    local old
+    if upto then
+      old = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. upto, 'LIMIT', 0, over)
+      if #old > 0 then redis.call('ZREM', P .. 'finished', unpack(old)) end
+      for i = 1, #old do redis.call('DEL', jkey(old[i]), lkey(old[i])) end
+    else
+      old = redis.call('ZPOPMIN', P .. 'finished', over)
+      for i = 1, #old, 2 do
+        redis.call('DEL', jkey(old[i]), lkey(old[i]))
+      end
     end
   end
 end

@@ -106,12 +106,42 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
     /// Last log lines (at most 100).
     pub log_tail: Vec<String>,
-    /// Payload.
+    /// Payload (secrets such as `password` are redacted when serialised; handlers read the
+    /// value itself).
+    #[serde(serialize_with = "redact_secrets")]
     pub payload: serde_json::Value,
     /// A cancel was requested while it ran.
     pub cancel_requested: bool,
     /// When a retrying job runs again.
     pub run_at: Option<DateTime<Utc>>,
+}
+
+/// Payload keys whose values never leave the process (API, WebSocket, history, logs).
+pub const SECRET_KEYS: &[&str] = &["password", "secret", "token", "api_key"];
+
+/// Serialise a payload with the values of [`SECRET_KEYS`] replaced by `"**REDACTED**"`.
+pub fn redact_secrets<S: serde::Serializer>(
+    v: &serde_json::Value,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    fn walk(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, x)| {
+                    if SECRET_KEYS.contains(&k.as_str()) && !x.is_null() {
+                        (k.clone(), serde_json::Value::from("**REDACTED**"))
+                    } else {
+                        (k.clone(), walk(x))
+                    }
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+            serde_json::Value::Array(a) => a.iter().map(walk).collect(),
+            other => other.clone(),
+        }
+    }
+    serde::Serialize::serialize(&walk(v), s)
 }
 
 fn ms_time(v: Option<&String>) -> Option<DateTime<Utc>> {

@@ -24,6 +24,9 @@ pub enum JobKind {
     Upgrade,
     /// Admin smoke-test job: sleeps, reports progress, can be told to fail.
     Diagnostic,
+    /// Daily store retention: job history past `history_days`, audit records past
+    /// `audit_days`.
+    Retention,
 }
 
 /// One stage of a job and the slice of the overall percentage it covers.
@@ -56,13 +59,14 @@ const UPGRADE_STAGES: &[StageWeight] = &[
 
 impl JobKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Provision,
         JobKind::Restore,
         JobKind::HealthCheck,
         JobKind::QuotaSweep,
         JobKind::Upgrade,
         JobKind::Diagnostic,
+        JobKind::Retention,
     ];
 
     /// The stable kind string stored in Redis and used on the API.
@@ -74,6 +78,7 @@ impl JobKind {
             JobKind::QuotaSweep => "quota_sweep",
             JobKind::Upgrade => "upgrade",
             JobKind::Diagnostic => "diagnostic",
+            JobKind::Retention => "retention",
         }
     }
 
@@ -86,6 +91,7 @@ impl JobKind {
             JobKind::QuotaSweep => 1,
             JobKind::Upgrade => 1,
             JobKind::Diagnostic => 10,
+            JobKind::Retention => 1,
         }
     }
 
@@ -98,6 +104,7 @@ impl JobKind {
             JobKind::QuotaSweep => 3,
             JobKind::Upgrade => 1,
             JobKind::Diagnostic => 3,
+            JobKind::Retention => 3,
         }
     }
 
@@ -128,6 +135,7 @@ impl JobKind {
             JobKind::QuotaSweep => check::<QuotaSweep>(payload),
             JobKind::Upgrade => check::<Upgrade>(payload),
             JobKind::Diagnostic => check::<Diagnostic>(payload),
+            JobKind::Retention => check::<Retention>(payload),
         }
     }
 }
@@ -197,6 +205,8 @@ pub enum ProvisionAction {
     Terminate,
     /// Set a new password.
     ChangePassword,
+    /// Re-apply a package's (changed) limits to every account on it: one job, walking them.
+    ReapplyPackage,
 }
 
 /// `provision`: one action on one account.
@@ -205,7 +215,8 @@ pub enum ProvisionAction {
 pub struct Provision {
     /// What to do.
     pub action: ProvisionAction,
-    /// The account (system user name).
+    /// The account (system user name); empty for `reapply_package`, which names a package.
+    #[serde(default)]
     pub account: String,
     /// Package name, for create and change_package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,9 +227,34 @@ pub struct Provision {
     /// WHMCS service id, when WHMCS asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_id: Option<u64>,
+    /// Why (suspend, terminate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The new password (create, change_password). Never shown: a job's payload is
+    /// serialised with secrets redacted (see `job::redact_secrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The package's version being applied (reapply_package).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<i64>,
 }
 impl JobPayload for Provision {
     const KIND: JobKind = JobKind::Provision;
+}
+
+/// `retention`: forget what is past its retention in the store.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep finished jobs this many days (default: the configured `store.history_days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_days: Option<u32>,
+    /// Keep audit records this many days (default: `store.audit_days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_days: Option<u32>,
+}
+impl JobPayload for Retention {
+    const KIND: JobKind = JobKind::Retention;
 }
 
 /// `restore`: restore an account from a backup archive.

@@ -59,7 +59,7 @@ pub use events::{Event, EventReader};
 pub use job::{Job, JobStatus, KindStats, QueueStats};
 pub use kind::{
     Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep, Restore,
-    StageWeight, UnknownKind, Upgrade, UpgradeStage,
+    Retention, StageWeight, UnknownKind, Upgrade, UpgradeStage,
 };
 pub use progress::{EtaEstimator, Flusher, Progress};
 pub use queue::{

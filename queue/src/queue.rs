@@ -181,6 +181,10 @@ pub struct ListFilter {
     pub reseller: Option<String>,
     /// At most this many (default 100).
     pub limit: Option<usize>,
+    /// Read only finished jobs that finished after this time (Unix ms): callers that keep the
+    /// older ones elsewhere (the store's history) pass the archive watermark, so a list reads
+    /// pending, running and not-yet-archived jobs only, whatever the retention holds.
+    pub finished_after: Option<i64>,
 }
 
 /// A few auto-reconnecting multiplexed connections, used round-robin. Each pipelines every
@@ -698,12 +702,21 @@ impl Queue {
         let limit = f.limit.unwrap_or(100).min(1000);
         let p = &self.inner.prefix;
         let mut c = self.conn().await?;
-        let (mut ids, leased, finished): (Vec<String>, Vec<String>, Vec<String>) = redis::pipe()
-            .zrevrange(format!("{p}pending"), 0, -1)
-            .zrevrange(format!("{p}leases"), 0, -1)
-            .zrevrange(format!("{p}finished"), 0, 4999)
-            .query_async(&mut c)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.zrevrange(format!("{p}pending"), 0, -1)
+            .zrevrange(format!("{p}leases"), 0, -1);
+        match f.finished_after {
+            Some(after) => pipe.zrevrangebyscore_limit(
+                format!("{p}finished"),
+                "+inf",
+                format!("({after}"),
+                0,
+                5000,
+            ),
+            None => pipe.zrevrange(format!("{p}finished"), 0, 4999),
+        };
+        let (mut ids, leased, finished): (Vec<String>, Vec<String>, Vec<String>) =
+            pipe.query_async(&mut c).await?;
         ids.extend(leased);
         ids.extend(finished);
         ids.sort_unstable_by(|a, b| b.cmp(a)); // ULIDs sort by creation time
@@ -852,6 +865,123 @@ impl Queue {
             .query_async(&mut c)
             .await?;
         Ok(v.into_iter().next().map(|e| e.0))
+    }
+
+    /// Finished jobs after the watermark `(score, last)` in finish order (`score` = finish
+    /// time in ms; ties are ordered by id, as Redis orders equal scores), at most `n`, with
+    /// their finish times. The archiver's read.
+    pub async fn finished_after(
+        &self,
+        score: i64,
+        last: &str,
+        n: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let mut c = self.conn().await?;
+        let key = format!("{}finished", self.inner.prefix);
+        let mut offset = 0;
+        loop {
+            let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(score)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(n)
+                .query_async(&mut c)
+                .await?;
+            let got = page.len();
+            let out: Vec<(String, i64)> = page
+                .into_iter()
+                .filter(|(id, s)| *s > score || id.as_str() > last)
+                .collect();
+            if !out.is_empty() || got < n {
+                return Ok(out);
+            }
+            // A whole page at the watermark's own time, all archived: look further.
+            offset += n;
+        }
+    }
+
+    /// Several jobs with their log tails, in the order asked; missing ones are left out.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Job>> {
+        let mut c = self.conn().await?;
+        let p = &self.inner.prefix;
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(format!("{p}job:{id}"))
+                .lrange(format!("{p}log:{id}"), 0, -1);
+        }
+        let raw: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for pair in raw.chunks(2) {
+            let h: HashMap<String, String> =
+                redis::from_redis_value(pair[0].clone()).map_err(bad)?;
+            let log: Vec<String> = redis::from_redis_value(pair[1].clone()).map_err(bad)?;
+            if let Some(j) = Job::from_hash(&h, log) {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record that every job finished before `score` (ms) is archived: from then on the count
+    /// cap drops only those (see `trim_finished` in `lua/common.lua`).
+    pub async fn mark_archived(&self, score: i64) -> Result<()> {
+        let mut c = self.conn().await?;
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}archived", self.inner.prefix))
+            .arg(score)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Append an entry to the durable outbox stream `name` (written with the append-only file
+    /// when Redis has one). Returns the entry id.
+    pub async fn outbox_push(&self, name: &str, payload: &str) -> Result<String> {
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("XADD")
+            .arg(format!("{}outbox:{name}", self.inner.prefix))
+            .arg("*")
+            .arg("d")
+            .arg(payload)
+            .query_async(&mut c)
+            .await?)
+    }
+
+    /// The oldest `n` entries of outbox `name`: `(entry id, payload)`.
+    pub async fn outbox_read(&self, name: &str, n: usize) -> Result<Vec<(String, String)>> {
+        let mut c = self.conn().await?;
+        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}outbox:{name}", self.inner.prefix))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(n)
+            .query_async(&mut c)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|(id, f)| {
+                let d = f.into_iter().find(|(k, _)| k == "d").map(|(_, v)| v);
+                (id, d.unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// Remove delivered entries from outbox `name`.
+    pub async fn outbox_ack(&self, name: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let _: i64 = redis::cmd("XDEL")
+            .arg(format!("{}outbox:{name}", self.inner.prefix))
+            .arg(ids)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
     }
 
     /// Run a raw command on a pooled connection (tests and tools).

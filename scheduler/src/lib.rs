@@ -39,7 +39,19 @@ pub struct ScheduleSpec {
 
 /// The schedules that ship with nPanel.
 pub fn builtin() -> Vec<ScheduleSpec> {
-    vec![ScheduleSpec {
+    vec![
+        ScheduleSpec {
+            name: "retention".into(),
+            cron: "0 30 3 * * *".into(),
+            kind: JobKind::Retention,
+            payload: serde_json::json!({}),
+            enabled: true,
+            note: Some(
+                "daily: job history past store.history_days, audit records past store.audit_days"
+                    .into(),
+            ),
+        },
+        ScheduleSpec {
         name: "quota_sweep".into(),
         cron: "0 0 * * * *".into(),
         kind: JobKind::QuotaSweep,
@@ -49,7 +61,8 @@ pub fn builtin() -> Vec<ScheduleSpec> {
             "disabled: this build has no quota_sweep handler yet; the schedule fires hourly once it has"
                 .into(),
         ),
-    }]
+    },
+    ]
 }
 
 /// Scheduler errors.

@@ -605,6 +605,15 @@ impl Store {
         self.account(id).await
     }
 
+    /// Remove an account that is still `pending` (its create job could not be enqueued).
+    pub async fn forget_pending_account(&self, id: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM accounts WHERE id = $1 AND status = 'pending'")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(n.rows_affected() > 0)
+    }
+
     /// Point an account at another package (after [`Store::check_package_change`]).
     pub async fn set_account_package(&self, id: &str, package: &str) -> Result<Account> {
         sqlx::query("UPDATE accounts SET package = $1 WHERE id = $2")

@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod metrics;
 mod pool;
 mod registry;
+pub mod retention;
 
 pub use backoff::backoff;
 pub use context::{JobContext, JobError};

@@ -30,6 +30,13 @@ impl Registry {
         Registry::new().register(JobKind::Diagnostic, crate::diagnostic::run)
     }
 
+    /// Add the handlers that need the store: `retention`.
+    pub fn with_store(self, store: store::Store, days: crate::retention::RetentionDays) -> Self {
+        self.register(JobKind::Retention, move |ctx| {
+            crate::retention::run(ctx, store.clone(), days)
+        })
+    }
+
     /// Add (or replace) the handler of `kind`.
     pub fn register<F, Fut>(mut self, kind: JobKind, f: F) -> Self
     where

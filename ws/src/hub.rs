@@ -83,6 +83,23 @@ pub(crate) struct Inner {
     conns: AtomicUsize,
     tenants: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     following: AtomicBool,
+    pub(crate) source: std::sync::OnceLock<Arc<dyn JobSource>>,
+}
+
+/// Where snapshots find jobs beyond the live ones in Redis (the store's history). Without
+/// one, snapshots read Redis only.
+pub trait JobSource: Send + Sync + 'static {
+    /// The newest `limit` jobs `viewer` may see, live and archived together.
+    fn list<'a>(
+        &'a self,
+        viewer: &'a crate::Viewer,
+        limit: usize,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<queue::Job>, queue::QueueError>>;
+    /// An archived job that Redis no longer holds.
+    fn archived<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<queue::Job>, queue::QueueError>>;
 }
 
 /// The fan-out hub. Cheap to clone; create one per process with [`Hub::start`].
@@ -143,6 +160,11 @@ impl Inner {
 impl Hub {
     /// Start following `queue`'s event stream (from now on) until `shutdown` fires. Sockets
     /// served by this hub are closed (1001, going away) on shutdown too.
+    /// Use `source` for snapshots (set once; later calls are ignored).
+    pub fn set_job_source(&self, source: Arc<dyn JobSource>) {
+        let _ = self.inner.source.set(source);
+    }
+
     pub fn start(queue: Queue, cfg: HubConfig, shutdown: CancellationToken) -> Hub {
         let (tx, _) = broadcast::channel(cfg.buffer.max(16));
         let inner = Arc::new(Inner {
@@ -153,6 +175,7 @@ impl Hub {
             conns: AtomicUsize::new(0),
             tenants: Default::default(),
             following: AtomicBool::new(false),
+            source: std::sync::OnceLock::new(),
         });
         tokio::spawn(follow(inner.clone()));
         Hub { inner }

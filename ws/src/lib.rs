@@ -32,7 +32,7 @@ pub mod metrics;
 mod socket;
 mod viewer;
 
-pub use hub::{ConnGuard, Hub, HubConfig, Refused, WireEvent};
+pub use hub::{ConnGuard, Hub, HubConfig, JobSource, Refused, WireEvent};
 pub use message::{event_message, parse_seq, snapshot_all_message, snapshot_message, Seq};
 pub use socket::{serve_socket, Scope};
 pub use viewer::{Role, Viewer};

@@ -193,7 +193,19 @@ impl Conn {
         match self.scope.clone() {
             Scope::Job(id) => {
                 // State and stream position read atomically: no event twice, none missed.
-                let (job, seq) = q.get_at(&id).await?;
+                let (job, seq) = match q.get_at(&id).await {
+                    Ok(x) => x,
+                    // Gone from Redis: an archived (finished) job, if the history has it.
+                    Err(QueueError::NotFound(_)) if self.hub.inner.source.get().is_some() => {
+                        let src = self.hub.inner.source.get().expect("checked");
+                        let job = src
+                            .archived(&id)
+                            .await?
+                            .ok_or_else(|| Stop::Error("job not found".into()))?;
+                        (job, top(&q).await?)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if !self.viewer.can_see_job(&job) {
                     return Err(Stop::Error("job not found".into()));
                 }
@@ -208,16 +220,20 @@ impl Conn {
             }
             Scope::All => {
                 let seq = top(&q).await?;
-                let jobs = self
-                    .viewer
-                    .list(
-                        &q,
-                        ListFilter {
-                            limit: Some(100),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+                let jobs = match self.hub.inner.source.get() {
+                    Some(src) => src.list(&self.viewer, 100).await?,
+                    None => {
+                        self.viewer
+                            .list(
+                                &q,
+                                ListFilter {
+                                    limit: Some(100),
+                                    ..Default::default()
+                                },
+                            )
+                            .await?
+                    }
+                };
                 self.send_json("snapshot", snapshot_all_message(&seq, &jobs))
                     .await?;
                 self.last = parse_seq(&seq).unwrap_or_default();
