@@ -160,8 +160,8 @@ async fn rbac_matrix() {
                 Some(r#"{"account": "a1"}"#),
             )
             .await;
-        let expect = if name == "sibling" || name == "reseller" {
-            // resellers cannot name accounts until ownership is recorded (store)
+        let expect = if name == "sibling" {
+            // a customer acts for its own account only (r1 owns a1, so the reseller may)
             StatusCode::FORBIDDEN
         } else {
             StatusCode::NOT_IMPLEMENTED
@@ -193,16 +193,27 @@ async fn rbac_matrix() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    // A reseller may not name an account it cannot be shown to own (no store yet).
-    let r = srv
-        .req(
-            "POST",
-            "/api/restore",
-            Some(&reseller),
-            Some(r#"{"archive": "y", "account": "a9"}"#),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    // A reseller names its own customers only (checked against the store); another
+    // reseller's customer answers like a missing one.
+    for (acct, want) in [
+        ("a9", StatusCode::NOT_FOUND),
+        ("b1", StatusCode::NOT_FOUND),
+        ("r1", StatusCode::FORBIDDEN),
+        ("a2", StatusCode::ACCEPTED),
+    ] {
+        let body = json!({"archive": "y", "account": acct}).to_string();
+        let r = srv
+            .req("POST", "/api/restore", Some(&reseller), Some(&body))
+            .await;
+        assert_eq!(r.status, want, "{acct}: {}", r.json);
+        if want == StatusCode::ACCEPTED {
+            let j = srv.queue.get(r.json["id"].as_str().unwrap()).await.unwrap();
+            assert_eq!(
+                (j.account.as_deref(), j.reseller.as_deref()),
+                (Some("a2"), Some("r1"))
+            );
+        }
+    }
     // Customers name one of their backups, never a server path.
     for archive in ["/home/other/secret.tar", "../x.tar", "a/b.tar"] {
         let body = serde_json::json!({ "archive": archive }).to_string();
@@ -653,7 +664,7 @@ async fn one_tenant_cannot_take_every_websocket() {
     assert_eq!(code, 429);
     assert_eq!(body["error"], "too_many_connections");
     // other tenants and admins still get in
-    let b1 = token(Role::Customer, Some("b1"), Some("r1"));
+    let b1 = token(Role::Customer, Some("b1"), Some("r2"));
     assert!(srv.ws("/api/events/live", Some(&b1)).await.is_ok());
     let admin = token(Role::Admin, None, None);
     assert!(srv.ws("/api/events/live", Some(&admin)).await.is_ok());
@@ -705,6 +716,28 @@ async fn openapi_lists_every_route() {
         "GET /healthz",
         "GET /readyz",
         "GET /api/openapi.json",
+        "GET /api/accounts",
+        "POST /api/accounts",
+        "GET /api/accounts/{id}",
+        "POST /api/accounts/{id}/suspend",
+        "POST /api/accounts/{id}/unsuspend",
+        "POST /api/accounts/{id}/terminate",
+        "POST /api/accounts/{id}/change-package",
+        "POST /api/accounts/{id}/password",
+        "GET /api/accounts/{id}/features/{feature}",
+        "PUT /api/resellers/{id}/allowance",
+        "GET /api/resellers/{id}/summary",
+        "GET /api/packages",
+        "POST /api/packages",
+        "GET /api/packages/{id}",
+        "PUT /api/packages/{id}",
+        "DELETE /api/packages/{id}",
+        "POST /api/packages/{id}/activate",
+        "POST /api/packages/{id}/deprecate",
+        "GET /api/audit",
+        "GET /api/audit/{id}",
+        "GET /api/audit/export",
+        "GET /api/audit/verify",
     ]
     .into_iter()
     .map(String::from)

@@ -52,7 +52,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub queue: Queue,
     pub state: AppState,
+    pub store: store::Store,
     stop: CancellationToken,
+    _store: store::testing::TestStore,
 }
 
 impl Drop for Server {
@@ -102,13 +104,17 @@ pub async fn start(o: Opts) -> Server {
         tokio::spawn(pool.run(stop.clone()));
     }
     let hub = Hub::start(queue.clone(), o.hub, stop.clone());
+    let ts = store::testing::sqlite().await;
+    seed(&ts).await;
     let state = AppState::new(
         queue.clone(),
         hub,
+        ts.store.clone(),
         SECRET,
         o.api,
         api::metrics::install_prometheus(),
     );
+    state.spawn_background(stop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(api::serve(listener, state.clone(), stop.clone()));
@@ -116,7 +122,62 @@ pub async fn start(o: Opts) -> Server {
         addr,
         queue,
         state,
+        store: ts.store.clone(),
         stop,
+        _store: ts,
+    }
+}
+
+/// The hierarchy every test starts with: package `basic` (active, 1000 MB); resellers `r1` and
+/// `r2` (10 accounts each); customers `a1`, `a2` under `r1`, `b1` under `r2`, `solo` under the
+/// root admin.
+pub async fn seed(s: &store::Store) {
+    use store::{AccountType, Allowance, Limits, NewAccount, NewPackage, PackageStatus};
+    s.create_package(NewPackage {
+        id: "basic".into(),
+        limits: Limits {
+            disk_mb: Some(1000),
+            bandwidth_mb: Some(10_000),
+            ..Limits::default()
+        },
+        features: vec!["ssh".into(), "php".into()],
+        ..NewPackage::default()
+    })
+    .await
+    .unwrap();
+    s.set_package_status("basic", PackageStatus::Active)
+        .await
+        .unwrap();
+    for r in ["r1", "r2"] {
+        s.create_account(&NewAccount {
+            id: r.into(),
+            kind: Some(AccountType::Reseller),
+            allowance: Some(Allowance {
+                max_accounts: 10,
+                disk_mb: None,
+                bandwidth_mb: None,
+            }),
+            ..NewAccount::default()
+        })
+        .await
+        .unwrap();
+    }
+    for (c, parent) in [
+        ("a1", Some("r1")),
+        ("a2", Some("r1")),
+        ("b1", Some("r2")),
+        ("solo", None),
+    ] {
+        s.create_account(&NewAccount {
+            id: c.into(),
+            kind: Some(AccountType::Customer),
+            parent: parent.map(Into::into),
+            package: Some("basic".into()),
+            domain: Some(format!("{c}.example")),
+            ..NewAccount::default()
+        })
+        .await
+        .unwrap();
     }
 }
 
