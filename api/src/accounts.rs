@@ -213,9 +213,6 @@ async fn create_inner(
     if let Some(p) = &req.password {
         check_password(p)?;
     }
-    if kind != AccountType::Admin {
-        require_provision(st)?;
-    }
     let new = NewAccount {
         id: req.id,
         kind: Some(kind),
@@ -232,6 +229,11 @@ async fn create_inner(
                 "domain {d:?} is not a domain name"
             )));
         }
+    }
+    if kind != AccountType::Admin && !st.queue.is_available(JobKind::Provision) {
+        // Bad input is still told first; then the honest 501.
+        st.store.check_new_account(&new).await?;
+        require_provision(st)?;
     }
     let account = st.store.create_account(&new).await?;
     if kind == AccountType::Admin {

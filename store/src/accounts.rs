@@ -367,10 +367,20 @@ impl Store {
     /// Record a new account as `pending`, after every check (see the module docs). The
     /// `provision/create` job turns it `active`.
     pub async fn create_account(&self, new: &NewAccount) -> Result<Account> {
+        self.admit_account(new, true).await?;
+        self.account(&new.id).await
+    }
+
+    /// Every check of [`Store::create_account`], writing nothing.
+    pub async fn check_new_account(&self, new: &NewAccount) -> Result<()> {
+        self.admit_account(new, false).await
+    }
+
+    async fn admit_account(&self, new: &NewAccount, insert: bool) -> Result<()> {
         validate_username(&new.id)?;
         let kind = new.kind.unwrap_or(AccountType::Customer);
         let _g = write_lock().lock().await;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         // The name: unique, and a terminated one only after NAME_REUSE_DAYS.
         let old: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT status, terminated_at FROM accounts WHERE id = $1")
@@ -505,6 +515,9 @@ impl Store {
                 check_allowance(&mut tx, rid, &allowance, package.as_ref(), None).await?;
             }
         }
+        if !insert {
+            return Ok(()); // dropping the transaction rolls back the name's clean-up too
+        }
         let now = now_ms();
         sqlx::query(
             "INSERT INTO accounts (id, type, parent, reseller, package, status, domain, email, created_at, whmcs_service_id, allowance) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -523,8 +536,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        drop(_g);
-        self.account(&new.id).await
+        Ok(())
     }
 
     /// Check that moving `account` (a reseller's customer) to `package` stays within the
@@ -549,7 +561,7 @@ impl Store {
         }
         if let (AccountType::Customer, Some(r)) = (account.kind, &account.reseller) {
             let reseller = self.account(r).await?;
-            let mut tx = self.pool().begin().await?;
+            let mut tx = self.write_tx().await?;
             check_allowance(
                 &mut tx,
                 r,

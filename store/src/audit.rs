@@ -249,7 +249,7 @@ impl Store {
     }
 
     async fn try_append(&self, records: &[NewAudit]) -> Result<usize> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)

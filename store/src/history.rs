@@ -64,7 +64,7 @@ impl Store {
         rows: &[HistoryRow],
         mark: (i64, &str),
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for r in rows {
             sqlx::query(
                 "INSERT INTO job_history (id, kind, status, account, reseller, finished_at, doc) VALUES ($1, $2, $3, $4, $5, $6, $7) \

@@ -327,7 +327,7 @@ impl Store {
             updated_at: ms_to_rfc3339(Some(now)),
         };
         check_size(&pkg)?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM packages")
             .fetch_one(&mut *tx)
             .await?;
