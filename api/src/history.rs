@@ -5,9 +5,10 @@
 //! One pass ([`archive_once`]) reads the finished jobs after the store's watermark (finish
 //! time, id), writes one audit record per finished non-diagnostic job (ids derived from the
 //! job, so a repeat is skipped), then upserts the jobs and moves the watermark in **one**
-//! store transaction, and finally tells Redis the watermark so its count cap drops only
-//! archived jobs. A crash at any point repeats work on the next pass and never skips or
-//! doubles it. Redis's age cap (the TTL, 7 days by default) is far beyond the archiver's
+//! store transaction. [`run_archiver`] then tells Redis the watermark (from the first pass
+//! on, even an empty one), so Redis's count cap drops only archived jobs. A crash at any
+//! point repeats work on the next pass and never skips or doubles it; a crash between the
+//! store's commit and Redis hearing of it only keeps jobs in Redis a little longer. Redis's age cap (the TTL, 7 days by default) is far beyond the archiver's
 //! one-second pace; if the store is down for longer than that, the jobs it missed are lost
 //! from history (the log says so every minute while it is down).
 //!
@@ -90,12 +91,13 @@ fn transition_record(job: &Job) -> NewAudit {
     r
 }
 
-/// One archiving pass of at most [`BATCH`] jobs. Returns how many were archived.
-pub async fn archive_once(queue: &Queue, store: &Store) -> Result<usize, ArchiveError> {
+/// One archiving pass of at most [`BATCH`] jobs. Returns how many were archived and the
+/// store's watermark (finish time, ms) after the pass.
+pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, i64), ArchiveError> {
     let (score, last) = store.archive_mark(MARK).await?;
     let found = queue.finished_after(score, &last, BATCH).await?;
     let Some((last_id, last_score)) = found.last().cloned() else {
-        return Ok(0);
+        return Ok((0, score));
     };
     let ids: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
     // Jobs whose keys already expired are simply absent (nothing left to archive).
@@ -114,18 +116,25 @@ pub async fn archive_once(queue: &Queue, store: &Store) -> Result<usize, Archive
     store
         .archive_jobs(MARK, &rows, (last_score, &last_id))
         .await?;
-    queue.mark_archived(last_score).await?;
-    Ok(ids.len())
+    Ok((ids.len(), last_score))
 }
 
 /// Archive every second until `stop`.
 pub async fn run_archiver(queue: Queue, store: Store, stop: CancellationToken) {
     let mut failing_since: Option<std::time::Instant> = None;
     let mut last_warn = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut told_redis: Option<i64> = None;
     loop {
         match archive_once(&queue, &store).await {
-            Ok(n) if n == BATCH => continue,
-            Ok(_) => failing_since = None,
+            Ok((n, mark)) => {
+                failing_since = None;
+                if told_redis != Some(mark) && queue.mark_archived(mark).await.is_ok() {
+                    told_redis = Some(mark);
+                }
+                if n == BATCH {
+                    continue;
+                }
+            }
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                 if last_warn.elapsed() >= Duration::from_secs(60) {

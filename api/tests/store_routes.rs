@@ -20,14 +20,53 @@ async fn never_runs(_: JobContext) -> Result<Value, JobError> {
 }
 
 /// A server whose queue accepts `provision` jobs (no workers run them: they stay queued).
-async fn with_provision() -> Server {
+async fn with_provision(postgres: bool) -> Server {
     start(Opts {
         registry: Registry::builtin().register(JobKind::Provision, never_runs),
         workers: false,
+        postgres,
         ..Opts::default()
     })
     .await
 }
+
+/// Each test body runs on SQLite, and again on PostgreSQL when it is configured.
+macro_rules! both_backends {
+    ($name:ident, $pg:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $body(false).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            if postgres_available() {
+                $body(true).await;
+            }
+        }
+    };
+}
+
+both_backends!(
+    hierarchy_rbac_matrix,
+    hierarchy_rbac_matrix_pg,
+    rbac_matrix_on
+);
+both_backends!(
+    creating_accounts_checks_everything_first,
+    creating_accounts_pg,
+    creating_accounts_on
+);
+both_backends!(packages_and_features, packages_and_features_pg, packages_on);
+both_backends!(
+    audit_search_export_verify,
+    audit_search_export_verify_pg,
+    audit_on
+);
+both_backends!(
+    history_outlives_redis,
+    history_outlives_redis_pg,
+    history_on
+);
 
 fn ids(v: &Value, key: &str) -> BTreeSet<String> {
     v[key]
@@ -65,9 +104,8 @@ async fn audit_record(srv: &Server, action: &str, account: &str) -> Value {
 }
 
 /// The hierarchy over every account route: who sees and changes whom.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hierarchy_rbac_matrix() {
-    let srv = with_provision().await;
+async fn rbac_matrix_on(pg: bool) {
+    let srv = with_provision(pg).await;
     let admin = token(Role::Admin, None, None);
     let r1 = token(Role::Reseller, None, Some("r1"));
     let r2 = token(Role::Reseller, None, Some("r2"));
@@ -244,9 +282,8 @@ async fn hierarchy_rbac_matrix() {
 }
 
 /// Creating accounts: hierarchy, names and allowances, each refused with nothing written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creating_accounts_checks_everything_first() {
-    let srv = with_provision().await;
+async fn creating_accounts_on(pg: bool) {
+    let srv = with_provision(pg).await;
     let admin = token(Role::Admin, None, None);
     let r1 = token(Role::Reseller, None, Some("r1"));
     let a1 = token(Role::Customer, Some("a1"), None);
@@ -466,9 +503,8 @@ async fn without_provisioning_nothing_is_half_written() {
 }
 
 /// Packages: ownership, lifecycle, versions, one re-apply job, feature checks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packages_and_features() {
-    let srv = with_provision().await;
+async fn packages_on(pg: bool) {
+    let srv = with_provision(pg).await;
     let admin = token(Role::Admin, None, None);
     let r1 = token(Role::Reseller, None, Some("r1"));
     let r2 = token(Role::Reseller, None, Some("r2"));
@@ -654,9 +690,8 @@ async fn packages_and_features() {
 }
 
 /// The audit log over HTTP: tenant filtering, cursors, export, verify, tamper detection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_search_export_verify() {
-    let srv = with_provision().await;
+async fn audit_on(pg: bool) {
+    let srv = with_provision(pg).await;
     let admin = token(Role::Admin, None, None);
     let r1 = token(Role::Reseller, None, Some("r1"));
     let a1 = token(Role::Customer, Some("a1"), None);
@@ -826,9 +861,12 @@ async fn audit_search_export_verify() {
 }
 
 /// Finished jobs are archived and stay readable (GET, list, WebSocket) after Redis forgets them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_outlives_redis() {
-    let srv = start(Opts::default()).await;
+async fn history_on(pg: bool) {
+    let srv = start(Opts {
+        postgres: pg,
+        ..Opts::default()
+    })
+    .await;
     let admin = token(Role::Admin, None, None);
     let a1 = token(Role::Customer, Some("a1"), None);
     let id = srv

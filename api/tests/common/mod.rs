@@ -28,6 +28,8 @@ pub struct Opts {
     pub api: ApiConfig,
     pub hub: HubConfig,
     pub queue: Option<QueueConfig>,
+    /// Run the store on PostgreSQL (`NPANEL_TEST_POSTGRES_URL`) instead of SQLite.
+    pub postgres: bool,
 }
 
 impl Default for Opts {
@@ -44,6 +46,7 @@ impl Default for Opts {
             },
             hub: HubConfig::default(),
             queue: None,
+            postgres: false,
         }
     }
 }
@@ -104,7 +107,13 @@ pub async fn start(o: Opts) -> Server {
         tokio::spawn(pool.run(stop.clone()));
     }
     let hub = Hub::start(queue.clone(), o.hub, stop.clone());
-    let ts = store::testing::sqlite().await;
+    let ts = if o.postgres {
+        store::testing::postgres()
+            .await
+            .expect("NPANEL_TEST_POSTGRES_URL is set (checked by the caller)")
+    } else {
+        store::testing::sqlite().await
+    };
     seed(&ts).await;
     let state = AppState::new(
         queue.clone(),
@@ -179,6 +188,15 @@ pub async fn seed(s: &store::Store) {
         .await
         .unwrap();
     }
+}
+
+/// False (with one line saying so) when a PostgreSQL variant of a test cannot run.
+pub fn postgres_available() -> bool {
+    let ok = std::env::var("NPANEL_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty());
+    if !ok {
+        eprintln!("skipped on PostgreSQL: NPANEL_TEST_POSTGRES_URL is not set");
+    }
+    ok
 }
 
 pub fn token(role: api::Role, account: Option<&str>, reseller: Option<&str>) -> String {
