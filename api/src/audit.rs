@@ -446,9 +446,9 @@ const CSV_HEADER: &[&str] = &[
 fn csv_row(w: &mut csv::Writer<Vec<u8>>, r: &AuditRecord) -> csv::Result<()> {
     let rec = &r.record;
     let s = |v: &Option<String>| v.clone().unwrap_or_default();
-    let ts = chrono::DateTime::from_timestamp_millis(rec.timestamp)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
+    let ts = rec
+        .timestamp
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     w.write_record([
         r.seq.to_string(),
         rec.id.clone(),

@@ -74,7 +74,7 @@ fn transition_record(job: &Job) -> NewAudit {
     );
     // Derived from the job and its finish, so archiving it twice records it once.
     r.id = format!("job-{}-{status}-{finished}", job.id);
-    r.timestamp = finished;
+    r.timestamp = store::ms_time(finished);
     r.account = job.account.clone();
     r.reseller = job.reseller.clone();
     r.resource = json!({"type": "job", "id": job.id, "name": job.kind.as_str()});

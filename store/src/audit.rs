@@ -25,6 +25,11 @@ use sqlx::Row;
 use std::sync::OnceLock;
 use tokio::sync::Mutex;
 
+/// A time at millisecond precision (what the store keeps), from Unix ms.
+pub fn ms_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// The genesis `prev_hash`.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -45,12 +50,12 @@ pub struct Actor {
 }
 
 /// A record as written on the request path (before `seq` and the chain).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewAudit {
     /// ULID made by the writer (deduplication key).
     pub id: String,
-    /// When it happened, Unix ms.
-    pub timestamp: i64,
+    /// When it happened (RFC 3339, millisecond precision).
+    pub timestamp: chrono::DateTime<chrono::Utc>,
     /// The account concerned.
     pub account: Option<String>,
     /// That account's reseller (who may read the record besides the account and admins).
@@ -86,7 +91,7 @@ impl NewAudit {
     pub fn new(action: impl Into<String>, actor: Actor, result: &str) -> NewAudit {
         NewAudit {
             id: ulid::Ulid::new().to_string(),
-            timestamp: crate::now_ms(),
+            timestamp: ms_time(crate::now_ms()),
             actor,
             action: action.into(),
             result: result.to_string(),
@@ -94,7 +99,13 @@ impl NewAudit {
             changes: Value::Null,
             source: Value::Null,
             impact: Value::Null,
-            ..NewAudit::default()
+            account: None,
+            reseller: None,
+            duration_ms: None,
+            job_id: None,
+            request_id: None,
+            parent_id: None,
+            related_logs: Vec::new(),
         }
     }
 }
@@ -276,7 +287,7 @@ impl Store {
             )
             .bind(seq)
             .bind(&rec.id)
-            .bind(rec.timestamp)
+            .bind(rec.timestamp.timestamp_millis())
             .bind(rec.account.clone())
             .bind(rec.reseller.clone())
             .bind(&rec.actor.kind)
@@ -455,7 +466,11 @@ impl Store {
                         && d["account"].as_str() == col("account").as_deref()
                         && d["result"].as_str() == col("result").as_deref()
                         && d["actor"]["id"].as_str() == col("actor_id").as_deref()
-                        && d["timestamp"].as_i64() == r.try_get::<i64, _>("ts").ok();
+                        && d["timestamp"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.timestamp_millis())
+                            == r.try_get::<i64, _>("ts").ok();
                     if !same {
                         return Some(fail(format!(
                             "record {seq}'s indexed columns differ from its hashed content (they were edited)"

@@ -27,7 +27,7 @@ pub use accounts::{
     validate_username, Account, AccountStatus, AccountType, Allowance, NewAccount, ResellerSummary,
     RESERVED_NAMES,
 };
-pub use audit::{Actor, AuditFilter, AuditRecord, NewAudit, Verification};
+pub use audit::{ms_time, Actor, AuditFilter, AuditRecord, NewAudit, Verification};
 pub use cursor::Cursor;
 pub use error::{Result, StoreError};
 pub use history::{HistoryFilter, HistoryRow};
@@ -73,7 +73,9 @@ impl Store {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+        restrict(path);
+        Ok(store)
     }
 
     /// Connect to `url` (`sqlite://…` or `postgres://…`) and run the embedded migrations.
@@ -108,6 +110,12 @@ impl Store {
             StoreError::Unavailable(format!("cannot open the store at {}: {e}", redact_url(url)))
         })?;
         if backend == Backend::Sqlite {
+            if let Some(p) = url
+                .strip_prefix("sqlite://")
+                .map(|p| p.split('?').next().unwrap_or(p))
+            {
+                restrict(Path::new(p));
+            }
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await?;
@@ -152,6 +160,15 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+}
+
+/// Accounts, e-mail addresses and the audit log are private: the database file is the owner's
+/// only (SQLite gives its `-wal`/`-shm` files the same mode).
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
 }
 
