@@ -621,7 +621,7 @@ pub async fn feature(
         )));
     }
     let a = visible_account(&st, &caller, &id).await?;
-    if a.features.iter().any(|f| *f == feature) {
+    if a.features.contains(&feature) {
         return Ok(Json(FeatureAnswer {
             enabled: true,
             feature,

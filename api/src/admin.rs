@@ -109,7 +109,7 @@ pub async fn pause(State(st): State<AppState>, ctx: Ctx) -> Result<Json<PauseSta
         json!({"type": "queue", "id": "queue", "name": "queue"}),
         None,
         None,
-        json!({"before": {"paused": !true}, "after": {"paused": true}}),
+        json!({"before": {"paused": false}, "after": {"paused": true}}),
         None,
         res.as_ref().err(),
     )
@@ -133,7 +133,7 @@ pub async fn resume(State(st): State<AppState>, ctx: Ctx) -> Result<Json<PauseSt
         json!({"type": "queue", "id": "queue", "name": "queue"}),
         None,
         None,
-        json!({"before": {"paused": !false}, "after": {"paused": false}}),
+        json!({"before": {"paused": true}, "after": {"paused": false}}),
         None,
         res.as_ref().err(),
     )

@@ -124,7 +124,7 @@ impl Auditor {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 60 == 0 {
+                    if failures == 1 || failures.is_multiple_of(60) {
                         tracing::warn!(error = %e, "Audit outbox not drained; retrying.");
                     }
                 }
