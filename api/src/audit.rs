@@ -74,6 +74,7 @@ impl Auditor {
         match self.queue.outbox_push(OUTBOX, &text).await {
             Ok(_) => self.wake.notify_one(),
             Err(e) => {
+                metrics::counter!(crate::metrics::AUDIT_OUTBOX_FALLBACK_TOTAL).increment(1);
                 tracing::warn!(error = %e, action = %rec.action, "Audit outbox unavailable; writing the record to the store directly.");
                 let store = self.store.clone();
                 tokio::spawn(async move {
@@ -108,7 +109,8 @@ impl Auditor {
                 }
             }
         }
-        self.store.append_audit(&recs).await?;
+        let written = self.store.append_audit(&recs).await?;
+        metrics::counter!(crate::metrics::AUDIT_RECORDS_TOTAL).increment(written as u64);
         let ids: Vec<String> = entries.into_iter().map(|e| e.0).collect();
         self.queue.outbox_ack(OUTBOX, &ids).await?;
         Ok(ids.len())

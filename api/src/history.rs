@@ -97,8 +97,12 @@ pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, i64), 
     let (score, last) = store.archive_mark(MARK).await?;
     let found = queue.finished_after(score, &last, BATCH).await?;
     let Some((last_id, last_score)) = found.last().cloned() else {
+        metrics::gauge!(crate::metrics::HISTORY_ARCHIVE_LAG_SECONDS).set(0.0);
         return Ok((0, score));
     };
+    let oldest = found.first().map(|f| f.1).unwrap_or(last_score);
+    metrics::gauge!(crate::metrics::HISTORY_ARCHIVE_LAG_SECONDS)
+        .set(((store::now_ms() - oldest).max(0) as f64) / 1000.0);
     let ids: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
     // Jobs whose keys already expired are simply absent (nothing left to archive).
     let jobs = queue.get_many(&ids).await?;
@@ -116,6 +120,7 @@ pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, i64), 
     store
         .archive_jobs(MARK, &rows, (last_score, &last_id))
         .await?;
+    metrics::counter!(crate::metrics::HISTORY_ARCHIVED_TOTAL).increment(rows.len() as u64);
     Ok((ids.len(), last_score))
 }
 

@@ -27,6 +27,17 @@ pub const QUEUE_LIMIT: &str = "npanel_queue_limit";
 /// Pending jobs by `kind`.
 pub const QUEUE_KIND_PENDING: &str = "npanel_queue_kind_pending";
 
+/// 1 when the store answered at the last scrape, else 0.
+pub const STORE_UP: &str = "npanel_store_up";
+/// Audit records delivered from the outbox to the store.
+pub const AUDIT_RECORDS_TOTAL: &str = "npanel_audit_records_total";
+/// Audit records written to the store directly because the outbox (Redis) refused them.
+pub const AUDIT_OUTBOX_FALLBACK_TOTAL: &str = "npanel_audit_outbox_fallback_total";
+/// Finished jobs archived into the store's history.
+pub const HISTORY_ARCHIVED_TOTAL: &str = "npanel_history_archived_total";
+/// Age of the oldest finished job not yet archived (0 when none waits), seconds.
+pub const HISTORY_ARCHIVE_LAG_SECONDS: &str = "npanel_history_archive_lag_seconds";
+
 /// Install the process-wide Prometheus recorder once (binaries and tests call this; a second
 /// call returns the same handle). If another recorder is already installed, returns a handle
 /// that renders only what this exporter sees.

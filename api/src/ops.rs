@@ -70,6 +70,11 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
+    let store_up = matches!(
+        tokio::time::timeout(Duration::from_secs(1), st.store.ping()).await,
+        Ok(Ok(()))
+    );
+    metrics::gauge!(crate::metrics::STORE_UP).set(if store_up { 1.0 } else { 0.0 });
     if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), st.queue.stats()).await {
         use crate::metrics::*;
         metrics::gauge!(QUEUE_PENDING).set(f64::from(s.pending));
