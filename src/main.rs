@@ -87,6 +87,27 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List and show accounts through the API.
+    Accounts {
+        #[command(subcommand)]
+        cmd: AccountsCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List, show, activate, deprecate and import packages through the API.
+    Packages {
+        #[command(subcommand)]
+        cmd: PackagesCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Search, export and verify the audit log through the API.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// Where the API is.
@@ -183,6 +204,128 @@ enum ConcurrencyCmd {
         /// New limit.
         n: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum AccountsCmd {
+    /// List accounts by id (one page unless --all).
+    List {
+        /// Only this reseller's customers.
+        #[arg(long)]
+        reseller: Option<String>,
+        /// pending, active, suspended, terminated.
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size (1-1000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one account as JSON.
+    Show {
+        /// Username.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackagesCmd {
+    /// List every package you may read.
+    List,
+    /// Show one package as JSON.
+    Show {
+        /// Package id.
+        id: String,
+    },
+    /// Activate a package (new accounts may use it).
+    Activate {
+        /// Package id.
+        id: String,
+    },
+    /// Deprecate a package (its accounts keep it; no new accounts).
+    Deprecate {
+        /// Package id.
+        id: String,
+    },
+    /// Create the packages described by DIR/*.yaml and *.yml (existing ones are skipped).
+    Import {
+        /// Directory of package YAML files.
+        dir: PathBuf,
+        /// Activate each package created.
+        #[arg(long)]
+        activate: bool,
+    },
+}
+
+/// Audit filters; times are RFC 3339, a UTC date (2026-11-30) or an age (90m, 24h, 7d).
+#[derive(Args)]
+struct AuditFilterArgs {
+    /// From this time (inclusive): RFC 3339, a UTC date (2026-11-30) or an age (90m, 24h, 7d).
+    #[arg(long)]
+    from: Option<String>,
+    /// Until this time (exclusive); same forms as --from.
+    #[arg(long)]
+    to: Option<String>,
+    /// Action prefix (account_, package_created, ...).
+    #[arg(long)]
+    action: Option<String>,
+    /// Account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Actor id (a token's subject).
+    #[arg(long)]
+    actor: Option<String>,
+    /// success, failure or denied.
+    #[arg(long)]
+    result: Option<String>,
+    /// Resource type (account, package, job, queue, ...).
+    #[arg(long)]
+    resource_type: Option<String>,
+    /// Free text, case-insensitive.
+    #[arg(short = 'q', long = "query", value_name = "TEXT")]
+    q: Option<String>,
+}
+
+impl From<AuditFilterArgs> for cli::audit::Filters {
+    fn from(a: AuditFilterArgs) -> Self {
+        cli::audit::Filters {
+            from: a.from,
+            to: a.to,
+            action: a.action,
+            account: a.account,
+            actor: a.actor,
+            result: a.result,
+            resource_type: a.resource_type,
+            q: a.q,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Matching records, newest first.
+    Search {
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        /// At most this many (1-1000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Stream every matching record (newest first) as CSV or JSON to stdout or a file.
+    Export {
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        /// csv or json.
+        #[arg(long, default_value = "json", value_parser = ["csv", "json"])]
+        format: String,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Check the hash chain (admin); exit 0 only if it is intact.
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -378,6 +521,54 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                         api.call("POST", "/api/admin/queue/resume", None).await?;
                         println!("Claiming resumed.");
                     }
+                }
+                Ok(true)
+            }
+            Cmd::Accounts { cmd, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                match cmd {
+                    AccountsCmd::List {
+                        reseller,
+                        status,
+                        limit,
+                        all,
+                    } => cli::accounts::list(&api, reseller, status, limit, all).await?,
+                    AccountsCmd::Show { id } => cli::accounts::show(&api, &id).await?,
+                }
+                Ok(true)
+            }
+            Cmd::Packages { cmd, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                match cmd {
+                    PackagesCmd::List => cli::packages::list(&api).await?,
+                    PackagesCmd::Show { id } => cli::packages::show(&api, &id).await?,
+                    PackagesCmd::Activate { id } => {
+                        cli::packages::set_status(&api, &id, "activate").await?
+                    }
+                    PackagesCmd::Deprecate { id } => {
+                        cli::packages::set_status(&api, &id, "deprecate").await?
+                    }
+                    PackagesCmd::Import { dir, activate } => {
+                        return cli::packages::import(&api, &dir, activate).await
+                    }
+                }
+                Ok(true)
+            }
+            Cmd::Audit { cmd, remote } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                match cmd {
+                    AuditCmd::Search { filters, limit } => {
+                        cli::audit::search(&api, &filters.into(), limit).await?
+                    }
+                    AuditCmd::Export {
+                        filters,
+                        format,
+                        output,
+                    } => {
+                        cli::audit::export(&api, &filters.into(), &format, output.as_deref())
+                            .await?
+                    }
+                    AuditCmd::Verify => return cli::audit::verify(&api).await,
                 }
                 Ok(true)
             }

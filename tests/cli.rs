@@ -1,12 +1,13 @@
-//! The CLI against a live `npanel serve` process (real Redis, real workers, real sockets):
-//! `token`, `jobs`, `admin`, and `watch` with its exit status.
+//! The CLI against a live `npanel serve` process (real Redis, real workers, real sockets, the
+//! real store): `token`, `jobs`, `admin`, `watch` with its exit status, and `accounts`,
+//! `packages`, `audit`.
 
 use queue::testing;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_npanel");
 
@@ -84,6 +85,38 @@ fn token(data: &Path, args: &[&str]) -> String {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Customer accounts `ids` on package `package` (created and activated when missing), written
+/// straight to a running server's store: provisioning has no handler in this build.
+fn seed_customers(data: &Path, package: &str, ids: &[&str]) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let st = store::Store::open_sqlite(&data.join("npanel.db"))
+            .await
+            .unwrap();
+        if st.package(package).await.is_err() {
+            st.create_package(store::NewPackage {
+                id: package.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            st.set_package_status(package, store::PackageStatus::Active)
+                .await
+                .unwrap();
+        }
+        for id in ids {
+            st.create_account(&store::NewAccount {
+                id: id.to_string(),
+                package: Some(package.into()),
+                domain: Some(format!("{id}.example")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        st.close().await;
+    });
 }
 
 fn enqueue(url: &str, tok: &str, payload: &str, extra: &[&str]) -> String {
@@ -180,6 +213,8 @@ fn cli_against_a_live_server() {
     assert!(npanel(&["admin", "resume"], &url, &admin).status.success());
 
     // A customer may not enqueue or administer, and may not watch another account's job.
+    // (The API checks a customer token's account against the store: it must exist.)
+    seed_customers(&data, "t", &["acme"]);
     let cust = token(&data, &["--role", "customer", "--account", "acme"]);
     let o = npanel(&["jobs", "enqueue", "diagnostic"], &url, &cust);
     assert!(!o.status.success());
@@ -199,4 +234,250 @@ fn cli_against_a_live_server() {
         .unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("--account"), "{}", text(&o));
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Table rows of a list command (its stdout without the header line).
+fn rows(o: &Output) -> Vec<String> {
+    stdout(o).lines().skip(1).map(str::to_string).collect()
+}
+
+/// Run `args` until `done` accepts the output (the audit outbox drains within about a second).
+fn poll(args: &[&str], url: &str, tok: &str, done: impl Fn(&Output) -> bool) -> Output {
+    let t = Instant::now();
+    loop {
+        let o = npanel(args, url, tok);
+        if done(&o) {
+            return o;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{args:?} never matched: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packages");
+
+#[test]
+fn accounts_packages_and_audit_against_a_live_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_srv, url) = serve(&data);
+    let admin = token(&data, &["--role", "admin", "--ttl", "10m"]);
+
+    // A fresh server has no accounts: a header and nothing else, no error.
+    let o = npanel(&["accounts", "list"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).starts_with("id "), "{}", text(&o));
+    assert!(rows(&o).is_empty(), "{}", text(&o));
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+
+    // Import the seed packages and activate them; the list shows the three as active.
+    let o = npanel(&["packages", "import", SEED, "--activate"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("3 created, 0 existing, 0 failed"),
+        "{}",
+        text(&o)
+    );
+    let o = npanel(&["packages", "list"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = rows(&o);
+    assert_eq!(listed.len(), 3, "{}", text(&o));
+    for id in ["basic", "enterprise", "pro"] {
+        let row = listed
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("{id} not listed: {}", text(&o)));
+        assert!(row.contains(" active "), "{row}");
+    }
+    // A second import reports them as existing and succeeds.
+    let o = npanel(&["packages", "import", SEED, "--activate"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    for id in ["basic", "enterprise", "pro"] {
+        assert!(
+            stdout(&o).contains(&format!("{id} exists (active), skipped")),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(
+        stdout(&o).contains("0 created, 3 existing, 0 failed"),
+        "{}",
+        text(&o)
+    );
+    let o = npanel(&["packages", "show", "pro"], &url, &admin);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["limits"]["disk_mb"], 50 * 1024);
+
+    // Accounts (written to the store): one page with a hint, every page with --all, and one.
+    seed_customers(&data, "basic", &["ann", "bob", "cat"]);
+    let o = npanel(&["accounts", "list", "--limit", "2"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(rows(&o).len(), 2, "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--all"),
+        "{}",
+        text(&o)
+    );
+    let o = npanel(
+        &[
+            "accounts", "list", "--limit", "2", "--all", "--status", "pending",
+        ],
+        &url,
+        &admin,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ids: Vec<String> = rows(&o)
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["ann", "bob", "cat"], "{}", text(&o));
+    let o = npanel(&["accounts", "show", "bob"], &url, &admin);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["domain"], "bob.example");
+    let o = npanel(&["accounts", "show", "nobody"], &url, &admin);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not_found"), "{}", text(&o));
+
+    // Audit: the package records arrive through the outbox; the chain verifies; exports.
+    let o = poll(
+        &["audit", "search", "--action", "package_"],
+        &url,
+        &admin,
+        |o| {
+            ["basic", "enterprise", "pro"].iter().all(|id| {
+                rows(o).iter().any(|l| {
+                    l.contains("package_created")
+                        && l.contains(" success ")
+                        && l.contains(&format!("package/{id} "))
+                })
+            })
+        },
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        rows(&o).iter().all(|l| l.contains(" package_")),
+        "{}",
+        text(&o)
+    );
+    let o = npanel(&["audit", "verify"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("audit log OK"), "{}", text(&o));
+    let o = npanel(&["audit", "export", "--format", "csv"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).starts_with("seq,id,timestamp"), "{}", text(&o));
+    assert!(stdout(&o).contains("package_activated"), "{}", text(&o));
+    let file = dir.path().join("audit.json");
+    let o = npanel(
+        &["audit", "export", "--action", "package_activated", "-o"],
+        &url,
+        &admin,
+    );
+    assert!(!o.status.success(), "-o needs a file: {}", text(&o));
+    let o = npanel(
+        &[
+            "audit",
+            "export",
+            "--action",
+            "package_activated",
+            "--from",
+            "1h",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        &url,
+        &admin,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
+    // A failed export leaves an existing file as it was.
+    let o = npanel(
+        &[
+            "audit",
+            "export",
+            "--result",
+            "bogus",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        &url,
+        &admin,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("invalid_request"), "{}", text(&o));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&file).unwrap()).is_ok()
+    );
+    assert!(!dir.path().join("audit.json.part").exists());
+
+    // A customer may not verify the chain.
+    let cust = token(&data, &["--role", "customer", "--account", "ann"]);
+    let o = npanel(&["audit", "verify"], &url, &cust);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("forbidden"), "{}", text(&o));
+}
+
+#[test]
+fn packages_import_reports_broken_yaml_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_srv, url) = serve(&data);
+    let admin = token(&data, &["--role", "admin", "--ttl", "10m"]);
+    let pkgs = dir.path().join("pkgs");
+    std::fs::create_dir(&pkgs).unwrap();
+    std::fs::write(
+        pkgs.join("a-broken.yaml"),
+        "id: broken\nlimits:\n  disk_quota: [1\nfeatures: [php]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkgs.join("b-starter.yml"),
+        "id: starter\nname: Starter\nlimits:\n  disk_quota: \"1 GB\"\n",
+    )
+    .unwrap();
+    std::fs::write(pkgs.join("notes.txt"), "not a package").unwrap();
+    let o = npanel(
+        &["packages", "import", pkgs.to_str().unwrap()],
+        &url,
+        &admin,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("a-broken.yaml"))
+        .unwrap_or_else(|| panic!("{}", text(&o)));
+    assert!(line.contains("line 4"), "{line}");
+    assert!(
+        stdout(&o).contains("starter created (draft)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        stdout(&o).contains("1 created, 0 existing, 1 failed"),
+        "{}",
+        text(&o)
+    );
+    let o = npanel(&["packages", "activate", "starter"], &url, &admin);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("starter: active"), "{}", text(&o));
+    // A directory without package files is an error, not a silent success.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = npanel(
+        &["packages", "import", empty.to_str().unwrap()],
+        &url,
+        &admin,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no *.yaml"), "{}", text(&o));
 }

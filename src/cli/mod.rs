@@ -1,4 +1,5 @@
-//! The operator CLI on the HTTP API: `npanel token`, `jobs`, `admin`, `watch`.
+//! The operator CLI on the HTTP API: `npanel token`, `jobs`, `admin`, `watch`, `accounts`,
+//! `packages`, `audit`.
 //!
 //! Every command except `token` is a plain API client (base URL and token from `--url`/`--token`
 //! or `NPANEL_URL`/`NPANEL_TOKEN`), so it works from any host that can reach the API and obeys
@@ -6,7 +7,10 @@
 //! `ws://` only (no TLS stack in the binary, which keeps the build small): run it on the panel
 //! host against the loopback listener, or put a TLS-terminating proxy in front for remote use.
 
+pub mod accounts;
+pub mod audit;
 pub mod client;
+pub mod packages;
 pub mod watch;
 
 use anyhow::{bail, Context};
@@ -38,7 +42,8 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value for a table cell: strings bare, `null` as `-`.
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -48,16 +53,9 @@ fn s(v: &Value) -> String {
 
 /// `npanel jobs list`.
 pub async fn jobs_list(api: &Api, query: &[(&str, Option<String>)]) -> anyhow::Result<()> {
-    let q: Vec<String> = query
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", client::encode(v))))
-        .collect();
-    let path = if q.is_empty() {
-        "/api/jobs".to_string()
-    } else {
-        format!("/api/jobs?{}", q.join("&"))
-    };
-    let v = api.call("GET", &path, None).await?;
+    let v = api
+        .call("GET", &with_query("/api/jobs", query), None)
+        .await?;
     println!(
         "{:<26} {:<12} {:<10} {:>6} {:<18} {:<12} created",
         "id", "kind", "status", "pct", "stage", "account"
@@ -75,6 +73,19 @@ pub async fn jobs_list(api: &Api, query: &[(&str, Option<String>)]) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// `path?k=v&...` with the parameters that are set, percent-encoded.
+pub(crate) fn with_query(path: &str, query: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", client::encode(v))))
+        .collect();
+    if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", q.join("&"))
+    }
 }
 
 /// Print a JSON answer.
