@@ -154,31 +154,61 @@ pub async fn enqueue(
 ) -> Result<Response, ApiError> {
     let (account, reseller, kind) = (req.account.clone(), req.reseller.clone(), req.kind.clone());
     let res = enqueue_inner(&st, &ctx.caller, req).await;
-    let job_id = res
-        .as_ref()
+    let action = format!(
+        "{}_started",
+        kind.chars()
+            .filter(|c| c.is_ascii_lowercase() || *c == '_')
+            .take(32)
+            .collect::<String>()
+    );
+    let id = job_id_of(&res);
+    audit_started(
+        &st,
+        &ctx,
+        &action,
+        &kind,
+        account,
+        reseller,
+        id,
+        res.as_ref().err(),
+    )
+    .await;
+    res
+}
+
+/// The job id of an accepted job's answer (from its `Location`).
+pub(crate) fn job_id_of(res: &Result<Response, ApiError>) -> Option<String> {
+    res.as_ref()
         .ok()
         .and_then(|r| r.headers().get(header::LOCATION))
         .and_then(|l| l.to_str().ok())
         .and_then(|l| l.rsplit('/').next())
-        .map(String::from);
+        .map(String::from)
+}
+
+/// The audit record of a route that started a job (`<kind>_started`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit_started(
+    st: &AppState,
+    ctx: &Ctx,
+    action: &str,
+    kind: &str,
+    account: Option<String>,
+    reseller: Option<String>,
+    job_id: Option<String>,
+    error: Option<&ApiError>,
+) {
     ctx.audit(
-        &st,
-        &format!(
-            "{}_started",
-            kind.chars()
-                .filter(|c| c.is_ascii_lowercase() || *c == '_')
-                .take(32)
-                .collect::<String>()
-        ),
+        st,
+        action,
         json!({"type": "job", "id": job_id, "name": kind}),
         account.as_deref(),
         reseller.as_deref(),
         Value::Null,
         job_id.as_deref(),
-        res.as_ref().err(),
+        error,
     )
     .await;
-    res
 }
 
 async fn enqueue_inner(

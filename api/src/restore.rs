@@ -6,10 +6,11 @@
 //! one); an admin names any account, and its reseller is taken from the store when the account
 //! is there.
 
+use crate::audit::Ctx;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use crate::jobs::{accept, visible_job, Accepted};
+use crate::jobs::{accept, audit_started, job_id_of, visible_job, Accepted};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -90,8 +91,32 @@ async fn owner(
         (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn start(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     ApiJson(req): ApiJson<RestoreRequest>,
+) -> Result<Response, ApiError> {
+    let account = req.account.clone().or(ctx.caller.0.account.clone());
+    let reseller = ctx.caller.0.reseller.clone();
+    let res = start_inner(&st, &ctx.caller, req).await;
+    let id = job_id_of(&res);
+    let err = res.as_ref().err();
+    audit_started(
+        &st,
+        &ctx,
+        "restore_started",
+        "restore",
+        account,
+        reseller,
+        id,
+        err,
+    )
+    .await;
+    res
+}
+
+async fn start_inner(
+    st: &AppState,
+    caller: &Caller,
+    req: RestoreRequest,
 ) -> Result<Response, ApiError> {
     if req.archive.trim().is_empty() {
         return Err(ApiError::Unprocessable("archive must not be empty".into()));
@@ -105,7 +130,7 @@ pub async fn start(
             "archive must be the file name of one of your backups (no path)".into(),
         ));
     }
-    let (account, reseller) = owner(&st, &caller, req.account, req.reseller).await?;
+    let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
     let mut job = NewJob::typed(&Restore {
         archive: req.archive,
         account: account.clone(),
@@ -113,7 +138,7 @@ pub async fn start(
     job.account = account;
     job.reseller = reseller;
     job.idempotency_key = req.idempotency_key;
-    accept(&st, &caller, job, "/api/restore").await
+    accept(st, caller, job, "/api/restore").await
 }
 
 /// The restore progress shape (field names are the product spec's).
@@ -197,8 +222,33 @@ pub struct HealthRequest {
         (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn run_health(
     State(st): State<AppState>,
-    caller: Caller,
+    ctx: Ctx,
     Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let account = ctx.caller.0.account.clone();
+    let reseller = ctx.caller.0.reseller.clone();
+    let res = run_health_inner(&st, &ctx.caller, id, body).await;
+    let id = job_id_of(&res);
+    let err = res.as_ref().err();
+    audit_started(
+        &st,
+        &ctx,
+        "health_check_started",
+        "health_check",
+        account,
+        reseller,
+        id,
+        err,
+    )
+    .await;
+    res
+}
+
+async fn run_health_inner(
+    st: &AppState,
+    caller: &Caller,
+    id: String,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     if id.is_empty() || id.len() > 128 {
@@ -224,11 +274,11 @@ pub async fn run_health(
             }
         })?
     };
-    let (account, reseller) = owner(&st, &caller, req.account, req.reseller).await?;
+    let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
     let mut job = NewJob::typed(&HealthCheck { migration_id: id });
     job.account = account;
     job.reseller = reseller;
-    accept(&st, &caller, job, "/api/jobs").await
+    accept(st, caller, job, "/api/jobs").await
 }
 
 /// The latest health report of a migration.

@@ -936,6 +936,9 @@ async fn history_on(pg: bool) {
     assert_eq!(first["type"], "snapshot");
     assert_eq!(first["job"]["status"], "succeeded");
     assert_eq!(ws.next(S).await.unwrap()["type"], "complete");
+    // Another tenant cannot open it (404 like a missing job).
+    let refused = srv.ws(&format!("/api/jobs/{id}/live"), Some(&b1)).await;
+    assert_eq!(refused.err().map(|e| e.0), Some(404));
     // The all-jobs snapshot includes it for its tenant only.
     let mut all = srv.ws("/api/events/live", Some(&a1)).await.unwrap();
     let snap = all.next(S).await.unwrap();
