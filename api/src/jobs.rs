@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
-    /// Job type: provision, restore, health_check, quota_sweep, upgrade, diagnostic.
+    /// Job type: provision, restore, health_check, quota_sweep, upgrade, diagnostic, retention.
     pub kind: String,
     /// The kind's payload (checked against its type).
     #[serde(default)]

@@ -119,3 +119,77 @@ async fn crash_between_steps_loses_and_doubles_nothing() {
         .all(|r| r.status == "succeeded" && r.finished_at > 0 && r.doc["result"]["attempt"] == 1));
     stop.cancel();
 }
+
+/// The daily `retention` job forgets history and audit records past their days, and the audit
+/// chain still verifies afterwards (it starts at the oldest record kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_job_forgets_what_is_old() {
+    use store::{Actor, HistoryRow, NewAudit};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_sqlite(&dir.path().join("npanel.db"))
+        .await
+        .unwrap();
+    let day = 86_400_000i64;
+    let now = store::now_ms();
+    let row = |id: &str, at: i64| HistoryRow {
+        id: id.into(),
+        kind: "diagnostic".into(),
+        status: "succeeded".into(),
+        account: None,
+        reseller: None,
+        finished_at: at,
+        doc: json!({"id": id}),
+    };
+    s.archive_jobs(
+        MARK,
+        &[row("01OLD", now - 10 * day), row("01NEW", now)],
+        (now, "01NEW"),
+    )
+    .await
+    .unwrap();
+    let rec = |age_days: i64| {
+        let mut r = NewAudit::new("account_created", Actor::default(), "success");
+        r.timestamp = store::ms_time(now - age_days * day);
+        r
+    };
+    s.append_audit(&[rec(40), rec(35), rec(1), rec(0)])
+        .await
+        .unwrap();
+
+    let q = Queue::new(testing::config("retention")).unwrap();
+    let stop = CancellationToken::new();
+    let days = workers::retention::RetentionDays {
+        history: 5,
+        audit: 30,
+    };
+    let registry = Registry::builtin().with_store(s.clone(), days);
+    let q = q.with_available_kinds(registry.kinds());
+    tokio::spawn(Pool::new(q.clone(), registry, PoolConfig::default()).run(stop.clone()));
+    let e = q
+        .enqueue(queue::NewJob::new(queue::JobKind::Retention, json!({})))
+        .await
+        .unwrap();
+    let job = testing::wait_for_status(
+        &q,
+        &e.id,
+        queue::JobStatus::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    let result = job.result.unwrap();
+    assert_eq!(result["jobs_removed"], 1);
+    assert_eq!(result["audit_records_removed"], 2);
+    assert_eq!(history_len(&s).await, 1);
+    let v = s.verify_audit().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!((v.checked, v.first_seq), (2, Some(3)));
+    // A payload overrides the configured days; unknown fields are refused at enqueue.
+    assert!(q
+        .enqueue(queue::NewJob::new(
+            queue::JobKind::Retention,
+            json!({"forever": true})
+        ))
+        .await
+        .is_err());
+    stop.cancel();
+}

@@ -148,7 +148,7 @@ impl fmt::Display for JobKind {
 
 /// Error for a kind string that names no job type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown job type {0:?}; known types: provision, restore, health_check, quota_sweep, upgrade, diagnostic")]
+#[error("unknown job type {0:?}; known types: provision, restore, health_check, quota_sweep, upgrade, diagnostic, retention")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for JobKind {
@@ -336,7 +336,8 @@ mod tests {
                 "health_check",
                 "quota_sweep",
                 "upgrade",
-                "diagnostic"
+                "diagnostic",
+                "retention"
             ]
         );
         for k in JobKind::ALL {

@@ -130,10 +130,14 @@ async fn the_quota_sweep_is_declared_but_disabled_and_bad_cron_is_refused() {
     let s = Scheduler::new(q.clone(), builtin()).unwrap();
     assert!(s.tick().await.unwrap().is_empty());
     let st = s.status().await.unwrap();
-    assert_eq!(st[0].name, "quota_sweep");
-    assert!(!st[0].enabled);
-    assert!(st[0].note.as_deref().unwrap().contains("disabled"));
-    assert_eq!(st[0].next_run, None);
+    let sweep = st.iter().find(|x| x.name == "quota_sweep").unwrap();
+    assert!(!sweep.enabled);
+    assert!(sweep.note.as_deref().unwrap().contains("disabled"));
+    assert_eq!(sweep.next_run, None);
+    // The store's daily retention is on.
+    let retention = st.iter().find(|x| x.name == "retention").unwrap();
+    assert!(retention.enabled);
+    assert!(retention.next_run.is_some());
     let bad = ScheduleSpec {
         cron: "every hour".into(),
         ..every_second()
