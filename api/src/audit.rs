@@ -116,8 +116,9 @@ impl Auditor {
         Ok(ids.len())
     }
 
-    /// Drain until `stop`: at once after a local write, else every second (other processes'
-    /// writes), backing off while Redis or the store is down.
+    /// Drain until `stop`: at once after a local write, else every 5 s (other processes'
+    /// writes; each process drains its own writes at once), backing off while Redis or the
+    /// store is down.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut failures = 0u32;
         loop {
@@ -131,7 +132,11 @@ impl Auditor {
                     }
                 }
             }
-            let pause = Duration::from_secs(u64::from(failures.min(10)).max(1));
+            let pause = Duration::from_secs(if failures == 0 {
+                5
+            } else {
+                u64::from(failures.min(10))
+            });
             tokio::select! {
                 _ = stop.cancelled() => {
                     // Last pass so a clean shutdown leaves nothing behind.

@@ -91,14 +91,17 @@ fn transition_record(job: &Job) -> NewAudit {
     r
 }
 
+/// The archive watermark: finish time (ms) and id of the last archived job.
+pub type Mark = (i64, String);
+
 /// One archiving pass of at most [`BATCH`] jobs. Returns how many were archived and the
-/// store's watermark (finish time, ms) after the pass.
-pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, i64), ArchiveError> {
+/// store's watermark after the pass.
+pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, Mark), ArchiveError> {
     let (score, last) = store.archive_mark(MARK).await?;
     let found = queue.finished_after(score, &last, BATCH).await?;
     let Some((last_id, last_score)) = found.last().cloned() else {
         metrics::gauge!(crate::metrics::HISTORY_ARCHIVE_LAG_SECONDS).set(0.0);
-        return Ok((0, score));
+        return Ok((0, (score, last)));
     };
     let oldest = found.first().map(|f| f.1).unwrap_or(last_score);
     metrics::gauge!(crate::metrics::HISTORY_ARCHIVE_LAG_SECONDS)
@@ -121,21 +124,37 @@ pub async fn archive_once(queue: &Queue, store: &Store) -> Result<(usize, i64), 
         .archive_jobs(MARK, &rows, (last_score, &last_id))
         .await?;
     metrics::counter!(crate::metrics::HISTORY_ARCHIVED_TOTAL).increment(rows.len() as u64);
-    Ok((ids.len(), last_score))
+    Ok((ids.len(), (last_score, last_id)))
 }
 
-/// Archive every second until `stop`.
+/// Archive every second until `stop`. An idle pass is one Redis read: the store is asked
+/// for its watermark only when Redis holds a job finished after the last one this loop saw
+/// (another process may have archived it meanwhile, so the store's word is final).
 pub async fn run_archiver(queue: Queue, store: Store, stop: CancellationToken) {
     let mut failing_since: Option<std::time::Instant> = None;
     let mut last_warn = std::time::Instant::now() - Duration::from_secs(3600);
     let mut told_redis: Option<i64> = None;
+    let mut seen: Option<Mark> = None;
     loop {
-        match archive_once(&queue, &store).await {
+        let idle = match &seen {
+            Some((score, last)) => matches!(
+                queue.finished_after(*score, last, 1).await,
+                Ok(v) if v.is_empty()
+            ),
+            None => false,
+        };
+        let pass = if idle {
+            Ok((0, seen.clone().unwrap_or_default()))
+        } else {
+            archive_once(&queue, &store).await
+        };
+        match pass {
             Ok((n, mark)) => {
                 failing_since = None;
-                if told_redis != Some(mark) && queue.mark_archived(mark).await.is_ok() {
-                    told_redis = Some(mark);
+                if told_redis != Some(mark.0) && queue.mark_archived(mark.0).await.is_ok() {
+                    told_redis = Some(mark.0);
                 }
+                seen = Some(mark);
                 if n == BATCH {
                     continue;
                 }
