@@ -16,7 +16,7 @@
 use crate::audit::Ctx;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, PageRequest};
 use crate::jobs::accept_json;
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -25,7 +25,7 @@ use axum::Json;
 use queue::{JobKind, NewJob, Provision, ProvisionAction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use store::{Account, AccountStatus, AccountType, Allowance, Cursor, NewAccount};
+use store::{Account, AccountStatus, AccountType, Allowance, NewAccount};
 use utoipa::{IntoParams, ToSchema};
 
 /// `POST /api/accounts` body.
@@ -311,10 +311,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<AccountQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
-    }
+    let page = PageRequest::parse(q.limit, q.cursor.as_deref(), "accounts")?;
+    let (limit, after) = (page.limit, page.after.clone());
     let status = q
         .status
         .as_deref()
@@ -326,12 +324,6 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| Cursor::decode("accounts", c).map(|c| c.0))
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let v = &caller.0;
     let accounts = match v.role {
         Role::Admin => {
@@ -362,9 +354,7 @@ pub async fn list(
             }
         }
     };
-    let next_cursor = (accounts.len() as i64 == limit)
-        .then(|| accounts.last().map(|a| Cursor::encode("accounts", &a.id)))
-        .flatten();
+    let next_cursor = page.next(&accounts, "accounts", |a| a.id.clone());
     Ok(Json(AccountPage {
         accounts,
         next_cursor,

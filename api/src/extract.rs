@@ -58,3 +58,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         }
     }
 }
+
+/// A keyset page request: `?limit` (1-1000, default 100) and `?cursor` (from the previous
+/// page's `next_cursor`, checked against the list it came from).
+#[derive(Debug)]
+pub struct PageRequest {
+    /// Page size.
+    pub limit: i64,
+    /// The last key of the previous page.
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    /// Parse the page parameters of the list called `scope`; bad ones are 400.
+    pub fn parse(limit: Option<i64>, cursor: Option<&str>, scope: &str) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
+        }
+        let after = cursor
+            .map(|c| store::Cursor::decode(scope, c).map(|c| c.0))
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(PageRequest { limit, after })
+    }
+
+    /// The `next_cursor` of a page of `items`: set when the page is full.
+    pub fn next<T>(&self, items: &[T], scope: &str, key: impl Fn(&T) -> String) -> Option<String> {
+        (items.len() as i64 == self.limit)
+            .then(|| items.last().map(|x| store::Cursor::encode(scope, &key(x))))
+            .flatten()
+    }
+}

@@ -3,7 +3,7 @@
 use crate::audit::Ctx;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, PageRequest};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -284,16 +284,13 @@ pub async fn list(
                 .map_err(|e| ApiError::BadRequest(e.to_string()))
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| store::Cursor::decode("jobs", c).map(|c| c.0))
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let page = PageRequest::parse(
+        q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+        q.cursor.as_deref(),
+        "jobs",
+    )?;
+    let limit = page.limit as usize;
+    let before = page.after.clone();
     let f = ListFilter {
         status,
         kind,
@@ -310,7 +307,7 @@ pub async fn list(
     }
     let next_cursor = more
         .then(|| jobs.last().map(|j| store::Cursor::encode("jobs", &j.id)))
-        .flatten();
+        .flatten(); // "more" comes from the merge, not from a full page
     Ok(Json(JobList { jobs, next_cursor }))
 }
 

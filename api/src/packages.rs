@@ -8,7 +8,7 @@
 use crate::audit::Ctx;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, PageRequest};
 use crate::jobs::accept_json;
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -17,7 +17,7 @@ use axum::Json;
 use queue::{JobKind, NewJob, Provision, ProvisionAction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use store::{Cursor, NewPackage, Package, PackageStatus, PackageUpdate};
+use store::{NewPackage, Package, PackageStatus, PackageUpdate};
 use utoipa::{IntoParams, ToSchema};
 
 fn can_read(v: &ws::Viewer, p: &Package, customer_package: Option<&str>) -> bool {
@@ -98,16 +98,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<PackageQuery>,
 ) -> Result<Json<PackagePage>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
-    }
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| Cursor::decode("packages", c).map(|c| c.0))
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let page = PageRequest::parse(q.limit, q.cursor.as_deref(), "packages")?;
+    let (limit, after) = (page.limit, page.after.clone());
     let v = &caller.0;
     let packages = match v.role {
         Role::Admin => {
@@ -131,9 +123,7 @@ pub async fn list(
             _ => Vec::new(),
         },
     };
-    let next_cursor = (packages.len() as i64 == limit)
-        .then(|| packages.last().map(|p| Cursor::encode("packages", &p.id)))
-        .flatten();
+    let next_cursor = page.next(&packages, "packages", |p| p.id.clone());
     Ok(Json(PackagePage {
         packages,
         next_cursor,

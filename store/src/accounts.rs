@@ -671,20 +671,9 @@ impl Store {
         .bind(id)
         .fetch_all(self.pool())
         .await?;
-        let mut disk = Some(0u64);
-        let mut bw = Some(0u64);
-        let (mut pending, mut suspended) = (0, 0);
-        for (status, limits) in &rows {
-            pending += (status == "pending") as i64;
-            suspended += (status == "suspended") as i64;
-            let l: Limits = limits
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?
-                .unwrap_or_default();
-            disk = sum_opt(disk, l.disk_mb);
-            bw = sum_opt(bw, l.bandwidth_mb);
-        }
+        let pending = rows.iter().filter(|r| r.0 == "pending").count() as i64;
+        let suspended = rows.iter().filter(|r| r.0 == "suspended").count() as i64;
+        let (disk, bw) = handed_out(rows.iter().map(|r| r.1.as_deref()))?;
         Ok(ResellerSummary {
             reseller: id.to_string(),
             allowance: a.allowance.unwrap_or_default(),
@@ -695,6 +684,20 @@ impl Store {
             bandwidth_mb_allocated: bw,
         })
     }
+}
+
+/// Disk and bandwidth handed out by packages (stored limits JSON); `None` once one of them is
+/// unlimited.
+fn handed_out<'a>(
+    limits: impl Iterator<Item = Option<&'a str>>,
+) -> Result<(Option<u64>, Option<u64>)> {
+    let (mut disk, mut bw) = (Some(0u64), Some(0u64));
+    for l in limits {
+        let l: Limits = l.map(serde_json::from_str).transpose()?.unwrap_or_default();
+        disk = sum_opt(disk, l.disk_mb);
+        bw = sum_opt(bw, l.bandwidth_mb);
+    }
+    Ok((disk, bw))
 }
 
 /// Refuse when adding `package` (instead of `replacing`'s current one) would exceed the
@@ -721,17 +724,7 @@ async fn check_allowance(
             count - 1
         )));
     }
-    let mut disk = Some(0u64);
-    let mut bw = Some(0u64);
-    for (_, l) in others {
-        let l: Limits = l
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or_default();
-        disk = sum_opt(disk, l.disk_mb);
-        bw = sum_opt(bw, l.bandwidth_mb);
-    }
+    let (disk, bw) = handed_out(others.map(|r| r.1.as_deref()))?;
     let new = package.map(|p| p.limits.clone()).unwrap_or_default();
     for (what, used, add, cap) in [
         ("disk", disk, new.disk_mb, allowance.disk_mb),
