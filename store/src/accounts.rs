@@ -223,6 +223,10 @@ pub struct Account {
     pub terminated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// WHMCS service id, when WHMCS created it.
     pub whmcs_service_id: Option<String>,
+    /// System user id on the host, once provisioned.
+    pub uid: Option<i64>,
+    /// System group id on the host, once provisioned.
+    pub gid: Option<i64>,
     /// Effective limits (the package's; `null` values are unlimited).
     pub limits: Option<Limits>,
     /// Effective features (the package's granted minus disabled).
@@ -272,7 +276,7 @@ pub struct ResellerSummary {
     pub bandwidth_mb_allocated: Option<u64>,
 }
 
-const COLS: &str = "a.id, a.type, a.parent, a.reseller, a.package, a.status, a.domain, a.email, a.created_at, a.suspended_at, a.suspend_reason, a.terminated_at, a.whmcs_service_id, a.allowance, p.limits AS p_limits, p.features AS p_features, p.disabled_features AS p_disabled";
+const COLS: &str = "a.id, a.type, a.parent, a.reseller, a.package, a.status, a.domain, a.email, a.created_at, a.suspended_at, a.suspend_reason, a.terminated_at, a.whmcs_service_id, a.allowance, a.uid, a.gid, p.limits AS p_limits, p.features AS p_features, p.disabled_features AS p_disabled";
 
 fn from_row(r: &AnyRow) -> Result<Account> {
     let allowance: Option<String> = get_opt_str(r, "allowance")?;
@@ -300,6 +304,8 @@ fn from_row(r: &AnyRow) -> Result<Account> {
         suspend_reason: get_opt_str(r, "suspend_reason")?,
         terminated_at: ms_to_rfc3339(r.try_get("terminated_at")?),
         whmcs_service_id: get_opt_str(r, "whmcs_service_id")?,
+        uid: r.try_get("uid")?,
+        gid: r.try_get("gid")?,
         limits: limits.map(|l| serde_json::from_str(&l)).transpose()?,
         features: features
             .into_iter()
@@ -624,6 +630,46 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(n.rows_affected() > 0)
+    }
+
+    /// Record the system user the host gave an account.
+    pub async fn set_account_host(&self, id: &str, uid: i64, gid: i64) -> Result<()> {
+        sqlx::query("UPDATE accounts SET uid = $1, gid = $2 WHERE id = $3")
+            .bind(uid)
+            .bind(gid)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The account WHMCS created for `service_id`, if any (the newest one).
+    pub async fn account_by_service(&self, service_id: &str) -> Result<Option<Account>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.whmcs_service_id = $1 ORDER BY a.created_at DESC LIMIT 1"
+        ))
+        .bind(service_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Accounts (not terminated) on `package`, keyset by id: what `reapply_package` walks.
+    pub async fn accounts_on_package(
+        &self,
+        package: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Account>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.package = $1 AND a.status <> 'terminated' AND a.id > $2 ORDER BY a.id LIMIT $3"
+        ))
+        .bind(package)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
     }
 
     /// Point an account at another package (after [`Store::check_package_change`]).
