@@ -69,7 +69,7 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
         .collect()
 }
 
-fn unescape_mount(s: &str) -> String {
+pub(crate) fn unescape_mount(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -150,6 +150,56 @@ pub fn resolve_io_device(
     Ok(whole_disk().unwrap_or((maj, min)))
 }
 
+/// How each limit is enforced, given the controllers enabled for account
+/// cgroups and the `io.max` device.
+fn limit_capabilities(
+    enabled: &[String],
+    io_device: Option<(u32, u32)>,
+    fallback: &Fallback,
+) -> Vec<LimitCapability> {
+    LimitKind::ALL
+        .iter()
+        .map(|&kind| {
+            let has = enabled.iter().any(|c| c == kind.controller());
+            let (enforcement, detail) = match kind {
+                LimitKind::Io if has && io_device.is_some() => {
+                    let (a, b) = io_device.unwrap_or_default();
+                    (Enforcement::Cgroup, format!("io.max on device {a}:{b}"))
+                }
+                LimitKind::Io => (
+                    Enforcement::None,
+                    if has {
+                        "io controller present but no home device is known".to_string()
+                    } else {
+                        "io controller missing and there is no rlimit for I/O bandwidth".to_string()
+                    },
+                ),
+                _ if has => (Enforcement::Cgroup, format!("{} in the account cgroup", kind.file())),
+                LimitKind::Cpu => (
+                    Enforcement::Rlimit,
+                    format!(
+                        "cpu controller missing: RLIMIT_CPU={}s per process started through npanel-agent exec (total CPU time, not a rate)",
+                        fallback.cpu_seconds
+                    ),
+                ),
+                LimitKind::Memory => (
+                    Enforcement::Rlimit,
+                    "memory controller missing: RLIMIT_AS=memory_max per process started through npanel-agent exec (virtual, per process)".to_string(),
+                ),
+                LimitKind::Pids => (
+                    Enforcement::Rlimit,
+                    "pids controller missing: RLIMIT_NPROC=pids_max for processes started through npanel-agent exec (counts all processes of the uid; root is exempt)".to_string(),
+                ),
+            };
+            LimitCapability {
+                kind,
+                enforcement,
+                detail,
+            }
+        })
+        .collect()
+}
+
 /// Manages the account cgroups under one root directory.
 #[derive(Debug, Clone)]
 pub struct CgroupManager {
@@ -203,6 +253,12 @@ impl CgroupManager {
                 Ok(()) => usable = true,
                 Err(e) => notes.push(format!("cannot create cgroup root {}: {e}", root.display())),
             }
+        } else if let Err(e) = nix::unistd::access(root, nix::unistd::AccessFlags::W_OK) {
+            usable = false;
+            notes.push(format!(
+                "cgroup root {} is not writable by this process: {e}",
+                root.display()
+            ));
         }
 
         let mut enabled = Vec::new();
@@ -287,47 +343,7 @@ impl CgroupManager {
             }
         };
 
-        let limits = LimitKind::ALL
-            .iter()
-            .map(|&kind| {
-                let has = enabled.iter().any(|c| c == kind.controller());
-                let (enforcement, detail) = match kind {
-                    LimitKind::Io if has && io_device.is_some() => {
-                        let (a, b) = io_device.unwrap_or_default();
-                        (Enforcement::Cgroup, format!("io.max on device {a}:{b}"))
-                    }
-                    LimitKind::Io => (
-                        Enforcement::None,
-                        if has {
-                            "io controller present but no home device is known".to_string()
-                        } else {
-                            "io controller missing and there is no rlimit for I/O bandwidth".to_string()
-                        },
-                    ),
-                    _ if has => (Enforcement::Cgroup, format!("{} in the account cgroup", kind.file())),
-                    LimitKind::Cpu => (
-                        Enforcement::Rlimit,
-                        format!(
-                            "cpu controller missing: RLIMIT_CPU={}s per process started through npanel-agent exec (total CPU time, not a rate)",
-                            fallback.cpu_seconds
-                        ),
-                    ),
-                    LimitKind::Memory => (
-                        Enforcement::Rlimit,
-                        "memory controller missing: RLIMIT_AS=memory_max per process started through npanel-agent exec (virtual, per process)".to_string(),
-                    ),
-                    LimitKind::Pids => (
-                        Enforcement::Rlimit,
-                        "pids controller missing: RLIMIT_NPROC=pids_max for processes started through npanel-agent exec (counts all processes of the uid; root is exempt)".to_string(),
-                    ),
-                };
-                LimitCapability {
-                    kind,
-                    enforcement,
-                    detail,
-                }
-            })
-            .collect();
+        let limits = limit_capabilities(&enabled, io_device, &fallback);
 
         let caps = Capabilities {
             cgroup_root: root.display().to_string(),
@@ -346,6 +362,42 @@ impl CgroupManager {
             plain_tree,
             fallback,
         }
+    }
+
+    /// A manager that uses no cgroups at all (the unprivileged embedded
+    /// default on a host whose cgroup v2 tree it may not write): limits are
+    /// reported with their rlimit fallback, and freeze/thaw/kill/remove/usage
+    /// are answered as skipped with `reason`.
+    pub fn disabled(root: &Path, reason: String, fallback: Fallback) -> Self {
+        let caps = Capabilities {
+            cgroup_root: root.display().to_string(),
+            cgroup2_mount: None,
+            cgroup_usable: false,
+            controllers: Vec::new(),
+            freeze: false,
+            cgroup_kill: false,
+            limits: limit_capabilities(&[], None, &fallback),
+            notes: vec![reason],
+        };
+        Self {
+            root: root.to_path_buf(),
+            caps,
+            io_device: None,
+            plain_tree: false,
+            fallback,
+        }
+    }
+
+    /// Why account cgroups cannot be used here, or `None` when they can.
+    pub fn unusable_reason(&self) -> Option<String> {
+        if self.caps.cgroup_usable {
+            return None;
+        }
+        Some(format!(
+            "no usable cgroup root ({}): {}",
+            self.caps.cgroup_root,
+            self.caps.notes.join("; ")
+        ))
     }
 
     /// Logs what is enforced and how.

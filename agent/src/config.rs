@@ -7,11 +7,17 @@
 //! allowed_gids = [990]        # callers allowed by primary gid
 //! allow_root = true           # uid 0 is always allowed unless set to false
 //! request_timeout_ms = 5000
+//! long_request_timeout_ms = 3600000   # backup_home, remove_home, disk_usage
 //! freeze_timeout_ms = 2000
 //! cgroup_root = "/sys/fs/cgroup/npanel.slice"
-//! home_root = "/home"
+//! home_root = "/home"         # default: <host.root>/home
 //! home_device = "8:0"         # MAJ:MIN for io.max; default: the disk holding home_root
-//! min_account_uid = 1000      # prepare_home refuses owners below this
+//! min_account_uid = 1000      # homes and users refuse ids below this
+//!
+//! [host]                      # what an account is on disk (DESIGN §11)
+//! root = "/"                  # every host path is under it (tests: a temp dir)
+//! system_users = true         # useradd & co.; false: pseudo uids from a registry file
+//! nameservers = []            # NS of written zones; empty: ns1/ns2.<domain> with glue
 //!
 //! [limits]                    # defaults for apply_limits
 //! cpu_max = "50000 100000"
@@ -53,15 +59,45 @@ pub struct AgentConfig {
     /// agent does anyway, and the watchdog (root) must be able to ping.
     pub allow_root: bool,
     pub request_timeout_ms: u64,
+    /// Timeout of the requests whose work grows with a home's size
+    /// ([`crate::protocol::Request::is_long`]).
+    pub long_request_timeout_ms: u64,
     pub freeze_timeout_ms: u64,
     pub cgroup_root: PathBuf,
-    pub home_root: PathBuf,
+    /// Parent of the home directories; `None`: `<host.root>/home`. Use
+    /// [`AgentConfig::home_root`].
+    pub home_root: Option<PathBuf>,
     /// `MAJ:MIN` of the block device for `io.max`; default: the whole disk
     /// holding `home_root`.
     pub home_device: Option<String>,
     pub min_account_uid: u32,
     pub limits: Limits,
     pub fallback: Fallback,
+    pub host: HostConfig,
+}
+
+/// The `[host]` table: where and how account resources live on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Every host path (homes, zones, fragments, backups) is under it.
+    pub root: PathBuf,
+    /// Real system users (`useradd`, `usermod`, `userdel`, `chpasswd`,
+    /// `setquota`); false: pseudo uids/gids recorded under the root.
+    pub system_users: bool,
+    /// NS records of written zones; empty: `ns1.<domain>` and
+    /// `ns2.<domain>` with A records to the account's address.
+    pub nameservers: Vec<String>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            root: "/".into(),
+            system_users: true,
+            nameservers: Vec::new(),
+        }
+    }
 }
 
 /// rlimit fallback settings.
@@ -88,13 +124,15 @@ impl Default for AgentConfig {
             allowed_gids: Vec::new(),
             allow_root: true,
             request_timeout_ms: 5_000,
+            long_request_timeout_ms: 3_600_000,
             freeze_timeout_ms: 2_000,
             cgroup_root: DEFAULT_CGROUP_ROOT.into(),
-            home_root: "/home".into(),
+            home_root: None,
             home_device: None,
             min_account_uid: 1000,
             limits: Limits::default(),
             fallback: Fallback::default(),
+            host: HostConfig::default(),
         }
     }
 }
@@ -129,14 +167,32 @@ impl AgentConfig {
                 self.cgroup_root.display()
             ));
         }
-        if !self.home_root.is_absolute() {
+        if !self.host.root.is_absolute() {
             return bad(format!(
-                "home_root {} must be absolute",
-                self.home_root.display()
+                "host.root {} must be absolute",
+                self.host.root.display()
             ));
         }
-        if self.request_timeout_ms == 0 || self.freeze_timeout_ms == 0 {
-            return bad("request_timeout_ms and freeze_timeout_ms must be > 0".into());
+        if let Some(home) = &self.home_root {
+            if !home.is_absolute() || home.parent().is_none() {
+                return bad(format!(
+                    "home_root {} must be an absolute path below /",
+                    home.display()
+                ));
+            }
+        }
+        for ns in &self.host.nameservers {
+            crate::names::Domain::parse(ns)
+                .map_err(|e| AgentError::Config(format!("host.nameservers: {e}")))?;
+        }
+        if self.request_timeout_ms == 0
+            || self.freeze_timeout_ms == 0
+            || self.long_request_timeout_ms == 0
+        {
+            return bad(
+                "request_timeout_ms, long_request_timeout_ms and freeze_timeout_ms must be > 0"
+                    .into(),
+            );
         }
         if let Some(dev) = &self.home_device {
             parse_dev(dev).map_err(AgentError::Config)?;
@@ -148,8 +204,45 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The config of the embedded default (DESIGN §11): host operations run
+    /// in-process against `host_root`, with system users off. Everything
+    /// else keeps its default; the cgroup root is chosen by
+    /// [`crate::local::LocalHost`].
+    pub fn embedded(host_root: impl Into<PathBuf>) -> Self {
+        Self {
+            host: HostConfig {
+                root: host_root.into(),
+                system_users: false,
+                nameservers: Vec::new(),
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The parent of the home directories: `home_root`, else
+    /// `<host.root>/home`.
+    pub fn home_root(&self) -> PathBuf {
+        match &self.home_root {
+            Some(h) => h.clone(),
+            None => self.host.root.join("home"),
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn long_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.long_request_timeout_ms)
+    }
+
+    /// The timeout for one request.
+    pub fn timeout_for(&self, request: &crate::protocol::Request) -> Duration {
+        if request.is_long() {
+            self.long_request_timeout().max(self.request_timeout())
+        } else {
+            self.request_timeout()
+        }
     }
 
     pub fn freeze_timeout(&self) -> Duration {
@@ -190,6 +283,9 @@ mod tests {
         assert_eq!(c.limits.memory_max, 536_870_912);
         assert_eq!(c.limits.io_rbps, 52_428_800);
         assert_eq!(c.limits.pids_max, 256);
+        assert_eq!(c.host.root, Path::new("/"));
+        assert!(c.host.system_users);
+        assert_eq!(c.home_root(), Path::new("/home"));
         assert!(c.allow_root);
         assert!(c.peer_allowed(0, 0));
         assert!(!c.peer_allowed(1000, 1000));
@@ -212,9 +308,16 @@ mod tests {
             cpu_max = "max 100000"
             [fallback]
             cpu_seconds = 5
+            [host]
+            root = "/srv/h"
+            system_users = false
+            nameservers = ["ns1.example.net", "ns2.example.net"]
             "#,
         )
         .unwrap();
+        assert_eq!(c.home_root(), Path::new("/srv/h/home"));
+        assert!(!c.host.system_users);
+        assert_eq!(c.host.nameservers.len(), 2);
         assert_eq!(c.limits.pids_max, 20);
         assert_eq!(c.limits.cpu_max.quota_us, None);
         assert_eq!(c.fallback.cpu_seconds, 5);
@@ -234,6 +337,11 @@ mod tests {
             "[limits]\npids_max = 0",
             "[limits]\ncpu_max = \"lots\"",
             "unknown_key = 1",
+            "[host]\nroot = \"relative\"",
+            "[host]\nnameservers = [\"not a domain\"]",
+            "[host]\nsurprise = 1",
+            "home_root = \"/\"",
+            "long_request_timeout_ms = 0",
             "socket_path = [",
         ] {
             assert!(AgentConfig::from_toml(bad).is_err(), "accepted: {bad}");

@@ -31,6 +31,13 @@ pub enum AgentError {
     Unsupported(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A symlink (or another unexpected kind of file) where the operation
+    /// needs a real directory or file: refused, never followed.
+    #[error("{0}")]
+    UnsafePath(String),
+    /// A host tool is missing or failed.
+    #[error("{0}")]
+    ToolFailed(String),
     #[error("invalid account name: {0}")]
     InvalidAccount(#[from] AccountNameError),
     #[error("invalid config: {0}")]
@@ -67,6 +74,8 @@ impl AgentError {
             AgentError::Timeout(_) => ErrorCode::Timeout,
             AgentError::Busy(_) => ErrorCode::Busy,
             AgentError::Unsupported(_) => ErrorCode::Unsupported,
+            AgentError::UnsafePath(_) => ErrorCode::UnsafePath,
+            AgentError::ToolFailed(_) => ErrorCode::ToolFailed,
             AgentError::InvalidRequest(_) | AgentError::Config(_) => ErrorCode::InvalidRequest,
             AgentError::InvalidAccount(_) => ErrorCode::InvalidAccount,
             AgentError::Remote(w) => w.code,

@@ -26,24 +26,43 @@
 //! [`protocol::Capabilities`] and the limits fall back to rlimits
 //! ([`rlimit`]) for the processes started through `npanel-agent exec`.
 //!
-//! The `workers` crate uses [`client::AgentClient`].
+//! Beyond cgroups it carries out what an account *is* on the host (DESIGN
+//! §11), each step typed, validated and idempotent, every path under the
+//! configured `host.root`: the login user ([`users`]), the cPanel-compatible
+//! home ([`home`]), the zone file, security fragments and suspended flag
+//! ([`hostfiles`]), the disk quota ([`quota`]) and the home's archive
+//! ([`backup`]). Steps inside directories an account controls never follow
+//! a symlink ([`fsx`]).
+//!
+//! The `workers` crate uses [`local::Host`]: the root agent over its socket
+//! ([`client::AgentClient`]) or the same operations in-process
+//! ([`local::LocalHost`], the embedded default), behind one `call`.
 
 pub mod account;
+pub mod backup;
 pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fsx;
 pub mod home;
+pub mod hostfiles;
+pub mod local;
+pub mod names;
 pub mod protocol;
+pub mod quota;
 pub mod rlimit;
 pub mod server;
+pub mod users;
 pub mod watchdog;
 
 pub use account::AccountName;
-pub use client::AgentClient;
+pub use client::{AgentClient, Outcome};
 pub use config::AgentConfig;
 pub use error::AgentError;
-pub use protocol::{ErrorCode, Reply, Request, PROTOCOL_VERSION};
+pub use local::{Host, LocalHost};
+pub use names::{Domain, Password};
+pub use protocol::{ErrorCode, Reply, Request, SecurityProfile, PROTOCOL_VERSION};
 
 /// Logging for both binaries: to stderr, no colours, filtered by `NPANEL_LOG`
 /// (`EnvFilter` syntax, default `info`).

@@ -16,12 +16,14 @@
 //! ([`ErrorCode`]) and the connection stays usable.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::account::AccountName;
+use crate::names::{Domain, Password};
 
 /// Version of this protocol; a request with another `v` is refused with
 /// [`ErrorCode::UnsupportedVersion`].
@@ -55,6 +57,19 @@ pub const KNOWN_OPS: &[&str] = &[
     "usage",
     "disk_usage",
     "prepare_home",
+    "create_user",
+    "lock_user",
+    "unlock_user",
+    "delete_user",
+    "set_password",
+    "build_home",
+    "write_zone",
+    "remove_zone",
+    "write_security",
+    "set_suspended",
+    "set_quota",
+    "backup_home",
+    "remove_home",
 ];
 
 /// The closed set of requests.
@@ -90,6 +105,78 @@ pub enum Request {
         uid: u32,
         gid: u32,
     },
+    /// Create the account's login user (`useradd`, a normal user with its own
+    /// group, home `<home_root>/<account>`, shell nologin), or with system
+    /// users off a pseudo uid/gid from the agent's registry. An existing user
+    /// made by nPanel is answered with its ids (`created: false`).
+    /// `home_layout`: also create the home and its domain-independent layout
+    /// (`public_html/`, `mail/`, `etc/`, `tmp/`, `logs/`).
+    CreateUser {
+        account: AccountName,
+        #[serde(default)]
+        home_layout: bool,
+    },
+    /// Lock the login (`usermod --lock --expiredate 1`: password and keys).
+    LockUser { account: AccountName },
+    /// Undo [`Request::LockUser`].
+    UnlockUser { account: AccountName },
+    /// Delete the login user (`userdel`, the home stays); absent is fine.
+    DeleteUser { account: AccountName },
+    /// Set the login password (`chpasswd`, on stdin; never logged).
+    SetPassword {
+        account: AccountName,
+        password: Password,
+    },
+    /// The cPanel-compatible home layout for one domain, owned `uid:gid`.
+    BuildHome {
+        account: AccountName,
+        uid: u32,
+        gid: u32,
+        domain: Domain,
+    },
+    /// Write `<host_root>/var/named/<domain>.db` (a minimal zone).
+    WriteZone {
+        account: AccountName,
+        domain: Domain,
+        ipv4: Ipv4Addr,
+    },
+    /// Remove `<host_root>/var/named/<domain>.db`; with `account`, only if
+    /// the zone was written for that account.
+    RemoveZone {
+        domain: Domain,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account: Option<AccountName>,
+    },
+    /// The per-account security fragments under
+    /// `<host_root>/etc/npanel/accounts/<account>/`.
+    WriteSecurity {
+        account: AccountName,
+        profile: SecurityProfile,
+        /// Whether the account may use cron (default true).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cron: Option<bool>,
+    },
+    /// Create or remove the account's `suspended` flag file.
+    SetSuspended {
+        account: AccountName,
+        suspended: bool,
+    },
+    /// Filesystem quota of the account's user on the home filesystem
+    /// (`None` = unlimited).
+    SetQuota {
+        account: AccountName,
+        #[serde(default)]
+        disk_mb: Option<u64>,
+    },
+    /// Archive the home into `<host_root>/backups/<account>-<UTC>.tar.zst`;
+    /// `manifest`, when given, is stored first as `manifest.json`.
+    BackupHome {
+        account: AccountName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<Value>,
+    },
+    /// Delete the home tree `<home_root>/<account>`.
+    RemoveHome { account: AccountName },
 }
 
 impl Request {
@@ -105,6 +192,48 @@ impl Request {
             Request::Usage { .. } => "usage",
             Request::DiskUsage { .. } => "disk_usage",
             Request::PrepareHome { .. } => "prepare_home",
+            Request::CreateUser { .. } => "create_user",
+            Request::LockUser { .. } => "lock_user",
+            Request::UnlockUser { .. } => "unlock_user",
+            Request::DeleteUser { .. } => "delete_user",
+            Request::SetPassword { .. } => "set_password",
+            Request::BuildHome { .. } => "build_home",
+            Request::WriteZone { .. } => "write_zone",
+            Request::RemoveZone { .. } => "remove_zone",
+            Request::WriteSecurity { .. } => "write_security",
+            Request::SetSuspended { .. } => "set_suspended",
+            Request::SetQuota { .. } => "set_quota",
+            Request::BackupHome { .. } => "backup_home",
+            Request::RemoveHome { .. } => "remove_home",
+        }
+    }
+
+    /// Requests whose work grows with the size of a home (archive, delete):
+    /// they get the config's `long_request_timeout_ms` instead of
+    /// `request_timeout_ms`, and clients wait as long.
+    pub fn is_long(&self) -> bool {
+        matches!(
+            self,
+            Request::BackupHome { .. } | Request::RemoveHome { .. } | Request::DiskUsage { .. }
+        )
+    }
+}
+
+/// The security templates of DESIGN §13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProfile {
+    Strict,
+    Moderate,
+    Legacy,
+}
+
+impl SecurityProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProfile::Strict => "strict",
+            SecurityProfile::Moderate => "moderate",
+            SecurityProfile::Legacy => "legacy",
         }
     }
 }
@@ -203,6 +332,13 @@ pub enum ErrorCode {
     Unsupported,
     /// A value read back from a cgroup file differs from what was written.
     VerifyMismatch,
+    /// A path the operation would have to follow through a symlink, or that
+    /// is not what it must be (a file where a directory belongs, a hard link
+    /// where a file of the account's own belongs): refused, nothing followed.
+    UnsafePath,
+    /// A host tool (`useradd`, `usermod`, `userdel`, `chpasswd`, `setquota`)
+    /// is missing or failed; the message has its exit status and stderr.
+    ToolFailed,
     /// A filesystem or syscall error.
     Io,
     /// A bug or an unexpected state in the agent.
@@ -251,6 +387,152 @@ pub enum Reply {
         gid: u32,
         mode: u32,
     },
+    /// A cgroup operation this host cannot carry out (no writable cgroup v2
+    /// root, e.g. the unprivileged embedded default): nothing was done.
+    Skipped {
+        op: String,
+        account: AccountName,
+        reason: String,
+    },
+    UserCreated(UserCreated),
+    UserLocked {
+        account: AccountName,
+        /// true: a real system user; false: the pseudo-user registry.
+        system_user: bool,
+    },
+    UserUnlocked {
+        account: AccountName,
+        system_user: bool,
+    },
+    UserDeleted {
+        account: AccountName,
+        system_user: bool,
+        /// false when there was no such user.
+        existed: bool,
+    },
+    PasswordSet {
+        account: AccountName,
+        system_user: bool,
+    },
+    HomeBuilt(HomeBuilt),
+    ZoneWritten(ZoneWritten),
+    ZoneRemoved {
+        domain: Domain,
+        path: String,
+        existed: bool,
+    },
+    SecurityWritten(SecurityWritten),
+    SuspensionSet {
+        account: AccountName,
+        suspended: bool,
+        /// false when the flag already was as asked.
+        changed: bool,
+        path: String,
+    },
+    Quota(QuotaReport),
+    HomeBackedUp(HomeBackup),
+    HomeRemoved {
+        account: AccountName,
+        path: String,
+        existed: bool,
+    },
+}
+
+/// Answer to [`Request::CreateUser`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub account: AccountName,
+    pub uid: u32,
+    pub gid: u32,
+    /// false when the user already existed (its ids are answered).
+    pub created: bool,
+    /// true: a real system user (`useradd`); false: a pseudo uid/gid from
+    /// the agent's registry (system users off).
+    pub system_user: bool,
+    /// The home, when `home_layout` was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<HomeBuilt>,
+}
+
+/// Answer to [`Request::BuildHome`] (and the home part of
+/// [`Request::CreateUser`] with `home_layout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeBuilt {
+    pub account: AccountName,
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Entries created by this call, relative to the home (`.` = the home);
+    /// empty when everything already existed.
+    pub created: Vec<String>,
+    /// Whether the tree is owned `uid:gid`. false only when the agent is not
+    /// root and `uid:gid` is not its own: ownership was left alone (see `note`).
+    pub owner_applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Answer to [`Request::WriteZone`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneWritten {
+    pub domain: Domain,
+    pub path: String,
+    /// The SOA serial now in the file (`YYYYMMDDnn`).
+    pub serial: u64,
+    /// false when the file already said exactly this (serial kept).
+    pub changed: bool,
+}
+
+/// Answer to [`Request::WriteSecurity`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityWritten {
+    pub account: AccountName,
+    pub profile: SecurityProfile,
+    pub dir: String,
+    /// The files the profile consists of (present after the call).
+    pub files: Vec<String>,
+    /// false when every file already had this content.
+    pub changed: bool,
+}
+
+/// Whether a quota was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaStatus {
+    Applied,
+    Skipped,
+}
+
+/// Answer to [`Request::SetQuota`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaReport {
+    pub account: AccountName,
+    pub disk_mb: Option<u64>,
+    pub status: QuotaStatus,
+    /// The mount point the quota was set on (applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Answer to [`Request::BackupHome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeBackup {
+    pub account: AccountName,
+    /// The archive (`<host_root>/backups/<account>-<UTC>.tar.zst`).
+    pub path: String,
+    /// Size of the archive.
+    pub bytes: u64,
+    /// Sum of the archived files' sizes.
+    pub source_bytes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Entries left out (sockets, FIFOs, devices, other filesystems, too
+    /// deep), relative to the home, with the reason; at most 100 listed.
+    pub skipped: Vec<String>,
 }
 
 /// Answer to [`Request::Ping`].
@@ -493,10 +775,39 @@ impl Serialize for CpuMax {
     }
 }
 
+/// `cpu.max` as sent: the file's syntax, or its two fields.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CpuMaxWire {
+    Text(String),
+    Fields {
+        quota_us: Option<u64>,
+        #[serde(default = "default_period_us")]
+        period_us: u64,
+    },
+}
+
+fn default_period_us() -> u64 {
+    100_000
+}
+
+/// Accepts `"50000 100000"` / `"max 100000"` or
+/// `{"quota_us": 50000, "period_us": 100000}` (`quota_us` null = max), and
+/// checks the ranges either way. Always serialized as the string.
 impl<'de> Deserialize<'de> for CpuMax {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        let text = match CpuMaxWire::deserialize(d)? {
+            CpuMaxWire::Text(s) => s,
+            CpuMaxWire::Fields {
+                quota_us: Some(q),
+                period_us,
+            } => format!("{q} {period_us}"),
+            CpuMaxWire::Fields {
+                quota_us: None,
+                period_us,
+            } => format!("max {period_us}"),
+        };
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -663,7 +974,7 @@ pub fn parse_request_line(line: &[u8]) -> Result<(Option<u64>, Request), Rejecte
             format!("unknown op {op:?}; known: {}", KNOWN_OPS.join(", ")),
         ));
     }
-    if let Some(account) = obj.get("account") {
+    if let Some(account) = obj.get("account").filter(|a| !a.is_null()) {
         let Some(name) = account.as_str() else {
             return Err(reject(
                 id,
@@ -723,7 +1034,65 @@ mod tests {
                 uid: 1001,
                 gid: 1002,
             },
+            Request::CreateUser {
+                account: acct("d"),
+                home_layout: true,
+            },
+            Request::SetPassword {
+                account: acct("d"),
+                password: Password::parse("Pw-1234567890").unwrap(),
+            },
+            Request::BuildHome {
+                account: acct("d"),
+                uid: 1001,
+                gid: 1001,
+                domain: Domain::parse("example.com").unwrap(),
+            },
+            Request::WriteZone {
+                account: acct("d"),
+                domain: Domain::parse("example.com").unwrap(),
+                ipv4: Ipv4Addr::new(192, 0, 2, 1),
+            },
+            Request::RemoveZone {
+                domain: Domain::parse("example.com").unwrap(),
+                account: None,
+            },
+            Request::WriteSecurity {
+                account: acct("d"),
+                profile: SecurityProfile::Moderate,
+                cron: Some(false),
+            },
+            Request::SetSuspended {
+                account: acct("d"),
+                suspended: true,
+            },
+            Request::SetQuota {
+                account: acct("d"),
+                disk_mb: None,
+            },
+            Request::BackupHome {
+                account: acct("d"),
+                manifest: Some(serde_json::json!({"files": 1})),
+            },
+            Request::RemoveHome { account: acct("d") },
         ];
+        for op in KNOWN_OPS {
+            assert!(
+                reqs.iter().any(|r| r.op() == *op)
+                    || [
+                        "thaw",
+                        "kill",
+                        "remove",
+                        "usage",
+                        "disk_usage",
+                        "lock_user",
+                        "unlock_user",
+                        "delete_user"
+                    ]
+                    .contains(op),
+                "{op} has no round-trip case"
+            );
+        }
         for (i, r) in reqs.iter().enumerate() {
             let line = serde_json::to_vec(&RequestEnvelope {
                 v: PROTOCOL_VERSION,
@@ -774,6 +1143,37 @@ mod tests {
             code(r#"{"v":1,"op":"apply_limits","account":"a","limits":{"cpu_max":"1 2 3"}}"#),
             ErrorCode::InvalidRequest
         );
+        assert_eq!(
+            code(r#"{"v":1,"op":"write_zone","account":"a","domain":"a..b","ipv4":"192.0.2.1"}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"v":1,"op":"remove_zone","domain":"a.com","account":"../x"}"#),
+            ErrorCode::InvalidAccount
+        );
+        assert_eq!(
+            code(r#"{"v":1,"op":"write_security","account":"a","profile":"lax"}"#),
+            ErrorCode::InvalidRequest
+        );
+        // a refused password is not echoed
+        let rej = parse_request_line(
+            br#"{"v":1,"op":"set_password","account":"a","password":"se:cret"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(rej.error.code, ErrorCode::InvalidRequest);
+        assert!(
+            !rej.error.message.contains("se:cret"),
+            "{}",
+            rej.error.message
+        );
+        assert!(format!(
+            "{:?}",
+            parse_request_line(
+                br#"{"v":1,"op":"set_password","account":"a","password":"Visible-Not"}"#
+            )
+            .unwrap()
+        )
+        .contains("***"));
         // the id survives into the error when it could be read
         let rej = parse_request_line(br#"{"v":1,"id":9,"op":"nope"}"#).unwrap_err();
         assert_eq!(rej.id, Some(9));
@@ -805,5 +1205,11 @@ mod tests {
         assert!("10 100000".parse::<CpuMax>().is_err());
         assert!("5000 10".parse::<CpuMax>().is_err());
         assert!("abc 100000".parse::<CpuMax>().is_err());
+        let c: CpuMax = serde_json::from_str(r#"{"quota_us":50000,"period_us":100000}"#).unwrap();
+        assert_eq!(c, DEFAULT_CPU_MAX);
+        let c: CpuMax = serde_json::from_str(r#"{"quota_us":null}"#).unwrap();
+        assert_eq!(c.to_string(), "max 100000");
+        assert!(serde_json::from_str::<CpuMax>(r#"{"quota_us":5,"period_us":100000}"#).is_err());
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"max 100000\"");
     }
 }

@@ -19,10 +19,11 @@ use tokio_util::task::TaskTracker;
 use crate::cgroup::{resolve_io_device, CgroupManager};
 use crate::config::{parse_dev, AgentConfig};
 use crate::error::AgentError;
-use crate::home;
 use crate::protocol::{
-    parse_request_line, ErrorCode, Pong, Reply, Request, Response, MAX_LINE_BYTES, PROTOCOL_VERSION,
+    parse_request_line, ErrorCode, Pong, Reply, Request, Response, UserCreated, MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
 };
+use crate::{backup, home, hostfiles, quota, users};
 
 /// Config plus what was derived from it.
 #[derive(Debug)]
@@ -34,13 +35,28 @@ pub struct State {
 impl State {
     /// Probes the host for the config's cgroup root and home device.
     pub fn new(config: AgentConfig) -> Self {
+        let cgroups = CgroupManager::open(
+            &config.cgroup_root,
+            Self::io_device(&config),
+            config.fallback,
+        );
+        Self { config, cgroups }
+    }
+
+    /// A state with a cgroup manager built elsewhere (the embedded default
+    /// picks its own root, see [`crate::local::LocalHost`]).
+    pub fn with_cgroups(config: AgentConfig, cgroups: CgroupManager) -> Self {
+        Self { config, cgroups }
+    }
+
+    /// The `io.max` device for a config: `home_device`, else the disk
+    /// holding the home root.
+    pub fn io_device(config: &AgentConfig) -> std::result::Result<(u32, u32), String> {
         let configured = config
             .home_device
             .as_deref()
             .and_then(|d| parse_dev(d).ok());
-        let io_dev = resolve_io_device(configured, &config.home_root);
-        let cgroups = CgroupManager::open(&config.cgroup_root, io_dev, config.fallback);
-        Self { config, cgroups }
+        resolve_io_device(configured, &config.home_root())
     }
 }
 
@@ -306,17 +322,9 @@ async fn serve_connection(
             Ok((id, request)) => {
                 let op = request.op();
                 let t0 = Instant::now();
-                let timeout = state.config.request_timeout();
-                let result =
-                    tokio::time::timeout(timeout, handle(state.clone(), &shared, request)).await;
-                let resp = match result {
-                    Ok(Ok(reply)) => Response::ok(id, reply),
-                    Ok(Err(e)) => Response::error(id, e.code(), e.to_string()),
-                    Err(_) => Response::error(
-                        id,
-                        ErrorCode::Timeout,
-                        format!("{op} did not finish within the request timeout of {timeout:?}"),
-                    ),
+                let resp = match handle_with_timeout(state.clone(), &shared, request).await {
+                    Ok(reply) => Response::ok(id, reply),
+                    Err(e) => Response::error(id, e.code(), e.to_string()),
                 };
                 tracing::info!(
                     uid,
@@ -331,6 +339,25 @@ async fn serve_connection(
         if w.write_all(response.to_line().as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// Carries out one request within its timeout (the config's
+/// `request_timeout_ms`, or `long_request_timeout_ms` for the long ones):
+/// what the socket server does for each request line, and what
+/// [`crate::local::LocalHost`] does in-process.
+pub async fn handle_with_timeout(
+    state: Arc<State>,
+    shared: &Shared,
+    request: Request,
+) -> Result<Reply, AgentError> {
+    let op = request.op();
+    let timeout = state.config.timeout_for(&request);
+    match tokio::time::timeout(timeout, handle(state, shared, request)).await {
+        Ok(result) => result,
+        Err(_) => Err(AgentError::Timeout(format!(
+            "{op} did not finish within the request timeout of {timeout:?}"
+        ))),
     }
 }
 
@@ -354,9 +381,29 @@ pub async fn handle(
         .map_err(|e| AgentError::Internal(format!("request task failed: {e}")))?
 }
 
-fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentError> {
+/// Carries out one request on the calling thread (it may block: tools,
+/// filesystem walks).
+pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentError> {
     let cfg = &state.config;
     let cg = &state.cgroups;
+    let system_user = cfg.host.system_users;
+    // cgroup operations on a host without a usable cgroup root: nothing to do
+    if let Some(reason) = cg.unusable_reason() {
+        match &request {
+            Request::Freeze { account }
+            | Request::Thaw { account }
+            | Request::Kill { account }
+            | Request::Remove { account }
+            | Request::Usage { account } => {
+                return Ok(Reply::Skipped {
+                    op: request.op().to_string(),
+                    account: account.clone(),
+                    reason,
+                })
+            }
+            _ => {}
+        }
+    }
     match request {
         Request::Ping => Err(AgentError::Internal("ping is answered elsewhere".into())),
         Request::ApplyLimits { account, limits } => {
@@ -387,17 +434,143 @@ fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentError>
         }
         Request::Usage { account } => Ok(Reply::Usage(cg.usage(&account)?)),
         Request::DiskUsage { account } => Ok(Reply::DiskUsage(home::disk_usage(
-            &cfg.home_root,
+            &cfg.home_root(),
             &account,
         )?)),
         Request::PrepareHome { account, uid, gid } => {
-            let path = home::prepare_home(&cfg.home_root, &account, uid, gid, cfg.min_account_uid)?;
+            let path =
+                home::prepare_home(&cfg.home_root(), &account, uid, gid, cfg.min_account_uid)?;
             Ok(Reply::HomePrepared {
                 account,
                 path: path.display().to_string(),
                 uid,
                 gid,
                 mode: home::HOME_MODE,
+            })
+        }
+        Request::CreateUser {
+            account,
+            home_layout,
+        } => {
+            let (uid, gid, created) = users::create_user(cfg, &account)?;
+            let home = if home_layout {
+                Some(home::build_home(
+                    &cfg.home_root(),
+                    &account,
+                    uid,
+                    gid,
+                    cfg.min_account_uid,
+                    None,
+                )?)
+            } else {
+                None
+            };
+            Ok(Reply::UserCreated(UserCreated {
+                account,
+                uid,
+                gid,
+                created,
+                system_user,
+                home,
+            }))
+        }
+        Request::LockUser { account } => {
+            users::set_locked(cfg, &account, true)?;
+            Ok(Reply::UserLocked {
+                account,
+                system_user,
+            })
+        }
+        Request::UnlockUser { account } => {
+            users::set_locked(cfg, &account, false)?;
+            Ok(Reply::UserUnlocked {
+                account,
+                system_user,
+            })
+        }
+        Request::DeleteUser { account } => {
+            let existed = users::delete_user(cfg, &account)?;
+            Ok(Reply::UserDeleted {
+                account,
+                system_user,
+                existed,
+            })
+        }
+        Request::SetPassword { account, password } => {
+            users::set_password(cfg, &account, &password)?;
+            Ok(Reply::PasswordSet {
+                account,
+                system_user,
+            })
+        }
+        Request::BuildHome {
+            account,
+            uid,
+            gid,
+            domain,
+        } => Ok(Reply::HomeBuilt(home::build_home(
+            &cfg.home_root(),
+            &account,
+            uid,
+            gid,
+            cfg.min_account_uid,
+            Some(&domain),
+        )?)),
+        Request::WriteZone {
+            account,
+            domain,
+            ipv4,
+        } => Ok(Reply::ZoneWritten(hostfiles::write_zone(
+            &cfg.host.root,
+            &cfg.host.nameservers,
+            &account,
+            &domain,
+            ipv4,
+        )?)),
+        Request::RemoveZone { domain, account } => {
+            let (path, existed) =
+                hostfiles::remove_zone(&cfg.host.root, &domain, account.as_ref())?;
+            Ok(Reply::ZoneRemoved {
+                domain,
+                path: path.display().to_string(),
+                existed,
+            })
+        }
+        Request::WriteSecurity {
+            account,
+            profile,
+            cron,
+        } => Ok(Reply::SecurityWritten(hostfiles::write_security(
+            &cfg.host.root,
+            &cfg.home_root().join(&account),
+            &account,
+            profile,
+            cron.unwrap_or(true),
+        )?)),
+        Request::SetSuspended { account, suspended } => {
+            let (path, changed) = hostfiles::set_suspended(&cfg.host.root, &account, suspended)?;
+            Ok(Reply::SuspensionSet {
+                account,
+                suspended,
+                changed,
+                path: path.display().to_string(),
+            })
+        }
+        Request::SetQuota { account, disk_mb } => {
+            Ok(Reply::Quota(quota::set_quota(cfg, &account, disk_mb)?))
+        }
+        Request::BackupHome { account, manifest } => Ok(Reply::HomeBackedUp(backup::backup_home(
+            &cfg.host.root,
+            &cfg.home_root(),
+            &account,
+            manifest.as_ref(),
+        )?)),
+        Request::RemoveHome { account } => {
+            let (path, existed) = home::remove_home(&cfg.home_root(), &account)?;
+            Ok(Reply::HomeRemoved {
+                account,
+                path: path.display().to_string(),
+                existed,
             })
         }
     }

@@ -1,0 +1,389 @@
+//! Host files of an account outside its home (DESIGN §11): the DNS zone, the
+//! security fragments and the suspended flag. Each is written atomically and
+//! only when its content changes, so every operation is idempotent.
+//!
+//! | what | where |
+//! | --- | --- |
+//! | zone | `<host_root>/var/named/<domain>.db` (0644) |
+//! | security | `<host_root>/etc/npanel/accounts/<account>/{profile,php.ini,ssh.conf,cron.allow}` (0644) |
+//! | suspended flag | `<host_root>/etc/npanel/accounts/<account>/suspended` (0644) |
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::account::AccountName;
+use crate::error::{AgentError, Result};
+use crate::fsx::{self, DirHandle};
+use crate::names::Domain;
+use crate::protocol::{SecurityProfile, SecurityWritten, ZoneWritten};
+
+/// `<host_root>/var/named`.
+pub fn zone_dir(host_root: &Path) -> PathBuf {
+    host_root.join("var/named")
+}
+
+/// `<host_root>/etc/npanel/accounts`.
+pub fn accounts_dir(host_root: &Path) -> PathBuf {
+    host_root.join("etc/npanel/accounts")
+}
+
+/// The first line of every zone the agent writes: who it belongs to.
+const ZONE_OWNER_PREFIX: &str = "; npanel-account: ";
+/// Biggest zone file the agent reads back.
+const MAX_ZONE_BYTES: u64 = 1 << 20;
+
+fn zone_file_name(domain: &Domain) -> String {
+    format!("{domain}.db")
+}
+
+/// The account named on a zone's first line.
+fn zone_owner(text: &str) -> Option<&str> {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix(ZONE_OWNER_PREFIX))
+        .map(str::trim)
+}
+
+/// The SOA serial of a zone the agent wrote.
+fn zone_serial(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.trim_end().ends_with("; serial"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Today's first serial, `YYYYMMDD00` (UTC).
+fn todays_first_serial() -> u64 {
+    let day: u64 = chrono::Utc::now()
+        .format("%Y%m%d")
+        .to_string()
+        .parse()
+        .unwrap_or(19_700_101);
+    day * 100
+}
+
+/// The zone text: SOA, NS, A for `@`, `www` and `mail`, MX to
+/// `mail.<domain>.`; with no configured nameservers, `ns1`/`ns2.<domain>`
+/// with A records (glue) to the same address.
+pub fn render_zone(
+    account: &AccountName,
+    domain: &Domain,
+    ipv4: Ipv4Addr,
+    nameservers: &[String],
+    serial: u64,
+) -> String {
+    let (ns, glue): (Vec<String>, bool) = if nameservers.is_empty() {
+        (
+            vec![format!("ns1.{domain}."), format!("ns2.{domain}.")],
+            true,
+        )
+    } else {
+        (
+            nameservers
+                .iter()
+                .map(|n| format!("{}.", n.to_ascii_lowercase()))
+                .collect(),
+            false,
+        )
+    };
+    let mut z = String::new();
+    z.push_str(&format!("{ZONE_OWNER_PREFIX}{account}\n"));
+    z.push_str(&format!(
+        "; zone of {domain}, written by npanel-agent: edits here are overwritten\n"
+    ));
+    z.push_str(&format!("$ORIGIN {domain}.\n$TTL 14400\n"));
+    z.push_str(&format!(
+        "@\t86400\tIN\tSOA\t{} hostmaster.{domain}. (\n",
+        ns[0]
+    ));
+    z.push_str(&format!("\t\t\t{serial}\t; serial\n"));
+    z.push_str("\t\t\t3600\t; refresh\n");
+    z.push_str("\t\t\t1800\t; retry\n");
+    z.push_str("\t\t\t1209600\t; expire\n");
+    z.push_str("\t\t\t86400 )\t; minimum\n");
+    for n in &ns {
+        z.push_str(&format!("@\t86400\tIN\tNS\t{n}\n"));
+    }
+    z.push_str(&format!("@\t\tIN\tA\t{ipv4}\n"));
+    z.push_str(&format!("www\t\tIN\tA\t{ipv4}\n"));
+    z.push_str(&format!("mail\t\tIN\tA\t{ipv4}\n"));
+    if glue {
+        z.push_str(&format!("ns1\t\tIN\tA\t{ipv4}\n"));
+        z.push_str(&format!("ns2\t\tIN\tA\t{ipv4}\n"));
+    }
+    z.push_str(&format!("@\t\tIN\tMX\t10\tmail.{domain}.\n"));
+    z
+}
+
+/// Writes `<host_root>/var/named/<domain>.db` for `account`. A zone written
+/// for another account is refused ([`AgentError::Busy`]). When the file
+/// already says the same (apart from nothing: the serial is kept), nothing
+/// is written (`changed: false`); otherwise the serial becomes
+/// `max(today's YYYYMMDD00, old + 1)`.
+pub fn write_zone(
+    host_root: &Path,
+    nameservers: &[String],
+    account: &AccountName,
+    domain: &Domain,
+    ipv4: Ipv4Addr,
+) -> Result<ZoneWritten> {
+    let dir = fsx::ensure_base(&zone_dir(host_root), 0o755)?;
+    let name = zone_file_name(domain);
+    let existing = match dir.read_file(&name, MAX_ZONE_BYTES) {
+        Ok(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Ok(None) => None,
+        // a symlink or a non-file in its place: replaced by the rename
+        Err(AgentError::UnsafePath(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let old_serial = existing.as_deref().and_then(zone_serial);
+    if let Some(text) = &existing {
+        if let Some(owner) = zone_owner(text) {
+            if owner != account.as_str() {
+                return Err(AgentError::Busy(format!(
+                    "the zone of {domain} belongs to account {owner:?}, not {account}"
+                )));
+            }
+        }
+        if let Some(serial) = old_serial {
+            if *text == render_zone(account, domain, ipv4, nameservers, serial) {
+                return Ok(ZoneWritten {
+                    domain: domain.clone(),
+                    path: dir.path.join(&name).display().to_string(),
+                    serial,
+                    changed: false,
+                });
+            }
+        }
+    }
+    let serial = match old_serial {
+        Some(old) => todays_first_serial().max(old + 1),
+        None => todays_first_serial(),
+    };
+    let text = render_zone(account, domain, ipv4, nameservers, serial);
+    dir.write_atomic(&name, text.as_bytes(), 0o644)?;
+    tracing::info!(account = %account, domain = %domain, serial, "zone written");
+    Ok(ZoneWritten {
+        domain: domain.clone(),
+        path: dir.path.join(&name).display().to_string(),
+        serial,
+        changed: true,
+    })
+}
+
+/// Removes `<host_root>/var/named/<domain>.db`; with `account`, a zone
+/// written for another account is refused. Returns the path and whether
+/// it existed.
+pub fn remove_zone(
+    host_root: &Path,
+    domain: &Domain,
+    account: Option<&AccountName>,
+) -> Result<(PathBuf, bool)> {
+    let path = zone_dir(host_root).join(zone_file_name(domain));
+    let dir = match fsx::open_base(&zone_dir(host_root)) {
+        Ok(d) => d,
+        Err(AgentError::NotFound { .. }) => return Ok((path, false)),
+        Err(e) => return Err(e),
+    };
+    let name = zone_file_name(domain);
+    if let Some(account) = account {
+        if let Ok(Some(b)) = dir.read_file(&name, MAX_ZONE_BYTES) {
+            let text = String::from_utf8_lossy(&b);
+            if let Some(owner) = zone_owner(&text) {
+                if owner != account.as_str() {
+                    return Err(AgentError::Busy(format!(
+                        "the zone of {domain} belongs to account {owner:?}, not {account}"
+                    )));
+                }
+            }
+        }
+    }
+    let existed = dir.remove_file(&name)?;
+    if existed {
+        tracing::info!(domain = %domain, "zone removed");
+    }
+    Ok((path, existed))
+}
+
+/// Opens (creating) `<host_root>/etc/npanel/accounts/<account>/`, the
+/// account component without following a symlink.
+fn account_dir(host_root: &Path, account: &AccountName) -> Result<DirHandle> {
+    let base = fsx::ensure_base(&accounts_dir(host_root), 0o755)?;
+    let (dir, _) = base.ensure_dir(account.as_str(), 0o755)?;
+    Ok(dir)
+}
+
+/// PHP functions disabled per profile.
+pub fn disabled_php_functions(profile: SecurityProfile) -> &'static str {
+    match profile {
+        SecurityProfile::Strict => "exec,passthru,shell_exec,system,proc_open,popen,pcntl_exec,pcntl_fork,proc_nice,proc_terminate,proc_get_status,posix_kill,posix_setuid,posix_setgid,posix_mkfifo,dl,show_source,symlink,link",
+        SecurityProfile::Moderate => {
+            "exec,passthru,shell_exec,system,proc_open,popen,pcntl_exec,dl,show_source"
+        }
+        SecurityProfile::Legacy => "dl",
+    }
+}
+
+/// The `php.ini` fragment of a profile.
+pub fn render_php_ini(account: &AccountName, home: &Path, profile: SecurityProfile) -> String {
+    let p = profile.as_str();
+    let mut s = format!(
+        "; npanel security profile {p} of account {account}, written by npanel-agent: edits here are overwritten\n"
+    );
+    s.push_str(&format!(
+        "disable_functions = \"{}\"\n",
+        disabled_php_functions(profile)
+    ));
+    let url_fopen = if profile == SecurityProfile::Strict {
+        "Off"
+    } else {
+        "On"
+    };
+    s.push_str(&format!("allow_url_fopen = {url_fopen}\n"));
+    s.push_str("allow_url_include = Off\n");
+    s.push_str("expose_php = Off\n");
+    let home = home.display();
+    match profile {
+        SecurityProfile::Strict => s.push_str(&format!("open_basedir = \"{home}/\"\n")),
+        SecurityProfile::Moderate => s.push_str(&format!("open_basedir = \"{home}/:/tmp/\"\n")),
+        SecurityProfile::Legacy => {}
+    }
+    s
+}
+
+/// The sshd `Match User` fragment of a profile.
+pub fn render_ssh_conf(account: &AccountName, profile: SecurityProfile) -> String {
+    let p = profile.as_str();
+    let (password, forwarding) = match profile {
+        SecurityProfile::Strict => ("no", "no"),
+        SecurityProfile::Moderate => ("yes", "no"),
+        SecurityProfile::Legacy => ("yes", "local"),
+    };
+    format!(
+        "# npanel security profile {p} of account {account}, written by npanel-agent: edits here are overwritten\n\
+         Match User {account}\n\
+         \x20   PubkeyAuthentication yes\n\
+         \x20   PasswordAuthentication {password}\n\
+         \x20   KbdInteractiveAuthentication no\n\
+         \x20   AllowTcpForwarding {forwarding}\n\
+         \x20   AllowAgentForwarding no\n\
+         \x20   X11Forwarding no\n\
+         \x20   PermitTunnel no\n"
+    )
+}
+
+/// Writes the security fragments of `account` (see the README for their
+/// content). `cron` (default true) decides whether `cron.allow` exists.
+pub fn write_security(
+    host_root: &Path,
+    home: &Path,
+    account: &AccountName,
+    profile: SecurityProfile,
+    cron: bool,
+) -> Result<SecurityWritten> {
+    let dir = account_dir(host_root, account)?;
+    let mut changed = false;
+    changed |= dir.write_if_changed(
+        "profile",
+        format!("{}\n", profile.as_str()).as_bytes(),
+        0o644,
+    )?;
+    changed |= dir.write_if_changed(
+        "php.ini",
+        render_php_ini(account, home, profile).as_bytes(),
+        0o644,
+    )?;
+    changed |= dir.write_if_changed(
+        "ssh.conf",
+        render_ssh_conf(account, profile).as_bytes(),
+        0o644,
+    )?;
+    let mut files = vec!["profile", "php.ini", "ssh.conf"];
+    if cron {
+        changed |= dir.write_if_changed("cron.allow", format!("{account}\n").as_bytes(), 0o644)?;
+        files.push("cron.allow");
+    } else {
+        changed |= dir.remove_file("cron.allow")?;
+    }
+    if changed {
+        tracing::info!(account = %account, profile = profile.as_str(), cron, "security fragments written");
+    }
+    Ok(SecurityWritten {
+        account: account.clone(),
+        profile,
+        dir: dir.path.display().to_string(),
+        files: files
+            .into_iter()
+            .map(|f| dir.path.join(f).display().to_string())
+            .collect(),
+        changed,
+    })
+}
+
+/// Creates or removes `<host_root>/etc/npanel/accounts/<account>/suspended`
+/// (content: `suspended_at=<RFC 3339 UTC>`; an existing flag keeps its
+/// time). Returns the path and whether anything changed.
+pub fn set_suspended(
+    host_root: &Path,
+    account: &AccountName,
+    suspended: bool,
+) -> Result<(PathBuf, bool)> {
+    let dir = account_dir(host_root, account)?;
+    let path = dir.path.join("suspended");
+    let changed = if suspended {
+        match dir.read_file("suspended", 4096) {
+            Ok(Some(_)) => false,
+            Ok(None) | Err(AgentError::UnsafePath(_)) => {
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                dir.write_atomic(
+                    "suspended",
+                    format!("suspended_at={now}\n").as_bytes(),
+                    0o644,
+                )?;
+                true
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        dir.remove_file("suspended")?
+    };
+    if changed {
+        tracing::info!(account = %account, suspended, "suspended flag set");
+    }
+    Ok((path, changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_text_has_the_records_and_parses_back() {
+        let a = AccountName::parse("alice").unwrap();
+        let d = Domain::parse("example.com").unwrap();
+        let z = render_zone(&a, &d, "192.0.2.7".parse().unwrap(), &[], 2024010203);
+        assert_eq!(zone_owner(&z), Some("alice"));
+        assert_eq!(zone_serial(&z), Some(2024010203));
+        for want in [
+            "SOA\tns1.example.com. hostmaster.example.com.",
+            "@\t86400\tIN\tNS\tns1.example.com.",
+            "@\t\tIN\tA\t192.0.2.7",
+            "www\t\tIN\tA\t192.0.2.7",
+            "mail\t\tIN\tA\t192.0.2.7",
+            "ns2\t\tIN\tA\t192.0.2.7",
+            "@\t\tIN\tMX\t10\tmail.example.com.",
+        ] {
+            assert!(z.contains(want), "{want:?} missing in\n{z}");
+        }
+        let z = render_zone(
+            &a,
+            &d,
+            "192.0.2.7".parse().unwrap(),
+            &["NS1.host.net".into()],
+            1,
+        );
+        assert!(z.contains("NS\tns1.host.net."));
+        assert!(!z.contains("ns1\t\tIN\tA"));
+        assert!(todays_first_serial() > 2_024_010_100);
+    }
+}
