@@ -35,6 +35,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// The store (system of record).
     pub store: StoreConfig,
+    /// Where accounts live: the privileged agent, or the embedded default.
+    pub host: HostSettings,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
@@ -143,6 +145,38 @@ impl StoreConfig {
     }
 }
 
+/// Host settings (DESIGN §11).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSettings {
+    /// The privileged agent's Unix socket (production: `/run/npanel/agent.sock`). Unset: the
+    /// embedded default — provisioning runs the agent's operations in-process against
+    /// `root`, with system users off and cgroups only where this process may write them.
+    pub agent_socket: Option<PathBuf>,
+    /// Embedded default only: the host root. Default `<data_dir>/host`.
+    pub root: Option<PathBuf>,
+    /// The address zone files point new domains at. Default `127.0.0.1`.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// Security template of new accounts: `strict` (default), `moderate`, `legacy`.
+    pub security_profile: Option<String>,
+}
+
+impl HostSettings {
+    /// The embedded default's root for `data_dir`.
+    pub fn root_for(&self, data_dir: &Path) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| data_dir.join("host"))
+    }
+
+    /// As the provisioning job wants it.
+    pub fn provision(&self) -> workers::provision::ProvisionConfig {
+        let d = workers::provision::ProvisionConfig::default();
+        workers::provision::ProvisionConfig {
+            ipv4: self.ipv4.unwrap_or(d.ipv4),
+            security_profile: self.security_profile.clone().unwrap_or(d.security_profile),
+        }
+    }
+}
+
 /// WebSocket settings (see `ws::HubConfig`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -196,6 +230,7 @@ impl Default for Config {
             api: api::ApiConfig::default(),
             ws: WsConfig::default(),
             store: StoreConfig::default(),
+            host: HostSettings::default(),
             log: "info".into(),
             metrics_listen: None,
         }
@@ -308,6 +343,13 @@ impl Config {
                 p.push(format!(
                     "store.url {:?} is not a sqlite:// or postgres:// URL.",
                     redact_url(u)
+                ));
+            }
+        }
+        if let Some(prof) = &self.host.security_profile {
+            if !["strict", "moderate", "legacy"].contains(&prof.as_str()) {
+                p.push(format!(
+                    "host.security_profile {prof:?} is not strict, moderate or legacy."
                 ));
             }
         }

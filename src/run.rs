@@ -25,6 +25,28 @@ pub fn queue(cfg: &Config, url: String) -> anyhow::Result<Queue> {
     Ok(Queue::new(qc)?.with_available_kinds(registry.kinds()))
 }
 
+/// The host operations: the privileged agent when `host.agent_socket` is set, else the same
+/// operations in-process under `host.root` (the embedded default, DESIGN §11).
+fn host(cfg: &Config) -> anyhow::Result<agent::Host> {
+    match &cfg.host.agent_socket {
+        Some(socket) => {
+            info!(socket = %socket.display(), "Host operations go to the agent.");
+            Ok(agent::AgentClient::new(socket, std::time::Duration::from_secs(30)).into())
+        }
+        None => {
+            let root = cfg.host.root_for(&cfg.data_dir);
+            let local = agent::LocalHost::new(&root).with_context(|| {
+                format!("cannot prepare the embedded host root {}", root.display())
+            })?;
+            info!(
+                "{} (set host.agent_socket to use the privileged agent)",
+                local.summary()
+            );
+            Ok(local.into())
+        }
+    }
+}
+
 /// Run until `shutdown` fires.
 pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -74,7 +96,13 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     };
     let mut registry = workers::Registry::builtin();
     if let Some(s) = &store {
-        registry = registry.with_store(s.clone(), cfg.store.days());
+        registry = registry
+            .with_store(s.clone(), cfg.store.days())
+            .with_provisioning(workers::provision::Provisioner::new(
+                s.clone(),
+                std::sync::Arc::new(host(&cfg)?),
+                cfg.host.provision(),
+            ));
     }
     let q = q.with_available_kinds(registry.kinds());
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());

@@ -14,6 +14,7 @@ mod context;
 pub mod diagnostic;
 pub mod metrics;
 mod pool;
+pub mod provision;
 mod registry;
 pub mod retention;
 

@@ -37,6 +37,11 @@ impl Registry {
         })
     }
 
+    /// Add the `provision` handler.
+    pub fn with_provisioning(self, p: std::sync::Arc<crate::provision::Provisioner>) -> Self {
+        self.register(JobKind::Provision, move |ctx| crate::provision::run(ctx, p.clone()))
+    }
+
     /// Add (or replace) the handler of `kind`.
     pub fn register<F, Fut>(mut self, kind: JobKind, f: F) -> Self
     where

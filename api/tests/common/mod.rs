@@ -30,6 +30,9 @@ pub struct Opts {
     pub queue: Option<QueueConfig>,
     /// Run the store on PostgreSQL (`NPANEL_TEST_POSTGRES_URL`) instead of SQLite.
     pub postgres: bool,
+    /// Register the real `provision` handler, running the host operations in-process under
+    /// this root (the embedded default).
+    pub provision_root: Option<std::path::PathBuf>,
 }
 
 impl Default for Opts {
@@ -47,6 +50,7 @@ impl Default for Opts {
             hub: HubConfig::default(),
             queue: None,
             postgres: false,
+            provision_root: None,
         }
     }
 }
@@ -91,22 +95,7 @@ pub async fn restore_handler(ctx: JobContext) -> Result<Value, JobError> {
 
 pub async fn start(o: Opts) -> Server {
     let cfg = o.queue.unwrap_or_else(|| testing::config("api"));
-    let queue = Queue::new(cfg)
-        .unwrap()
-        .with_available_kinds(o.registry.kinds());
     let stop = CancellationToken::new();
-    if o.workers {
-        let pool = Pool::new(
-            queue.clone(),
-            o.registry,
-            PoolConfig {
-                backoff_base: Duration::from_millis(50),
-                ..PoolConfig::default()
-            },
-        );
-        tokio::spawn(pool.run(stop.clone()));
-    }
-    let hub = Hub::start(queue.clone(), o.hub, stop.clone());
     let ts = if o.postgres {
         store::testing::postgres()
             .await
@@ -115,6 +104,30 @@ pub async fn start(o: Opts) -> Server {
         store::testing::sqlite().await
     };
     seed(&ts).await;
+    let mut registry = o.registry;
+    if let Some(root) = &o.provision_root {
+        let host: agent::Host = agent::LocalHost::new(root).unwrap().into();
+        registry = registry.with_provisioning(workers::provision::Provisioner::new(
+            ts.store.clone(),
+            std::sync::Arc::new(host),
+            workers::provision::ProvisionConfig::default(),
+        ));
+    }
+    let queue = Queue::new(cfg)
+        .unwrap()
+        .with_available_kinds(registry.kinds());
+    if o.workers {
+        let pool = Pool::new(
+            queue.clone(),
+            registry,
+            PoolConfig {
+                backoff_base: Duration::from_millis(50),
+                ..PoolConfig::default()
+            },
+        );
+        tokio::spawn(pool.run(stop.clone()));
+    }
+    let hub = Hub::start(queue.clone(), o.hub, stop.clone());
     let state = AppState::new(
         queue.clone(),
         hub,

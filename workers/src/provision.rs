@@ -1,0 +1,573 @@
+//! The `provision` handler (DESIGN §10, §11): create, suspend, unsuspend, change_package,
+//! terminate, change_password and reapply_package, each a sequence of idempotent steps.
+//!
+//! # Why it is shaped like this
+//! - **Every step is idempotent**, on the host (the agent's operations answer "already so"
+//!   instead of failing) and in the store, so a retried job — after a crash, a lost lease, or a
+//!   WHMCS Module Queue retry — finishes the work instead of tripping over what exists. A step
+//!   that fails leaves a state the next attempt completes; the account row only turns `active`
+//!   (or `suspended`, `terminated`) after the host steps succeeded.
+//! - **Stages are the steps**, reported with `done/total`, so `npanel watch` and the WebSocket
+//!   show which step a job is on.
+//! - **The host is behind [`HostOps`]**: the privileged agent over its socket in production, or
+//!   the same operations in-process against `<data_dir>/host` (the embedded default). Requests
+//!   are the agent's typed [`agent::Request`]s; the handler never runs anything as root itself.
+//! - **Audit**: the job's own completion is recorded by the archiver (`provision_succeeded`,
+//!   `provision_failed`); the routes that enqueue it record who asked.
+
+use crate::{JobContext, JobError};
+use agent::{AgentError, Reply, Request};
+use futures::future::BoxFuture;
+use queue::{Provision, ProvisionAction};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use store::{Account, AccountStatus, Limits, Store, StoreError};
+
+/// What provisioning needs from the host: one typed agent request at a time.
+pub trait HostOps: Send + Sync + 'static {
+    /// Carry out `req`.
+    fn call(&self, req: Request) -> BoxFuture<'_, Result<Reply, AgentError>>;
+}
+
+/// Provisioning settings.
+#[derive(Clone, Debug)]
+pub struct ProvisionConfig {
+    /// The address zone files point the account's domain at.
+    pub ipv4: Ipv4Addr,
+    /// Security template for new accounts (`strict`, `moderate`, `legacy`).
+    pub security_profile: String,
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        ProvisionConfig {
+            ipv4: Ipv4Addr::LOCALHOST,
+            security_profile: "strict".into(),
+        }
+    }
+}
+
+/// The handler's dependencies.
+pub struct Provisioner {
+    store: Store,
+    host: Arc<dyn HostOps>,
+    cfg: ProvisionConfig,
+}
+
+impl Provisioner {
+    /// A provisioner over `store` and `host`.
+    pub fn new(store: Store, host: Arc<dyn HostOps>, cfg: ProvisionConfig) -> Arc<Provisioner> {
+        Arc::new(Provisioner { store, host, cfg })
+    }
+}
+
+fn store_err(e: StoreError) -> JobError {
+    match e {
+        StoreError::Unavailable(m) => JobError::Transient(m),
+        StoreError::NotFound(m) => JobError::Permanent(m),
+        other => JobError::Permanent(other.to_string()),
+    }
+}
+
+fn host_err(op: &str, e: AgentError) -> JobError {
+    use agent::ErrorCode as C;
+    let msg = format!("host step {op} failed: {e}");
+    match e.code() {
+        C::InvalidRequest | C::InvalidAccount | C::UnsafePath | C::NotPermitted => {
+            JobError::Permanent(msg)
+        }
+        _ => JobError::Transient(msg),
+    }
+}
+
+/// The agent's cgroup limits from a package's limits (unset = the agent's defaults).
+fn limits_patch(l: &Limits) -> Value {
+    let mut p = serde_json::Map::new();
+    if let Some(c) = l.cpu_percent {
+        p.insert(
+            "cpu_max".into(),
+            json!({"quota_us": c.saturating_mul(1000), "period_us": 100_000}),
+        );
+    }
+    if let Some(m) = l.memory_mb {
+        p.insert("memory_max".into(), json!(m.saturating_mul(1024 * 1024)));
+    }
+    if let Some(io) = l.io_mbps {
+        let bps = io.saturating_mul(1024 * 1024);
+        p.insert("io_rbps".into(), json!(bps));
+        p.insert("io_wbps".into(), json!(bps));
+    }
+    if let Some(n) = l.pids {
+        p.insert("pids_max".into(), json!(n));
+    }
+    Value::Object(p)
+}
+
+/// One job's walk through its steps.
+struct Run<'a> {
+    ctx: &'a JobContext,
+    p: &'a Provisioner,
+    total: u64,
+    done: u64,
+}
+
+impl Run<'_> {
+    /// Run one host request as the next step; returns the reply as JSON.
+    async fn host(&mut self, stage: &str, req: Value) -> Result<Value, JobError> {
+        self.host_or(stage, req, &[]).await
+    }
+
+    /// [`Run::host`], where an answer with one of the `tolerated` error codes (say, no cgroup
+    /// for an account whose host was rebuilt) is logged and the job goes on.
+    async fn host_or(
+        &mut self,
+        stage: &str,
+        req: Value,
+        tolerated: &[agent::ErrorCode],
+    ) -> Result<Value, JobError> {
+        self.ctx.progress(stage, self.done, self.total);
+        let op = req["op"].as_str().unwrap_or("?").to_string();
+        let req: Request = serde_json::from_value(req)
+            .map_err(|e| JobError::Permanent(format!("host step {op}: invalid request: {e}")))?;
+        let v = match self.p.host.call(req).await {
+            Ok(reply) => serde_json::to_value(&reply).unwrap_or(Value::Null),
+            Err(e) if tolerated.contains(&e.code()) => {
+                self.ctx.log(format!("{op}: {e} (continuing)"));
+                Value::Null
+            }
+            Err(e) => return Err(host_err(&op, e)),
+        };
+        if v["type"] == "skipped" {
+            self.ctx.log(format!(
+                "{op}: skipped on this host: {}",
+                v["reason"].as_str().unwrap_or("no reason given")
+            ));
+        } else if !v.is_null() {
+            self.ctx.log(format!("{op}: done"));
+        }
+        self.done += 1;
+        self.ctx.progress(stage, self.done, self.total);
+        Ok(v)
+    }
+
+    /// A store step.
+    fn step(&mut self, stage: &str) {
+        self.ctx.progress(stage, self.done, self.total);
+        self.done += 1;
+    }
+}
+
+/// Freeze, thaw, kill and remove need the account's cgroup; an account whose cgroup is gone
+/// (a rebuilt host) or a host without cgroups is still handled by its other steps.
+const NO_CGROUP: &[agent::ErrorCode] = &[agent::ErrorCode::NotFound, agent::ErrorCode::Unsupported];
+
+async fn account(p: &Provisioner, id: &str) -> Result<Account, JobError> {
+    p.store.account(id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => JobError::Permanent(format!(
+            "account {id} is not recorded in the store; create it through POST /api/accounts or WHMCS"
+        )),
+        e => store_err(e),
+    })
+}
+
+async fn package_limits(p: &Provisioner, a: &Account) -> Result<Limits, JobError> {
+    match &a.package {
+        Some(id) => Ok(p.store.package(id).await.map_err(store_err)?.limits),
+        None => Ok(Limits::default()),
+    }
+}
+
+/// Run one `provision` job.
+pub async fn run(ctx: JobContext, p: Arc<Provisioner>) -> Result<Value, JobError> {
+    let job: Provision = ctx.payload()?;
+    match job.action {
+        ProvisionAction::ReapplyPackage => reapply(&ctx, &p, &job).await,
+        _ if job.account.is_empty() => {
+            Err(JobError::Permanent("the payload names no account".into()))
+        }
+        ProvisionAction::Create => create(&ctx, &p, &job).await,
+        ProvisionAction::Suspend => suspend(&ctx, &p, &job).await,
+        ProvisionAction::Unsuspend => unsuspend(&ctx, &p, &job).await,
+        ProvisionAction::ChangePackage => change_package(&ctx, &p, &job).await,
+        ProvisionAction::Terminate => terminate(&ctx, &p, &job).await,
+        ProvisionAction::ChangePassword => change_password(&ctx, &p, &job).await,
+    }
+}
+
+async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    match a.status {
+        AccountStatus::Terminated => {
+            return Err(JobError::Permanent(format!(
+                "account {} was terminated; it cannot be created again under that name",
+                a.id
+            )))
+        }
+        AccountStatus::Active | AccountStatus::Suspended => {
+            ctx.log("the account already exists; checking every step again");
+        }
+        AccountStatus::Pending => {}
+    }
+    let limits = package_limits(p, &a).await?;
+    let domain = a.domain.clone().or_else(|| job.domain.clone());
+    let mut r = Run {
+        ctx,
+        p,
+        total: 6 + u64::from(domain.is_some()) * 2 + u64::from(job.password.is_some()),
+        done: 0,
+    };
+    let user = r
+        .host(
+            "system_user",
+            json!({"op": "create_user", "account": a.id, "home_layout": true}),
+        )
+        .await?;
+    let (uid, gid) = (user["uid"].as_u64(), user["gid"].as_u64());
+    let (Some(uid), Some(gid)) = (uid, gid) else {
+        return Err(JobError::Permanent(format!(
+            "the host answered create_user without ids: {user}"
+        )));
+    };
+    p.store
+        .set_account_host(&a.id, uid as i64, gid as i64)
+        .await
+        .map_err(store_err)?;
+    if let Some(d) = &domain {
+        r.host(
+            "home",
+            json!({"op": "build_home", "account": a.id, "uid": uid, "gid": gid, "domain": d}),
+        )
+        .await?;
+        r.host(
+            "dns",
+            json!({"op": "write_zone", "account": a.id, "domain": d, "ipv4": p.cfg.ipv4}),
+        )
+        .await?;
+    }
+    r.host(
+        "limits",
+        json!({"op": "apply_limits", "account": a.id, "limits": limits_patch(&limits)}),
+    )
+    .await?;
+    let quota = r
+        .host(
+            "quota",
+            json!({"op": "set_quota", "account": a.id, "disk_mb": limits.disk_mb}),
+        )
+        .await?;
+    r.host(
+        "security",
+        json!({"op": "write_security", "account": a.id, "profile": p.cfg.security_profile}),
+    )
+    .await?;
+    if let Some(pw) = &job.password {
+        r.host(
+            "password",
+            json!({"op": "set_password", "account": a.id, "password": pw}),
+        )
+        .await?;
+    }
+    // A re-run on a suspended account keeps it suspended.
+    let suspended = a.status == AccountStatus::Suspended;
+    r.host(
+        "finalize",
+        json!({"op": "set_suspended", "account": a.id, "suspended": suspended}),
+    )
+    .await?;
+    r.step("finalize");
+    if a.status == AccountStatus::Pending {
+        p.store
+            .set_account_status(&a.id, AccountStatus::Active, None)
+            .await
+            .map_err(store_err)?;
+    }
+    ctx.progress("finalize", r.total, r.total);
+    let domain_s = domain.clone().unwrap_or_default();
+    Ok(json!({
+        "account_id": a.id,
+        "credentials": {"username": a.id, "domain": domain, "uid": uid, "gid": gid},
+        "package": a.package,
+        "limits": limits,
+        "disk_quota": quota["status"],
+        "next_steps": [
+            format!("Point the domain's name servers or an A record at {}", p.cfg.ipv4),
+            format!("Upload the site into public_html/ of {}", if domain_s.is_empty() { a.id.clone() } else { domain_s }),
+            "Set up mailboxes and databases in the panel".to_string(),
+        ],
+    }))
+}
+
+async fn suspend(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    if a.status == AccountStatus::Terminated {
+        return Err(JobError::Permanent(format!(
+            "account {} is terminated",
+            a.id
+        )));
+    }
+    let mut r = Run {
+        ctx,
+        p,
+        total: 4,
+        done: 0,
+    };
+    r.host_or(
+        "freeze",
+        json!({"op": "freeze", "account": a.id}),
+        NO_CGROUP,
+    )
+    .await?;
+    r.host("login", json!({"op": "lock_user", "account": a.id}))
+        .await?;
+    r.host(
+        "web_and_mail",
+        json!({"op": "set_suspended", "account": a.id, "suspended": true}),
+    )
+    .await?;
+    r.step("record");
+    let a = if a.status == AccountStatus::Suspended {
+        a
+    } else {
+        p.store
+            .set_account_status(&a.id, AccountStatus::Suspended, job.reason.as_deref())
+            .await
+            .map_err(store_err)?
+    };
+    Ok(json!({"account_id": a.id, "status": "suspended",
+        "suspended_at": a.suspended_at, "reason": a.suspend_reason}))
+}
+
+async fn unsuspend(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    if a.status == AccountStatus::Terminated {
+        return Err(JobError::Permanent(format!(
+            "account {} is terminated",
+            a.id
+        )));
+    }
+    let mut r = Run {
+        ctx,
+        p,
+        total: 4,
+        done: 0,
+    };
+    r.host(
+        "web_and_mail",
+        json!({"op": "set_suspended", "account": a.id, "suspended": false}),
+    )
+    .await?;
+    r.host("login", json!({"op": "unlock_user", "account": a.id}))
+        .await?;
+    r.host_or("thaw", json!({"op": "thaw", "account": a.id}), NO_CGROUP)
+        .await?;
+    r.step("record");
+    if a.status == AccountStatus::Suspended {
+        p.store
+            .set_account_status(&a.id, AccountStatus::Active, None)
+            .await
+            .map_err(store_err)?;
+    }
+    Ok(json!({"account_id": a.id, "status": "active"}))
+}
+
+async fn change_package(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    let pkg = job
+        .package
+        .clone()
+        .ok_or_else(|| JobError::Permanent("change_package needs a package".into()))?;
+    if a.status == AccountStatus::Terminated {
+        return Err(JobError::Permanent(format!(
+            "account {} is terminated",
+            a.id
+        )));
+    }
+    let limits = p.store.package(&pkg).await.map_err(store_err)?.limits;
+    let mut r = Run {
+        ctx,
+        p,
+        total: 3,
+        done: 0,
+    };
+    r.host(
+        "limits",
+        json!({"op": "apply_limits", "account": a.id, "limits": limits_patch(&limits)}),
+    )
+    .await?;
+    r.host(
+        "quota",
+        json!({"op": "set_quota", "account": a.id, "disk_mb": limits.disk_mb}),
+    )
+    .await?;
+    r.step("record");
+    p.store
+        .set_account_package(&a.id, &pkg)
+        .await
+        .map_err(store_err)?;
+    Ok(json!({"account_id": a.id, "package": pkg, "old_package": a.package, "new_limits": limits}))
+}
+
+async fn change_password(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    if a.status == AccountStatus::Terminated {
+        return Err(JobError::Permanent(format!(
+            "account {} is terminated",
+            a.id
+        )));
+    }
+    let pw = job
+        .password
+        .as_deref()
+        .ok_or_else(|| JobError::Permanent("change_password needs a password".into()))?;
+    let mut r = Run {
+        ctx,
+        p,
+        total: 1,
+        done: 0,
+    };
+    r.host(
+        "password",
+        json!({"op": "set_password", "account": a.id, "password": pw}),
+    )
+    .await?;
+    Ok(json!({"account_id": a.id, "password_changed": true}))
+}
+
+async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    if a.status == AccountStatus::Terminated {
+        ctx.log("already terminated");
+        return Ok(
+            json!({"account_id": a.id, "status": "terminated", "backup_location": Value::Null}),
+        );
+    }
+    let mut r = Run {
+        ctx,
+        p,
+        total: 8,
+        done: 0,
+    };
+    r.host_or(
+        "processes",
+        json!({"op": "kill", "account": a.id}),
+        NO_CGROUP,
+    )
+    .await?;
+    r.host("login", json!({"op": "lock_user", "account": a.id}))
+        .await?;
+    // The backup comes before anything is removed; a retry makes a new one (the home is
+    // still whole until remove_home below succeeded).
+    let manifest = json!({"account": a.id, "package": a.package, "domain": a.domain,
+        "reason": job.reason, "job_id": ctx.id, "created_by": "npanel provision/terminate"});
+    let backup = r
+        .host(
+            "backup",
+            json!({"op": "backup_home", "account": a.id, "manifest": manifest}),
+        )
+        .await?;
+    let location = backup["path"].clone();
+    if let Some(d) = &a.domain {
+        r.host(
+            "dns",
+            json!({"op": "remove_zone", "domain": d, "account": a.id}),
+        )
+        .await?;
+    }
+    r.host_or(
+        "limits",
+        json!({"op": "remove", "account": a.id}),
+        NO_CGROUP,
+    )
+    .await?;
+    r.host("system_user", json!({"op": "delete_user", "account": a.id}))
+        .await?;
+    r.host("home", json!({"op": "remove_home", "account": a.id}))
+        .await?;
+    r.step("record");
+    p.store
+        .set_account_status(&a.id, AccountStatus::Terminated, job.reason.as_deref())
+        .await
+        .map_err(store_err)?;
+    Ok(
+        json!({"account_id": a.id, "status": "terminated", "backup_location": location,
+        "backup_bytes": backup["bytes"]}),
+    )
+}
+
+async fn reapply(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let pkg_id = job
+        .package
+        .clone()
+        .ok_or_else(|| JobError::Permanent("reapply_package needs a package".into()))?;
+    let pkg = p.store.package(&pkg_id).await.map_err(store_err)?;
+    if job.package_version.is_some_and(|v| v < pkg.version) {
+        ctx.log(format!(
+            "package {pkg_id} is at version {} now (this job was for {}); applying the current one",
+            pkg.version,
+            job.package_version.unwrap_or_default()
+        ));
+    }
+    let total = p
+        .store
+        .package_usage(&pkg_id)
+        .await
+        .map_err(store_err)?
+        .max(0) as u64;
+    let patch = limits_patch(&pkg.limits);
+    let (mut done, mut failed) = (0u64, Vec::new());
+    let mut after: Option<String> = None;
+    loop {
+        let page = p
+            .store
+            .accounts_on_package(&pkg_id, after.as_deref(), 200)
+            .await
+            .map_err(store_err)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for a in &page {
+            ctx.progress("accounts", done, total.max(done + 1));
+            for req in [
+                json!({"op": "apply_limits", "account": a.id, "limits": patch}),
+                json!({"op": "set_quota", "account": a.id, "disk_mb": pkg.limits.disk_mb}),
+            ] {
+                let op = req["op"].as_str().unwrap_or("?").to_string();
+                let req: Request = serde_json::from_value(req)
+                    .map_err(|e| JobError::Permanent(format!("invalid host request: {e}")))?;
+                if let Err(e) = p.host.call(req).await {
+                    // One account's trouble does not stop the others; it is reported.
+                    ctx.log(format!("{}: {op} failed: {e}", a.id));
+                    failed.push(json!({"account": a.id, "step": op, "error": e.to_string()}));
+                }
+            }
+            done += 1;
+        }
+    }
+    ctx.progress("accounts", done, done.max(1));
+    if !failed.is_empty() && failed.len() as u64 == done {
+        return Err(JobError::Transient(format!(
+            "package {pkg_id}: every account failed ({} of {done}); first: {}",
+            failed.len(),
+            failed[0]
+        )));
+    }
+    Ok(
+        json!({"package": pkg_id, "version": pkg.version, "accounts": done,
+        "failed": failed, "new_limits": pkg.limits}),
+    )
+}
+
+impl HostOps for agent::Host {
+    fn call(&self, req: Request) -> BoxFuture<'_, Result<Reply, AgentError>> {
+        // The inherent method: over the socket, or in-process.
+        Box::pin(agent::Host::call(self, req))
+    }
+}
