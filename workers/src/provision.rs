@@ -138,7 +138,7 @@ impl Run<'_> {
             }
             Err(e) => return Err(host_err(&op, e)),
         };
-        if v["type"] == "skipped" {
+        if v["type"] == "skipped" || v["status"] == "skipped" {
             self.ctx.log(format!(
                 "{op}: skipped on this host: {}",
                 v["reason"].as_str().unwrap_or("no reason given")
