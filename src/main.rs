@@ -108,6 +108,51 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// WHMCS API keys (opens the store like `serve`: same --data-dir or DATABASE_URL).
+    Whmcs {
+        #[command(subcommand)]
+        cmd: WhmcsCmd,
+        /// Data directory (where the SQLite store lives).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WhmcsCmd {
+    /// Create, rotate, revoke and list keys.
+    Key {
+        #[command(subcommand)]
+        cmd: WhmcsKeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WhmcsKeyCmd {
+    /// Make a key; prints its id and secret once.
+    Create {
+        /// Scope it to this reseller (it reaches only the reseller's customers); unset: admin.
+        #[arg(long)]
+        reseller: Option<String>,
+        /// A note for operators (which WHMCS, who asked).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Add a new secret (printed once); the previous ones work for the grace period.
+    Rotate {
+        /// Key id (wk_...).
+        id: String,
+        /// How long the previous secrets keep working: 0, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+    /// Refuse every request signed with the key from now on.
+    Revoke {
+        /// Key id (wk_...).
+        id: String,
+    },
+    /// Every key with its scope and state (never a secret).
+    List,
 }
 
 /// Where the API is.
@@ -350,10 +395,12 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             listen: listen.clone(),
             data_dir: data_dir.clone(),
         },
-        Cmd::Worker { data_dir } | Cmd::Token { data_dir, .. } => Overrides {
-            listen: None,
-            data_dir: data_dir.clone(),
-        },
+        Cmd::Worker { data_dir } | Cmd::Token { data_dir, .. } | Cmd::Whmcs { data_dir, .. } => {
+            Overrides {
+                listen: None,
+                data_dir: data_dir.clone(),
+            }
+        }
         _ => Overrides::default(),
     };
     let cfg = Config::load(cli.config.as_deref(), &flags)?;
@@ -569,6 +616,22 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                             .await?
                     }
                     AuditCmd::Verify => return cli::audit::verify(&api).await,
+                }
+                Ok(true)
+            }
+            Cmd::Whmcs {
+                cmd: WhmcsCmd::Key { cmd },
+                ..
+            } => {
+                match cmd {
+                    WhmcsKeyCmd::Create { reseller, note } => {
+                        cli::whmcs::create(&cfg, reseller, note).await?
+                    }
+                    WhmcsKeyCmd::Rotate { id, grace } => {
+                        cli::whmcs::rotate(&cfg, &id, &grace).await?
+                    }
+                    WhmcsKeyCmd::Revoke { id } => cli::whmcs::revoke(&cfg, &id).await?,
+                    WhmcsKeyCmd::List => cli::whmcs::list(&cfg).await?,
                 }
                 Ok(true)
             }

@@ -108,7 +108,7 @@ fn require_manage(caller: &Caller, a: &Account) -> Result<(), ApiError> {
     }
 }
 
-fn check_password(p: &str) -> Result<(), ApiError> {
+pub(crate) fn check_password(p: &str) -> Result<(), ApiError> {
     let classes = [
         p.chars().any(|c| c.is_ascii_lowercase()),
         p.chars().any(|c| c.is_ascii_uppercase()),

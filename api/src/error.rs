@@ -22,6 +22,7 @@
 //! | `TooManyTenantConnections` | `too_many_connections` | 429 | `Retry-After`; `ws.max_per_tenant` reached |
 //! | `Unavailable` | `unavailable` | 503 | `Retry-After`; Redis unreachable |
 //! | `Timeout` | `timeout` | 503 | request took longer than `api.request_timeout_secs` |
+//! | `JobFailed` | `job_failed` | 502 | the job doing the work failed (WHMCS calls that wait for their job) |
 //! | `Internal` | `internal` | 500 | details only in the log, inside the request's span |
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -92,6 +93,9 @@ pub enum ApiError {
     /// The request took too long.
     #[error("the request took too long and was abandoned")]
     Timeout,
+    /// The job doing the work failed (a WHMCS call waited for it); the message says why.
+    #[error("{0}")]
+    JobFailed(String),
     /// A bug or an unexpected reply; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -132,6 +136,7 @@ impl ApiError {
             TooManyTenantConnections(_) => ("too_many_connections", StatusCode::TOO_MANY_REQUESTS),
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
+            JobFailed(_) => ("job_failed", StatusCode::BAD_GATEWAY),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

@@ -1,4 +1,5 @@
-//! `/api/jobs`: enqueue (admins), list, read, cancel, retry, all under the tenant rules.
+//! `/api/jobs`: enqueue (admins), list, read, wait for, cancel, retry, all under the tenant
+//! rules.
 
 use crate::audit::Ctx;
 use crate::auth::Caller;
@@ -221,9 +222,31 @@ async fn enqueue_inner(
         .kind
         .parse()
         .map_err(|e: queue::UnknownKind| ApiError::Unprocessable(e.to_string()))?;
+    // A provisioning job's account comes from its payload, so per-account order (a suspend
+    // never overtakes the create it follows) holds however the job was enqueued.
+    let mut account = req.account;
+    if kind == JobKind::Provision {
+        if let Some(a) = req.payload["account"].as_str().filter(|a| !a.is_empty()) {
+            if account.as_deref().is_some_and(|x| x != a) {
+                return Err(ApiError::Unprocessable(format!(
+                    "account {:?} differs from the payload's account {a:?}",
+                    account.unwrap_or_default()
+                )));
+            }
+            account = Some(a.to_string());
+        }
+    }
+    let reseller = match (&account, req.reseller) {
+        (Some(a), None) => match st.store.account(a).await {
+            Ok(acc) => acc.reseller,
+            Err(store::StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+        (_, r) => r,
+    };
     let mut job = NewJob::new(kind, req.payload);
-    job.account = req.account;
-    job.reseller = req.reseller;
+    job.account = account;
+    job.reseller = reseller;
     job.idempotency_key = req.idempotency_key;
     job.max_attempts = req.max_attempts;
     tracing::info!(target: "audit", actor = %caller.0.subject, %kind, "Job enqueued by an admin.");
@@ -333,6 +356,52 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     Ok(Json(visible_job(&st, &caller, &id).await?))
+}
+
+/// Longest `GET /api/jobs/{id}/wait` may wait, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// `GET /api/jobs/{id}/wait` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait for the job to end (0-60, default 25).
+    #[param(minimum = 0, maximum = 60)]
+    pub timeout: Option<u64>,
+}
+
+/// Long-poll: wait until the job ends or `timeout` passes, then answer the job either way
+/// (look at its `status`). The wait holds one of the server's dedicated wait connections; when
+/// none is free it answers at once with the job as it is.
+#[utoipa::path(get, path = "/api/jobs/{id}/wait", tag = "jobs", params(("id" = String, Path, description = "Job id"), WaitQuery),
+    responses((status = 200, body = Object, description = "The job (DESIGN §3 shape), finished or not"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn wait(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> Result<Json<Job>, ApiError> {
+    let secs = q.timeout.unwrap_or(25);
+    if secs > MAX_WAIT_SECS {
+        return Err(ApiError::BadRequest(format!(
+            "timeout must be 0 to {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    let job = visible_job(&st, &caller, &id).await?;
+    if job.status.is_final() {
+        return Ok(Json(job));
+    }
+    match st
+        .waiter
+        .wait(&id, std::time::Duration::from_secs(secs))
+        .await
+    {
+        Ok(outcome) => Ok(Json(outcome.job().clone())),
+        // Archived and dropped from Redis meanwhile: the history has it.
+        Err(queue::QueueError::NotFound(_)) => Ok(Json(visible_job(&st, &caller, &id).await?)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Answer of cancel and retry.

@@ -7,7 +7,9 @@
 //! - Middleware, outermost first (one `ServiceBuilder`, STYLE.md §10): request id (`x-request-id`,
 //!   generated as a ULID when absent, echoed back) → a tracing span per request (method, route,
 //!   request id, role; never the query string, which may hold a token) → metrics → timeout →
-//!   body limit; then on `/api/*` only: [`auth::authenticate`] → [`limit::rate_limit`].
+//!   body limit; then on `/api/*` only: [`auth::authenticate`] → [`limit::rate_limit`], except
+//!   `/api/whmcs/*`, which takes signed requests instead ([`whmcs::authenticate`], its own
+//!   per-key limit).
 //! - [`error`] holds the one error type and its table of stable codes.
 //! - Every route is registered through `utoipa-axum`, so `/api/openapi.json` is generated from
 //!   the same annotations that mount the handlers and cannot drift from them.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod ops;
 pub mod packages;
 pub mod restore;
+pub mod whmcs;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
@@ -69,6 +72,8 @@ pub struct ApiConfig {
     pub request_timeout_secs: u64,
     /// Largest request body in bytes; larger is 413. Default 1 MiB.
     pub body_limit_bytes: usize,
+    /// The WHMCS API (wait bound, per-key limit, login URL).
+    pub whmcs: whmcs::WhmcsConfig,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -81,6 +86,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("rate_limit", &self.rate_limit)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("whmcs", &self.whmcs)
             .finish()
     }
 }
@@ -92,6 +98,7 @@ impl Default for ApiConfig {
             rate_limit: limit::RateLimitConfig::default(),
             request_timeout_secs: 30,
             body_limit_bytes: 1024 * 1024,
+            whmcs: whmcs::WhmcsConfig::default(),
         }
     }
 }
@@ -111,6 +118,7 @@ impl ApiConfig {
                 "api.jwt_secret must be at least 16 characters (or unset, to generate one).".into(),
             );
         }
+        p.extend(self.whmcs.validate(self.request_timeout_secs));
         p
     }
 }
@@ -126,6 +134,9 @@ pub struct AppState {
     pub store: store::Store,
     /// The audit log's write path.
     pub auditor: Arc<audit::Auditor>,
+    /// Waits for jobs on dedicated connections (WHMCS calls, `GET /api/jobs/{id}/wait`).
+    pub waiter: queue::Waiter,
+    pub(crate) whmcs: Arc<whmcs::Limits>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) limits: Arc<limit::Limiters>,
     pub(crate) prometheus: PrometheusHandle,
@@ -148,7 +159,10 @@ impl AppState {
         let limits = Arc::new(limit::Limiters::new(&cfg.rate_limit));
         limit::spawn_janitor(&limits);
         history::attach(&hub, queue.clone(), store.clone());
+        let waiter = queue::Waiter::new(&queue).expect("the queue accepted this Redis URL already");
         AppState {
+            waiter,
+            whmcs: whmcs::Limits::new(&cfg.whmcs),
             auditor: audit::Auditor::new(queue.clone(), store.clone()),
             store,
             queue,
@@ -192,18 +206,31 @@ impl MakeRequestId for MakeUlid {
 }
 
 async fn timeout(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let d = Duration::from_secs(st.cfg.request_timeout_secs);
+    let mut d = Duration::from_secs(st.cfg.request_timeout_secs);
+    if req.uri().path().ends_with("/wait") {
+        // A long poll bounds itself (at most jobs::MAX_WAIT_SECS).
+        d = d.max(Duration::from_secs(jobs::MAX_WAIT_SECS + 5));
+    }
     match tokio::time::timeout(d, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
     }
 }
 
-/// The routes and their OpenAPI document, from the same registrations.
-fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+/// The routes: JWT ones, WHMCS ones, operations; and their OpenAPI document, from the same
+/// registrations.
+type Routes = (
+    Router<AppState>,
+    Router<AppState>,
+    Router<AppState>,
+    utoipa::openapi::OpenApi,
+);
+
+fn routes() -> Routes {
     let (api, mut doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(jobs::enqueue, jobs::list))
         .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::wait))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(live::job_live))
@@ -245,27 +272,42 @@ fn routes() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .split_for_parts();
+    let (whmcs, whmcs_doc) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(whmcs::create_account))
+        .routes(routes!(whmcs::suspend_account))
+        .routes(routes!(whmcs::unsuspend_account))
+        .routes(routes!(whmcs::upgrade_package))
+        .routes(routes!(whmcs::terminate_account))
+        .routes(routes!(whmcs::change_password))
+        .routes(routes!(whmcs::account_status))
+        .routes(routes!(whmcs::account_usage))
+        .routes(routes!(whmcs::usage))
+        .routes(routes!(whmcs::accounts))
+        .split_for_parts();
     doc.merge(ops_doc);
+    doc.merge(whmcs_doc);
     doc.info.title = "nPanel jobs API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.contact = None;
     doc.info.license = Some(utoipa::openapi::License::new("MIT"));
     doc.info.description = Some(
-        "Bearer JWT on every /api route (roles admin, reseller, customer); errors are \
-         {\"error\": code, \"message\"}."
+        "Bearer JWT on every /api route (roles admin, reseller, customer) but /api/whmcs, which \
+         takes requests signed with a WHMCS key (Bearer key id, X-WHMCS-Timestamp, \
+         X-WHMCS-Signature); errors are {\"error\": code, \"message\"} (WHMCS: {\"status\": \
+         \"error\", \"error\", \"message\"})."
             .into(),
     );
-    (api, ops, doc)
+    (api, whmcs, ops, doc)
 }
 
 /// The OpenAPI document (as served at `/api/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().2
+    routes().3
 }
 
 /// The whole app.
 pub fn router(state: AppState) -> Router {
-    let (api, ops, doc) = routes();
+    let (api, whmcs, ops, doc) = routes();
     let _ = state
         .openapi
         .set(serde_json::to_string(&doc).expect("openapi serialises"));
@@ -274,9 +316,12 @@ pub fn router(state: AppState) -> Router {
             .layer(from_fn_with_state(state.clone(), auth::authenticate))
             .layer(from_fn_with_state(state.clone(), limit::rate_limit)),
     );
+    // Signed requests, not JWTs: neither the JWT middleware nor its per-IP limiter.
+    let whmcs = whmcs.layer(from_fn_with_state(state.clone(), whmcs::authenticate));
     let body_limit = state.cfg.body_limit_bytes;
     Router::new()
         .merge(api)
+        .merge(whmcs)
         .merge(ops)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

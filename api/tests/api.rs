@@ -738,6 +738,17 @@ async fn openapi_lists_every_route() {
         "GET /api/audit/{id}",
         "GET /api/audit/export",
         "GET /api/audit/verify",
+        "GET /api/jobs/{id}/wait",
+        "POST /api/whmcs/create-account",
+        "POST /api/whmcs/suspend-account",
+        "POST /api/whmcs/unsuspend-account",
+        "POST /api/whmcs/upgrade-package",
+        "POST /api/whmcs/terminate-account",
+        "POST /api/whmcs/change-password",
+        "GET /api/whmcs/account/{id}/status",
+        "GET /api/whmcs/account/{id}/usage",
+        "GET /api/whmcs/usage",
+        "GET /api/whmcs/accounts",
     ]
     .into_iter()
     .map(String::from)

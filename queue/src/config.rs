@@ -27,6 +27,9 @@ pub struct QueueConfig {
     pub idempotency_ttl_secs: u64,
     /// Multiplexed Redis connections this process opens (requests are pipelined on each). Default 4.
     pub pool_size: usize,
+    /// Dedicated connections for callers waiting on a job's end (`queue::Waiter`: WHMCS calls,
+    /// `GET /api/jobs/{id}/wait`); also the most such waits at once. Default 64.
+    pub wait_connections: usize,
     /// Starting per-kind concurrency limits, used until an admin sets one at runtime.
     /// Missing kinds use the built-in defaults (provision 10, restore 3, ...).
     pub limits: BTreeMap<JobKind, u32>,
@@ -44,6 +47,7 @@ impl Default for QueueConfig {
             events_maxlen: 10_000,
             idempotency_ttl_secs: 24 * 3600,
             pool_size: 4,
+            wait_connections: 64,
             limits: BTreeMap::new(),
         }
     }
@@ -87,6 +91,9 @@ impl QueueConfig {
         }
         if self.pool_size == 0 {
             errs.push("queue.pool_size must be at least 1.".into());
+        }
+        if self.wait_connections == 0 {
+            errs.push("queue.wait_connections must be at least 1.".into());
         }
         if self.events_maxlen < 100 {
             errs.push("queue.events_maxlen must be at least 100.".into());

@@ -21,6 +21,7 @@
 //! | `finished` | zset | finished jobs by end time (trimmed by age and count) |
 //! | `events` | stream | capped event log; stream ids are the WebSocket `seq` |
 //! | `idem:<key>` | string | idempotency key → job id, with a TTL |
+//! | `once:<kind>:<token>` | string | a token accepted once ([`Queue::remember_once`]: WHMCS signatures), with a TTL |
 //! | `paused` | string | present while claiming is paused |
 //!
 //! Pub/sub channels `wake` (work may be claimable) and `cancel` (a running job was cancelled)
@@ -52,6 +53,7 @@ mod queue;
 mod scripts;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod wait;
 
 pub use config::QueueConfig;
 pub use error::{QueueError, Result};
@@ -66,3 +68,4 @@ pub use queue::{
     CancelOutcome, ClaimBatch, Claimed, Completion, Enqueued, ListFilter, NewJob, Outcome, Queue,
     Renewed,
 };
+pub use wait::{WaitOutcome, Waiter};

@@ -1,5 +1,5 @@
 //! The operator CLI on the HTTP API: `npanel token`, `jobs`, `admin`, `watch`, `accounts`,
-//! `packages`, `audit`.
+//! `packages`, `audit`; and `whmcs key ...`, which opens the store directly (see [`whmcs`]).
 //!
 //! Every command except `token` is a plain API client (base URL and token from `--url`/`--token`
 //! or `NPANEL_URL`/`NPANEL_TOKEN`), so it works from any host that can reach the API and obeys
@@ -12,6 +12,7 @@ pub mod audit;
 pub mod client;
 pub mod packages;
 pub mod watch;
+pub mod whmcs;
 
 use anyhow::{bail, Context};
 use client::Api;

@@ -1,5 +1,5 @@
 //! nPanel's system of record (DESIGN §7, §10): accounts and the reseller hierarchy, packages, job
-//! history and the audit log, over sqlx.
+//! history, the audit log and WHMCS API keys, over sqlx.
 //!
 //! # Why this shape
 //! - **One code path for two databases.** SQLite is the default (`<data_dir>/npanel.db`, WAL,
@@ -22,6 +22,7 @@ mod history;
 mod packages;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod whmcs;
 
 pub use accounts::{
     validate_username, Account, AccountStatus, AccountType, Allowance, NewAccount, ResellerSummary,
@@ -35,6 +36,7 @@ pub use packages::{
     parse_package_yaml, Limits, NewPackage, Package, PackageStatus, PackageUpdate, FEATURES,
     MAX_PACKAGES, MAX_PACKAGE_BYTES,
 };
+pub use whmcs::{ActiveKey, WhmcsKey, DEFAULT_ROTATION_GRACE};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
