@@ -39,7 +39,9 @@ impl Registry {
 
     /// Add the `provision` handler.
     pub fn with_provisioning(self, p: std::sync::Arc<crate::provision::Provisioner>) -> Self {
-        self.register(JobKind::Provision, move |ctx| crate::provision::run(ctx, p.clone()))
+        self.register(JobKind::Provision, move |ctx| {
+            crate::provision::run(ctx, p.clone())
+        })
     }
 
     /// Add (or replace) the handler of `kind`.
