@@ -283,6 +283,9 @@ impl Config {
                     // The CLI client's settings, not the service's.
                     "url",
                     "token",
+                    // Test-suite settings (DESIGN §8), often exported in the same shell.
+                    "test_postgres_url",
+                    "test_mysql_url",
                 ]),
         );
         if let Ok(secret) = std::env::var("NPANEL_API__JWT_SECRET") {
