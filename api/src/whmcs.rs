@@ -864,10 +864,11 @@ async fn execute(
                 Ok((success(outputs(st, plan.act, &a, Some(&j))), a))
             }
             WaitOutcome::Finished(j) => Err(WhmcsError(ApiError::JobFailed(format!(
-                "the {} of account {} failed ({}): {}. Fix the cause, then press Retry in the Module Queue: a retry starts a new attempt",
+                "the {} of account {} failed ({}, job {}): {}. Fix the cause, then press Retry in the Module Queue: a retry starts a new attempt",
                 plan.act.name().replace('_', " "),
                 plan.account.id,
                 j.status,
+                j.id,
                 j.error.as_deref().unwrap_or("no reason recorded")
             )))),
             WaitOutcome::Pending(j) => Ok((
