@@ -496,6 +496,62 @@ macro_rules! typed_host_ops {
                 other => Err($crate::client::unexpected("remove_home", &other)),
             }
         }
+
+        /// Creates the mailbox `mailbox@domain` (Maildir, `passwd` and
+        /// `shadow` lines), or sets its password again (`created: false`).
+        pub async fn create_mailbox(
+            &self,
+            account: &$crate::AccountName,
+            domain: &$crate::names::Domain,
+            mailbox: &$crate::names::Mailbox,
+            password: &$crate::names::Password,
+        ) -> Result<$crate::protocol::MailboxCreated, $crate::AgentError> {
+            let req = $crate::Request::CreateMailbox {
+                account: account.clone(),
+                domain: domain.clone(),
+                mailbox: mailbox.clone(),
+                password: password.clone(),
+            };
+            match self.call(req).await? {
+                $crate::Reply::MailboxCreated(m) => Ok(m),
+                other => Err($crate::client::unexpected("create_mailbox", &other)),
+            }
+        }
+
+        /// Removes the mailbox (its lines and its Maildir); `false` if there
+        /// was none.
+        pub async fn delete_mailbox(
+            &self,
+            account: &$crate::AccountName,
+            domain: &$crate::names::Domain,
+            mailbox: &$crate::names::Mailbox,
+        ) -> Result<bool, $crate::AgentError> {
+            let req = $crate::Request::DeleteMailbox {
+                account: account.clone(),
+                domain: domain.clone(),
+                mailbox: mailbox.clone(),
+            };
+            match self.call(req).await? {
+                $crate::Reply::MailboxDeleted { existed, .. } => Ok(existed),
+                other => Err($crate::client::unexpected("delete_mailbox", &other)),
+            }
+        }
+
+        /// The mailbox names of `domain`, sorted.
+        pub async fn list_mailboxes(
+            &self,
+            account: &$crate::AccountName,
+            domain: &$crate::names::Domain,
+        ) -> Result<Vec<$crate::names::Mailbox>, $crate::AgentError> {
+            let req = $crate::Request::ListMailboxes {
+                account: account.clone(),
+                domain: domain.clone(),
+            };
+            match self.call(req).await? {
+                $crate::Reply::Mailboxes { mailboxes, .. } => Ok(mailboxes),
+                other => Err($crate::client::unexpected("list_mailboxes", &other)),
+            }
+        }
     };
 }
 pub(crate) use typed_host_ops;

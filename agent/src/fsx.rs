@@ -202,10 +202,72 @@ impl DirHandle {
         Ok(Some(buf))
     }
 
+    /// Reads the regular file `name` like [`DirHandle::read_file`], also
+    /// refusing a file with more than one hard link (it could be a file from
+    /// elsewhere, like `/etc/shadow`, whose content must not be copied into
+    /// an account's files) and one longer than `max` bytes.
+    pub fn read_private_file(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.child_path(name);
+        let fd = match openat(
+            &self.file,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(nofollow_err(&path, e)),
+        };
+        let file = File::from(fd);
+        let m = file.metadata().map_err(|e| AgentError::io(&path, e))?;
+        if !m.is_file() {
+            return Err(AgentError::UnsafePath(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        if m.nlink() > 1 {
+            return Err(AgentError::UnsafePath(format!(
+                "{} has {} hard links: refused (it could be a file from elsewhere)",
+                path.display(),
+                m.nlink()
+            )));
+        }
+        if m.len() > max {
+            return Err(AgentError::InvalidRequest(format!(
+                "{} is larger than {max} bytes",
+                path.display()
+            )));
+        }
+        let mut buf = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| AgentError::io(&path, e))?;
+        if buf.len() as u64 > max {
+            return Err(AgentError::InvalidRequest(format!(
+                "{} is larger than {max} bytes",
+                path.display()
+            )));
+        }
+        Ok(Some(buf))
+    }
+
     /// Writes `name` atomically (temp file, fsync, rename, fsync of the
     /// directory) with mode `mode`. The rename replaces whatever `name` was,
     /// a symlink included, without following it.
     pub fn write_atomic(&self, name: &str, content: &[u8], mode: u32) -> Result<()> {
+        self.write_atomic_owned(name, content, mode, None)
+    }
+
+    /// [`DirHandle::write_atomic`], the temp file given the owner `uid:gid`
+    /// (`fchown` on its descriptor) before it is renamed over `name`.
+    pub fn write_atomic_owned(
+        &self,
+        name: &str,
+        content: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<()> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = format!(
             ".{name}.tmp-{}-{}",
@@ -222,6 +284,9 @@ impl DirHandle {
         .map_err(|e| nofollow_err(&tmp_path, e))?;
         let mut file = File::from(fd);
         let written = (|| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
             file.set_permissions(fs::Permissions::from_mode(mode))?;
             file.write_all(content)?;
             file.sync_all()
@@ -284,5 +349,83 @@ impl DirHandle {
             }
             Err(e) => Err(AgentError::io(&path, std::io::Error::from(e))),
         }
+    }
+
+    /// Whether `name` is a directory (not following a symlink): `None` if
+    /// it does not exist.
+    pub fn is_dir_entry(&self, name: &str) -> Result<Option<bool>> {
+        match nix::sys::stat::fstatat(&self.file, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(
+                nix::sys::stat::SFlag::from_bits_truncate(st.st_mode & nix::libc::S_IFMT)
+                    == nix::sys::stat::SFlag::S_IFDIR,
+            )),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(nofollow_err(&self.child_path(name), e)),
+        }
+    }
+
+    /// Removes the directory tree `name` from this directory, walking it
+    /// from directory descriptors (`openat` with `O_NOFOLLOW`, `unlinkat`):
+    /// a symlink inside is removed, never followed. A symlink or a
+    /// non-directory in `name`'s place is refused. `false` if it did not
+    /// exist.
+    pub fn remove_tree(&self, name: &str) -> Result<bool> {
+        let removed = remove_tree_at(&self.file, &self.child_path(name), OsStr::new(name), 0)?;
+        if removed {
+            let _ = self.file.sync_all();
+        }
+        Ok(removed)
+    }
+}
+
+/// Deepest directory [`DirHandle::remove_tree`] descends into.
+const MAX_TREE_DEPTH: usize = 256;
+
+fn remove_tree_at(parent: &File, path: &Path, name: &OsStr, depth: usize) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    if depth > MAX_TREE_DEPTH {
+        return Err(AgentError::UnsafePath(format!(
+            "{} is nested deeper than {MAX_TREE_DEPTH} directories: refused",
+            path.display()
+        )));
+    }
+    let fd = match openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(nofollow_err(path, e)),
+    };
+    let dir = File::from(fd);
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    {
+        let listing = dir.try_clone().map_err(|e| AgentError::io(path, e))?;
+        let mut d = nix::dir::Dir::from_fd(listing.into())
+            .map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+        for entry in d.iter() {
+            let entry = entry.map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+            let n = entry.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsStr::from_bytes(n).to_os_string());
+            }
+        }
+    }
+    for n in &names {
+        let child = path.join(n);
+        match unlinkat(&dir, n.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(Errno::EISDIR) => {
+                remove_tree_at(&dir, &child, n, depth + 1)?;
+            }
+            Err(e) => return Err(AgentError::io(&child, std::io::Error::from(e))),
+        }
+    }
+    drop(dir);
+    match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
+        Err(e) => Err(AgentError::io(path, std::io::Error::from(e))),
     }
 }

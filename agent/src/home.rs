@@ -219,7 +219,7 @@ impl OwnerPlan {
         }
     }
 
-    fn set(&self, file: &fs::File, path: &Path, mode: u32) -> Result<()> {
+    pub(crate) fn set(&self, file: &fs::File, path: &Path, mode: u32) -> Result<()> {
         if self.apply {
             std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))
                 .map_err(|e| AgentError::io(path, e))?;

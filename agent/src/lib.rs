@@ -30,8 +30,8 @@
 //! §11), each step typed, validated and idempotent, every path under the
 //! configured `host.root`: the login user ([`users`]), the cPanel-compatible
 //! home ([`home`]), the zone file, security fragments and suspended flag
-//! ([`hostfiles`]), the disk quota ([`quota`]) and the home's archive
-//! ([`backup`]). Steps inside directories an account controls never follow
+//! ([`hostfiles`]), the mail accounts of its domains ([`mail`]), the disk
+//! quota ([`quota`]) and the home's archive ([`backup`]). Steps inside directories an account controls never follow
 //! a symlink ([`fsx`]).
 //!
 //! The `workers` crate uses [`local::Host`]: the root agent over its socket
@@ -48,6 +48,7 @@ pub mod fsx;
 pub mod home;
 pub mod hostfiles;
 pub mod local;
+pub mod mail;
 pub mod names;
 pub mod protocol;
 pub mod quota;
@@ -61,7 +62,7 @@ pub use client::{AgentClient, Outcome};
 pub use config::AgentConfig;
 pub use error::AgentError;
 pub use local::{Host, LocalHost};
-pub use names::{Domain, Password};
+pub use names::{Domain, Mailbox, Password};
 pub use protocol::{ErrorCode, Reply, Request, SecurityProfile, PROTOCOL_VERSION};
 
 /// Logging for both binaries: to stderr, no colours, filtered by `NPANEL_LOG`

@@ -1,10 +1,16 @@
-//! Validated domain names and passwords.
+//! Validated domain names, mailbox names and passwords.
 //!
 //! A domain becomes a path component (`mail/<domain>/`, `var/named/<domain>.db`)
 //! and a line of a zone file, so only LDH names are accepted: labels of
 //! `a-z`, `0-9` and `-` (not first or last), 1–63 characters each, at least two
 //! labels, at most 253 characters in all. Upper case is folded to lower case;
 //! nothing else is rewritten (no trailing dot, no IDN: send the `xn--` form).
+//!
+//! A mailbox name is the local part of a mail address and becomes a path
+//! component (`mail/<domain>/<mailbox>/`) and the first field of a line of
+//! `etc/<domain>/passwd` and `shadow`: `a-z`, `0-9`, `.`, `_` and `-`, 1–64
+//! characters, not starting or ending with `.` and without `..`. Upper case
+//! is folded to lower case.
 //!
 //! A password is handed to `chpasswd` as one `user:password` line, so it must
 //! not contain `:`, a newline, a carriage return or a NUL. Its `Debug` never
@@ -102,7 +108,67 @@ impl fmt::Display for Domain {
     }
 }
 
-/// A password for [`crate::protocol::Request::SetPassword`]: non-empty, at
+/// Longest mailbox name (the local part of an address, RFC 5321).
+pub const MAX_MAILBOX_LEN: usize = 64;
+
+/// A mailbox name that passed [`Mailbox::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mailbox(String);
+
+impl Mailbox {
+    /// Validates `name` (case-insensitively; the result is lower case).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("mailbox name is empty".into());
+        }
+        if name.len() > MAX_MAILBOX_LEN {
+            return Err(format!(
+                "mailbox name is longer than {MAX_MAILBOX_LEN} characters"
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if let Some(c) = lower.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        }) {
+            return Err(format!(
+                "mailbox {name:?}: only letters, digits, '.', '_' and '-' are allowed (found {c:?})"
+            ));
+        }
+        if lower.starts_with('.') || lower.ends_with('.') || lower.contains("..") {
+            return Err(format!(
+                "mailbox {name:?} starts or ends with '.' or has '..'"
+            ));
+        }
+        Ok(Self(lower))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Mailbox {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Mailbox> for String {
+    fn from(value: Mailbox) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password for [`crate::protocol::Request::SetPassword`] and
+/// [`crate::protocol::Request::CreateMailbox`]: non-empty, at
 /// most [`MAX_PASSWORD_LEN`] bytes, no `:`, newline, carriage return or NUL.
 /// `Debug` and `Display` print `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +196,7 @@ impl Password {
         Ok(Self(password.to_owned()))
     }
 
-    /// The secret itself: only for handing it to `chpasswd`.
+    /// The secret itself: only for handing it to `chpasswd` or hashing it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -201,6 +267,36 @@ mod tests {
             assert!(Domain::parse(bad).is_err(), "accepted {bad:?}");
         }
         assert!(serde_json::from_str::<Domain>("\"a..b\"").is_err());
+    }
+
+    #[test]
+    fn mailboxes() {
+        for ok in ["info", "a", "first.last", "x_y-z", "0day", "sales-2024"] {
+            assert_eq!(Mailbox::parse(ok).unwrap().as_str(), ok);
+        }
+        assert_eq!(Mailbox::parse("Info").unwrap().as_str(), "info");
+        assert_eq!(Mailbox::parse(&"a".repeat(64)).unwrap().as_str().len(), 64);
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            ".hidden",
+            "trailing.",
+            "a..b",
+            "..",
+            ".",
+            "a/b",
+            "../x",
+            "a b",
+            "a:b",
+            "a@b",
+            "a+tag",
+            "ä",
+            "a\nb",
+            long.as_str(),
+        ] {
+            assert!(Mailbox::parse(bad).is_err(), "accepted {bad:?}");
+        }
+        assert!(serde_json::from_str::<Mailbox>("\".x\"").is_err());
     }
 
     #[test]

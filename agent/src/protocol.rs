@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::account::AccountName;
-use crate::names::{Domain, Password};
+use crate::names::{Domain, Mailbox, Password};
 
 /// Version of this protocol; a request with another `v` is refused with
 /// [`ErrorCode::UnsupportedVersion`].
@@ -70,6 +70,9 @@ pub const KNOWN_OPS: &[&str] = &[
     "set_quota",
     "backup_home",
     "remove_home",
+    "create_mailbox",
+    "delete_mailbox",
+    "list_mailboxes",
 ];
 
 /// The closed set of requests.
@@ -177,6 +180,26 @@ pub enum Request {
     },
     /// Delete the home tree `<home_root>/<account>`.
     RemoveHome { account: AccountName },
+    /// Create the mailbox `<mailbox>@<domain>` of the account (its Maildir
+    /// and its `etc/<domain>/passwd` and `shadow` lines), or set its
+    /// password again.
+    CreateMailbox {
+        account: AccountName,
+        domain: Domain,
+        mailbox: Mailbox,
+        password: Password,
+    },
+    /// Remove the mailbox's lines and its Maildir; absent is fine.
+    DeleteMailbox {
+        account: AccountName,
+        domain: Domain,
+        mailbox: Mailbox,
+    },
+    /// The mailbox names in `etc/<domain>/passwd`.
+    ListMailboxes {
+        account: AccountName,
+        domain: Domain,
+    },
 }
 
 impl Request {
@@ -205,6 +228,9 @@ impl Request {
             Request::SetQuota { .. } => "set_quota",
             Request::BackupHome { .. } => "backup_home",
             Request::RemoveHome { .. } => "remove_home",
+            Request::CreateMailbox { .. } => "create_mailbox",
+            Request::DeleteMailbox { .. } => "delete_mailbox",
+            Request::ListMailboxes { .. } => "list_mailboxes",
         }
     }
 
@@ -436,6 +462,35 @@ pub enum Reply {
         path: String,
         existed: bool,
     },
+    MailboxCreated(MailboxCreated),
+    MailboxDeleted {
+        account: AccountName,
+        domain: Domain,
+        mailbox: Mailbox,
+        /// The Maildir.
+        path: String,
+        /// false when there was neither a line nor a Maildir to remove.
+        existed: bool,
+    },
+    Mailboxes {
+        account: AccountName,
+        domain: Domain,
+        /// Sorted; empty when the domain has no `passwd` file.
+        mailboxes: Vec<Mailbox>,
+    },
+}
+
+/// Answer to [`Request::CreateMailbox`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxCreated {
+    pub account: AccountName,
+    pub domain: Domain,
+    pub mailbox: Mailbox,
+    /// The Maildir (`<home>/mail/<domain>/<mailbox>`).
+    pub path: String,
+    /// false when `passwd` already had the mailbox (its password was set
+    /// again, its Maildir kept).
+    pub created: bool,
 }
 
 /// Answer to [`Request::CreateUser`].
@@ -1075,6 +1130,21 @@ mod tests {
                 manifest: Some(serde_json::json!({"files": 1})),
             },
             Request::RemoveHome { account: acct("d") },
+            Request::CreateMailbox {
+                account: acct("d"),
+                domain: Domain::parse("example.com").unwrap(),
+                mailbox: Mailbox::parse("info").unwrap(),
+                password: Password::parse("Mail-Pw-123").unwrap(),
+            },
+            Request::DeleteMailbox {
+                account: acct("d"),
+                domain: Domain::parse("example.com").unwrap(),
+                mailbox: Mailbox::parse("info").unwrap(),
+            },
+            Request::ListMailboxes {
+                account: acct("d"),
+                domain: Domain::parse("example.com").unwrap(),
+            },
         ];
         for op in KNOWN_OPS {
             assert!(
@@ -1174,6 +1244,18 @@ mod tests {
             .unwrap()
         )
         .contains("***"));
+        assert_eq!(
+            code(
+                r#"{"v":1,"op":"create_mailbox","account":"a","domain":"a.com","mailbox":".x","password":"Pw-123456"}"#
+            ),
+            ErrorCode::InvalidRequest
+        );
+        let rej = parse_request_line(
+            br#"{"v":1,"op":"create_mailbox","account":"a","domain":"a.com","mailbox":"x","password":"mail:secret"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(rej.error.code, ErrorCode::InvalidRequest);
+        assert!(!rej.error.message.contains("mail:secret"));
         // the id survives into the error when it could be read
         let rej = parse_request_line(br#"{"v":1,"id":9,"op":"nope"}"#).unwrap_err();
         assert_eq!(rej.id, Some(9));

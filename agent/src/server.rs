@@ -23,7 +23,7 @@ use crate::protocol::{
     parse_request_line, ErrorCode, Pong, Reply, Request, Response, UserCreated, MAX_LINE_BYTES,
     PROTOCOL_VERSION,
 };
-use crate::{backup, home, hostfiles, quota, users};
+use crate::{backup, home, hostfiles, mail, quota, users};
 
 /// Config plus what was derived from it.
 #[derive(Debug)]
@@ -571,6 +571,42 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 account,
                 path: path.display().to_string(),
                 existed,
+            })
+        }
+        Request::CreateMailbox {
+            account,
+            domain,
+            mailbox,
+            password,
+        } => Ok(Reply::MailboxCreated(mail::create_mailbox(
+            &cfg.home_root(),
+            &account,
+            &domain,
+            &mailbox,
+            &password,
+            cfg.min_account_uid,
+        )?)),
+        Request::DeleteMailbox {
+            account,
+            domain,
+            mailbox,
+        } => {
+            let (path, existed) =
+                mail::delete_mailbox(&cfg.home_root(), &account, &domain, &mailbox)?;
+            Ok(Reply::MailboxDeleted {
+                account,
+                domain,
+                mailbox,
+                path: path.display().to_string(),
+                existed,
+            })
+        }
+        Request::ListMailboxes { account, domain } => {
+            let mailboxes = mail::list_mailboxes(&cfg.home_root(), &account, &domain)?;
+            Ok(Reply::Mailboxes {
+                account,
+                domain,
+                mailboxes,
             })
         }
     }
