@@ -1,4 +1,5 @@
-//! Small helpers shared by the benchmark binaries (`npanel-bench`, `npanel-api-load`).
+//! Small helpers shared by the benchmark binaries (`npanel-bench`, `npanel-api-load`,
+//! `npanel-store-bench`).
 
 /// `k` from the environment as a number, else `d`.
 pub fn env_u64(k: &str, d: u64) -> u64 {
