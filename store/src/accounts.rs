@@ -490,12 +490,14 @@ impl Store {
             }
             None => None,
             Some(id) => {
-                let p = self.package(id).await.map_err(|e| match e {
-                    StoreError::NotFound(_) => {
-                        StoreError::Invalid(format!("package {id:?} does not exist"))
-                    }
-                    e => e,
-                })?;
+                let p = crate::packages::package_on(&mut *tx, id)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound(_) => {
+                            StoreError::Invalid(format!("package {id:?} does not exist"))
+                        }
+                        e => e,
+                    })?;
                 if p.status != PackageStatus::Active {
                     return Err(StoreError::Invalid(format!(
                         "package {id} is {}; only active packages take new accounts",

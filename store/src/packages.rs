@@ -306,6 +306,20 @@ fn from_row(r: &AnyRow) -> Result<Package> {
     })
 }
 
+/// One package, read through `exec` (inside a transaction, its own connection: a transaction
+/// that asked the pool for a second connection could wait on itself).
+pub(crate) async fn package_on<'e, E>(exec: E, id: &str) -> Result<Package>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(&format!("SELECT {COLS} FROM packages WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no package {id:?}")))?;
+    from_row(&row)
+}
+
 impl Store {
     /// Create a package as a draft. Errors: invalid id, limits or features; a duplicate id;
     /// more than [`MAX_PACKAGES`]; a document over [`MAX_PACKAGE_BYTES`].
@@ -368,12 +382,7 @@ impl Store {
 
     /// One package.
     pub async fn package(&self, id: &str) -> Result<Package> {
-        let row = sqlx::query(&format!("SELECT {COLS} FROM packages WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no package {id:?}")))?;
-        from_row(&row)
+        package_on(self.pool(), id).await
     }
 
     /// Packages visible to `owner_scope` (`None`: all; `Some(r)`: global ones and r's),
