@@ -398,3 +398,40 @@ async fn a_closed_store_is_unavailable() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+/// Many writers at once (creates with their allowance checks, status changes, audit appends):
+/// every one succeeds. A transaction that asked the pool for a second connection while holding
+/// SQLite's write lock used to stall them all until the busy timeout and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_do_not_stall_each_other() {
+    each(async |s| {
+        active_package(s, "basic", Some(10), None).await;
+        s.create_account(&reseller("r1", 1000, None)).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let st = s.store.clone();
+            tasks.spawn(async move {
+                st.create_account(&customer(&format!("c{i}"), Some("r1"), "basic"))
+                    .await
+                    .map(|_| ())
+            });
+            let st = s.store.clone();
+            tasks.spawn(async move {
+                st.set_account_status("r1", AccountStatus::Active, None)
+                    .await
+                    .map(|_| ())
+            });
+            let st = s.store.clone();
+            tasks.spawn(async move {
+                let r = NewAudit::new("x", Actor::default(), "success");
+                st.append_audit(&[r]).await.map(|_| ())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(s.reseller_summary("r1").await.unwrap().accounts, 40);
+        assert!(s.verify_audit().await.unwrap().ok);
+    })
+    .await;
+}
