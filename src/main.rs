@@ -370,7 +370,11 @@ enum AuditCmd {
         output: Option<PathBuf>,
     },
     /// Check the hash chain (admin); exit 0 only if it is intact.
-    Verify,
+    Verify {
+        /// Walk the whole chain, not only what came after the last verification.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -615,7 +619,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                         cli::audit::export(&api, &filters.into(), &format, output.as_deref())
                             .await?
                     }
-                    AuditCmd::Verify => return cli::audit::verify(&api).await,
+                    AuditCmd::Verify { full } => return cli::audit::verify(&api, full).await,
                 }
                 Ok(true)
             }

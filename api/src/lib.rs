@@ -211,6 +211,10 @@ async fn timeout(State(st): State<AppState>, req: Request, next: Next) -> Respon
         // A long poll bounds itself (at most jobs::MAX_WAIT_SECS).
         d = d.max(Duration::from_secs(jobs::MAX_WAIT_SECS + 5));
     }
+    if req.uri().path() == "/api/audit/verify" {
+        // A first (or full) verification walks the whole log: about a minute per year.
+        d = d.max(Duration::from_secs(audit::VERIFY_TIMEOUT_SECS));
+    }
     match tokio::time::timeout(d, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),

@@ -160,8 +160,13 @@ pub async fn export(
 }
 
 /// `npanel audit verify`: `Ok(true)` only when the chain checks out.
-pub async fn verify(api: &Api) -> anyhow::Result<bool> {
-    let v = api.call("GET", "/api/audit/verify", None).await?;
+pub async fn verify(api: &Api, full: bool) -> anyhow::Result<bool> {
+    let path = if full {
+        "/api/audit/verify?full=true"
+    } else {
+        "/api/audit/verify"
+    };
+    let v = api.call("GET", path, None).await?;
     let ok = v["ok"] == true;
     let range = match (v["first_seq"].as_i64(), v["last_seq"].as_i64()) {
         (Some(a), Some(b)) => format!(" (seq {a}-{b})"),

@@ -168,6 +168,9 @@ pub struct Verification {
     pub broken_at: Option<i64>,
     /// Why it does not.
     pub reason: Option<String>,
+    /// The checkpoint this pass started after (`None`: from the oldest record kept).
+    #[serde(default)]
+    pub from_checkpoint: Option<i64>,
 }
 
 /// JSON with object keys sorted, no whitespace (serde_json's `Value` map is sorted unless
@@ -404,8 +407,67 @@ impl Store {
         Ok((rec, related))
     }
 
-    /// Walk the whole chain (in pages) and report the first record that does not match.
+    /// Walk the whole chain (in pages) from the oldest record kept and report the first record
+    /// that does not match; a clean walk leaves a checkpoint at its end.
     pub async fn verify_audit(&self) -> Result<Verification> {
+        self.verify_audit_from(None).await
+    }
+
+    /// Verify only what came after the newest checkpoint (after checking that the record it
+    /// names still has the hash it had): the cost of a verification is the records since the
+    /// last one, not the whole log. Without a usable checkpoint this is [`Store::verify_audit`].
+    pub async fn verify_audit_incremental(&self) -> Result<Verification> {
+        let cp: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(self.pool())
+                .await?;
+        let Some((seq, hash)) = cp else {
+            return self.verify_audit_from(None).await;
+        };
+        let now: Option<(String,)> = sqlx::query_as("SELECT hash FROM audit WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(self.pool())
+            .await?;
+        match now {
+            Some((h,)) if h == hash => self.verify_audit_from(Some((seq, hash))).await,
+            Some(_) => Ok(Verification {
+                ok: false,
+                checked: 0,
+                first_seq: Some(seq),
+                last_seq: None,
+                head_hash: None,
+                broken_at: Some(seq),
+                reason: Some(format!(
+                    "record {seq} no longer has the hash an earlier verification recorded (it was rewritten)"
+                )),
+                from_checkpoint: Some(seq),
+            }),
+            None => {
+                let (oldest,): (Option<i64>,) = sqlx::query_as("SELECT MIN(seq) FROM audit")
+                    .fetch_one(self.pool())
+                    .await?;
+                if oldest.is_some_and(|o| o > seq) || oldest.is_none() {
+                    // Retention removed it: start from the oldest record kept.
+                    self.verify_audit_from(None).await
+                } else {
+                    Ok(Verification {
+                        ok: false,
+                        checked: 0,
+                        first_seq: Some(seq),
+                        last_seq: None,
+                        head_hash: None,
+                        broken_at: Some(seq),
+                        reason: Some(format!(
+                            "record {seq}, checked by an earlier verification, was deleted"
+                        )),
+                        from_checkpoint: Some(seq),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn verify_audit_from(&self, start: Option<(i64, String)>) -> Result<Verification> {
         let mut v = Verification {
             ok: true,
             checked: 0,
@@ -414,9 +476,16 @@ impl Store {
             head_hash: None,
             broken_at: None,
             reason: None,
+            from_checkpoint: start.as_ref().map(|s| s.0),
         };
-        let mut after = 0i64;
-        let mut prev: Option<String> = None;
+        if let Some((seq, hash)) = &start {
+            v.last_seq = Some(*seq);
+            v.head_hash = Some(hash.clone());
+        }
+        let (mut after, mut prev) = match start {
+            Some((seq, hash)) => (seq, Some(hash)),
+            None => (0i64, None),
+        };
         loop {
             let rows = sqlx::query(
                 "SELECT seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT 5000",
@@ -490,6 +559,16 @@ impl Store {
                 prev = Some(hash);
                 after = seq;
             }
+        }
+        if let (true, Some(seq), Some(hash)) = (v.checked > 0, v.last_seq, &v.head_hash) {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (seq, hash, verified_at) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(seq)
+            .bind(hash)
+            .bind(crate::now_ms())
+            .execute(self.pool())
+            .await?;
         }
         Ok(v)
     }

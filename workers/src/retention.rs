@@ -59,9 +59,27 @@ pub async fn run(
     ctx.log(format!(
         "removed {records} audit records older than {audit} days"
     ));
+    // Verify what came since yesterday, so the chain is checked daily and an admin's
+    // `GET /api/audit/verify` only walks today's records.
+    let v = store.verify_audit_incremental().await.map_err(store_err)?;
+    if v.ok {
+        ctx.log(format!(
+            "audit chain verified: {} new records, head {}",
+            v.checked,
+            v.head_hash.clone().unwrap_or_default()
+        ));
+    } else {
+        tracing::error!(broken_at = ?v.broken_at, reason = ?v.reason, "The audit chain does not verify.");
+        ctx.log(format!(
+            "AUDIT CHAIN BROKEN at record {:?}: {}",
+            v.broken_at,
+            v.reason.clone().unwrap_or_default()
+        ));
+    }
     ctx.progress("audit", 2, 2);
     Ok(
         json!({"jobs_removed": jobs, "audit_records_removed": records,
-        "history_days": history, "audit_days": audit}),
+        "history_days": history, "audit_days": audit,
+        "audit_chain_ok": v.ok, "audit_broken_at": v.broken_at}),
     )
 }
