@@ -296,17 +296,28 @@ fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
 
 /// The filter for `q`, narrowed to what `caller` may see.
 fn filter(caller: &Caller, q: &AuditQuery) -> Result<AuditFilter, ApiError> {
-    let before_seq = q
+    // A cursor is `<seq>`, or `<ts>.<seq>` for pages ordered by time (a time range).
+    let position = q
         .cursor
         .as_deref()
         .map(|c| {
             Cursor::decode("audit", c).and_then(|c| {
-                c.0.parse::<i64>()
-                    .map_err(|_| store::StoreError::Invalid("bad cursor".into()))
+                let bad = || store::StoreError::Invalid("bad cursor".into());
+                match c.0.split_once('.') {
+                    Some((ts, seq)) => Ok((
+                        Some(ts.parse::<i64>().map_err(|_| bad())?),
+                        seq.parse::<i64>().map_err(|_| bad())?,
+                    )),
+                    None => Ok((None, c.0.parse::<i64>().map_err(|_| bad())?)),
+                }
             })
         })
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (before_ts, before_seq) = match position {
+        Some((ts, seq)) => (ts, Some(seq)),
+        None => (None, None),
+    };
     if let Some(r) = &q.result {
         if !["success", "failure", "denied"].contains(&r.as_str()) {
             return Err(ApiError::BadRequest(
@@ -325,6 +336,7 @@ fn filter(caller: &Caller, q: &AuditQuery) -> Result<AuditFilter, ApiError> {
         resource_type: q.resource_type.clone(),
         text: q.q.clone().filter(|t| !t.is_empty()),
         before_seq,
+        before_ts,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let v = &caller.0;
@@ -355,6 +367,16 @@ fn visible(caller: &Caller, r: &AuditRecord) -> bool {
             && r.record.reseller.as_deref() == caller.0.reseller.as_deref())
 }
 
+/// Where a page ended, as its cursor says it: `<seq>`, or `<ts>.<seq>` when pages are
+/// ordered by time (a time range).
+fn position_of(f: &AuditFilter, r: &AuditRecord) -> String {
+    if f.from.is_some() || f.to.is_some() {
+        format!("{}.{}", r.record.timestamp.timestamp_millis(), r.seq)
+    } else {
+        r.seq.to_string()
+    }
+}
+
 /// A page of audit records.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPage {
@@ -380,7 +402,7 @@ pub async fn search(
         .then(|| {
             records
                 .last()
-                .map(|r| Cursor::encode("audit", &r.seq.to_string()))
+                .map(|r| Cursor::encode("audit", &position_of(&f, r)))
         })
         .flatten();
     Ok(Json(AuditPage {
@@ -567,6 +589,7 @@ pub async fn export(
         let full = page.len() as i64 == s.f.limit;
         if let Some(last) = page.last() {
             s.f.before_seq = Some(last.seq);
+            s.f.before_ts = Some(last.record.timestamp.timestamp_millis());
         }
         if s.csv {
             let mut w = csv::Writer::from_writer(Vec::new());

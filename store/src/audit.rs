@@ -145,8 +145,10 @@ pub struct AuditFilter {
     pub resource_type: Option<String>,
     /// Free text, case-insensitive, anywhere in the record.
     pub text: Option<String>,
-    /// Records with `seq` below this.
+    /// Records with `seq` below this (with a time range: below `(before_ts, before_seq)`).
     pub before_seq: Option<i64>,
+    /// With a time range, the `timestamp` (ms) of the previous page's last record.
+    pub before_ts: Option<i64>,
     /// Page size.
     pub limit: i64,
 }
@@ -321,13 +323,32 @@ impl Store {
         }
         let mut wh: Vec<String> = Vec::new();
         let mut binds: Vec<B> = Vec::new();
+        // With a time range the page is ordered by time (then seq), so the (ts, seq) index
+        // serves both the range and the order; without one, by seq alone.
+        let by_time = f.from.is_some() || f.to.is_some();
+        match (by_time, f.before_seq, f.before_ts) {
+            (true, Some(seq), Some(ts)) => {
+                binds.push(B::I(ts));
+                binds.push(B::I(ts));
+                binds.push(B::I(seq));
+                let n = binds.len();
+                wh.push(format!(
+                    "(ts < ${} OR (ts = ${} AND seq < ${}))",
+                    n - 2,
+                    n - 1,
+                    n
+                ));
+            }
+            (_, Some(v), _) => {
+                binds.push(B::I(v));
+                wh.push(format!("seq < ${}", binds.len()));
+            }
+            _ => {}
+        }
         let mut add = |cond: &str, b: B| {
             binds.push(b);
             wh.push(cond.replace('?', &format!("${}", binds.len())));
         };
-        if let Some(v) = f.before_seq {
-            add("seq < ?", B::I(v));
-        }
         if let Some(v) = f.from {
             add("ts >= ?", B::I(v));
         }
@@ -369,7 +390,12 @@ impl Store {
             sql.push_str(" WHERE ");
             sql.push_str(&wh.join(" AND "));
         }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", binds.len() + 1));
+        let order = if by_time {
+            "ts DESC, seq DESC"
+        } else {
+            "seq DESC"
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT ${}", binds.len() + 1));
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = match b {

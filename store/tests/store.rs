@@ -471,3 +471,44 @@ async fn incremental_verification_uses_checkpoints() {
     })
     .await;
 }
+
+/// With a time range, pages are ordered by time (the (ts, seq) index serves range and order)
+/// and a `(ts, seq)` position continues exactly where the last page ended.
+#[tokio::test]
+async fn time_ranged_pages_follow_time() {
+    each(async |s| {
+        let base = 1_800_000_000_000i64;
+        // Written out of time order, as several writers might.
+        let recs: Vec<NewAudit> = [5, 1, 4, 2, 3, 9, 0]
+            .iter()
+            .map(|m| {
+                let mut r = NewAudit::new("account_created", Actor::default(), "success");
+                r.timestamp = ms_time(base + m * 60_000);
+                r
+            })
+            .collect();
+        s.append_audit(&recs).await.unwrap();
+        let range = |before: Option<&AuditRecord>| AuditFilter {
+            from: Some(base + 60_000),
+            to: Some(base + 6 * 60_000),
+            before_seq: before.map(|r| r.seq),
+            before_ts: before.map(|r| r.record.timestamp.timestamp_millis()),
+            limit: 2,
+            ..Default::default()
+        };
+        let mut minutes = Vec::new();
+        let mut last: Option<AuditRecord> = None;
+        loop {
+            let page = s.search_audit(&range(last.as_ref())).await.unwrap();
+            for r in &page {
+                minutes.push((r.record.timestamp.timestamp_millis() - base) / 60_000);
+            }
+            if page.len() < 2 {
+                break;
+            }
+            last = page.last().cloned();
+        }
+        assert_eq!(minutes, vec![5, 4, 3, 2, 1]);
+    })
+    .await;
+}
