@@ -365,6 +365,8 @@ async fn main() {
         }
     }
     if undesigned > 0 {
+        // `exit` skips destructors: stop the server first.
+        drop(srv);
         std::process::exit(1);
     }
 }
