@@ -2,58 +2,12 @@
 //! real store): `token`, `jobs`, `admin`, `watch` with its exit status, and `accounts`,
 //! `packages`, `audit`.
 
-use queue::testing;
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_npanel");
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start `npanel serve` on 127.0.0.1:0; returns it and its base URL (from its log).
-fn serve(data: &Path) -> (Serve, String) {
-    let cfg = testing::config("cli");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("REDIS_URL", &cfg.redis_url)
-        .env("NPANEL_QUEUE__NAME", &cfg.name)
-        .env("NPANEL_SCHEDULER__ENABLED", "false")
-        .env("NPANEL_LOG", "info")
-        .env_remove("NPANEL_API__JWT_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start npanel serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("API listening on ") {
-                let url = line[i + 17..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve logged its address");
-    (Serve(child), url)
-}
 
 fn npanel(args: &[&str], url: &str, token: &str) -> Output {
     Command::new(BIN)
@@ -132,7 +86,7 @@ fn enqueue(url: &str, tok: &str, payload: &str, extra: &[&str]) -> String {
 fn cli_against_a_live_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_srv, url) = serve(&data);
+    let (_srv, url) = serve(&data, "cli");
     // The secret was generated at first start, private to its owner.
     let secret = data.join("jwt.secret");
     let mode =
@@ -268,7 +222,7 @@ const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packages");
 fn accounts_packages_and_audit_against_a_live_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_srv, url) = serve(&data);
+    let (_srv, url) = serve(&data, "cli");
     let admin = token(&data, &["--role", "admin", "--ttl", "10m"]);
 
     // A fresh server has no accounts: a header and nothing else, no error.
@@ -430,7 +384,7 @@ fn accounts_packages_and_audit_against_a_live_server() {
 fn packages_import_reports_broken_yaml_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_srv, url) = serve(&data);
+    let (_srv, url) = serve(&data, "cli");
     let admin = token(&data, &["--role", "admin", "--ttl", "10m"]);
     let pkgs = dir.path().join("pkgs");
     std::fs::create_dir(&pkgs).unwrap();

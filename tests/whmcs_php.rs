@@ -5,60 +5,13 @@
 //! Needs `php` with the curl extension on PATH (`.ci/run` installs php-cli and php-curl); without
 //! them the test says it was skipped and passes.
 
-use queue::testing;
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_npanel");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start `npanel serve` on 127.0.0.1:0 with the embedded host default; returns it and its URL.
-fn serve(data: &Path) -> (Serve, String) {
-    let cfg = testing::config("whmcs-php");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("REDIS_URL", &cfg.redis_url)
-        .env("NPANEL_QUEUE__NAME", &cfg.name)
-        .env("NPANEL_SCHEDULER__ENABLED", "false")
-        .env("NPANEL_LOG", "info")
-        .env_remove("NPANEL_API__JWT_SECRET")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start npanel serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("API listening on ") {
-                let url = line[i + 17..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve logged its address");
-    (Serve(child), url)
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -104,7 +57,7 @@ fn whmcs_module_drives_a_live_server_end_to_end() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_srv, url) = serve(&data);
+    let (_srv, url) = serve(&data, "whmcs-php");
 
     // The example packages (basic, pro, ...), active.
     let o = local(&data, &["token", "--role", "admin", "--ttl", "10m"]);
