@@ -31,6 +31,29 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The `npanel` binary to measure: `NPANEL_BIN`, else the one beside this binary, else
+/// `target/release/npanel`.
+pub fn npanel_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("NPANEL_BIN") {
+        return p.into();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("npanel")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => std::path::PathBuf::from("target/release/npanel"),
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use loadtests::{cpu_ticks, env_u64, pct, phase_on};
+use loadtests::{cpu_ticks, env_u64, free_port, npanel_bin, pct, phase_on};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -204,25 +204,6 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn npanel_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NPANEL_BIN") {
-        return p.into();
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("npanel")));
-    match beside {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("target/release/npanel"),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 impl Server {
     /// Start `npanel serve` for `phase`; returns once `/readyz` answers 200.

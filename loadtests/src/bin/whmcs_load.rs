@@ -21,7 +21,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use loadtests::{env_u64, pct};
+use loadtests::{env_u64, free_port, npanel_bin, pct};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,25 +36,6 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[whmcs-load] {}", msg.as_ref());
 }
 
-fn npanel_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NPANEL_BIN") {
-        return p.into();
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("npanel")));
-    match beside {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("target/release/npanel"),
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// `npanel serve` under test, stopped on drop.
 struct Server {
