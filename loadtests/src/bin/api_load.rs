@@ -204,7 +204,6 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-
 impl Server {
     /// Start `npanel serve` for `phase`; returns once `/readyz` answers 200.
     async fn start(redis_url: &str, phase: &str, ws_max: u64, http: &Http) -> Server {

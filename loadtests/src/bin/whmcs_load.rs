@@ -36,7 +36,6 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[whmcs-load] {}", msg.as_ref());
 }
 
-
 /// `npanel serve` under test, stopped on drop.
 struct Server {
     child: Child,
