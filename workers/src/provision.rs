@@ -104,6 +104,14 @@ fn limits_patch(l: &Limits) -> Value {
     Value::Object(p)
 }
 
+/// A host request from its JSON form, with its op name for messages.
+fn request(v: Value) -> Result<(String, Request), JobError> {
+    let op = v["op"].as_str().unwrap_or("?").to_string();
+    let req = serde_json::from_value(v)
+        .map_err(|e| JobError::Permanent(format!("host step {op}: invalid request: {e}")))?;
+    Ok((op, req))
+}
+
 /// One job's walk through its steps.
 struct Run<'a> {
     ctx: &'a JobContext,
@@ -112,7 +120,16 @@ struct Run<'a> {
     done: u64,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(ctx: &'a JobContext, p: &'a Provisioner, total: u64) -> Self {
+        Run {
+            ctx,
+            p,
+            total,
+            done: 0,
+        }
+    }
+
     /// Run one host request as the next step; returns the reply as JSON.
     async fn host(&mut self, stage: &str, req: Value) -> Result<Value, JobError> {
         self.host_or(stage, req, &[]).await
@@ -127,9 +144,7 @@ impl Run<'_> {
         tolerated: &[agent::ErrorCode],
     ) -> Result<Value, JobError> {
         self.ctx.progress(stage, self.done, self.total);
-        let op = req["op"].as_str().unwrap_or("?").to_string();
-        let req: Request = serde_json::from_value(req)
-            .map_err(|e| JobError::Permanent(format!("host step {op}: invalid request: {e}")))?;
+        let (op, req) = request(req)?;
         let v = match self.p.host.call(req).await {
             Ok(reply) => serde_json::to_value(&reply).unwrap_or(Value::Null),
             Err(e) if tolerated.contains(&e.code()) => {
@@ -169,6 +184,18 @@ async fn account(p: &Provisioner, id: &str) -> Result<Account, JobError> {
         )),
         e => store_err(e),
     })
+}
+
+/// An account that may still be changed (not terminated).
+async fn live_account(p: &Provisioner, id: &str) -> Result<Account, JobError> {
+    let a = account(p, id).await?;
+    if a.status == AccountStatus::Terminated {
+        return Err(JobError::Permanent(format!(
+            "account {} is terminated",
+            a.id
+        )));
+    }
+    Ok(a)
 }
 
 async fn package_limits(p: &Provisioner, a: &Account) -> Result<Limits, JobError> {
@@ -211,12 +238,11 @@ async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Va
     }
     let limits = package_limits(p, &a).await?;
     let domain = a.domain.clone().or_else(|| job.domain.clone());
-    let mut r = Run {
+    let mut r = Run::new(
         ctx,
         p,
-        total: 6 + u64::from(domain.is_some()) * 2 + u64::from(job.password.is_some()),
-        done: 0,
-    };
+        6 + u64::from(domain.is_some()) * 2 + u64::from(job.password.is_some()),
+    );
     let user = r
         .host(
             "system_user",
@@ -299,19 +325,8 @@ async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Va
 }
 
 async fn suspend(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
-    let a = account(p, &job.account).await?;
-    if a.status == AccountStatus::Terminated {
-        return Err(JobError::Permanent(format!(
-            "account {} is terminated",
-            a.id
-        )));
-    }
-    let mut r = Run {
-        ctx,
-        p,
-        total: 4,
-        done: 0,
-    };
+    let a = live_account(p, &job.account).await?;
+    let mut r = Run::new(ctx, p, 4);
     r.host_or(
         "freeze",
         json!({"op": "freeze", "account": a.id}),
@@ -339,19 +354,8 @@ async fn suspend(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<V
 }
 
 async fn unsuspend(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
-    let a = account(p, &job.account).await?;
-    if a.status == AccountStatus::Terminated {
-        return Err(JobError::Permanent(format!(
-            "account {} is terminated",
-            a.id
-        )));
-    }
-    let mut r = Run {
-        ctx,
-        p,
-        total: 4,
-        done: 0,
-    };
+    let a = live_account(p, &job.account).await?;
+    let mut r = Run::new(ctx, p, 4);
     r.host(
         "web_and_mail",
         json!({"op": "set_suspended", "account": a.id, "suspended": false}),
@@ -376,24 +380,13 @@ async fn change_package(
     p: &Provisioner,
     job: &Provision,
 ) -> Result<Value, JobError> {
-    let a = account(p, &job.account).await?;
+    let a = live_account(p, &job.account).await?;
     let pkg = job
         .package
         .clone()
         .ok_or_else(|| JobError::Permanent("change_package needs a package".into()))?;
-    if a.status == AccountStatus::Terminated {
-        return Err(JobError::Permanent(format!(
-            "account {} is terminated",
-            a.id
-        )));
-    }
     let limits = p.store.package(&pkg).await.map_err(store_err)?.limits;
-    let mut r = Run {
-        ctx,
-        p,
-        total: 3,
-        done: 0,
-    };
+    let mut r = Run::new(ctx, p, 3);
     r.host(
         "limits",
         json!({"op": "apply_limits", "account": a.id, "limits": limits_patch(&limits)}),
@@ -417,23 +410,12 @@ async fn change_password(
     p: &Provisioner,
     job: &Provision,
 ) -> Result<Value, JobError> {
-    let a = account(p, &job.account).await?;
-    if a.status == AccountStatus::Terminated {
-        return Err(JobError::Permanent(format!(
-            "account {} is terminated",
-            a.id
-        )));
-    }
+    let a = live_account(p, &job.account).await?;
     let pw = job
         .password
         .as_deref()
         .ok_or_else(|| JobError::Permanent("change_password needs a password".into()))?;
-    let mut r = Run {
-        ctx,
-        p,
-        total: 1,
-        done: 0,
-    };
+    let mut r = Run::new(ctx, p, 1);
     r.host(
         "password",
         json!({"op": "set_password", "account": a.id, "password": pw}),
@@ -450,12 +432,7 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
             json!({"account_id": a.id, "status": "terminated", "backup_location": Value::Null}),
         );
     }
-    let mut r = Run {
-        ctx,
-        p,
-        total: 8,
-        done: 0,
-    };
+    let mut r = Run::new(ctx, p, 8);
     r.host_or(
         "processes",
         json!({"op": "kill", "account": a.id}),
@@ -539,9 +516,7 @@ async fn reapply(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<V
                 json!({"op": "apply_limits", "account": a.id, "limits": patch}),
                 json!({"op": "set_quota", "account": a.id, "disk_mb": pkg.limits.disk_mb}),
             ] {
-                let op = req["op"].as_str().unwrap_or("?").to_string();
-                let req: Request = serde_json::from_value(req)
-                    .map_err(|e| JobError::Permanent(format!("invalid host request: {e}")))?;
+                let (op, req) = request(req)?;
                 if let Err(e) = p.host.call(req).await {
                     // One account's trouble does not stop the others; it is reported.
                     ctx.log(format!("{}: {op} failed: {e}", a.id));
