@@ -17,27 +17,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// A sandbox whose config puts `host.root` in the temp dir (homes at
-/// `<root>/home`, like the sandbox's home root).
-fn host_sandbox(system_users: bool) -> Sandbox {
-    let sb = Sandbox::new();
-    sb.write_config(&format!(
-        "[host]\nroot = {:?}\nsystem_users = {system_users}",
-        sb.path()
-    ));
-    sb
-}
-
-fn send(agent: &AgentProc, v: Value) -> Value {
-    let mut line = v;
-    line["v"] = json!(1);
-    request(&agent.socket, &line.to_string())
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
 /// A random lowercase suffix (no rand crate: the std hasher's random keys).
 fn random_suffix(n: usize) -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -14,25 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn host_sandbox() -> Sandbox {
-    let sb = Sandbox::new();
-    sb.write_config(&format!(
-        "[host]\nroot = {:?}\nsystem_users = false",
-        sb.path()
-    ));
-    sb
-}
-
-fn send(agent: &AgentProc, v: Value) -> Value {
-    let mut line = v;
-    line["v"] = json!(1);
-    request(&agent.socket, &line.to_string())
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap()
 }
@@ -95,7 +76,7 @@ fn list(agent: &AgentProc, acct: &str, domain: &str) -> Value {
 
 #[test]
 fn mailboxes_over_the_socket() {
-    let sb = host_sandbox();
+    let sb = host_sandbox(false);
     let agent = AgentProc::start(&sb);
     ok(&send(
         &agent,
@@ -345,7 +326,7 @@ fn mailboxes_over_the_socket() {
 
 #[test]
 fn symlinks_and_hard_links_are_refused() {
-    let sb = host_sandbox();
+    let sb = host_sandbox(false);
     let agent = AgentProc::start(&sb);
     let build = |acct: &str| {
         ok(&send(
@@ -472,7 +453,7 @@ static REAL_SLICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn typed_client_and_local_host_give_the_same_answers() {
     let _slice = REAL_SLICE.lock().unwrap_or_else(|p| p.into_inner());
-    let sb = host_sandbox();
+    let sb = host_sandbox(false);
     let agent = AgentProc::start(&sb);
     let local_root = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -240,3 +240,26 @@ pub fn ok(v: &Value) -> &Value {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A sandbox whose config puts `host.root` in the temp dir (homes at `<root>/home`, like the
+/// sandbox's home root).
+pub fn host_sandbox(system_users: bool) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write_config(&format!(
+        "[host]\nroot = {:?}\nsystem_users = {system_users}",
+        sb.path()
+    ));
+    sb
+}
+
+/// Send one request (the protocol version is added) and read the answer.
+pub fn send(agent: &AgentProc, v: Value) -> Value {
+    let mut line = v;
+    line["v"] = serde_json::json!(1);
+    request(&agent.socket, &line.to_string())
+}
+
+/// Permission bits of `p` (not following a symlink).
+pub fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
