@@ -15,6 +15,7 @@ use crate::{get_opt_str, ms_to_rfc3339, now_ms, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use tokio::sync::Mutex;
 
@@ -276,19 +277,53 @@ pub struct ResellerSummary {
     pub bandwidth_mb_allocated: Option<u64>,
 }
 
+const ACCOUNT_COLS: &str = "a.id, a.type, a.parent, a.reseller, a.package, a.status, a.domain, a.email, a.created_at, a.suspended_at, a.suspend_reason, a.terminated_at, a.whmcs_service_id, a.allowance, a.uid, a.gid";
 const COLS: &str = "a.id, a.type, a.parent, a.reseller, a.package, a.status, a.domain, a.email, a.created_at, a.suspended_at, a.suspend_reason, a.terminated_at, a.whmcs_service_id, a.allowance, a.uid, a.gid, p.limits AS p_limits, p.features AS p_features, p.disabled_features AS p_disabled";
 
+/// What an account takes from its package: parsed once per package, not once per row.
+#[derive(Clone, Default)]
+struct PackageView {
+    limits: Option<Limits>,
+    features: Vec<String>,
+}
+
+impl PackageView {
+    fn parse(
+        limits: Option<String>,
+        features: Option<String>,
+        disabled: Option<String>,
+    ) -> Result<PackageView> {
+        let features: Vec<String> = match features {
+            Some(f) => serde_json::from_str(&f)?,
+            None => Vec::new(),
+        };
+        let disabled: Vec<String> = match disabled {
+            Some(f) => serde_json::from_str(&f)?,
+            None => Vec::new(),
+        };
+        Ok(PackageView {
+            limits: limits.map(|l| serde_json::from_str(&l)).transpose()?,
+            features: features
+                .into_iter()
+                .filter(|f| !disabled.contains(f))
+                .collect(),
+        })
+    }
+}
+
+/// An account row joined with its package (`COLS`).
 fn from_row(r: &AnyRow) -> Result<Account> {
+    let view = PackageView::parse(
+        get_opt_str(r, "p_limits")?,
+        get_opt_str(r, "p_features")?,
+        get_opt_str(r, "p_disabled")?,
+    )?;
+    account_from_row(r, view)
+}
+
+/// An account row (`ACCOUNT_COLS`) with its package's view.
+fn account_from_row(r: &AnyRow, view: PackageView) -> Result<Account> {
     let allowance: Option<String> = get_opt_str(r, "allowance")?;
-    let limits: Option<String> = get_opt_str(r, "p_limits")?;
-    let features: Vec<String> = match get_opt_str(r, "p_features")? {
-        Some(f) => serde_json::from_str(&f)?,
-        None => Vec::new(),
-    };
-    let disabled: Vec<String> = match get_opt_str(r, "p_disabled")? {
-        Some(f) => serde_json::from_str(&f)?,
-        None => Vec::new(),
-    };
     Ok(Account {
         id: r.try_get("id")?,
         kind: AccountType::parse(&r.try_get::<String, _>("type")?)?,
@@ -306,11 +341,8 @@ fn from_row(r: &AnyRow) -> Result<Account> {
         whmcs_service_id: get_opt_str(r, "whmcs_service_id")?,
         uid: r.try_get("uid")?,
         gid: r.try_get("gid")?,
-        limits: limits.map(|l| serde_json::from_str(&l)).transpose()?,
-        features: features
-            .into_iter()
-            .filter(|f| !disabled.contains(f))
-            .collect(),
+        limits: view.limits,
+        features: view.features,
         allowance: allowance.map(|a| serde_json::from_str(&a)).transpose()?,
     })
 }
@@ -346,9 +378,10 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Account>> {
-        let mut sql = format!(
-            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.id > $1"
-        );
+        // Accounts alone, then each package they are on once: a reseller's thousand
+        // customers share a few packages, and joining copied (and parsed) the package's
+        // limits and features into every row.
+        let mut sql = format!("SELECT {ACCOUNT_COLS} FROM accounts a WHERE a.id > $1");
         let mut n = 2;
         if reseller.is_some() {
             sql.push_str(&format!(" AND a.reseller = ${n} AND a.type = 'customer'"));
@@ -367,7 +400,37 @@ impl Store {
             q = q.bind(s.as_str());
         }
         let rows = q.bind(limit).fetch_all(self.pool()).await?;
-        rows.iter().map(from_row).collect()
+        let mut views: HashMap<String, PackageView> = HashMap::new();
+        for r in &rows {
+            if let Some(p) = get_opt_str(r, "package")? {
+                if !views.contains_key(&p) {
+                    let view = self.package_view(&p).await?;
+                    views.insert(p, view);
+                }
+            }
+        }
+        rows.iter()
+            .map(|r| {
+                let view = match get_opt_str(r, "package")? {
+                    Some(p) => views.get(&p).cloned().unwrap_or_default(),
+                    None => PackageView::default(),
+                };
+                account_from_row(r, view)
+            })
+            .collect()
+    }
+
+    async fn package_view(&self, id: &str) -> Result<PackageView> {
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT limits, features, disabled_features FROM packages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some((l, f, d)) => PackageView::parse(l, f, d),
+            None => Ok(PackageView::default()),
+        }
     }
 
     /// Record a new account as `pending`, after every check (see the module docs). The

@@ -246,6 +246,100 @@ fn record_from_row(r: &AnyRow) -> Result<AuditRecord> {
 
 const COLS: &str = "seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash";
 
+/// At most this many actions under one prefix are walked one by one; more fall back to one
+/// statement.
+const MAX_ACTION_WALKS: usize = 64;
+
+/// A bound value.
+enum Bind {
+    I(i64),
+    S(String),
+}
+
+/// A WHERE clause and its numbered binds, built in order.
+struct Where {
+    wh: Vec<String>,
+    binds: Vec<Bind>,
+}
+
+impl Where {
+    /// Every filter but the action prefix and the text, and the keyset position.
+    fn common(f: &AuditFilter, by_time: bool) -> Where {
+        let mut w = Where {
+            wh: Vec::new(),
+            binds: Vec::new(),
+        };
+        match (by_time, f.before_seq, f.before_ts) {
+            (true, Some(seq), Some(ts)) => {
+                let (a, b, c) = (w.bind(Bind::I(ts)), w.bind(Bind::I(ts)), w.bind(Bind::I(seq)));
+                w.wh.push(format!("(ts < {a} OR (ts = {b} AND seq < {c}))"));
+            }
+            (_, Some(v), _) => w.add("seq < ?", Bind::I(v)),
+            _ => {}
+        }
+        let text = |v: &Option<String>| v.clone().map(Bind::S);
+        for (cond, b) in [
+            ("ts >= ?", f.from.map(Bind::I)),
+            ("ts < ?", f.to.map(Bind::I)),
+            ("account = ?", text(&f.account)),
+            ("reseller = ?", text(&f.reseller)),
+            ("actor_id = ?", text(&f.actor)),
+            ("result = ?", text(&f.result)),
+            ("resource_type = ?", text(&f.resource_type)),
+        ] {
+            if let Some(b) = b {
+                w.add(cond, b);
+            }
+        }
+        w
+    }
+
+    /// Bind a value; its placeholder.
+    fn bind(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    /// A condition with one `?`.
+    fn add(&mut self, cond: &str, b: Bind) {
+        let p = self.bind(b);
+        self.wh.push(cond.replace('?', &p));
+    }
+
+    /// The placeholder after the last bind.
+    fn next(&self) -> String {
+        format!("${}", self.binds.len() + 1)
+    }
+
+    fn clause(&self) -> String {
+        if self.wh.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.wh.join(" AND "))
+        }
+    }
+
+    fn apply<'q>(
+        self,
+        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for b in self.binds {
+            q = match b {
+                Bind::I(i) => q.bind(i),
+                Bind::S(s) => q.bind(s),
+            };
+        }
+        q
+    }
+}
+
+/// `v` with LIKE's wildcards and the escape character escaped (`ESCAPE '\'`).
+fn like_escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
 impl Store {
     /// Append records in order, skipping ids already present. Returns how many were written.
     pub async fn append_audit(&self, records: &[NewAudit]) -> Result<usize> {
@@ -308,6 +402,13 @@ impl Store {
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
+            if self.backend() == crate::Backend::Sqlite {
+                sqlx::query("INSERT INTO audit_text (rowid, doc) VALUES ($1, $2)")
+                    .bind(seq)
+                    .bind(&doc)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             prev = hash;
             written += 1;
         }
@@ -315,101 +416,151 @@ impl Store {
         Ok(written)
     }
 
-    /// Search, newest first.
+    /// Search, newest first. Three plans, chosen by the filters (module docs, "Search"):
+    /// free text through the trigram index (SQLite), an action prefix as one index walk per
+    /// action name, or one statement the database plans.
     pub async fn search_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        enum B {
-            I(i64),
-            S(String),
-        }
-        let mut wh: Vec<String> = Vec::new();
-        let mut binds: Vec<B> = Vec::new();
-        // With a time range the page is ordered by time (then seq), so the (ts, seq) index
-        // serves both the range and the order; without one, by seq alone.
         let by_time = f.from.is_some() || f.to.is_some();
-        match (by_time, f.before_seq, f.before_ts) {
-            (true, Some(seq), Some(ts)) => {
-                binds.push(B::I(ts));
-                binds.push(B::I(ts));
-                binds.push(B::I(seq));
-                let n = binds.len();
-                wh.push(format!(
-                    "(ts < ${} OR (ts = ${} AND seq < ${}))",
-                    n - 2,
-                    n - 1,
-                    n
-                ));
+        if !by_time {
+            if let Some(q) = f.text.as_deref() {
+                if self.backend() == crate::Backend::Sqlite && q.chars().count() >= 3 {
+                    return self.search_audit_text(f, q).await;
+                }
+            } else if let Some(prefix) = f.action.as_deref().filter(|p| !p.is_empty()) {
+                let names = self.audit_actions(prefix).await?;
+                if names.len() <= MAX_ACTION_WALKS {
+                    return self.search_audit_actions(f, &names).await;
+                }
             }
-            (_, Some(v), _) => {
-                binds.push(B::I(v));
-                wh.push(format!("seq < ${}", binds.len()));
-            }
-            _ => {}
         }
-        let mut add = |cond: &str, b: B| {
-            binds.push(b);
-            wh.push(cond.replace('?', &format!("${}", binds.len())));
-        };
-        if let Some(v) = f.from {
-            add("ts >= ?", B::I(v));
-        }
-        if let Some(v) = f.to {
-            add("ts < ?", B::I(v));
-        }
+        let mut w = Where::common(f, by_time);
         if let Some(v) = &f.action {
-            let esc = v
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            add("action LIKE ? ESCAPE '\\'", B::S(format!("{esc}%")));
-        }
-        if let Some(v) = &f.account {
-            add("account = ?", B::S(v.clone()));
-        }
-        if let Some(v) = &f.reseller {
-            add("reseller = ?", B::S(v.clone()));
-        }
-        if let Some(v) = &f.actor {
-            add("actor_id = ?", B::S(v.clone()));
-        }
-        if let Some(v) = &f.result {
-            add("result = ?", B::S(v.clone()));
-        }
-        if let Some(v) = &f.resource_type {
-            add("resource_type = ?", B::S(v.clone()));
+            w.add("action LIKE ? ESCAPE '\\'", Bind::S(format!("{}%", like_escape(v))));
         }
         if let Some(v) = &f.text {
-            let esc = v
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
             // SQLite's LIKE already ignores ASCII case (LOWER() cost a third of the scan);
-            // PostgreSQL's does not.
+            // PostgreSQL's does not, and its trigram index is on LOWER(doc).
             let cond = match self.backend() {
                 crate::Backend::Sqlite => "doc LIKE ? ESCAPE '\\'",
                 crate::Backend::Postgres => "LOWER(doc) LIKE ? ESCAPE '\\'",
             };
-            add(cond, B::S(format!("%{esc}%")));
-        }
-        let mut sql = format!("SELECT {COLS} FROM audit");
-        if !wh.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&wh.join(" AND "));
+            w.add(cond, Bind::S(format!("%{}%", like_escape(&v.to_lowercase()))));
         }
         let order = if by_time {
             "ts DESC, seq DESC"
         } else {
             "seq DESC"
         };
-        sql.push_str(&format!(" ORDER BY {order} LIMIT ${}", binds.len() + 1));
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                B::I(i) => q.bind(i),
-                B::S(s) => q.bind(s),
-            };
+        let sql = format!(
+            "SELECT {COLS} FROM audit{} ORDER BY {order} LIMIT {}",
+            w.clause(),
+            w.next()
+        );
+        // Free text is planned with the pattern in hand (an unnamed statement): a cached
+        // generic plan cannot tell a rare pattern (the trigram index) from a common one (the
+        // newest records first).
+        let rows = w
+            .apply(sqlx::query(&sql))
+            .bind(f.limit)
+            .persistent(f.text.is_none())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Free text on SQLite: the trigram index gives the matching `seq`s newest first, in
+    /// growing chunks, and each chunk is filtered by the other conditions until the page is
+    /// full. A rare text costs its few matches, a common one its first chunk.
+    async fn search_audit_text(&self, f: &AuditFilter, q: &str) -> Result<Vec<AuditRecord>> {
+        let phrase = format!("\"{}\"", q.replace('"', "\"\""));
+        let mut below = f.before_seq.unwrap_or(i64::MAX);
+        let mut chunk: i64 = 256;
+        let mut out: Vec<AuditRecord> = Vec::new();
+        loop {
+            let seqs: Vec<i64> = sqlx::query_scalar(
+                "SELECT rowid FROM audit_text WHERE audit_text MATCH $1 AND rowid < $2 ORDER BY rowid DESC LIMIT $3",
+            )
+            .bind(&phrase)
+            .bind(below)
+            .bind(chunk)
+            .fetch_all(self.pool())
+            .await?;
+            let Some(&last) = seqs.last() else { break };
+            let mut w = Where::common(&AuditFilter { before_seq: None, ..f.clone() }, false);
+            if let Some(v) = &f.action {
+                w.add("action LIKE ? ESCAPE '\\'", Bind::S(format!("{}%", like_escape(v))));
+            }
+            w.add(
+                "seq IN (SELECT value FROM json_each(?))",
+                Bind::S(serde_json::to_string(&seqs)?),
+            );
+            let sql = format!(
+                "SELECT {COLS} FROM audit{} ORDER BY seq DESC LIMIT {}",
+                w.clause(),
+                w.next()
+            );
+            let rows = w
+                .apply(sqlx::query(&sql))
+                .bind(f.limit - out.len() as i64)
+                .fetch_all(self.pool())
+                .await?;
+            for r in &rows {
+                out.push(record_from_row(r)?);
+            }
+            if out.len() as i64 >= f.limit || (seqs.len() as i64) < chunk {
+                break;
+            }
+            below = last;
+            chunk = (chunk * 2).min(16_384);
         }
-        let rows = q.bind(f.limit).fetch_all(self.pool()).await?;
+        Ok(out)
+    }
+
+    /// The action names that start with `prefix`, read by skipping through the action index
+    /// (one seek per distinct name, not a scan).
+    async fn audit_actions(&self, prefix: &str) -> Result<Vec<String>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE names(a) AS ( \
+                SELECT MIN(action) FROM audit \
+                UNION ALL \
+                SELECT (SELECT MIN(action) FROM audit WHERE action > names.a) FROM names WHERE names.a IS NOT NULL \
+             ) SELECT a FROM names WHERE a IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(names
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    /// An action prefix without a time range: the newest page of each action (an ordered
+    /// walk of the `(action, seq)` index), merged. A rare prefix costs its few records, not a
+    /// walk through everything newer than them.
+    async fn search_audit_actions(
+        &self,
+        f: &AuditFilter,
+        names: &[String],
+    ) -> Result<Vec<AuditRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut w = Where::common(f, false);
+        let limit = w.bind(Bind::I(f.limit));
+        let rest: String = w.wh.iter().map(|c| format!(" AND {c}")).collect();
+        let mut parts = Vec::new();
+        for name in names {
+            let p = w.bind(Bind::S(name.clone()));
+            parts.push(format!(
+                "SELECT seq FROM (SELECT seq FROM audit WHERE action = {p}{rest} ORDER BY seq DESC LIMIT {limit}) AS a{}",
+                parts.len()
+            ));
+        }
+        let sql = format!(
+            "SELECT {COLS} FROM audit WHERE seq IN ({}) ORDER BY seq DESC LIMIT {limit}",
+            parts.join(" UNION ALL ")
+        );
+        let rows = w.apply(sqlx::query(&sql)).fetch_all(self.pool()).await?;
         rows.iter().map(record_from_row).collect()
     }
 
@@ -609,12 +760,23 @@ impl Store {
     /// record kept (its `prev_hash` names the dropped one, which `verify` accepts).
     pub async fn purge_audit(&self, cutoff_ms: i64) -> Result<u64> {
         // By position, not by time: the chain stays a suffix even when clocks disagree.
-        let n = sqlx::query(
-            "DELETE FROM audit WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM audit WHERE ts < $1)",
-        )
-        .bind(cutoff_ms)
-            .execute(self.pool())
+        let mut tx = self.write_tx().await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit WHERE ts < $1")
+                .bind(cutoff_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+        let n = sqlx::query("DELETE FROM audit WHERE seq <= $1")
+            .bind(last)
+            .execute(&mut *tx)
             .await?;
+        if self.backend() == crate::Backend::Sqlite {
+            sqlx::query("DELETE FROM audit_text WHERE rowid <= $1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(n.rows_affected())
     }
 }
