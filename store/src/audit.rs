@@ -15,6 +15,20 @@
 //! - **Columns vs document.** The filterable fields are copied into indexed columns; the
 //!   record itself is the `doc` column, which is what the hash covers. `verify` also checks the
 //!   columns against the document, so editing either is found.
+//! - **Search.** Newest first, a page at a time, and the cost of a page must not grow with a
+//!   year of records (3.65 M). A time range is served by the `(ts, seq)` index. Free text is
+//!   a case-insensitive substring of the record that **starts at the beginning of a word**
+//!   (words are runs of letters and digits): `198.51.3.10`, `3.105`, `cust004`, `created`
+//!   and `Note-1` match, `ustomer` does not. It goes through an index of the records' words
+//!   (the text's words as a phrase, the last one as a prefix) and the candidates are then
+//!   checked against the text itself: on SQLite a contentless FTS5 table keyed by `seq`, read
+//!   newest first in growing chunks that the other filters then narrow (a rare text costs its
+//!   matches, a common one its first chunk); on PostgreSQL a GIN index of the same words,
+//!   which the planner uses for rare texts (the statement is planned with the text in hand).
+//!   A text with no word of 3 characters or more (`-7`, `ab`), and free text within a time
+//!   range on SQLite, is a scan of what the other filters leave. An action prefix without a
+//!   range is walked one action name at a time on the `(action, seq)` index and merged, so a
+//!   rare prefix does not walk every newer record.
 
 use crate::{get_opt_str, Result, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -246,6 +260,69 @@ fn record_from_row(r: &AnyRow) -> Result<AuditRecord> {
 
 const COLS: &str = "seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash";
 
+/// True when `text` occurs in the row's document starting at a word (after a character that
+/// is not a letter or digit), case-insensitively. A text that starts with punctuation starts
+/// a word wherever it occurs.
+fn text_at_word_start(r: &AnyRow, text: &str) -> bool {
+    let Ok(doc) = r.try_get::<String, _>("doc") else {
+        return false;
+    };
+    let (doc, text) = (doc.to_lowercase(), text.to_lowercase());
+    if !text.starts_with(char::is_alphanumeric) {
+        return doc.contains(&text);
+    }
+    doc.match_indices(&text)
+        .any(|(i, _)| !doc[..i].ends_with(char::is_alphanumeric))
+}
+
+/// The word index's view of a document on PostgreSQL (the expression of migration 4).
+const PG_WORDS: &str =
+    "to_tsvector('simple'::regconfig, regexp_replace(doc, '[^[:alnum:]]+', ' ', 'g'))";
+
+/// A free text as a query of the word index: its words in order, the last one a prefix.
+#[derive(Debug)]
+struct WordQuery {
+    words: Vec<String>,
+    last_is_prefix: bool,
+}
+
+impl WordQuery {
+    /// `None` when the text has no word of 3 characters or more to look up (a scan then).
+    fn parse(text: &str) -> Option<WordQuery> {
+        let mut words: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        // A short last word would be a prefix of too many words to be worth looking up; the
+        // check against the text itself still requires it.
+        let mut last_is_prefix = true;
+        if words.len() > 1 && words.last().is_some_and(|w| w.chars().count() < 3) {
+            words.pop();
+            last_is_prefix = false;
+        }
+        words
+            .iter()
+            .any(|w| w.chars().count() >= 3)
+            .then_some(WordQuery {
+                words,
+                last_is_prefix,
+            })
+    }
+
+    /// FTS5: `"w1 w2 w3" *` (a phrase, its last word a prefix).
+    fn fts5(&self) -> String {
+        let star = if self.last_is_prefix { " *" } else { "" };
+        format!("\"{}\"{star}", self.words.join(" "))
+    }
+
+    /// PostgreSQL: `w1 <-> w2 <-> w3:*`.
+    fn tsquery(&self) -> String {
+        let star = if self.last_is_prefix { ":*" } else { "" };
+        format!("{}{star}", self.words.join(" <-> "))
+    }
+}
+
 /// At most this many actions under one prefix are walked one by one; more fall back to one
 /// statement.
 const MAX_ACTION_WALKS: usize = 64;
@@ -271,7 +348,11 @@ impl Where {
         };
         match (by_time, f.before_seq, f.before_ts) {
             (true, Some(seq), Some(ts)) => {
-                let (a, b, c) = (w.bind(Bind::I(ts)), w.bind(Bind::I(ts)), w.bind(Bind::I(seq)));
+                let (a, b, c) = (
+                    w.bind(Bind::I(ts)),
+                    w.bind(Bind::I(ts)),
+                    w.bind(Bind::I(seq)),
+                );
                 w.wh.push(format!("(ts < {a} OR (ts = {b} AND seq < {c}))"));
             }
             (_, Some(v), _) => w.add("seq < ?", Bind::I(v)),
@@ -403,7 +484,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if self.backend() == crate::Backend::Sqlite {
-                sqlx::query("INSERT INTO audit_text (rowid, doc) VALUES ($1, $2)")
+                sqlx::query("INSERT INTO audit_words (rowid, doc) VALUES ($1, $2)")
                     .bind(seq)
                     .bind(&doc)
                     .execute(&mut *tx)
@@ -417,68 +498,108 @@ impl Store {
     }
 
     /// Search, newest first. Three plans, chosen by the filters (module docs, "Search"):
-    /// free text through the trigram index (SQLite), an action prefix as one index walk per
-    /// action name, or one statement the database plans.
+    /// free text through the word index on SQLite, an action prefix walked one action name at
+    /// a time, or one statement the database plans.
     pub async fn search_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let by_time = f.from.is_some() || f.to.is_some();
+        let words = f.text.as_deref().and_then(WordQuery::parse);
         if !by_time {
-            if let Some(q) = f.text.as_deref() {
-                if self.backend() == crate::Backend::Sqlite && q.chars().count() >= 3 {
-                    return self.search_audit_text(f, q).await;
-                }
-            } else if let Some(prefix) = f.action.as_deref().filter(|p| !p.is_empty()) {
+            if let (Some(w), crate::Backend::Sqlite) = (&words, self.backend()) {
+                return self.search_audit_words(f, w).await;
+            }
+            if let (None, Some(prefix)) = (&f.text, f.action.as_deref().filter(|p| !p.is_empty())) {
                 let names = self.audit_actions(prefix).await?;
                 if names.len() <= MAX_ACTION_WALKS {
                     return self.search_audit_actions(f, &names).await;
                 }
             }
         }
-        let mut w = Where::common(f, by_time);
-        if let Some(v) = &f.action {
-            w.add("action LIKE ? ESCAPE '\\'", Bind::S(format!("{}%", like_escape(v))));
-        }
-        if let Some(v) = &f.text {
-            // SQLite's LIKE already ignores ASCII case (LOWER() cost a third of the scan);
-            // PostgreSQL's does not, and its trigram index is on LOWER(doc).
-            let cond = match self.backend() {
-                crate::Backend::Sqlite => "doc LIKE ? ESCAPE '\\'",
-                crate::Backend::Postgres => "LOWER(doc) LIKE ? ESCAPE '\\'",
-            };
-            w.add(cond, Bind::S(format!("%{}%", like_escape(&v.to_lowercase()))));
-        }
         let order = if by_time {
             "ts DESC, seq DESC"
         } else {
             "seq DESC"
         };
-        let sql = format!(
-            "SELECT {COLS} FROM audit{} ORDER BY {order} LIMIT {}",
-            w.clause(),
-            w.next()
-        );
-        // Free text is planned with the pattern in hand (an unnamed statement): a cached
-        // generic plan cannot tell a rare pattern (the trigram index) from a common one (the
-        // newest records first).
-        let rows = w
-            .apply(sqlx::query(&sql))
-            .bind(f.limit)
-            .persistent(f.text.is_none())
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(record_from_row).collect()
+        let mut out = Vec::new();
+        let mut at = f.clone();
+        loop {
+            let mut w = Where::common(&at, by_time);
+            if let Some(v) = &f.action {
+                w.add(
+                    "action LIKE ? ESCAPE '\\'",
+                    Bind::S(format!("{}%", like_escape(v))),
+                );
+            }
+            if let Some(v) = &f.text {
+                self.text_condition(&mut w, v);
+                if let (Some(q), crate::Backend::Postgres) = (&words, self.backend()) {
+                    w.add(
+                        &format!("{PG_WORDS} @@ to_tsquery('simple', ?)"),
+                        Bind::S(q.tsquery()),
+                    );
+                }
+            }
+            let sql = format!(
+                "SELECT {COLS} FROM audit{} ORDER BY {order} LIMIT {}",
+                w.clause(),
+                w.next()
+            );
+            let want = f.limit - out.len() as i64;
+            // Free text is planned with the text in hand (an unnamed statement): a cached
+            // generic plan cannot tell a rare text (the word index) from a common one (newest
+            // first).
+            let rows = w
+                .apply(sqlx::query(&sql))
+                .bind(want)
+                .persistent(f.text.is_none())
+                .fetch_all(self.pool())
+                .await?;
+            let full = rows.len() as i64 == want;
+            let mut last = None;
+            for r in &rows {
+                let rec = record_from_row(r)?;
+                last = Some((rec.seq, rec.record.timestamp.timestamp_millis()));
+                if f.text.as_deref().is_none_or(|t| text_at_word_start(r, t)) {
+                    out.push(rec);
+                }
+            }
+            // Rows that only matched inside a word were dropped: read on from the last one.
+            match last {
+                Some((seq, ts)) if full && (out.len() as i64) < f.limit => {
+                    at.before_seq = Some(seq);
+                    at.before_ts = Some(ts);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
-    /// Free text on SQLite: the trigram index gives the matching `seq`s newest first, in
-    /// growing chunks, and each chunk is filtered by the other conditions until the page is
-    /// full. A rare text costs its few matches, a common one its first chunk.
-    async fn search_audit_text(&self, f: &AuditFilter, q: &str) -> Result<Vec<AuditRecord>> {
-        let phrase = format!("\"{}\"", q.replace('"', "\"\""));
+    /// The text itself, case-insensitively: what every plan checks in SQL (the word start is
+    /// checked on the rows it returns, [`text_at_word_start`]).
+    fn text_condition(&self, w: &mut Where, text: &str) {
+        // SQLite's LIKE already ignores ASCII case (LOWER() cost a third of the scan);
+        // PostgreSQL's does not.
+        let cond = match self.backend() {
+            crate::Backend::Sqlite => "doc LIKE ? ESCAPE '\\'",
+            crate::Backend::Postgres => "LOWER(doc) LIKE ? ESCAPE '\\'",
+        };
+        w.add(
+            cond,
+            Bind::S(format!("%{}%", like_escape(&text.to_lowercase()))),
+        );
+    }
+
+    /// Free text on SQLite: the word index gives candidate `seq`s newest first, in growing
+    /// chunks; each chunk is checked against the text and the other filters until the page
+    /// is full. A rare text costs its few matches, a common one its first chunk.
+    async fn search_audit_words(&self, f: &AuditFilter, q: &WordQuery) -> Result<Vec<AuditRecord>> {
+        let phrase = q.fts5();
+        let text = f.text.as_deref().unwrap_or_default();
         let mut below = f.before_seq.unwrap_or(i64::MAX);
         let mut chunk: i64 = 256;
         let mut out: Vec<AuditRecord> = Vec::new();
         loop {
             let seqs: Vec<i64> = sqlx::query_scalar(
-                "SELECT rowid FROM audit_text WHERE audit_text MATCH $1 AND rowid < $2 ORDER BY rowid DESC LIMIT $3",
+                "SELECT rowid FROM audit_words WHERE audit_words MATCH $1 AND rowid < $2 ORDER BY rowid DESC LIMIT $3",
             )
             .bind(&phrase)
             .bind(below)
@@ -486,28 +607,36 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
             let Some(&last) = seqs.last() else { break };
-            let mut w = Where::common(&AuditFilter { before_seq: None, ..f.clone() }, false);
+            let mut w = Where::common(
+                &AuditFilter {
+                    before_seq: None,
+                    ..f.clone()
+                },
+                false,
+            );
             if let Some(v) = &f.action {
-                w.add("action LIKE ? ESCAPE '\\'", Bind::S(format!("{}%", like_escape(v))));
+                w.add(
+                    "action LIKE ? ESCAPE '\\'",
+                    Bind::S(format!("{}%", like_escape(v))),
+                );
             }
+            self.text_condition(&mut w, text);
             w.add(
                 "seq IN (SELECT value FROM json_each(?))",
                 Bind::S(serde_json::to_string(&seqs)?),
             );
-            let sql = format!(
-                "SELECT {COLS} FROM audit{} ORDER BY seq DESC LIMIT {}",
-                w.clause(),
-                w.next()
-            );
-            let rows = w
-                .apply(sqlx::query(&sql))
-                .bind(f.limit - out.len() as i64)
-                .fetch_all(self.pool())
-                .await?;
+            // The whole chunk (at most `chunk` rows): the word-start check may drop some.
+            let sql = format!("SELECT {COLS} FROM audit{} ORDER BY seq DESC", w.clause());
+            let rows = w.apply(sqlx::query(&sql)).fetch_all(self.pool()).await?;
             for r in &rows {
-                out.push(record_from_row(r)?);
+                if text_at_word_start(r, text) {
+                    out.push(record_from_row(r)?);
+                    if out.len() as i64 >= f.limit {
+                        return Ok(out);
+                    }
+                }
             }
-            if out.len() as i64 >= f.limit || (seqs.len() as i64) < chunk {
+            if (seqs.len() as i64) < chunk {
                 break;
             }
             below = last;
@@ -761,17 +890,16 @@ impl Store {
     pub async fn purge_audit(&self, cutoff_ms: i64) -> Result<u64> {
         // By position, not by time: the chain stays a suffix even when clocks disagree.
         let mut tx = self.write_tx().await?;
-        let last: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit WHERE ts < $1")
-                .bind(cutoff_ms)
-                .fetch_one(&mut *tx)
-                .await?;
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit WHERE ts < $1")
+            .bind(cutoff_ms)
+            .fetch_one(&mut *tx)
+            .await?;
         let n = sqlx::query("DELETE FROM audit WHERE seq <= $1")
             .bind(last)
             .execute(&mut *tx)
             .await?;
         if self.backend() == crate::Backend::Sqlite {
-            sqlx::query("DELETE FROM audit_text WHERE rowid <= $1")
+            sqlx::query("DELETE FROM audit_words WHERE rowid <= $1")
                 .bind(last)
                 .execute(&mut *tx)
                 .await?;

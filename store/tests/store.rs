@@ -519,10 +519,19 @@ async fn time_ranged_pages_follow_time() {
 #[tokio::test]
 async fn search_plans_return_what_a_scan_would() {
     each(async |s| {
-        let actions = ["account_created", "account_suspended", "package_changed", "restore_started"];
+        let actions = [
+            "account_created",
+            "account_suspended",
+            "package_changed",
+            "restore_started",
+        ];
         let mut recs = Vec::new();
         for i in 0..900usize {
-            let action = if i % 97 == 5 { "queue_paused" } else { actions[i % 4] };
+            let action = if i % 97 == 5 {
+                "queue_paused"
+            } else {
+                actions[i % 4]
+            };
             let mut r = NewAudit::new(
                 action,
                 Actor {
@@ -546,12 +555,28 @@ async fn search_plans_return_what_a_scan_would() {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| {
-                    f.action.as_ref().is_none_or(|a| r.action.starts_with(a.as_str()))
-                        && f.reseller.as_ref().is_none_or(|x| r.reseller.as_ref() == Some(x))
-                        && f.account.as_ref().is_none_or(|x| r.account.as_ref() == Some(x))
+                    f.action
+                        .as_ref()
+                        .is_none_or(|a| r.action.starts_with(a.as_str()))
+                        && f.reseller
+                            .as_ref()
+                            .is_none_or(|x| r.reseller.as_ref() == Some(x))
+                        && f.account
+                            .as_ref()
+                            .is_none_or(|x| r.account.as_ref() == Some(x))
                         && f.result.as_ref().is_none_or(|x| &r.result == x)
+                        && f.from.is_none_or(|t| r.timestamp.timestamp_millis() >= t)
+                        && f.to.is_none_or(|t| r.timestamp.timestamp_millis() < t)
                         && f.text.as_ref().is_none_or(|q| {
-                            serde_json::to_string(r).unwrap().to_lowercase().contains(&q.to_lowercase())
+                            // At the start of a word (or anywhere when it starts with punctuation).
+                            let (doc, q) = (
+                                serde_json::to_string(r).unwrap().to_lowercase(),
+                                q.to_lowercase(),
+                            );
+                            doc.match_indices(&q).any(|(i, _)| {
+                                !q.starts_with(char::is_alphanumeric)
+                                    || !doc[..i].ends_with(char::is_alphanumeric)
+                            })
                         })
                 })
                 .map(|(i, _)| i as i64 + 1)
@@ -561,36 +586,123 @@ async fn search_plans_return_what_a_scan_would() {
         };
         let paged = async |f: &AuditFilter, limit: i64| -> Vec<i64> {
             let mut seqs = Vec::new();
-            let mut before = None;
+            let mut before: Option<&AuditRecord> = None;
+            let mut page;
             loop {
-                let page = s
-                    .search_audit(&AuditFilter { before_seq: before, limit, ..f.clone() })
+                page = s
+                    .search_audit(&AuditFilter {
+                        before_seq: before.map(|r| r.seq),
+                        before_ts: before.map(|r| r.record.timestamp.timestamp_millis()),
+                        limit,
+                        ..f.clone()
+                    })
                     .await
                     .unwrap();
                 seqs.extend(page.iter().map(|r| r.seq));
                 if (page.len() as i64) < limit {
                     return seqs;
                 }
-                before = page.last().map(|r| r.seq);
+                before = page.last();
             }
         };
         let text = |q: &str| Some(q.to_string());
         let filters = [
-            AuditFilter { text: text("note-1"), ..Default::default() },
-            AuditFilter { text: text("NOTE-77"), ..Default::default() },
-            AuditFilter { text: text("10.0.3.1"), ..Default::default() },
-            AuditFilter { text: text("10.0.3.1"), reseller: text("res1"), ..Default::default() },
-            AuditFilter { text: text("mozilla"), result: text("failure"), ..Default::default() },
-            AuditFilter { text: text("mozilla"), account: text("c3"), action: text("account_"), ..Default::default() },
-            AuditFilter { text: text("50%_off"), account: text("c4"), ..Default::default() },
-            AuditFilter { text: text("\"odd\""), account: text("c5"), ..Default::default() },
-            AuditFilter { text: text("-7"), ..Default::default() },
-            AuditFilter { text: text("no such text"), ..Default::default() },
-            AuditFilter { action: text("queue_"), ..Default::default() },
-            AuditFilter { action: text("account_"), ..Default::default() },
-            AuditFilter { action: text("account_s"), reseller: text("res0"), ..Default::default() },
-            AuditFilter { action: text("pack"), result: text("failure"), ..Default::default() },
-            AuditFilter { action: text("nothing_"), ..Default::default() },
+            AuditFilter {
+                text: text("note-1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("NOTE-77"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("10.0.3.1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("10.0.3.1"),
+                reseller: text("res1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("mozilla"),
+                result: text("failure"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("mozilla"),
+                account: text("c3"),
+                action: text("account_"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("50%_off"),
+                account: text("c4"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("\"odd\""),
+                account: text("c5"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("-7"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("no such text"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("ozilla"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("ote-1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("0.3.1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text(".3.1"),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("note-1"),
+                from: Some(1_800_000_100_000),
+                to: Some(1_800_000_700_000),
+                ..Default::default()
+            },
+            AuditFilter {
+                text: text("ote-1"),
+                from: Some(1_800_000_100_000),
+                to: Some(1_800_000_700_000),
+                ..Default::default()
+            },
+            AuditFilter {
+                action: text("queue_"),
+                ..Default::default()
+            },
+            AuditFilter {
+                action: text("account_"),
+                ..Default::default()
+            },
+            AuditFilter {
+                action: text("account_s"),
+                reseller: text("res0"),
+                ..Default::default()
+            },
+            AuditFilter {
+                action: text("pack"),
+                result: text("failure"),
+                ..Default::default()
+            },
+            AuditFilter {
+                action: text("nothing_"),
+                ..Default::default()
+            },
         ];
         for f in &filters {
             let want = matching(f);
@@ -600,14 +712,33 @@ async fn search_plans_return_what_a_scan_would() {
         }
         // "mozilla" is in all 900 records, more than the first text chunk (256): the failures
         // among them take several chunks to find.
-        assert_eq!(matching(&AuditFilter { text: text("mozilla"), ..Default::default() }).len(), 900);
-        assert_eq!(matching(&filters[10]).len(), 10);
+        assert_eq!(
+            matching(&AuditFilter {
+                text: text("mozilla"),
+                ..Default::default()
+            })
+            .len(),
+            900
+        );
         assert!(matching(&filters[9]).is_empty());
+        assert!(matching(&filters[10]).is_empty(), "inside a word: no match");
+        assert!(matching(&filters[11]).is_empty(), "inside a word: no match");
+        assert!(
+            !matching(&filters[12]).is_empty(),
+            "\"0\" of \"10.0.3.1\" starts a word"
+        );
+        assert!(!matching(&filters[13]).is_empty());
+        assert!(!matching(&filters[14]).is_empty());
+        assert!(matching(&filters[15]).is_empty(), "inside a word: no match");
+        assert_eq!(matching(&filters[16]).len(), 10);
         // Retention: the purged records are gone from every plan.
         let cutoff = recs[450].timestamp.timestamp_millis();
         assert!(s.purge_audit(cutoff).await.unwrap() > 0);
         let left = s
-            .search_audit(&AuditFilter { limit: 1000, ..Default::default() })
+            .search_audit(&AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let oldest = left.last().unwrap().seq;
