@@ -153,6 +153,14 @@ fn non_empty(v: Option<&String>) -> Option<String> {
     v.filter(|s| !s.is_empty()).cloned()
 }
 
+/// The ETA as of now: the estimate counted down by the time since it was written (progress
+/// is written about once a second; a reader in between should not see a frozen value).
+fn eta_now(eta: Option<f64>, eta_at: Option<f64>) -> Option<f64> {
+    let eta = eta?;
+    let age = eta_at.map_or(0.0, |at| ((crate::now_ms() as f64 - at) / 1000.0).max(0.0));
+    Some(((eta - age).max(0.0) * 10.0).round() / 10.0)
+}
+
 impl Job {
     /// Build from a job hash and its log list. `None` if the hash is empty or malformed.
     pub fn from_hash(h: &HashMap<String, String>, log_tail: Vec<String>) -> Option<Job> {
@@ -173,7 +181,7 @@ impl Job {
             bytes_total: num("total").map(|v| v as u64),
             bytes_processed: num("done").map(|v| v as u64),
             speed_mbps: num("speed").map(|v| v / 1e6),
-            eta_seconds: num("eta"),
+            eta_seconds: eta_now(num("eta"), num("eta_at")),
             error: non_empty(h.get("error")),
             result: h.get("result").and_then(|r| serde_json::from_str(r).ok()),
             log_tail,

@@ -69,3 +69,10 @@ pub use queue::{
     Renewed,
 };
 pub use wait::{WaitOutcome, Waiter};
+
+/// Wall-clock Unix milliseconds on this host.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

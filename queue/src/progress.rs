@@ -17,11 +17,20 @@ use tokio_util::sync::CancellationToken;
 /// Samples may arrive at any interval: the smoothing factor is `1 - exp(-dt / tau)`, so the
 /// estimate forgets the past at the same speed whatever the reporting rate. A constant workload
 /// gives its exact rate; a stall drives the rate (and so the ETA) smoothly toward "longer".
+///
+/// The average is bias-corrected: it starts from no knowledge rather than from a rate of zero
+/// (or from the first interval alone), so early on it is the plain average since the first
+/// sample, and it weighs recent intervals more only as they accumulate. Without this, a job
+/// whose first report is "stage set, nothing done yet" started from a rate near zero and its
+/// ETA stayed far too long for several `tau`.
 #[derive(Clone, Debug)]
 pub struct EtaEstimator {
     tau: f64,
     last: Option<(f64, f64)>,
-    rate: Option<f64>,
+    /// Sum of `a · instantaneous rate`, decayed.
+    acc: f64,
+    /// Sum of the weights `a`, decayed the same way (1 − e^(−elapsed/τ)).
+    weight: f64,
 }
 
 impl Default for EtaEstimator {
@@ -36,7 +45,8 @@ impl EtaEstimator {
         EtaEstimator {
             tau: tau.as_secs_f64().max(0.001),
             last: None,
-            rate: None,
+            acc: 0.0,
+            weight: 0.0,
         }
     }
 
@@ -52,30 +62,28 @@ impl EtaEstimator {
                 if dt <= 0.0 {
                     // Same instant: keep the newest value, rate unchanged.
                     self.last = Some((t0, value));
-                    return self.rate;
+                    return self.rate();
                 }
                 let inst = ((value - v0) / dt).max(0.0);
                 let a = 1.0 - (-dt / self.tau).exp();
-                self.rate = Some(match self.rate {
-                    None => inst,
-                    Some(r) => r + a * (inst - r),
-                });
+                self.acc += a * (inst - self.acc);
+                self.weight += a * (1.0 - self.weight);
                 self.last = Some((t, value));
             }
         }
-        self.rate
+        self.rate()
     }
 
     /// Smoothed rate, if known.
     pub fn rate(&self) -> Option<f64> {
-        self.rate
+        (self.weight > 0.0).then(|| self.acc / self.weight)
     }
 
     /// Seconds until `value` reaches `target` at the smoothed rate; `None` while unknown or
     /// stalled (rate zero).
     pub fn eta(&self, target: f64) -> Option<f64> {
         let (_, v) = self.last?;
-        let r = self.rate?;
+        let r = self.rate()?;
         if r <= f64::EPSILON {
             return None;
         }
@@ -262,6 +270,8 @@ impl Flusher {
                     speed.map(|v| format!("{v:.0}")).unwrap_or_default(),
                 ),
                 ("eta", eta.map(|v| format!("{v:.1}")).unwrap_or_default()),
+                // When `eta` was estimated: a reader counts down from it between writes.
+                ("eta_at", crate::now_ms().to_string()),
             ];
             let data = serde_json::json!({
                 "progress_percent": (self.percent * 100.0).round() / 100.0,

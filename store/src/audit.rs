@@ -20,11 +20,13 @@
 //!   a case-insensitive substring of the record that **starts at the beginning of a word**
 //!   (words are runs of letters and digits): `198.51.3.10`, `3.105`, `cust004`, `created`
 //!   and `Note-1` match, `ustomer` does not. It goes through an index of the records' words
-//!   (the text's words as a phrase, the last one as a prefix) and the candidates are then
-//!   checked against the text itself: on SQLite a contentless FTS5 table keyed by `seq`, read
+//!   (records holding the text's words, the last one as a prefix; a phrase on PostgreSQL) and
+//!   the candidates are then checked against the text itself: on SQLite a contentless FTS5
+//!   table without positions keyed by `seq`, read
 //!   newest first in growing chunks that the other filters then narrow (a rare text costs its
-//!   matches, a common one its first chunk); on PostgreSQL a GIN index of the same words,
-//!   which the planner uses for rare texts (the statement is planned with the text in hand).
+//!   matches, a common one its first chunk); on PostgreSQL a GIN index of the document's
+//!   ASCII words, which the planner uses for rare texts (the statement is planned with the
+//!   text in hand).
 //!   A text with no word of 3 characters or more (`-7`, `ab`), and free text within a time
 //!   range on SQLite, is a scan of what the other filters leave. An action prefix without a
 //!   range is walked one action name at a time on the `(action, seq)` index and merged, so a
@@ -277,7 +279,7 @@ fn text_at_word_start(r: &AnyRow, text: &str) -> bool {
 
 /// The word index's view of a document on PostgreSQL (the expression of migration 4).
 const PG_WORDS: &str =
-    "to_tsvector('simple'::regconfig, regexp_replace(doc, '[^[:alnum:]]+', ' ', 'g'))";
+    "to_tsvector('simple'::regconfig, regexp_replace(LOWER(doc), '[^a-z0-9]+', ' ', 'g'))";
 
 /// A free text as a query of the word index: its words in order, the last one a prefix.
 #[derive(Debug)]
@@ -288,9 +290,18 @@ struct WordQuery {
 
 impl WordQuery {
     /// `None` when the text has no word of 3 characters or more to look up (a scan then).
-    fn parse(text: &str) -> Option<WordQuery> {
+    /// Words are what the backend's index holds: runs of letters and digits on SQLite
+    /// (unicode61), of ASCII letters and digits on PostgreSQL (migration 4).
+    fn parse(text: &str, backend: crate::Backend) -> Option<WordQuery> {
+        let ascii = backend == crate::Backend::Postgres;
         let mut words: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
+            .split(|c: char| {
+                if ascii {
+                    !c.is_ascii_alphanumeric()
+                } else {
+                    !c.is_alphanumeric()
+                }
+            })
             .filter(|w| !w.is_empty())
             .map(str::to_lowercase)
             .collect();
@@ -310,10 +321,22 @@ impl WordQuery {
             })
     }
 
-    /// FTS5: `"w1 w2 w3" *` (a phrase, its last word a prefix).
+    /// FTS5 without positions: `"w1" AND "w2" AND "w3" *` (every word, the last a prefix).
     fn fts5(&self) -> String {
-        let star = if self.last_is_prefix { " *" } else { "" };
-        format!("\"{}\"{star}", self.words.join(" "))
+        let n = self.words.len();
+        self.words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let star = if i + 1 == n && self.last_is_prefix {
+                    " *"
+                } else {
+                    ""
+                };
+                format!("\"{w}\"{star}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 
     /// PostgreSQL: `w1 <-> w2 <-> w3:*`.
@@ -502,12 +525,22 @@ impl Store {
     /// a time, or one statement the database plans.
     pub async fn search_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let by_time = f.from.is_some() || f.to.is_some();
-        let words = f.text.as_deref().and_then(WordQuery::parse);
+        let words = f
+            .text
+            .as_deref()
+            .and_then(|t| WordQuery::parse(t, self.backend()));
         if !by_time {
             if let (Some(w), crate::Backend::Sqlite) = (&words, self.backend()) {
                 return self.search_audit_words(f, w).await;
             }
-            if let (None, Some(prefix)) = (&f.text, f.action.as_deref().filter(|p| !p.is_empty())) {
+            // Not with an account, reseller or actor: their own `(x, seq)` indexes are the
+            // better walk.
+            let narrower = f.account.is_some() || f.reseller.is_some() || f.actor.is_some();
+            if let (None, false, Some(prefix)) = (
+                &f.text,
+                narrower,
+                f.action.as_deref().filter(|p| !p.is_empty()),
+            ) {
                 let names = self.audit_actions(prefix).await?;
                 if names.len() <= MAX_ACTION_WALKS {
                     return self.search_audit_actions(f, &names).await;
@@ -894,16 +927,19 @@ impl Store {
             .bind(cutoff_ms)
             .fetch_one(&mut *tx)
             .await?;
+        if self.backend() == crate::Backend::Sqlite {
+            // A contentless index forgets an entry given the text it indexed.
+            sqlx::query(
+                "INSERT INTO audit_words (audit_words, rowid, doc) SELECT 'delete', seq, doc FROM audit WHERE seq <= $1",
+            )
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        }
         let n = sqlx::query("DELETE FROM audit WHERE seq <= $1")
             .bind(last)
             .execute(&mut *tx)
             .await?;
-        if self.backend() == crate::Backend::Sqlite {
-            sqlx::query("DELETE FROM audit_words WHERE rowid <= $1")
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
         Ok(n.rows_affected())
     }
