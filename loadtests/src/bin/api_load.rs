@@ -18,7 +18,14 @@
 //! - `idle`: a fresh server left alone `IDLE_SETTLE_SECS` (10), then its CPU (utime + stime from
 //!   `/proc/<pid>/stat`) over `IDLE_SECS` (60) and its VmRSS.
 //!
-//! `PHASES=api,ws,idle` selects phases. During each load phase the CPU of the server, of
+//! - `eta`: the ETA a user watches. `ETA_RUNS` (3) `diagnostic` jobs of `ETA_JOB_MS` (20000)
+//!   ms in `ETA_STEPS` (40) steps, one after the other, each watched over
+//!   `/api/jobs/{id}/live` and polled with `GET /api/jobs/{id}` every 250 ms. Every progress
+//!   message and poll after 10 % done predicts a finish (its receipt time + `eta_seconds`); its
+//!   error is the distance to the real finish (receipt of the `complete` message) as a share
+//!   of the job's length (`finished_at − started_at`). Target: every one within ±10 %.
+//!
+//! `PHASES=api,ws,idle,eta` selects phases (`eta` only when named: it takes a minute). During each load phase the CPU of the server, of
 //! redis-server (found by `INFO server` `process_id`, when it runs on this machine) and of this
 //! client are sampled, to show which one limits. Prints markdown tables; stops the servers and
 //! deletes their Redis keys by itself; a watchdog ends everything after `MAX_SECS` (900).
@@ -916,6 +923,134 @@ fn raise_nofile(need: u64) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// ETA as the user sees it
+
+/// One watched job: prediction errors (share of the job's length) from the stream [0] and
+/// from polling [1], and how many messages after 10 % carried no ETA.
+struct EtaRun {
+    errors: [Vec<f64>; 2],
+    missing: [usize; 2],
+    len: f64,
+}
+
+async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
+    let runs = env_u64("ETA_RUNS", 3);
+    let job_ms = env_u64("ETA_JOB_MS", 20_000);
+    let steps = env_u64("ETA_STEPS", 40);
+    let srv = Server::start(&redis.url, "eta", 100, http).await;
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let body = Bytes::from(format!(
+            r#"{{"kind":"diagnostic","payload":{{"duration_ms":{job_ms},"steps":{steps}}},"account":"eta{run}"}}"#
+        ));
+        let (st, b) = call(http, &srv, Method::POST, "/api/jobs", Some(body))
+            .await
+            .expect("enqueue");
+        assert!(
+            st.is_success(),
+            "enqueue: {st} {}",
+            String::from_utf8_lossy(&b)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("job JSON");
+        let id = v["id"].as_str().expect("job id").to_string();
+        let url = format!("{}/api/jobs/{id}/live?token={}", srv.ws_base, srv.token);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("live socket");
+        // Poll beside the stream, as a page that refreshes would.
+        let done = CancellationToken::new();
+        let poller = {
+            let (http, done, path) = (http.clone(), done.clone(), format!("/api/jobs/{id}"));
+            let (base, bearer) = (srv.base.clone(), srv.bearer.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                while !done.is_cancelled() {
+                    tick.tick().await;
+                    if let Ok((StatusCode::OK, b)) =
+                        request(&http, &base, &bearer, Method::GET, &path, None).await
+                    {
+                        let j: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+                        if j["status"] == "running" {
+                            seen.push((
+                                Instant::now(),
+                                j["progress_percent"].as_f64().unwrap_or(0.0),
+                                j["eta_seconds"].as_f64(),
+                            ));
+                        }
+                    }
+                }
+                seen
+            })
+        };
+        let mut stream = Vec::new();
+        let finish = loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("live socket of {id} ended before the job did");
+            };
+            let m: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+            match m["type"].as_str() {
+                Some("progress") | Some("stage") => stream.push((
+                    Instant::now(),
+                    m["progress_percent"].as_f64().unwrap_or(0.0),
+                    m["eta_seconds"].as_f64(),
+                )),
+                Some("complete") => break Instant::now(),
+                _ => {}
+            }
+        };
+        done.cancel();
+        let polled = poller.await.unwrap_or_default();
+        let (_, b) = call(http, &srv, Method::GET, &format!("/api/jobs/{id}"), None)
+            .await
+            .expect("job");
+        let j: serde_json::Value = serde_json::from_slice(&b).expect("job JSON");
+        let ms = |k: &str| {
+            j[k].as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+                .expect("job times")
+        };
+        let len = (ms("finished_at") - ms("started_at")) as f64 / 1000.0;
+        let mut r = EtaRun {
+            errors: [Vec::new(), Vec::new()],
+            missing: [0, 0],
+            len,
+        };
+        for (k, seen) in [stream, polled].into_iter().enumerate() {
+            for (at, percent, eta) in seen {
+                if percent < 10.0 || percent >= 100.0 {
+                    continue;
+                }
+                match eta {
+                    Some(e) => {
+                        let predicted = at.duration_since(finish.min(at)).as_secs_f64()
+                            - finish.duration_since(at.min(finish)).as_secs_f64()
+                            + e;
+                        if std::env::var_os("ETA_TRACE").is_some() {
+                            log(format!(
+                                "eta: {} {percent:5.1} % eta {e:5.1} s, {:5.1} s before the finish: off by {predicted:+.2} s",
+                                ["ws ", "get"][k],
+                                finish.duration_since(at.min(finish)).as_secs_f64()
+                            ));
+                        }
+                        r.errors[k].push(predicted.abs() / len);
+                    }
+                    None => r.missing[k] += 1,
+                }
+            }
+        }
+        log(format!(
+            "eta: job {id}: {len:.1} s, {} messages and {} polls after 10 %",
+            r.errors[0].len() + r.missing[0],
+            r.errors[1].len() + r.missing[1]
+        ));
+        out.push(r);
+    }
+    out
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "✅"
@@ -983,7 +1118,38 @@ async fn run() {
         None
     };
 
+    let eta = if std::env::var("PHASES").is_ok_and(|p| p.split(',').any(|x| x.trim() == "eta")) {
+        Some(eta_phase(&redis, &http).await)
+    } else {
+        None
+    };
+
     println!("| figure | measured | target | |\n|---|---|---|---|");
+    if let Some(runs) = &eta {
+        for (name, pick) in [
+            ("WebSocket progress messages", 0usize),
+            ("`GET /api/jobs/{id}` every 250 ms", 1),
+        ] {
+            let mut all: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| r.errors[pick].iter().copied())
+                .collect();
+            all.sort_by(f64::total_cmp);
+            let missing: usize = runs.iter().map(|r| r.missing[pick]).sum();
+            let worst = all.last().copied().unwrap_or(f64::NAN);
+            println!(
+                "| ETA error after 10 % done, {name} ({} predictions over {} jobs of {:.1}–{:.1} s; {missing} without an ETA) | median {:.1} %, p90 {:.1} %, worst {:.1} % of the job's length | every one ≤ 10 % | {} |",
+                all.len(),
+                runs.len(),
+                runs.iter().map(|r| r.len).fold(f64::INFINITY, f64::min),
+                runs.iter().map(|r| r.len).fold(0.0, f64::max),
+                pct(&all, 50.0) * 100.0,
+                pct(&all, 90.0) * 100.0,
+                worst * 100.0,
+                mark(worst <= 0.10 && missing == 0)
+            );
+        }
+    }
     if let Some(a) = &api {
         let half = a.rate / 2;
         for (name, route, v, errs) in [
