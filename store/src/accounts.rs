@@ -403,9 +403,9 @@ impl Store {
         let mut views: HashMap<String, PackageView> = HashMap::new();
         for r in &rows {
             if let Some(p) = get_opt_str(r, "package")? {
-                if !views.contains_key(&p) {
-                    let view = self.package_view(&p).await?;
-                    views.insert(p, view);
+                if let std::collections::hash_map::Entry::Vacant(e) = views.entry(p) {
+                    let view = self.package_view(e.key()).await?;
+                    e.insert(view);
                 }
             }
         }

@@ -1020,7 +1020,7 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
         };
         for (k, seen) in [stream, polled].into_iter().enumerate() {
             for (at, percent, eta) in seen {
-                if percent < 10.0 || percent >= 100.0 {
+                if !(10.0..100.0).contains(&percent) {
                     continue;
                 }
                 match eta {
