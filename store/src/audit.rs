@@ -20,9 +20,8 @@
 //!   a case-insensitive substring of the record that **starts at the beginning of a word**
 //!   (words are runs of letters and digits): `198.51.3.10`, `3.105`, `cust004`, `created`
 //!   and `Note-1` match, `ustomer` does not. It goes through an index of the records' words
-//!   (records holding the text's words, the last one as a prefix; a phrase on PostgreSQL) and
-//!   the candidates are then checked against the text itself: on SQLite a contentless FTS5
-//!   table without positions keyed by `seq`, read
+//!   (the text's words as a phrase, the last one as a prefix) and the candidates are then
+//!   checked against the text itself: on SQLite a contentless FTS5 table keyed by `seq`, read
 //!   newest first in growing chunks that the other filters then narrow (a rare text costs its
 //!   matches, a common one its first chunk); on PostgreSQL a GIN index of the document's
 //!   ASCII words, which the planner uses for rare texts (the statement is planned with the
@@ -321,22 +320,10 @@ impl WordQuery {
             })
     }
 
-    /// FTS5 without positions: `"w1" AND "w2" AND "w3" *` (every word, the last a prefix).
+    /// FTS5: `"w1 w2 w3" *` (a phrase, its last word a prefix).
     fn fts5(&self) -> String {
-        let n = self.words.len();
-        self.words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let star = if i + 1 == n && self.last_is_prefix {
-                    " *"
-                } else {
-                    ""
-                };
-                format!("\"{w}\"{star}")
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
+        let star = if self.last_is_prefix { " *" } else { "" };
+        format!("\"{}\"{star}", self.words.join(" "))
     }
 
     /// PostgreSQL: `w1 <-> w2 <-> w3:*`.
