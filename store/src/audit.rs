@@ -37,6 +37,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 use tokio::sync::Mutex;
 
@@ -333,6 +334,17 @@ impl WordQuery {
     }
 }
 
+/// Rows per multi-row statement of an append (16 binds each: 8000, under SQLite's 32766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, …` (`n` placeholders).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// At most this many actions under one prefix are walked one by one; more fall back to one
 /// statement.
 const MAX_ACTION_WALKS: usize = 64;
@@ -450,61 +462,99 @@ impl Store {
     }
 
     async fn try_append(&self, records: &[NewAudit]) -> Result<usize> {
+        if records.iter().any(|r| r.id.is_empty() || r.id.len() > 64) {
+            return Err(StoreError::Invalid("an audit record needs an id".into()));
+        }
         let mut tx = self.write_tx().await?;
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
                 .await?;
         let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
-        let mut written = 0;
-        for rec in records {
-            if rec.id.is_empty() || rec.id.len() > 64 {
-                return Err(StoreError::Invalid("an audit record needs an id".into()));
+        // Ids already stored (an outbox entry delivered again after a crash) and repeats
+        // within the batch are skipped. Reads and writes go a few hundred rows per statement:
+        // one round trip per record made the drain as slow as the connection's latency.
+        let mut seen: HashSet<String> = HashSet::new();
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id FROM audit WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q =
+                sqlx::query_scalar::<_, String>(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
+            for r in chunk {
+                q = q.bind(&r.id);
             }
-            let dup = sqlx::query("SELECT 1 FROM audit WHERE id = $1")
-                .bind(&rec.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if dup.is_some() {
+            seen.extend(q.fetch_all(&mut *tx).await?);
+        }
+        let mut rows: Vec<(i64, &NewAudit, String, String, String)> = Vec::new();
+        for rec in records {
+            if !seen.insert(rec.id.clone()) {
                 continue;
             }
             seq += 1;
             let doc = document(seq, rec, &prev)?;
             let hash = chain_hash(&prev, &doc);
-            sqlx::query(
-                "INSERT INTO audit (seq, id, ts, account, reseller, actor_type, actor_id, action, resource_type, resource_id, result, job_id, parent_id, doc, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            )
-            .bind(seq)
-            .bind(&rec.id)
-            .bind(rec.timestamp.timestamp_millis())
-            .bind(rec.account.clone())
-            .bind(rec.reseller.clone())
-            .bind(&rec.actor.kind)
-            .bind(&rec.actor.id)
-            .bind(&rec.action)
-            .bind(rec.resource.get("type").and_then(Value::as_str).map(str::to_string))
-            .bind(rec.resource.get("id").and_then(Value::as_str).map(str::to_string))
-            .bind(&rec.result)
-            .bind(rec.job_id.clone())
-            .bind(rec.parent_id.clone())
-            .bind(&doc)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            if self.backend() == crate::Backend::Sqlite {
-                sqlx::query("INSERT INTO audit_words (rowid, doc) VALUES ($1, $2)")
-                    .bind(seq)
-                    .bind(&doc)
-                    .execute(&mut *tx)
-                    .await?;
+            rows.push((
+                seq,
+                rec,
+                doc,
+                std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            ));
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 16 + 1, 16)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit (seq, id, ts, account, reseller, actor_type, actor_id, action, resource_type, resource_id, result, job_id, parent_id, doc, prev_hash, hash) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
+            for (seq, rec, doc, prev, hash) in chunk {
+                let resource = |k: &str| {
+                    rec.resource
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                q = q
+                    .bind(*seq)
+                    .bind(&rec.id)
+                    .bind(rec.timestamp.timestamp_millis())
+                    .bind(rec.account.clone())
+                    .bind(rec.reseller.clone())
+                    .bind(&rec.actor.kind)
+                    .bind(&rec.actor.id)
+                    .bind(&rec.action)
+                    .bind(resource("type"))
+                    .bind(resource("id"))
+                    .bind(&rec.result)
+                    .bind(rec.job_id.clone())
+                    .bind(rec.parent_id.clone())
+                    .bind(doc)
+                    .bind(prev)
+                    .bind(hash);
             }
-            prev = hash;
-            written += 1;
+            q.execute(&mut *tx).await?;
+            if self.backend() == crate::Backend::Sqlite {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", placeholders(i * 2 + 1, 2)))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO audit_words (rowid, doc) VALUES {}",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
+                for (seq, _, doc, _, _) in chunk {
+                    q = q.bind(*seq).bind(doc);
+                }
+                q.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(written)
+        Ok(rows.len())
     }
 
     /// Search, newest first. Three plans, chosen by the filters (module docs, "Search"):
