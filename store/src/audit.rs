@@ -480,8 +480,9 @@ impl Store {
                 "SELECT id FROM audit WHERE id IN ({})",
                 placeholders(1, chunk.len())
             );
-            let mut q =
-                sqlx::query_scalar::<_, String>(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
+            // Planned each time: a plan cached while the table was small (a new store) is a
+            // sequential scan, and stays one as the table grows (every append read it all).
+            let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
             for r in chunk {
                 q = q.bind(&r.id);
             }
