@@ -269,7 +269,8 @@ pub struct AuditQuery {
     pub result: Option<String>,
     /// Resource type (`account`, `package`, `job`, `queue`, ...).
     pub resource_type: Option<String>,
-    /// Free text, case-insensitive.
+    /// Free text, case-insensitive, found where it starts a word of the record (`198.51.3`,
+    /// `3.105`, `cust004` and `created` match; `ustomer` does not).
     pub q: Option<String>,
     /// Page size (1-1000, default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -159,7 +159,7 @@ pub struct AuditFilter {
     pub result: Option<String>,
     /// Resource type.
     pub resource_type: Option<String>,
-    /// Free text, case-insensitive, anywhere in the record.
+    /// Free text, case-insensitive, where it starts a word of the record (module docs).
     pub text: Option<String>,
     /// Records with `seq` below this (with a time range: below `(before_ts, before_seq)`).
     pub before_seq: Option<i64>,
