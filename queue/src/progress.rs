@@ -234,7 +234,13 @@ impl Flusher {
         loop {
             // The next progress message is due exactly a second after the last one: a fixed
             // ticker beside it drifts, finds it due 1 ms too early, and skips a whole second.
-            let next = self.last_progress_event.unwrap_or_else(Instant::now) + PROGRESS_EVERY;
+            // When that time has passed with nothing to send, wait a whole interval (never
+            // spin).
+            let now = Instant::now();
+            let next = match self.last_progress_event {
+                Some(l) if l + PROGRESS_EVERY > now => l + PROGRESS_EVERY,
+                _ => now + PROGRESS_EVERY,
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.notify.notified() => {}
