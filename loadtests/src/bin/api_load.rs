@@ -1048,6 +1048,9 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
         ));
         out.push(r);
     }
+    let mut srv = srv;
+    srv.stop();
+    redis.cleanup(&srv.queue_name).await;
     out
 }
 
