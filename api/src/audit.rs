@@ -163,6 +163,33 @@ pub struct Ctx {
     started: Instant,
 }
 
+/// What an audit record says about the client of a request: its address, user agent and
+/// request id (headers cut to 256 characters).
+pub(crate) struct Client {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Client {
+    pub(crate) fn of(parts: &Parts) -> Client {
+        let h: &HeaderMap = &parts.headers;
+        let text = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect::<String>())
+        };
+        Client {
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            user_agent: text("user-agent"),
+            request_id: text("x-request-id"),
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
@@ -175,20 +202,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             }
             _ => return Err(ApiError::Unauthorized),
         };
-        let h: &HeaderMap = &parts.headers;
-        let text = |k: &str| {
-            h.get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(256).collect::<String>())
-        };
+        let client = Client::of(parts);
         Ok(Ctx {
             caller,
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-            user_agent: text("user-agent"),
-            request_id: text("x-request-id"),
+            ip: client.ip,
+            user_agent: client.user_agent,
+            request_id: client.request_id,
             method: parts.method.to_string(),
             endpoint: parts.uri.path().to_string(),
             started: Instant::now(),

@@ -44,7 +44,7 @@
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -56,7 +56,7 @@ use queue::{Job, JobStatus, NewJob, Provision, ProvisionAction, QueueError, Wait
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -450,21 +450,12 @@ pub struct Whmcs {
 
 impl Whmcs {
     fn from_parts(parts: &Parts, auth: Option<WhmcsAuth>, started: Instant) -> Whmcs {
-        let text = |k: &str| {
-            parts
-                .headers
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(256).collect::<String>())
-        };
+        let client = crate::audit::Client::of(parts);
         Whmcs {
             auth,
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-            user_agent: text("user-agent"),
-            request_id: text("x-request-id"),
+            ip: client.ip,
+            user_agent: client.user_agent,
+            request_id: client.request_id,
             endpoint: format!("{} {}", parts.method, parts.uri.path()),
             started,
         }

@@ -64,7 +64,8 @@ pub async fn all() -> Vec<TestStore> {
     v
 }
 
-fn with_database(url: &str, db: &str) -> String {
+/// `url` (a PostgreSQL URL) pointed at database `db`, its query string kept.
+pub fn with_database(url: &str, db: &str) -> String {
     let (head, query) = match url.split_once('?') {
         Some((h, q)) => (h, Some(q)),
         None => (url, None),

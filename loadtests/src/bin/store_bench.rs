@@ -229,22 +229,6 @@ struct Db {
     pg: Option<(String, String)>,
 }
 
-fn with_database(url: &str, db: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 async fn open_db(o: &Opts, b: Backend) -> Db {
     sqlx::any::install_default_drivers();
     match b {
@@ -280,7 +264,7 @@ async fn open_db(o: &Opts, b: Backend) -> Db {
                 .lock()
                 .unwrap()
                 .push((o.pg_url.clone(), name.clone()));
-            let url = with_database(&o.pg_url, &name);
+            let url = store::testing::with_database(&o.pg_url, &name);
             let store = Store::connect(&url).await.expect("open PostgreSQL store");
             log(format!("PostgreSQL database {name}"));
             Db {
