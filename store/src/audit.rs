@@ -608,14 +608,15 @@ impl Store {
         // matches through the word index; a common one is found soon enough by the range scan.
         let rare_words = match (&words, self.backend(), by_time) {
             (Some(q), crate::Backend::Sqlite, true) => {
+                let phrase = q.fts5();
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM (SELECT rowid FROM audit_words WHERE audit_words MATCH $1 LIMIT $2)",
                 )
-                .bind(q.fts5())
+                .bind(&phrase)
                 .bind(RARE_TEXT + 1)
                 .fetch_one(self.pool())
                 .await?;
-                (n <= RARE_TEXT).then(|| q.fts5())
+                (n <= RARE_TEXT).then_some(phrase)
             }
             _ => None,
         };
@@ -662,10 +663,9 @@ impl Store {
             let full = rows.len() as i64 == want;
             let mut last = None;
             for r in &rows {
-                let rec = record_from_row(r)?;
-                last = Some((rec.seq, rec.record.timestamp.timestamp_millis()));
+                last = Some((r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("ts")?));
                 if f.text.as_deref().is_none_or(|t| text_at_word_start(r, t)) {
-                    out.push(rec);
+                    out.push(record_from_row(r)?);
                 }
             }
             // Rows that only matched inside a word were dropped: read on from the last one.

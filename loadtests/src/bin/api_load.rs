@@ -1025,17 +1025,16 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
                 }
                 match eta {
                     Some(e) => {
-                        let predicted = at.duration_since(finish.min(at)).as_secs_f64()
-                            - finish.duration_since(at.min(finish)).as_secs_f64()
-                            + e;
+                        // Seconds the job really had left when this was received.
+                        let left = finish.saturating_duration_since(at).as_secs_f64();
+                        let off = e - left;
                         if std::env::var_os("ETA_TRACE").is_some() {
                             log(format!(
-                                "eta: {} {percent:5.1} % eta {e:5.1} s, {:5.1} s before the finish: off by {predicted:+.2} s",
+                                "eta: {} {percent:5.1} % eta {e:5.1} s, {left:5.1} s before the finish: off by {off:+.2} s",
                                 ["ws ", "get"][k],
-                                finish.duration_since(at.min(finish)).as_secs_f64()
                             ));
                         }
-                        r.errors[k].push(predicted.abs() / len);
+                        r.errors[k].push(off.abs() / len);
                     }
                     None => r.missing[k] += 1,
                 }
