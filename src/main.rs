@@ -328,7 +328,7 @@ struct AuditFilterArgs {
     /// Resource type (account, package, job, queue, ...).
     #[arg(long)]
     resource_type: Option<String>,
-    /// Free text, case-insensitive.
+    /// Free text, case-insensitive, found where it starts a word (`3.105`, `cust004` match; `ustomer` does not).
     #[arg(short = 'q', long = "query", value_name = "TEXT")]
     q: Option<String>,
 }
