@@ -323,28 +323,102 @@ fn from_row(r: &AnyRow) -> Result<Account> {
 
 /// An account row (`ACCOUNT_COLS`) with its package's view.
 fn account_from_row(r: &AnyRow, view: PackageView) -> Result<Account> {
-    let allowance: Option<String> = get_opt_str(r, "allowance")?;
-    Ok(Account {
+    AccountCols {
         id: r.try_get("id")?,
-        kind: AccountType::parse(&r.try_get::<String, _>("type")?)?,
+        kind: r.try_get("type")?,
         parent: get_opt_str(r, "parent")?,
         reseller: get_opt_str(r, "reseller")?,
         package: get_opt_str(r, "package")?,
-        status: AccountStatus::parse(&r.try_get::<String, _>("status")?)
-            .ok_or_else(|| StoreError::Database("stored account status".into()))?,
+        status: r.try_get("status")?,
         domain: get_opt_str(r, "domain")?,
         email: get_opt_str(r, "email")?,
-        created_at: ms_to_rfc3339(r.try_get("created_at")?),
-        suspended_at: ms_to_rfc3339(r.try_get("suspended_at")?),
+        created_at: r.try_get("created_at")?,
+        suspended_at: r.try_get("suspended_at")?,
         suspend_reason: get_opt_str(r, "suspend_reason")?,
-        terminated_at: ms_to_rfc3339(r.try_get("terminated_at")?),
+        terminated_at: r.try_get("terminated_at")?,
         whmcs_service_id: get_opt_str(r, "whmcs_service_id")?,
+        allowance: get_opt_str(r, "allowance")?,
         uid: r.try_get("uid")?,
         gid: r.try_get("gid")?,
-        limits: view.limits,
-        features: view.features,
-        allowance: allowance.map(|a| serde_json::from_str(&a)).transpose()?,
-    })
+    }
+    .into_account(view)
+}
+
+/// The columns of `ACCOUNT_COLS` as stored: read from a row, or from the JSON objects a list
+/// is read as ([`Store::list_accounts`]).
+#[derive(Deserialize)]
+struct AccountCols {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    parent: Option<String>,
+    reseller: Option<String>,
+    package: Option<String>,
+    status: String,
+    domain: Option<String>,
+    email: Option<String>,
+    created_at: Option<i64>,
+    suspended_at: Option<i64>,
+    suspend_reason: Option<String>,
+    terminated_at: Option<i64>,
+    whmcs_service_id: Option<String>,
+    allowance: Option<String>,
+    uid: Option<i64>,
+    gid: Option<i64>,
+}
+
+impl AccountCols {
+    fn into_account(self, view: PackageView) -> Result<Account> {
+        Ok(Account {
+            id: self.id,
+            kind: AccountType::parse(&self.kind)?,
+            parent: self.parent,
+            reseller: self.reseller,
+            package: self.package,
+            status: AccountStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Database("stored account status".into()))?,
+            domain: self.domain,
+            email: self.email,
+            created_at: ms_to_rfc3339(self.created_at),
+            suspended_at: ms_to_rfc3339(self.suspended_at),
+            suspend_reason: self.suspend_reason,
+            terminated_at: ms_to_rfc3339(self.terminated_at),
+            whmcs_service_id: self.whmcs_service_id,
+            uid: self.uid,
+            gid: self.gid,
+            limits: view.limits,
+            features: view.features,
+            allowance: self
+                .allowance
+                .map(|a| serde_json::from_str(&a))
+                .transpose()?,
+        })
+    }
+}
+
+/// `ACCOUNT_COLS` of the rows `inner` selects (aliased `a`), as one JSON array of objects in
+/// its order. See [`Store::list_accounts`] for why.
+fn accounts_as_json(backend: crate::Backend, inner: &str) -> String {
+    match backend {
+        crate::Backend::Sqlite => {
+            let fields: Vec<String> = ACCOUNT_COLS
+                .split(", ")
+                .map(|c| {
+                    let name = c.trim_start_matches("a.");
+                    format!("'{name}', a.{name}")
+                })
+                .collect();
+            format!(
+                "SELECT json_group_array(json_object({}) ORDER BY a.id) FROM ({inner}) a",
+                fields.join(", ")
+            )
+        }
+        // The row as it is (its column names are the keys): `json_build_object` cost
+        // PostgreSQL more than sending the rows.
+        crate::Backend::Postgres => {
+            format!("SELECT COALESCE(json_agg(a ORDER BY a.id), '[]')::text FROM ({inner}) a")
+        }
+    }
 }
 
 fn write_lock() -> &'static Mutex<()> {
@@ -380,7 +454,9 @@ impl Store {
     ) -> Result<Vec<Account>> {
         // Accounts alone, then each package they are on once: a reseller's thousand
         // customers share a few packages, and joining copied (and parsed) the package's
-        // limits and features into every row.
+        // limits and features into every row. The page comes back as one JSON array made by
+        // the database: a row per account cost SQLite (through sqlx's `Any` driver) more than
+        // the query itself (a page of 1000: 16 / 32 ms, p50 / p99).
         let mut sql = format!("SELECT {ACCOUNT_COLS} FROM accounts a WHERE a.id > $1");
         let mut n = 2;
         if reseller.is_some() {
@@ -392,30 +468,30 @@ impl Store {
             n += 1;
         }
         sql.push_str(&format!(" ORDER BY a.id LIMIT ${n}"));
-        let mut q = sqlx::query(&sql).bind(after.unwrap_or(""));
+        let sql = accounts_as_json(self.backend(), &sql);
+        let mut q = sqlx::query_scalar::<_, String>(&sql).bind(after.unwrap_or(""));
         if let Some(r) = reseller {
             q = q.bind(r);
         }
         if let Some(s) = status {
             q = q.bind(s.as_str());
         }
-        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        let json = q.bind(limit).fetch_one(self.pool()).await?;
+        let rows: Vec<AccountCols> = serde_json::from_str(&json)?;
         let mut views: HashMap<String, PackageView> = HashMap::new();
-        for r in &rows {
-            if let Some(p) = get_opt_str(r, "package")? {
-                if let std::collections::hash_map::Entry::Vacant(e) = views.entry(p) {
-                    let view = self.package_view(e.key()).await?;
-                    e.insert(view);
-                }
+        for p in rows.iter().filter_map(|r| r.package.as_ref()) {
+            if !views.contains_key(p) {
+                views.insert(p.clone(), self.package_view(p).await?);
             }
         }
-        rows.iter()
+        rows.into_iter()
             .map(|r| {
-                let view = match get_opt_str(r, "package")? {
-                    Some(p) => views.get(&p).cloned().unwrap_or_default(),
-                    None => PackageView::default(),
-                };
-                account_from_row(r, view)
+                let view = r
+                    .package
+                    .as_ref()
+                    .and_then(|p| views.get(p).cloned())
+                    .unwrap_or_default();
+                r.into_account(view)
             })
             .collect()
     }

@@ -24,8 +24,10 @@
 //!   checked against the text itself: on SQLite a contentless FTS5 table keyed by `seq`, read
 //!   newest first in growing chunks that the other filters then narrow (a rare text costs its
 //!   matches, a common one its first chunk); on PostgreSQL a GIN index of the document's
-//!   ASCII words, which the planner uses for rare texts (the statement is planned with the
-//!   text in hand).
+//!   ASCII words, each with the word after it (column `terms`, made here at append): a text
+//!   of several words is looked up as its pairs, because words that are each common (an IP's
+//!   numbers) are rare as pairs, and one word as the prefix of its pairs; the planner uses the index for rare texts (the
+//!   statement is planned with the text in hand).
 //!   Within a time range on SQLite, a text found in at most 20 000 records is looked up in the
 //!   word index; a commoner one, and a text with no word of 3 characters or more (`-7`, `ab`),
 //!   is a scan of what the other filters leave. An action prefix without a
@@ -261,6 +263,9 @@ fn record_from_row(r: &AnyRow) -> Result<AuditRecord> {
     })
 }
 
+/// The columns an append writes (PostgreSQL adds `terms`).
+const AUDIT_INSERT_COLS: &str = "seq, id, ts, account, reseller, actor_type, actor_id, action, resource_type, resource_id, result, job_id, parent_id, doc, prev_hash, hash";
+
 const COLS: &str = "seq, id, ts, account, actor_id, action, result, doc, prev_hash, hash";
 
 /// True when `text` occurs in the row's document starting at a word (after a character that
@@ -278,9 +283,56 @@ fn text_at_word_start(r: &AnyRow, text: &str) -> bool {
         .any(|(i, _)| !doc[..i].ends_with(char::is_alphanumeric))
 }
 
-/// The word index's view of a document on PostgreSQL (the expression of migration 4).
-const PG_WORDS: &str =
-    "to_tsvector('simple'::regconfig, regexp_replace(LOWER(doc), '[^a-z0-9]+', ' ', 'g'))";
+/// A lexeme PostgreSQL takes: longer words are left out of the index (a search for one is a
+/// scan of what the other filters leave).
+const PG_MAX_LEXEME: usize = 2047;
+
+/// Bytes of lexemes one `tsvector` holds (1 MiB less a margin); words past it are not indexed.
+const PG_MAX_TERMS: usize = 1_000_000;
+
+/// The words of a text as PostgreSQL's word index holds them: runs of ASCII letters and digits
+/// of the lower-cased text (whatever the database's locale).
+fn pg_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The lexeme of a word and the word after it: `"a b"`, `"a "` after the last word. A pair
+/// too long for a lexeme keeps what fits of the second word (a prefix of it is still found);
+/// `None` when the word alone is too long.
+fn pg_pair(a: &str, b: Option<&str>) -> Option<String> {
+    let room = PG_MAX_LEXEME.checked_sub(a.len() + 1)?;
+    // Words are ASCII: any byte is a character boundary.
+    let b = b.map_or("", |b| &b[..b.len().min(room)]);
+    Some(format!("{a} {b}"))
+}
+
+/// The `terms` of a document on PostgreSQL (schema 6), in `tsvector` input syntax: each word
+/// with the word after it, one lexeme per pair ([`pg_pair`]). A word is found as the prefix of
+/// its pairs, two adjacent words as their pair. Made here when appending, so inserting costs
+/// no regexp.
+fn pg_terms(doc: &str) -> String {
+    let words = pg_words(doc);
+    let mut lexemes: Vec<String> = (0..words.len())
+        .filter_map(|i| pg_pair(&words[i], words.get(i + 1).map(String::as_str)))
+        .collect();
+    lexemes.sort_unstable();
+    lexemes.dedup();
+    let mut out = String::new();
+    let mut bytes = 0;
+    for l in lexemes {
+        bytes += l.len();
+        if bytes > PG_MAX_TERMS {
+            break;
+        }
+        // Lexemes are ASCII letters, digits and one space: nothing to escape in quotes.
+        out.push_str(&format!("'{l}' "));
+    }
+    out
+}
 
 /// A free text as a query of the word index: its words in order, the last one a prefix.
 #[derive(Debug)]
@@ -290,36 +342,36 @@ struct WordQuery {
 }
 
 impl WordQuery {
-    /// `None` when the text has no word of 3 characters or more to look up (a scan then).
-    /// Words are what the backend's index holds: runs of letters and digits on SQLite
-    /// (unicode61), of ASCII letters and digits on PostgreSQL (migration 4).
+    /// `None` when the text has nothing worth looking up (a scan then): no word of 3
+    /// characters or more and, on PostgreSQL, not two words. Words are what the backend's
+    /// index holds: runs of letters and digits on SQLite (unicode61), of ASCII letters and
+    /// digits on PostgreSQL ([`pg_words`]).
     fn parse(text: &str, backend: crate::Backend) -> Option<WordQuery> {
-        let ascii = backend == crate::Backend::Postgres;
-        let mut words: Vec<String> = text
-            .split(|c: char| {
-                if ascii {
-                    !c.is_ascii_alphanumeric()
-                } else {
-                    !c.is_alphanumeric()
-                }
-            })
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
-        // A short last word would be a prefix of too many words to be worth looking up; the
-        // check against the text itself still requires it.
+        let mut words: Vec<String> = match backend {
+            crate::Backend::Postgres => pg_words(text),
+            crate::Backend::Sqlite => text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect(),
+        };
+        // A short last word would be a prefix of too many words to be worth looking up in
+        // SQLite's phrase; the check against the text itself still requires it. (In a
+        // PostgreSQL pair it narrows the lookup.)
         let mut last_is_prefix = true;
-        if words.len() > 1 && words.last().is_some_and(|w| w.chars().count() < 3) {
+        if backend == crate::Backend::Sqlite
+            && words.len() > 1
+            && words.last().is_some_and(|w| w.chars().count() < 3)
+        {
             words.pop();
             last_is_prefix = false;
         }
-        words
-            .iter()
-            .any(|w| w.chars().count() >= 3)
-            .then_some(WordQuery {
-                words,
-                last_is_prefix,
-            })
+        // On PostgreSQL two words are a pair, rare enough to look up however short they are.
+        let pairs = backend == crate::Backend::Postgres && words.len() > 1;
+        (pairs || words.iter().any(|w| w.chars().count() >= 3)).then_some(WordQuery {
+            words,
+            last_is_prefix,
+        })
     }
 
     /// FTS5: `"w1 w2 w3" *` (a phrase, its last word a prefix).
@@ -328,23 +380,51 @@ impl WordQuery {
         format!("\"{}\"{star}", self.words.join(" "))
     }
 
-    /// PostgreSQL: `w1 & w2 & w3:*` (every word, the last a prefix). Not a phrase: the GIN
-    /// index holds no positions, so a phrase is checked by computing the words of every
-    /// candidate record again (~150 µs each; an IP's common numbers made that seconds),
-    /// while `&` and `:*` are answered by the index alone and the text check follows.
-    fn tsquery(&self) -> String {
+    /// PostgreSQL: one word as the prefix of its pairs, `'w1':*` (`'w1 ':*` when it is not a
+    /// prefix); more as their adjacent pairs, all present: `'w1 w2' & 'w2 w3':*` (the last
+    /// word a prefix). A pair says the words are adjacent, which an IP's common numbers alone
+    /// do not; pairs too long to be lexemes are left out. `None` when nothing is left.
+    fn tsquery(&self) -> Option<String> {
         let star = if self.last_is_prefix { ":*" } else { "" };
-        format!("{}{star}", self.words.join(" & "))
+        if let [word] = self.words.as_slice() {
+            let lexeme = if self.last_is_prefix {
+                word.clone()
+            } else {
+                format!("{word} ")
+            };
+            return (lexeme.len() <= PG_MAX_LEXEME).then(|| format!("'{lexeme}':*"));
+        }
+        let last = self.words.len() - 2;
+        let pairs: Vec<String> = self
+            .words
+            .windows(2)
+            .enumerate()
+            .filter(|(_, p)| p[0].len() + 1 + p[1].len() <= PG_MAX_LEXEME)
+            .map(|(i, p)| {
+                let star = if i == last { star } else { "" };
+                format!("'{} {}'{star}", p[0], p[1])
+            })
+            .collect();
+        (!pairs.is_empty()).then(|| pairs.join(" & "))
     }
 }
 
-/// Rows per multi-row statement of an append (16 binds each: 8000, under SQLite's 32766).
+/// Rows per multi-row statement of an append (16 binds each, 17 on PostgreSQL: at most 8500,
+/// under SQLite's 32766 and PostgreSQL's 65535).
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `INSERT INTO {into} VALUES (…), (…)`: `rows` rows of `cols` placeholders.
-fn insert_rows(backend: crate::Backend, into: &str, rows: usize, cols: usize) -> String {
+/// `INSERT INTO {into} VALUES (…), (…)`: `rows` rows of `cols` placeholders, the last one
+/// cast to `cast_last` when given (PostgreSQL).
+fn insert_rows(
+    backend: crate::Backend,
+    into: &str,
+    rows: usize,
+    cols: usize,
+    cast_last: Option<&str>,
+) -> String {
+    let cast = cast_last.map(|t| format!("::{t}")).unwrap_or_default();
     let values: Vec<String> = (0..rows)
-        .map(|i| format!("({})", placeholders(backend, i * cols + 1, cols)))
+        .map(|i| format!("({}{cast})", placeholders(backend, i * cols + 1, cols)))
         .collect();
     format!("INSERT INTO {into} VALUES {}", values.join(", "))
 }
@@ -526,12 +606,18 @@ impl Store {
             ));
         }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let sql = insert_rows(
-                self.backend(),
-                "audit (seq, id, ts, account, reseller, actor_type, actor_id, action, resource_type, resource_id, result, job_id, parent_id, doc, prev_hash, hash)",
-                chunk.len(),
-                16,
-            );
+            // PostgreSQL also stores the words of the document for its index (schema 6).
+            let pg = self.backend() == crate::Backend::Postgres;
+            let (into, cols, cast) = if pg {
+                (
+                    format!("audit ({AUDIT_INSERT_COLS}, terms)"),
+                    17,
+                    Some("tsvector"),
+                )
+            } else {
+                (format!("audit ({AUDIT_INSERT_COLS})"), 16, None)
+            };
+            let sql = insert_rows(self.backend(), &into, chunk.len(), cols, cast);
             let mut q = sqlx::query(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
             for (seq, rec, doc, prev, hash) in chunk {
                 let resource = |k: &str| {
@@ -557,10 +643,19 @@ impl Store {
                     .bind(doc)
                     .bind(prev)
                     .bind(hash);
+                if pg {
+                    q = q.bind(pg_terms(doc));
+                }
             }
             q.execute(&mut *tx).await?;
             if self.backend() == crate::Backend::Sqlite {
-                let sql = insert_rows(self.backend(), "audit_words (rowid, doc)", chunk.len(), 2);
+                let sql = insert_rows(
+                    self.backend(),
+                    "audit_words (rowid, doc)",
+                    chunk.len(),
+                    2,
+                    None,
+                );
                 let mut q = sqlx::query(&sql).persistent(chunk.len() == ROWS_PER_STATEMENT);
                 for (seq, _, doc, _, _) in chunk {
                     q = q.bind(*seq).bind(doc);
@@ -639,10 +734,9 @@ impl Store {
             if let Some(v) = &f.text {
                 self.text_condition(&mut w, v);
                 if let (Some(q), crate::Backend::Postgres) = (&words, self.backend()) {
-                    w.add(
-                        &format!("{PG_WORDS} @@ to_tsquery('simple', ?)"),
-                        Bind::S(q.tsquery()),
-                    );
+                    if let Some(tsquery) = q.tsquery() {
+                        w.add("terms @@ ?::tsquery", Bind::S(tsquery));
+                    }
                 }
             }
             let sql = format!(
@@ -1015,5 +1109,50 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(n.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same document through migration 6's SQL gave exactly these lexemes.
+    #[test]
+    fn postgres_terms_are_each_word_with_the_next() {
+        let doc = r#"{"ip":"198.51.3.105","ua":"Mozilla/5.0","n":"Müller"}"#;
+        assert_eq!(
+            pg_terms(doc),
+            "'0 n' '105 ua' '198 51' '3 105' '5 0' '51 3' 'ip 198' 'ller ' 'm ller' \
+             'mozilla 5' 'n m' 'ua mozilla' "
+        );
+        assert_eq!(pg_terms(""), "");
+        // A word too long for a lexeme is left out; the word before keeps what fits of it.
+        let huge = "a".repeat(3000);
+        let terms = pg_terms(&format!("agent {huge} ok"));
+        assert_eq!(terms, format!("'agent {}' 'ok ' ", "a".repeat(2041)));
+    }
+
+    #[test]
+    fn postgres_queries_are_pairs_or_a_prefix() {
+        let q = |t: &str| WordQuery::parse(t, crate::Backend::Postgres).and_then(|q| q.tsquery());
+        assert_eq!(
+            q("198.51.3.105").as_deref(),
+            Some("'198 51' & '51 3' & '3 105':*")
+        );
+        assert_eq!(q("10.0.3.1").as_deref(), Some("'10 0' & '0 3' & '3 1':*"));
+        assert_eq!(q("cust004").as_deref(), Some("'cust004':*"));
+        assert_eq!(q("Mozilla/5").as_deref(), Some("'mozilla 5':*"));
+        // Two short words are still a pair; one short word, or none, is a scan.
+        assert_eq!(q("5.0").as_deref(), Some("'5 0':*"));
+        assert_eq!(q("-7"), None);
+        assert_eq!(q("--"), None);
+        // Only SQLite reads words of other scripts.
+        assert_eq!(q("müller").as_deref(), Some("'m ller':*"));
+        let fts5 = |t: &str| WordQuery::parse(t, crate::Backend::Sqlite).map(|q| q.fts5());
+        assert_eq!(fts5("müller").as_deref(), Some("\"müller\" *"));
+        // SQLite leaves a short last word to the text check: the word before it is whole.
+        assert_eq!(fts5("198.51.3.1").as_deref(), Some("\"198 51 3\""));
+        assert_eq!(fts5("10.0.3.1"), None);
+        assert_eq!(fts5("5.0"), None);
     }
 }

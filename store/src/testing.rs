@@ -11,6 +11,15 @@ pub struct TestStore {
     pg: Option<(String, String)>,
 }
 
+impl TestStore {
+    /// The URL of a PostgreSQL test database (to open it again, as after an upgrade).
+    pub fn postgres_url(&self) -> Option<String> {
+        self.pg
+            .as_ref()
+            .map(|(base, name)| with_database(base, name))
+    }
+}
+
 impl std::ops::Deref for TestStore {
     type Target = Store;
     fn deref(&self) -> &Store {
