@@ -54,6 +54,7 @@ pub mod protocol;
 pub mod quota;
 pub mod rlimit;
 pub mod server;
+pub mod unpack;
 pub mod users;
 pub mod watchdog;
 

@@ -1,0 +1,471 @@
+//! Unpacking archives nobody here wrote: every layout a restore meets and every hostile entry,
+//! on real files in temp dirs.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agent::unpack::{unpack, Compression, UnpackError, UnpackOptions, UnpackProgress, Unpacked};
+use tar::{EntryType, Header};
+
+/// A tar being built, entries with any name (hostile ones included: the name is written into
+/// the header as bytes, past the checks `tar::Builder` would make).
+struct Tar(tar::Builder<Vec<u8>>);
+
+impl Tar {
+    fn new() -> Tar {
+        Tar(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(name: &str, kind: EntryType, size: u64, mode: u32) -> Header {
+        let mut h = Header::new_gnu();
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    fn file(mut self, name: &str, body: &[u8]) -> Tar {
+        self = self.file_mode(name, body, 0o644);
+        self
+    }
+
+    fn file_mode(mut self, name: &str, body: &[u8], mode: u32) -> Tar {
+        let mut h = Tar::header(name, EntryType::Regular, body.len() as u64, mode);
+        h.set_cksum();
+        self.0.append(&h, body).unwrap();
+        self
+    }
+
+    fn dir(mut self, name: &str, mode: u32) -> Tar {
+        let mut h = Tar::header(name, EntryType::Directory, 0, mode);
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn link(mut self, name: &str, kind: EntryType, target: &str) -> Tar {
+        let mut h = Tar::header(name, kind, 0, 0o777);
+        let raw = &mut h.as_old_mut().linkname;
+        raw[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn special(mut self, name: &str, kind: EntryType) -> Tar {
+        let mut h = Tar::header(name, kind, 0, 0o644);
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+struct Out {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    meta: PathBuf,
+    files: Vec<(PathBuf, u64)>,
+    progress: UnpackProgress,
+    result: Result<Unpacked, UnpackError>,
+}
+
+fn run(archive: &[u8], opts: &UnpackOptions) -> Out {
+    run_with(archive, opts, &AtomicBool::new(false))
+}
+
+fn run_with(archive: &[u8], opts: &UnpackOptions, cancel: &AtomicBool) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cpmove-alice.tar.gz");
+    std::fs::write(&file, archive).unwrap();
+    let (home, meta) = (dir.path().join("home"), dir.path().join("meta"));
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    let progress = UnpackProgress::default();
+    let mut files = Vec::new();
+    let result = unpack(
+        &file,
+        &home,
+        &meta,
+        opts,
+        &progress,
+        cancel,
+        &mut |p: &Path, n| files.push((p.to_path_buf(), n)),
+    );
+    Out {
+        _dir: dir,
+        home,
+        meta,
+        files,
+        progress,
+        result,
+    }
+}
+
+fn reasons(u: &Unpacked) -> Vec<(String, String)> {
+    u.skipped
+        .iter()
+        .map(|s| (s.path.clone(), s.reason.clone()))
+        .collect()
+}
+
+#[test]
+fn a_cpmove_archive_lands_in_home_and_meta() {
+    let tar = Tar::new()
+        .dir("cpmove-alice/", 0o711)
+        .file("cpmove-alice/cp/alice", b"USER=alice\nDNS=example.com\n")
+        .file(
+            "cpmove-alice/mysql/alice_wp.sql",
+            b"CREATE TABLE t (x int);\n",
+        )
+        .dir("cpmove-alice/homedir/", 0o711)
+        .dir("cpmove-alice/homedir/public_html/", 0o750)
+        .file(
+            "cpmove-alice/homedir/public_html/index.php",
+            b"<?php echo 1;",
+        )
+        .link(
+            "cpmove-alice/homedir/www",
+            EntryType::Symlink,
+            "public_html",
+        )
+        .link(
+            "cpmove-alice/homedir/public_html/same.php",
+            EntryType::Link,
+            "cpmove-alice/homedir/public_html/index.php",
+        )
+        .file("./cpmove-alice/homedir/.bashrc", b"export A=1\n")
+        .bytes();
+    let archive = gzip(&tar);
+    let out = run(&archive, &UnpackOptions::default());
+    let u = out.result.unwrap();
+    assert_eq!(u.compression, Some(Compression::Gzip));
+    assert!(u.skipped.is_empty(), "{:?}", u.skipped);
+    assert_eq!((u.home_files, u.home_bytes), (2, 13 + 11));
+    assert_eq!((u.home_symlinks, u.home_hardlinks), (1, 1));
+    assert_eq!(u.meta_files, 2);
+    let index = out.home.join("public_html/index.php");
+    assert_eq!(std::fs::read(&index).unwrap(), b"<?php echo 1;");
+    assert_eq!(
+        std::fs::read_link(out.home.join("www")).unwrap(),
+        PathBuf::from("public_html")
+    );
+    assert_eq!(
+        std::fs::metadata(out.home.join("public_html/same.php"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(&index).unwrap().ino()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.meta.join("cp/alice")).unwrap(),
+        "USER=alice\nDNS=example.com\n"
+    );
+    // Directory modes and times are the archive's, set after their contents.
+    let ph = std::fs::metadata(out.home.join("public_html")).unwrap();
+    assert_eq!(ph.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(ph.mtime(), 1_700_000_000);
+    assert_eq!(std::fs::metadata(&index).unwrap().mtime(), 1_700_000_000);
+    // Progress: every byte of the archive read, every file and byte counted, one call per
+    // home file.
+    assert_eq!(
+        out.progress.archive_read.load(Ordering::Relaxed),
+        archive.len() as u64
+    );
+    assert_eq!(out.progress.files.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        out.files,
+        vec![
+            (PathBuf::from("public_html/index.php"), 13),
+            (PathBuf::from(".bashrc"), 11)
+        ]
+    );
+}
+
+#[test]
+fn hostile_entries_are_refused_and_listed() {
+    let tar = Tar::new()
+        .file("cpmove-alice/homedir/../../etc/cron.d/evil", b"x")
+        .file("/etc/evil", b"x")
+        .file("cpmove-alice/../evil", b"x")
+        // Symlinks that leave the home, directly or through another link.
+        .link("cpmove-alice/homedir/up", EntryType::Symlink, "../../etc")
+        .link(
+            "cpmove-alice/homedir/abs",
+            EntryType::Symlink,
+            "/etc/passwd",
+        )
+        .link("cpmove-alice/homedir/d/parent", EntryType::Symlink, "..")
+        .link(
+            "cpmove-alice/homedir/sneak",
+            EntryType::Symlink,
+            "d/parent/..",
+        )
+        // A symlink inside is fine, but nothing is written through it.
+        .dir("cpmove-alice/homedir/public_html/", 0o755)
+        .link(
+            "cpmove-alice/homedir/inner",
+            EntryType::Symlink,
+            "public_html",
+        )
+        .file("cpmove-alice/homedir/inner/through.php", b"x")
+        // Hard links to outside, to nothing, to a directory.
+        .link(
+            "cpmove-alice/homedir/shadow",
+            EntryType::Link,
+            "/etc/shadow",
+        )
+        .link(
+            "cpmove-alice/homedir/ghost",
+            EntryType::Link,
+            "cpmove-alice/homedir/not-there",
+        )
+        .link(
+            "cpmove-alice/homedir/dirlink",
+            EntryType::Link,
+            "cpmove-alice/homedir/public_html",
+        )
+        .special("cpmove-alice/homedir/dev", EntryType::Char)
+        .special("cpmove-alice/homedir/fifo", EntryType::Fifo)
+        .file_mode("cpmove-alice/homedir/suid", b"#!/bin/sh\n", 0o4755)
+        .file("cpmove-alice/homedir/twice", b"first")
+        .file("cpmove-alice/homedir/twice", b"second")
+        .link(
+            "cpmove-alice/homedir/d/ok",
+            EntryType::Symlink,
+            "../public_html",
+        )
+        .bytes();
+    let out = run(&tar, &UnpackOptions::default());
+    let u = out.result.unwrap();
+    assert_eq!(u.compression, Some(Compression::None));
+    let r = reasons(&u);
+    let refused = |path: &str, why: &str| {
+        assert!(
+            r.iter().any(|(p, w)| p == path && w.contains(why)),
+            "{path}: expected `{why}` in {r:#?}"
+        )
+    };
+    refused("cpmove-alice/homedir/../../etc/cron.d/evil", "climbs");
+    refused("/etc/evil", "absolute");
+    refused("cpmove-alice/../evil", "climbs");
+    refused("cpmove-alice/homedir/up", "leaves the home");
+    refused("cpmove-alice/homedir/abs", "leaves the home");
+    refused("cpmove-alice/homedir/sneak", "leaves the home");
+    refused("cpmove-alice/homedir/inner/through.php", "not followed");
+    refused("cpmove-alice/homedir/shadow", "outside its tree");
+    refused("cpmove-alice/homedir/ghost", "not unpacked before it");
+    refused("cpmove-alice/homedir/dirlink", "not a file");
+    refused("cpmove-alice/homedir/dev", "device");
+    refused("cpmove-alice/homedir/fifo", "FIFO");
+    refused("cpmove-alice/homedir/suid", "setuid");
+    assert_eq!(r.len(), 13, "{r:#?}");
+    // Nothing landed outside the home; what was allowed is there.
+    let top = out.home.parent().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(top)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cpmove-alice.tar.gz", "home", "meta"]);
+    assert!(std::fs::read_dir(&out.meta).unwrap().next().is_none());
+    assert!(!out.home.join("public_html/through.php").exists());
+    assert_eq!(
+        std::fs::read_link(out.home.join("d/parent")).unwrap(),
+        PathBuf::from("..")
+    );
+    assert_eq!(
+        std::fs::read_link(out.home.join("d/ok")).unwrap(),
+        PathBuf::from("../public_html")
+    );
+    let suid = std::fs::metadata(out.home.join("suid")).unwrap();
+    assert_eq!(suid.permissions().mode() & 0o7777, 0o755, "setuid removed");
+    assert_eq!(std::fs::read(out.home.join("twice")).unwrap(), b"second");
+}
+
+#[test]
+fn an_absolute_link_into_the_source_home_is_made_relative() {
+    let tar = Tar::new()
+        .dir("homedir/public_html/", 0o755)
+        .link(
+            "homedir/public_html/blog",
+            EntryType::Symlink,
+            "/home/alice/public_html",
+        )
+        .link("homedir/www", EntryType::Symlink, "/home/alice/public_html")
+        .link("homedir/other", EntryType::Symlink, "/home/bob/public_html")
+        .bytes();
+    let out = run(
+        &tar,
+        &UnpackOptions {
+            source_home: Some("/home/alice".into()),
+            ..UnpackOptions::default()
+        },
+    );
+    let u = out.result.unwrap();
+    assert_eq!(
+        std::fs::read_link(out.home.join("public_html/blog")).unwrap(),
+        PathBuf::from("../public_html")
+    );
+    assert_eq!(
+        std::fs::read_link(out.home.join("www")).unwrap(),
+        PathBuf::from("public_html")
+    );
+    assert_eq!(reasons(&u).len(), 1, "{:?}", u.skipped);
+    assert_eq!(u.skipped[0].path, "homedir/other");
+}
+
+#[test]
+fn a_bomb_fails_before_writing_past_the_limit() {
+    // 16 MiB of zeros: a few KiB of gzip.
+    let big = vec![0u8; 16 << 20];
+    let tar = Tar::new()
+        .file("cpmove-alice/homedir/small", b"hello")
+        .file("cpmove-alice/homedir/zeros", &big)
+        .bytes();
+    let archive = gzip(&tar);
+    assert!(archive.len() < 1 << 20);
+    let out = run(
+        &archive,
+        &UnpackOptions {
+            max_bytes: 4 << 20,
+            ..UnpackOptions::default()
+        },
+    );
+    match out.result {
+        Err(UnpackError::TooLarge { limit }) => assert_eq!(limit, 4 << 20),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The header announced 16 MiB: not a byte of it was written.
+    assert!(!out.home.join("zeros").exists());
+    assert_eq!(out.progress.bytes.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn too_many_entries_fail() {
+    let mut t = Tar::new();
+    for i in 0..20 {
+        t = t.file(&format!("homedir/f{i}"), b"x");
+    }
+    let out = run(
+        &t.bytes(),
+        &UnpackOptions {
+            max_entries: 10,
+            ..UnpackOptions::default()
+        },
+    );
+    assert!(matches!(
+        out.result,
+        Err(UnpackError::TooManyEntries { limit: 10 })
+    ));
+}
+
+#[test]
+fn a_home_tar_inside_the_archive_is_unpacked_into_the_home() {
+    let inner = Tar::new()
+        .dir("public_html/", 0o755)
+        .file("public_html/index.html", b"<h1>hi</h1>")
+        .file("../escape", b"x")
+        .bytes();
+    let outer = Tar::new()
+        .file("cpmove-alice/cp/alice", b"USER=alice\n")
+        .file("cpmove-alice/homedir.tar", &inner)
+        .bytes();
+    let out = run(&gzip(&outer), &UnpackOptions::default());
+    let u = out.result.unwrap();
+    assert!(u.nested_home_tar);
+    assert_eq!(
+        std::fs::read(out.home.join("public_html/index.html")).unwrap(),
+        b"<h1>hi</h1>"
+    );
+    assert_eq!(
+        reasons(&u),
+        vec![(
+            "../escape".into(),
+            "the path is absolute or climbs out with `..`".into()
+        )]
+    );
+    assert!(out.meta.join("cp/alice").exists());
+    assert!(!out.meta.join("homedir.tar").exists());
+}
+
+#[test]
+fn an_npanel_backup_is_zstd_with_its_manifest() {
+    let tar = Tar::new()
+        .file("manifest.json", br#"{"account":"alice"}"#)
+        .file("homedir/notes.txt", b"n")
+        .bytes();
+    let archive = zstd::encode_all(&tar[..], 3).unwrap();
+    let out = run(&archive, &UnpackOptions::default());
+    let u = out.result.unwrap();
+    assert_eq!(u.compression, Some(Compression::Zstd));
+    assert_eq!(
+        std::fs::read_to_string(out.meta.join("manifest.json")).unwrap(),
+        r#"{"account":"alice"}"#
+    );
+    assert!(out.home.join("notes.txt").exists());
+}
+
+#[test]
+fn a_cut_archive_is_corrupt_and_a_cancel_stops() {
+    let tar = Tar::new()
+        .file("homedir/a", &vec![7u8; 300_000])
+        .file("homedir/b", b"b")
+        .bytes();
+    let archive = gzip(&tar);
+    let out = run(&archive[..archive.len() / 2], &UnpackOptions::default());
+    assert!(
+        matches!(out.result, Err(UnpackError::Corrupt(_))),
+        "{:?}",
+        out.result
+    );
+    let out = run_with(&archive, &UnpackOptions::default(), &AtomicBool::new(true));
+    assert!(matches!(out.result, Err(UnpackError::Cancelled)));
+}
+
+#[test]
+fn everything_is_given_to_the_owner_when_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let tar = Tar::new()
+        .dir("homedir/public_html/", 0o755)
+        .file("homedir/public_html/index.php", b"x")
+        .link("homedir/www", EntryType::Symlink, "public_html")
+        .file("homedir/deep/er/file", b"y")
+        .bytes();
+    let owner = (54_321, 54_322);
+    let out = run(
+        &tar,
+        &UnpackOptions {
+            owner: Some(owner),
+            ..UnpackOptions::default()
+        },
+    );
+    out.result.unwrap();
+    for p in [
+        "public_html",
+        "public_html/index.php",
+        "www",
+        "deep",
+        "deep/er",
+        "deep/er/file",
+    ] {
+        let m = std::fs::symlink_metadata(out.home.join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner, "{p}");
+    }
+}
