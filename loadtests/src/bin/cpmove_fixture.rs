@@ -1,0 +1,563 @@
+//! `npanel-cpmove-fixture`: writes a realistic cPanel `cpmove` archive of a chosen size and
+//! shape, clean or with chosen defects, for restore tests and benchmarks (issue 14).
+//!
+//! The layout is the one `pkgacct` writes (`../shared/research/wave2-anchors.md` §1.10): a
+//! `cpmove-USER/` wrapper holding `version`, `shadow`, `cp/USER`, `userdata/`, `mysql/`,
+//! `dnszones/`, `va/`, `cron/`, `proftpdpasswd` and `homedir/` with a WordPress-like site,
+//! uploads, two mailboxes with messages and their `etc/DOMAIN/{passwd,shadow,quota}`. File
+//! contents are generated from a seeded PRNG: text that compresses like text, uploads that do
+//! not compress (like JPEGs), so gzip behaves as it does on real homes.
+//!
+//! ```text
+//! npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] [--size 100M]
+//!     [--format tar.gz|tar|homedir-tar] [--defect NAME]... [--seed N]
+//! ```
+//! Defects: `missing-mailbox`, `dropped-table`, `truncated-rows`, `777-tree`,
+//! `broken-symlink`, `bad-zone`, `suspended`, `hostile`. Prints the archive's path and a JSON
+//! summary (files, bytes, mailboxes, messages, tables, rows, defects) on stdout.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tar::{EntryType, Header};
+
+const USAGE: &str = "npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] \
+[--size 100M] [--format tar.gz|tar|homedir-tar] [--defect NAME]... [--seed N]
+defects: missing-mailbox dropped-table truncated-rows 777-tree broken-symlink bad-zone suspended hostile";
+
+const DEFECTS: &[&str] = &[
+    "missing-mailbox",
+    "dropped-table",
+    "truncated-rows",
+    "777-tree",
+    "broken-symlink",
+    "bad-zone",
+    "suspended",
+    "hostile",
+];
+
+struct Opts {
+    out: PathBuf,
+    user: String,
+    domain: String,
+    size: u64,
+    format: String,
+    defects: Vec<String>,
+    seed: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let n: f64 = num.parse().with_context(|| format!("size {s:?}"))?;
+    let mul: u64 = match mul.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => bail!("size unit {other:?}: use K, M or G"),
+    };
+    Ok((n * mul as f64) as u64)
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts {
+        out: PathBuf::from("."),
+        user: "alice".into(),
+        domain: "example.com".into(),
+        size: 100 << 20,
+        format: "tar.gz".into(),
+        defects: Vec::new(),
+        seed: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--out" => o.out = val()?.into(),
+            "--user" => o.user = val()?,
+            "--domain" => o.domain = val()?,
+            "--size" => o.size = parse_size(&val()?)?,
+            "--format" => o.format = val()?,
+            "--defect" => {
+                let d = val()?;
+                if !DEFECTS.contains(&d.as_str()) {
+                    bail!("unknown defect {d:?}; known: {}", DEFECTS.join(", "));
+                }
+                o.defects.push(d);
+            }
+            "--seed" => o.seed = val()?.parse()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (--help)"),
+        }
+    }
+    if !["tar.gz", "tar", "homedir-tar"].contains(&o.format.as_str()) {
+        bail!("--format must be tar.gz, tar or homedir-tar");
+    }
+    Ok(o)
+}
+
+/// xorshift64*: reproducible content from `--seed`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn text(&mut self, bytes: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "the",
+            "hosting",
+            "account",
+            "function",
+            "return",
+            "wp_query",
+            "post",
+            "content",
+            "<div",
+            "class=\"entry\">",
+            "</div>",
+            "echo",
+            "$this->",
+            "array(",
+            ");",
+            "if",
+            "else",
+            "foreach",
+            "customer",
+            "order",
+            "invoice",
+            "mail",
+            "domain",
+            "example",
+            "lorem",
+            "ipsum",
+            "dolor",
+            "sit",
+            "amet",
+            "consectetur",
+            "{",
+            "}",
+            "null",
+            "true",
+            "false",
+            "2024-03-11",
+            "SELECT",
+            "FROM",
+            "WHERE",
+            "<p>",
+            "</p>",
+            "<a href=\"/",
+            "\">",
+        ];
+        let mut out = Vec::with_capacity(bytes + 16);
+        while out.len() < bytes {
+            out.extend_from_slice(WORDS[self.below(WORDS.len() as u64) as usize].as_bytes());
+            out.push(if self.below(12) == 0 { b'\n' } else { b' ' });
+        }
+        out.truncate(bytes);
+        out
+    }
+    fn noise(&mut self, bytes: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes + 8);
+        while out.len() < bytes {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(bytes);
+        out
+    }
+}
+
+/// What was written, for the summary.
+#[derive(Default)]
+struct Summary {
+    home_files: u64,
+    home_bytes: u64,
+    messages: u64,
+    rows: u64,
+}
+
+struct Writer<W: Write> {
+    tar: tar::Builder<W>,
+    top: String,
+    home_prefix: String,
+    sum: Summary,
+}
+
+impl<W: Write> Writer<W> {
+    fn entry(&mut self, path: &str, kind: EntryType, body: &[u8], mode: u32) -> Result<()> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(1001);
+        h.set_gid(1001);
+        self.tar.append_data(&mut h, path, body)?;
+        Ok(())
+    }
+    fn meta(&mut self, name: &str, body: &[u8]) -> Result<()> {
+        let p = format!("{}/{name}", self.top);
+        self.entry(&p, EntryType::Regular, body, 0o600)
+    }
+    fn home_file(&mut self, name: &str, body: &[u8], mode: u32) -> Result<()> {
+        self.sum.home_files += 1;
+        self.sum.home_bytes += body.len() as u64;
+        let p = format!("{}{name}", self.home_prefix);
+        self.entry(&p, EntryType::Regular, body, mode)
+    }
+    fn home_dir(&mut self, name: &str, mode: u32) -> Result<()> {
+        let p = if name.is_empty() {
+            self.home_prefix.clone()
+        } else {
+            format!("{}{name}/", self.home_prefix)
+        };
+        self.entry(&p, EntryType::Directory, b"", mode)
+    }
+    fn home_symlink(&mut self, name: &str, target: &str) -> Result<()> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(1_700_000_000);
+        let p = format!("{}{name}", self.home_prefix);
+        self.tar.append_link(&mut h, &p, target)?;
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let o = opts()?;
+    std::fs::create_dir_all(&o.out)?;
+    let ext = if o.format == "tar" { "tar" } else { "tar.gz" };
+    let path = o.out.join(format!("cpmove-{}.{ext}", o.user));
+    let file = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    let sum = if o.format == "tar" {
+        write_archive(&o, file)?
+    } else {
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let (sum, gz) = write_archive_gz(&o, gz)?;
+        gz.finish()?.flush()?;
+        sum
+    };
+    let size = std::fs::metadata(&path)?.len();
+    println!("{}", path.display());
+    println!(
+        "{}",
+        serde_json::json!({
+            "archive": path,
+            "archive_bytes": size,
+            "format": o.format,
+            "user": o.user,
+            "domain": o.domain,
+            "home_files": sum.home_files,
+            "home_bytes": sum.home_bytes,
+            "mailboxes": 2 - u64::from(o.defects.iter().any(|d| d == "missing-mailbox")),
+            "messages": sum.messages,
+            "tables": 3,
+            "rows": sum.rows,
+            "defects": o.defects,
+        })
+    );
+    Ok(())
+}
+
+fn write_archive_gz<W: Write>(o: &Opts, w: W) -> Result<(Summary, W)> {
+    let mut wr = new_writer(o, w);
+    fill(o, &mut wr)?;
+    Ok((wr.sum, wr.tar.into_inner()?))
+}
+
+fn write_archive<W: Write>(o: &Opts, w: W) -> Result<Summary> {
+    let mut wr = new_writer(o, w);
+    fill(o, &mut wr)?;
+    wr.tar.into_inner()?.flush()?;
+    Ok(wr.sum)
+}
+
+fn new_writer<W: Write>(o: &Opts, w: W) -> Writer<W> {
+    let mut tar = tar::Builder::new(w);
+    tar.mode(tar::HeaderMode::Complete);
+    let top = format!("cpmove-{}", o.user);
+    Writer {
+        tar,
+        home_prefix: format!("{top}/homedir/"),
+        top,
+        sum: Summary::default(),
+    }
+}
+
+/// The home's entries go straight into the archive, or (format `homedir-tar`) into a
+/// `homedir.tar` written into it afterwards.
+fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
+    let (u, d) = (o.user.as_str(), o.domain.as_str());
+    let has = |x: &str| o.defects.iter().any(|d| d == x);
+    let mut rng = Rng(o.seed.max(1) * 0x9e37_79b9_7f4a_7c15);
+    wr.entry(
+        &format!("{}/", wr.top.clone()),
+        EntryType::Directory,
+        b"",
+        0o700,
+    )?;
+    wr.meta("version", b"pkgacct version: 10\narchive version: 4\n")?;
+    wr.meta(
+        "shadow",
+        b"$6$fixturesalt$Yx0kR9mW1fJ3VvQ8c7n2Lh5sT4uP6dE0aB9gC1iK3oM7qS2rZ8yX4wN6vF5jH0tU.\n",
+    )?;
+    wr.meta("shell", b"/bin/bash\n")?;
+    wr.meta("homedir_paths", format!("/home/{u}\n").as_bytes())?;
+    wr.meta(
+        "quota",
+        format!("{}\n", (o.size >> 20) * 2 + 100).as_bytes(),
+    )?;
+    let suspended = if has("suspended") {
+        "SUSPENDED=1\n"
+    } else {
+        ""
+    };
+    wr.meta(
+        &format!("cp/{u}"),
+        format!(
+            "USER={u}\nDNS={d}\nPLAN=basic\nCONTACTEMAIL={u}@example.net\nIP=203.0.113.10\n\
+             STARTDATE=1700000000\nMAXPOP=10\nMAXSQL=5\nMAXFTP=2\nMAXSUB=10\nMAXPARK=2\n\
+             MAXADDON=1\nBWLIMIT=10737418240\nHASCGI=0\nMAX_EMAILACCT_QUOTA=1024\n\
+             MAILBOX_FORMAT=maildir\nUTF8MAILBOX=1\nFEATURELIST=default\nOWNER=root\n{suspended}"
+        )
+        .as_bytes(),
+    )?;
+    wr.meta(
+        "userdata/main",
+        format!("main_domain: {d}\naddon_domains: {{}}\nparked_domains: []\nsub_domains:\n  - blog.{d}\n").as_bytes(),
+    )?;
+    wr.meta(
+        &format!("userdata/{d}"),
+        format!("documentroot: /home/{u}/public_html\nuser: {u}\nserveradmin: webmaster@{d}\nphpversion: ea-php81\n").as_bytes(),
+    )?;
+    wr.meta("sds", format!("blog_{d}\n").as_bytes())?;
+    wr.meta("sds2", format!("blog_{d}=public_html/blog\n").as_bytes())?;
+    wr.meta("pds", b"")?;
+    wr.meta("addons", b"")?;
+    // Databases: three tables, rows as the size allows (at least 200).
+    let db = format!("{u}_wp");
+    let rows = (o.size / 20_000).clamp(200, 200_000);
+    let mut sql = String::from("-- MySQL dump (fixture)\nSET NAMES utf8mb4;\n");
+    let tables = [("wp_posts", rows), ("wp_options", 120), ("wp_users", 3)];
+    for (t, n) in tables {
+        if has("dropped-table") && t == "wp_options" {
+            // A CREATE the server refuses: the table never comes back.
+            sql.push_str(&format!(
+                "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT,, PRIMARY KEY (`id`));\n"
+            ));
+        } else {
+            sql.push_str(&format!(
+                "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT, `body` longtext COLLATE utf8mb4_0900_ai_ci, PRIMARY KEY (`id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;\n"
+            ));
+        }
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|i| {
+                    format!(
+                        "({i},'{}')",
+                        String::from_utf8_lossy(&rng.text(40)).replace(['\'', '\\', '\n'], " ")
+                    )
+                })
+                .collect();
+            sql.push_str(&format!("INSERT INTO `{t}` VALUES {};\n", values.join(",")));
+            wr.sum.rows += chunk.len() as u64;
+        }
+    }
+    if has("truncated-rows") {
+        // The dump ends in the middle of its last INSERT.
+        let cut = sql.rfind("INSERT INTO").unwrap_or(sql.len()) + 30;
+        sql.truncate(cut);
+    }
+    wr.meta(
+        &format!("mysql/{db}.create"),
+        format!("CREATE DATABASE `{db}`;\n").as_bytes(),
+    )?;
+    wr.meta(&format!("mysql/{db}.sql"), sql.as_bytes())?;
+    wr.meta(
+        "mysql.sql",
+        format!("GRANT USAGE ON *.* TO '{u}_wp'@'localhost';\nGRANT ALL PRIVILEGES ON `{u}\\_wp`.* TO '{u}_wp'@'localhost';\n").as_bytes(),
+    )?;
+    wr.meta(
+        "mysql.sql-auth.json",
+        format!("{{\"{u}_wp\":{{\"localhost\":{{\"auth_plugin\":\"mysql_native_password\",\"pass_hash\":\"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\"}}}}}}").as_bytes(),
+    )?;
+    let zone = if has("bad-zone") {
+        format!("$TTL 14400\n{d}. IN SOA ns1.{d}. (broken\n")
+    } else {
+        format!(
+            "$TTL 14400\n{d}. 86400 IN SOA ns1.{d}. hostmaster.{d}. 2024031101 3600 1800 1209600 86400\n\
+             {d}. 86400 IN NS ns1.{d}.\n{d}. 14400 IN A 203.0.113.10\nwww 14400 IN CNAME {d}.\n\
+             mail 14400 IN A 203.0.113.10\n{d}. 14400 IN MX 0 {d}.\n{d}. 14400 IN TXT \"v=spf1 +a +mx ~all\"\n"
+        )
+    };
+    wr.meta(&format!("dnszones/{d}.db"), zone.as_bytes())?;
+    wr.meta(
+        &format!("va/{d}"),
+        format!("info@{d}: {u}@example.net\n*: :fail: No Such User Here\n").as_bytes(),
+    )?;
+    wr.meta(&format!("vad/{d}"), b"")?;
+    wr.meta(&format!("vf/{d}"), b"")?;
+    wr.meta(
+        &format!("cron/{u}"),
+        format!("MAILTO=\"\"\n*/5 * * * * /usr/local/bin/ea-php81 /home/{u}/cron.php\n").as_bytes(),
+    )?;
+    wr.meta(
+        "proftpdpasswd",
+        format!("ftpu@{d}:$6$x$y:1001:1001:{u}:/home/{u}/public_html/ftp:/bin/ftpsh\n").as_bytes(),
+    )?;
+    if has("hostile") {
+        let mut h = Header::new_gnu();
+        let name = b"../../etc/cron.d/npanel-fixture";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        wr.tar.append(&h, &b"evil\n"[..])?;
+    }
+
+    if o.format == "homedir-tar" {
+        // The home as a tar of its own, written to memory then into the archive.
+        let mut inner = Writer {
+            tar: tar::Builder::new(Vec::new()),
+            top: String::new(),
+            home_prefix: String::new(),
+            sum: Summary::default(),
+        };
+        home(o, &mut inner, &mut rng, &db)?;
+        let bytes = inner.tar.into_inner()?;
+        wr.sum.home_files += inner.sum.home_files;
+        wr.sum.home_bytes += inner.sum.home_bytes;
+        wr.sum.messages += inner.sum.messages;
+        wr.meta("homedir.tar", &bytes)?;
+        Ok(())
+    } else {
+        wr.home_dir("", 0o711)?;
+        home(o, wr, &mut rng, &db)
+    }
+}
+
+fn home<W: Write>(o: &Opts, wr: &mut Writer<W>, rng: &mut Rng, db: &str) -> Result<()> {
+    let (u, d) = (o.user.as_str(), o.domain.as_str());
+    let has = |x: &str| o.defects.iter().any(|d| d == x);
+    let open = if has("777-tree") { 0o777 } else { 0o755 };
+    let file_mode = if has("777-tree") { 0o777 } else { 0o644 };
+    wr.home_dir("public_html", 0o750)?;
+    wr.home_file(
+        "public_html/wp-config.php",
+        format!("<?php\ndefine('DB_NAME', '{db}');\ndefine('DB_USER', '{u}_wp');\ndefine('DB_PASSWORD', 'fixture-Pa55word');\ndefine('DB_HOST', 'localhost');\n").as_bytes(),
+        0o600,
+    )?;
+    wr.home_file(
+        "public_html/index.php",
+        b"<?php require __DIR__ . '/wp-blog-header.php';\n",
+        0o644,
+    )?;
+    wr.home_dir("public_html/blog", 0o755)?;
+    wr.home_file("public_html/blog/index.html", &rng.text(2048), 0o644)?;
+    wr.home_symlink("www", "public_html")?;
+    if has("broken-symlink") {
+        wr.home_symlink("public_html/old-site", "../old_public_html")?;
+    }
+    // Mail: two mailboxes, their etc/ files, messages of 2-12 KB.
+    let mailboxes = ["info", "sales"];
+    let mut passwd = String::new();
+    let mut shadow = String::new();
+    let mut quota = String::new();
+    for m in mailboxes {
+        passwd.push_str(&format!(
+            "{m}:x:1001:1001::/home/{u}/mail/{d}/{m}:/home/{u}\n"
+        ));
+        shadow.push_str(&format!("{m}:$6$fixture$hash:19000::::::\n"));
+        quota.push_str(&format!("{m}:262144000\n"));
+    }
+    wr.home_dir("etc", 0o750)?;
+    wr.home_dir(&format!("etc/{d}"), 0o750)?;
+    wr.home_file(&format!("etc/{d}/passwd"), passwd.as_bytes(), 0o644)?;
+    wr.home_file(&format!("etc/{d}/shadow"), shadow.as_bytes(), 0o640)?;
+    wr.home_file(&format!("etc/{d}/quota"), quota.as_bytes(), 0o644)?;
+    wr.home_dir("mail", 0o751)?;
+    wr.home_file("mail/mailbox_format.cpanel", b"maildir\n", 0o644)?;
+    let messages = (o.size / (200 << 10)).clamp(20, 5000);
+    for m in mailboxes {
+        if m == "sales" && has("missing-mailbox") {
+            continue;
+        }
+        for sub in ["cur", "new", "tmp"] {
+            wr.home_dir(&format!("mail/{d}/{m}/{sub}"), 0o700)?;
+        }
+        for i in 0..messages / 2 {
+            let len = 2048 + rng.below(10 << 10) as usize;
+            let body = rng.text(len);
+            let mut msg = format!(
+                "From: someone{i}@example.org\r\nTo: {m}@{d}\r\nSubject: message {i}\r\n\r\n"
+            )
+            .into_bytes();
+            msg.extend_from_slice(&body);
+            let name = format!(
+                "mail/{d}/{m}/cur/{}.M{i}P1.host,S={}:2,S",
+                1_681_274_990 + i,
+                msg.len()
+            );
+            wr.home_file(&name, &msg, 0o600)?;
+            wr.sum.messages += 1;
+        }
+    }
+    // The rest of the size: site files (text, 1-64 KB) and uploads (incompressible, 64 KB-8 MB),
+    // about 40/60 by bytes.
+    let budget = o.size.saturating_sub(wr.sum.home_bytes);
+    let mut text_left = budget * 2 / 5;
+    let mut media_left = budget - text_left;
+    let mut n = 0u64;
+    while text_left > 0 {
+        let dir = format!("public_html/wp-content/plugins/plugin{:03}", n / 200);
+        if n.is_multiple_of(200) {
+            wr.home_dir(&dir, open)?;
+        }
+        let size = (1024 + rng.below(63 << 10)).min(text_left);
+        wr.home_file(
+            &format!("{dir}/file{n:05}.php"),
+            &rng.text(size as usize),
+            file_mode,
+        )?;
+        text_left -= size;
+        n += 1;
+    }
+    let mut m = 0u64;
+    while media_left > 0 {
+        let dir = format!(
+            "public_html/wp-content/uploads/2024/{:02}",
+            m / 100 % 12 + 1
+        );
+        if m.is_multiple_of(100) && m < 1200 {
+            wr.home_dir(&dir, open)?;
+        }
+        let size = (64 << 10) + rng.below(8 << 20);
+        let size = size.min(media_left);
+        wr.home_file(
+            &format!("{dir}/photo{m:05}.jpg"),
+            &rng.noise(size as usize),
+            file_mode,
+        )?;
+        media_left -= size;
+        m += 1;
+    }
+    Ok(())
+}
