@@ -55,6 +55,9 @@ pub enum AgentError {
     Remote(WireError),
     #[error("{0}")]
     Internal(String),
+    /// The caller cancelled the operation (a restore's unpack).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl AgentError {
@@ -78,6 +81,7 @@ impl AgentError {
             AgentError::ToolFailed(_) => ErrorCode::ToolFailed,
             AgentError::InvalidRequest(_) | AgentError::Config(_) => ErrorCode::InvalidRequest,
             AgentError::InvalidAccount(_) => ErrorCode::InvalidAccount,
+            AgentError::Cancelled(_) => ErrorCode::Cancelled,
             AgentError::Remote(w) => w.code,
             AgentError::Connect { .. } | AgentError::Protocol(_) | AgentError::Internal(_) => {
                 ErrorCode::Internal

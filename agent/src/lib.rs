@@ -52,6 +52,7 @@ pub mod mail;
 pub mod names;
 pub mod protocol;
 pub mod quota;
+pub mod restore;
 pub mod rlimit;
 pub mod server;
 pub mod unpack;

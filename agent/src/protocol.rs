@@ -73,6 +73,12 @@ pub const KNOWN_OPS: &[&str] = &[
     "create_mailbox",
     "delete_mailbox",
     "list_mailboxes",
+    "unpack_archive",
+    "unpack_status",
+    "cancel_unpack",
+    "install_home",
+    "revert_home",
+    "discard_restore",
 ];
 
 /// The closed set of requests.
@@ -200,6 +206,44 @@ pub enum Request {
         account: AccountName,
         domain: Domain,
     },
+    /// Unpack an archive on this server into the staging of restore `restore_id`
+    /// (`<home_root>/.npanel-restore-<id>/{home,meta}`, see [`crate::restore`]): at most
+    /// `max_bytes` of content, owned by `uid:gid` when given, absolute links inside
+    /// `source_home` made relative.
+    UnpackArchive {
+        account: AccountName,
+        restore_id: String,
+        archive: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_home: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<u32>,
+    },
+    /// Counters of a running unpack.
+    UnpackStatus { restore_id: String },
+    /// Stop a running unpack (its staging is removed).
+    CancelUnpack { restore_id: String },
+    /// Put the staged home in place of the account's (kept in the staging as `previous`),
+    /// every entry given to `uid:gid` when given.
+    InstallHome {
+        account: AccountName,
+        restore_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<u32>,
+    },
+    /// Undo an install: the previous home back in place.
+    RevertHome {
+        account: AccountName,
+        restore_id: String,
+    },
+    /// Delete the staging of a restore (and the home an install replaced).
+    DiscardRestore { restore_id: String },
 }
 
 impl Request {
@@ -231,6 +275,12 @@ impl Request {
             Request::CreateMailbox { .. } => "create_mailbox",
             Request::DeleteMailbox { .. } => "delete_mailbox",
             Request::ListMailboxes { .. } => "list_mailboxes",
+            Request::UnpackArchive { .. } => "unpack_archive",
+            Request::UnpackStatus { .. } => "unpack_status",
+            Request::CancelUnpack { .. } => "cancel_unpack",
+            Request::InstallHome { .. } => "install_home",
+            Request::RevertHome { .. } => "revert_home",
+            Request::DiscardRestore { .. } => "discard_restore",
         }
     }
 
@@ -240,7 +290,12 @@ impl Request {
     pub fn is_long(&self) -> bool {
         matches!(
             self,
-            Request::BackupHome { .. } | Request::RemoveHome { .. } | Request::DiskUsage { .. }
+            Request::BackupHome { .. }
+                | Request::RemoveHome { .. }
+                | Request::DiskUsage { .. }
+                | Request::UnpackArchive { .. }
+                | Request::InstallHome { .. }
+                | Request::DiscardRestore { .. }
         )
     }
 }
@@ -369,6 +424,8 @@ pub enum ErrorCode {
     Io,
     /// A bug or an unexpected state in the agent.
     Internal,
+    /// The caller cancelled the operation (`cancel_unpack`).
+    Cancelled,
 }
 
 impl fmt::Display for ErrorCode {
@@ -457,6 +514,23 @@ pub enum Reply {
     },
     Quota(QuotaReport),
     HomeBackedUp(HomeBackup),
+    ArchiveUnpacked(crate::restore::ArchiveUnpacked),
+    UnpackStatus(crate::restore::UnpackStatus),
+    UnpackCancelled {
+        restore_id: String,
+        /// false when no unpack with that id was running.
+        running: bool,
+    },
+    HomeInstalled(crate::restore::HomeInstalled),
+    HomeReverted {
+        account: AccountName,
+        /// false when there was nothing to undo.
+        reverted: bool,
+    },
+    RestoreDiscarded {
+        restore_id: String,
+        existed: bool,
+    },
     HomeRemoved {
         account: AccountName,
         path: String,
@@ -1144,6 +1218,34 @@ mod tests {
             Request::ListMailboxes {
                 account: acct("d"),
                 domain: Domain::parse("example.com").unwrap(),
+            },
+            Request::UnpackArchive {
+                account: acct("d"),
+                restore_id: "01J0".into(),
+                archive: "/srv/cpmove-d.tar.gz".into(),
+                max_bytes: Some(1 << 30),
+                source_home: Some("/home/d".into()),
+                uid: Some(1001),
+                gid: Some(1001),
+            },
+            Request::UnpackStatus {
+                restore_id: "01J0".into(),
+            },
+            Request::CancelUnpack {
+                restore_id: "01J0".into(),
+            },
+            Request::InstallHome {
+                account: acct("d"),
+                restore_id: "01J0".into(),
+                uid: None,
+                gid: None,
+            },
+            Request::RevertHome {
+                account: acct("d"),
+                restore_id: "01J0".into(),
+            },
+            Request::DiscardRestore {
+                restore_id: "01J0".into(),
             },
         ];
         for op in KNOWN_OPS {

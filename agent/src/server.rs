@@ -23,7 +23,8 @@ use crate::protocol::{
     parse_request_line, ErrorCode, Pong, Reply, Request, Response, UserCreated, MAX_LINE_BYTES,
     PROTOCOL_VERSION,
 };
-use crate::{backup, home, hostfiles, mail, quota, users};
+use crate::unpack::UnpackOptions;
+use crate::{backup, home, hostfiles, mail, quota, restore, users};
 
 /// Config plus what was derived from it.
 #[derive(Debug)]
@@ -607,6 +608,63 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 account,
                 domain,
                 mailboxes,
+            })
+        }
+        Request::UnpackArchive {
+            account: _,
+            restore_id,
+            archive,
+            max_bytes,
+            source_home,
+            uid,
+            gid,
+        } => {
+            let opts = UnpackOptions {
+                owner: uid.zip(gid),
+                max_bytes: max_bytes.unwrap_or(u64::MAX),
+                source_home: source_home.map(Into::into),
+                ..UnpackOptions::default()
+            };
+            Ok(Reply::ArchiveUnpacked(restore::unpack_archive(
+                &cfg.home_root(),
+                &restore_id,
+                Path::new(&archive),
+                &opts,
+            )?))
+        }
+        Request::UnpackStatus { restore_id } => {
+            Ok(Reply::UnpackStatus(restore::unpack_status(&restore_id)))
+        }
+        Request::CancelUnpack { restore_id } => {
+            let running = restore::cancel_unpack(&restore_id);
+            Ok(Reply::UnpackCancelled {
+                restore_id,
+                running,
+            })
+        }
+        Request::InstallHome {
+            account,
+            restore_id,
+            uid,
+            gid,
+        } => Ok(Reply::HomeInstalled(restore::install_home(
+            &cfg.home_root(),
+            &account,
+            &restore_id,
+            uid.zip(gid),
+        )?)),
+        Request::RevertHome {
+            account,
+            restore_id,
+        } => {
+            let reverted = restore::revert_home(&cfg.home_root(), &account, &restore_id)?;
+            Ok(Reply::HomeReverted { account, reverted })
+        }
+        Request::DiscardRestore { restore_id } => {
+            let existed = restore::discard_restore(&cfg.home_root(), &restore_id)?;
+            Ok(Reply::RestoreDiscarded {
+                restore_id,
+                existed,
             })
         }
     }

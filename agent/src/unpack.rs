@@ -49,7 +49,7 @@ use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{futimens, mkdirat, Mode};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tar::EntryType;
 
 /// Why an unpack stopped.
@@ -91,7 +91,7 @@ fn io_err(path: impl Into<PathBuf>, e: impl Into<io::Error>) -> UnpackError {
 }
 
 /// How the archive's bytes are compressed, from its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     /// A plain tar.
@@ -152,7 +152,7 @@ pub struct UnpackProgress {
 }
 
 /// An entry that was not restored as it was, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
     /// The entry's path in the archive.
     pub path: String,
@@ -161,7 +161,7 @@ pub struct Skipped {
 }
 
 /// What an unpack wrote.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unpacked {
     /// Regular files written into the home.
     pub home_files: u64,

@@ -1,0 +1,331 @@
+//! The agent's side of a restore (DESIGN §12): unpack an archive into a staging area beside
+//! the homes, install the staged home with one rename, or throw the staging away.
+//!
+//! - **Staging.** `<home_root>/.npanel-restore-<restore_id>/` (root, 0700) holds `home/` and
+//!   `meta/` ([`crate::unpack`]). It is on the homes' filesystem, so installing is a rename,
+//!   and until then the account's home is untouched: a failed or cancelled restore is undone
+//!   by deleting the staging. Unpacking again with the same id starts from an empty staging
+//!   (a retried job never finds half of an earlier try).
+//! - **Install.** The current home (if any) is renamed to `<staging>/previous`, the staged
+//!   home into its place. [`revert_home`] swaps them back; [`discard_restore`] deletes the
+//!   staging, and the previous home with it.
+//! - **Progress and cancel** go through a registry of running unpacks in this process, so they
+//!   work the same over the socket and in the embedded host: [`unpack_status`] reads the
+//!   counters, [`cancel_unpack`] sets the flag the unpack checks between chunks.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountName;
+use crate::error::{AgentError, Result};
+use crate::fsx;
+use crate::unpack::{unpack, UnpackError, UnpackOptions, UnpackProgress, Unpacked};
+
+/// Answer to an unpack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveUnpacked {
+    pub restore_id: String,
+    /// The staging directory (`home/` and `meta/` inside).
+    pub staging: String,
+    /// Size of the archive file.
+    pub archive_bytes: u64,
+    pub unpacked: Unpacked,
+}
+
+/// Counters of a running unpack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackStatus {
+    pub restore_id: String,
+    /// Whether an unpack with this id is running in this agent.
+    pub running: bool,
+    pub archive_bytes: u64,
+    pub archive_read: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Answer to an install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeInstalled {
+    pub account: AccountName,
+    pub path: String,
+    /// Where the home it replaced is kept until the staging is discarded.
+    pub previous: Option<String>,
+}
+
+struct Running {
+    progress: Arc<UnpackProgress>,
+    cancel: Arc<AtomicBool>,
+    archive_bytes: u64,
+}
+
+fn running() -> &'static Mutex<HashMap<String, Running>> {
+    static R: OnceLock<Mutex<HashMap<String, Running>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// A restore id is a job id: letters and digits, at most 64.
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(AgentError::InvalidRequest(format!(
+            "restore id {id:?}: letters and digits, 1 to 64"
+        )));
+    }
+    Ok(())
+}
+
+/// The staging directory of `restore_id`.
+pub fn staging_dir(home_root: &Path, restore_id: &str) -> PathBuf {
+    home_root.join(format!(".npanel-restore-{restore_id}"))
+}
+
+/// Unpack `archive` into a fresh staging for `restore_id` (see the module docs). The staging
+/// is removed again if the unpack fails or is cancelled.
+pub fn unpack_archive(
+    home_root: &Path,
+    restore_id: &str,
+    archive: &Path,
+    opts: &UnpackOptions,
+) -> Result<ArchiveUnpacked> {
+    check_id(restore_id)?;
+    let meta = std::fs::metadata(archive).map_err(|e| AgentError::io(archive, e))?;
+    if !meta.is_file() {
+        return Err(AgentError::InvalidRequest(format!(
+            "{} is not a file",
+            archive.display()
+        )));
+    }
+    let base = fsx::ensure_base(home_root, 0o755)?;
+    let name = format!(".npanel-restore-{restore_id}");
+    base.remove_tree(&name)?;
+    let (staging, _) = base.ensure_dir(&name, 0o700)?;
+    staging.ensure_dir("home", 0o700)?;
+    staging.ensure_dir("meta", 0o700)?;
+    let progress = Arc::new(UnpackProgress::default());
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let mut r = running().lock().unwrap_or_else(|p| p.into_inner());
+        if r.contains_key(restore_id) {
+            return Err(AgentError::Busy(format!(
+                "restore {restore_id} is already unpacking"
+            )));
+        }
+        r.insert(
+            restore_id.to_string(),
+            Running {
+                progress: progress.clone(),
+                cancel: cancel.clone(),
+                archive_bytes: meta.len(),
+            },
+        );
+    }
+    let result = unpack(
+        archive,
+        &staging.path.join("home"),
+        &staging.path.join("meta"),
+        opts,
+        &progress,
+        &cancel,
+        &mut |_, _| {},
+    );
+    running()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(restore_id);
+    match result {
+        Ok(unpacked) => Ok(ArchiveUnpacked {
+            restore_id: restore_id.to_string(),
+            staging: staging.path.display().to_string(),
+            archive_bytes: meta.len(),
+            unpacked,
+        }),
+        Err(e) => {
+            let _ = base.remove_tree(&name);
+            Err(match e {
+                UnpackError::Cancelled => AgentError::Cancelled(format!(
+                    "restore {restore_id}: unpack cancelled, staging removed"
+                )),
+                UnpackError::Io { path, source } => AgentError::Io { path, source },
+                refused => AgentError::InvalidRequest(refused.to_string()),
+            })
+        }
+    }
+}
+
+/// The counters of the unpack of `restore_id` (zeros and `running: false` when none runs).
+pub fn unpack_status(restore_id: &str) -> UnpackStatus {
+    let r = running().lock().unwrap_or_else(|p| p.into_inner());
+    match r.get(restore_id) {
+        Some(u) => UnpackStatus {
+            restore_id: restore_id.to_string(),
+            running: true,
+            archive_bytes: u.archive_bytes,
+            archive_read: u.progress.archive_read.load(Ordering::Relaxed),
+            files: u.progress.files.load(Ordering::Relaxed),
+            bytes: u.progress.bytes.load(Ordering::Relaxed),
+        },
+        None => UnpackStatus {
+            restore_id: restore_id.to_string(),
+            running: false,
+            archive_bytes: 0,
+            archive_read: 0,
+            files: 0,
+            bytes: 0,
+        },
+    }
+}
+
+/// Ask the unpack of `restore_id` to stop; `false` if none runs.
+pub fn cancel_unpack(restore_id: &str) -> bool {
+    let r = running().lock().unwrap_or_else(|p| p.into_inner());
+    match r.get(restore_id) {
+        Some(u) => {
+            u.cancel.store(true, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Put the staged home of `restore_id` in place of the account's home (kept as
+/// `<staging>/previous`), owned by `owner` when given (every entry, links not followed).
+pub fn install_home(
+    home_root: &Path,
+    account: &AccountName,
+    restore_id: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<HomeInstalled> {
+    check_id(restore_id)?;
+    let base = fsx::open_base(home_root)?;
+    let name = format!(".npanel-restore-{restore_id}");
+    let staging = base.open_dir(&name)?.ok_or_else(|| AgentError::NotFound {
+        what: format!("staging of restore {restore_id}"),
+    })?;
+    let staged = staging
+        .open_dir("home")?
+        .ok_or_else(|| AgentError::NotFound {
+            what: format!("staged home of restore {restore_id} (installed already?)"),
+        })?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(&staged.file, &staged.path, uid, gid, 0)?;
+    }
+    let staged_mode = 0o750;
+    std::fs::set_permissions(
+        &staged.path,
+        std::os::unix::fs::PermissionsExt::from_mode(staged_mode),
+    )
+    .map_err(|e| AgentError::io(&staged.path, e))?;
+    let home = home_root.join(account.as_str());
+    let previous = match base.is_dir_entry(account.as_str())? {
+        Some(_) => {
+            nix::fcntl::renameat(&base.file, account.as_str(), &staging.file, "previous")
+                .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
+            Some(staging.path.join("previous").display().to_string())
+        }
+        None => None,
+    };
+    nix::fcntl::renameat(&staging.file, "home", &base.file, account.as_str())
+        .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
+    let _ = base.file.sync_all();
+    Ok(HomeInstalled {
+        account: account.clone(),
+        path: home.display().to_string(),
+        previous,
+    })
+}
+
+/// Undo [`install_home`]: the previous home back in place, the restored one back in the
+/// staging. `false` if there is nothing to undo.
+pub fn revert_home(home_root: &Path, account: &AccountName, restore_id: &str) -> Result<bool> {
+    check_id(restore_id)?;
+    let base = fsx::open_base(home_root)?;
+    let Some(staging) = base.open_dir(&format!(".npanel-restore-{restore_id}"))? else {
+        return Ok(false);
+    };
+    if staging.is_dir_entry("home")?.is_some() {
+        return Ok(false);
+    }
+    let home = home_root.join(account.as_str());
+    if base.is_dir_entry(account.as_str())?.is_some() {
+        nix::fcntl::renameat(&base.file, account.as_str(), &staging.file, "home")
+            .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
+    }
+    if staging.is_dir_entry("previous")?.is_some() {
+        nix::fcntl::renameat(&staging.file, "previous", &base.file, account.as_str())
+            .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
+    }
+    let _ = base.file.sync_all();
+    Ok(true)
+}
+
+/// Delete the staging of `restore_id` (and the home an install replaced); `false` if there
+/// was none.
+pub fn discard_restore(home_root: &Path, restore_id: &str) -> Result<bool> {
+    check_id(restore_id)?;
+    cancel_unpack(restore_id);
+    let base = match fsx::open_base(home_root) {
+        Ok(b) => b,
+        Err(AgentError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    base.remove_tree(&format!(".npanel-restore-{restore_id}"))
+}
+
+/// Deepest directory [`chown_tree`] descends into.
+const MAX_DEPTH: usize = 256;
+
+/// `fchownat` of every entry below `dir` (links not followed), walking from descriptors.
+fn chown_tree(dir: &std::fs::File, path: &Path, uid: u32, gid: u32, depth: usize) -> Result<()> {
+    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{fchownat, Gid, Uid};
+    use std::os::unix::ffi::OsStrExt;
+    if depth > MAX_DEPTH {
+        return Err(AgentError::UnsafePath(format!(
+            "{} is nested deeper than {MAX_DEPTH} directories",
+            path.display()
+        )));
+    }
+    std::os::unix::fs::fchown(dir, Some(uid), Some(gid)).map_err(|e| AgentError::io(path, e))?;
+    let listing = dir.try_clone().map_err(|e| AgentError::io(path, e))?;
+    let mut d = nix::dir::Dir::from_fd(listing.into())
+        .map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+    let mut subdirs = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+        let n = entry.file_name();
+        if n.to_bytes() == b"." || n.to_bytes() == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(n.to_bytes()).to_os_string();
+        if entry.file_type() == Some(nix::dir::Type::Directory) {
+            subdirs.push(name);
+        } else {
+            fchownat(
+                dir,
+                name.as_os_str(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| AgentError::io(path.join(&name), std::io::Error::from(e)))?;
+        }
+    }
+    for name in subdirs {
+        let fd = openat(
+            dir,
+            name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fsx::nofollow_err(&path.join(&name), e))?;
+        let child = std::fs::File::from(fd);
+        chown_tree(&child, &path.join(&name), uid, gid, depth + 1)?;
+    }
+    Ok(())
+}
