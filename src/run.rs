@@ -96,12 +96,18 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     };
     let mut registry = workers::Registry::builtin();
     if let Some(s) = &store {
+        let host: std::sync::Arc<agent::Host> = std::sync::Arc::new(host(&cfg)?);
         registry = registry
             .with_store(s.clone(), cfg.store.days())
             .with_provisioning(workers::provision::Provisioner::new(
                 s.clone(),
-                std::sync::Arc::new(host(&cfg)?),
+                host.clone(),
                 cfg.host.provision(),
+            ))
+            .with_restore(workers::restore::Restorer::new(
+                s.clone(),
+                host,
+                cfg.host.root_for(&cfg.data_dir).join("backups"),
             ));
     }
     let q = q.with_available_kinds(registry.kinds());

@@ -47,6 +47,13 @@ pub struct UnpackStatus {
     pub archive_read: u64,
     pub files: u64,
     pub bytes: u64,
+    /// The home file written last (its path in the home) and its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_file: Option<(String, u64)>,
+    /// Whether the staged home was installed already (the staging holds the home it
+    /// replaced, or no staged home is left): a retried restore goes on from there.
+    #[serde(default)]
+    pub installed: bool,
 }
 
 /// Answer to an install.
@@ -62,6 +69,7 @@ struct Running {
     progress: Arc<UnpackProgress>,
     cancel: Arc<AtomicBool>,
     archive_bytes: u64,
+    last_file: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 fn running() -> &'static Mutex<HashMap<String, Running>> {
@@ -100,6 +108,11 @@ pub fn unpack_archive(
             archive.display()
         )));
     }
+    if unpack_status(home_root, restore_id)?.installed {
+        return Err(AgentError::Busy(format!(
+            "restore {restore_id} was installed already: revert or discard it first"
+        )));
+    }
     let base = fsx::ensure_base(home_root, 0o755)?;
     let name = format!(".npanel-restore-{restore_id}");
     base.remove_tree(&name)?;
@@ -108,6 +121,7 @@ pub fn unpack_archive(
     staging.ensure_dir("meta", 0o700)?;
     let progress = Arc::new(UnpackProgress::default());
     let cancel = Arc::new(AtomicBool::new(false));
+    let last_file = Arc::new(Mutex::new(None));
     {
         let mut r = running().lock().unwrap_or_else(|p| p.into_inner());
         if r.contains_key(restore_id) {
@@ -121,6 +135,7 @@ pub fn unpack_archive(
                 progress: progress.clone(),
                 cancel: cancel.clone(),
                 archive_bytes: meta.len(),
+                last_file: last_file.clone(),
             },
         );
     }
@@ -131,7 +146,10 @@ pub fn unpack_archive(
         opts,
         &progress,
         &cancel,
-        &mut |_, _| {},
+        &mut |path, n| {
+            *last_file.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((path.display().to_string(), n));
+        },
     );
     running()
         .lock()
@@ -157,10 +175,15 @@ pub fn unpack_archive(
     }
 }
 
-/// The counters of the unpack of `restore_id` (zeros and `running: false` when none runs).
-pub fn unpack_status(restore_id: &str) -> UnpackStatus {
+/// The counters of the unpack of `restore_id` (zeros and `running: false` when none runs),
+/// and whether its staged home was installed already.
+pub fn unpack_status(home_root: &Path, restore_id: &str) -> Result<UnpackStatus> {
+    check_id(restore_id)?;
+    let staging = staging_dir(home_root, restore_id);
+    let installed = staging.join("previous").exists()
+        || (staging.join("meta").is_dir() && !staging.join("home").exists());
     let r = running().lock().unwrap_or_else(|p| p.into_inner());
-    match r.get(restore_id) {
+    Ok(match r.get(restore_id) {
         Some(u) => UnpackStatus {
             restore_id: restore_id.to_string(),
             running: true,
@@ -168,6 +191,12 @@ pub fn unpack_status(restore_id: &str) -> UnpackStatus {
             archive_read: u.progress.archive_read.load(Ordering::Relaxed),
             files: u.progress.files.load(Ordering::Relaxed),
             bytes: u.progress.bytes.load(Ordering::Relaxed),
+            last_file: u
+                .last_file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            installed: false,
         },
         None => UnpackStatus {
             restore_id: restore_id.to_string(),
@@ -176,8 +205,10 @@ pub fn unpack_status(restore_id: &str) -> UnpackStatus {
             archive_read: 0,
             files: 0,
             bytes: 0,
+            last_file: None,
+            installed,
         },
-    }
+    })
 }
 
 /// Ask the unpack of `restore_id` to stop; `false` if none runs.

@@ -619,8 +619,9 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             uid,
             gid,
         } => {
+            // Without system users (the embedded host) files stay the server's user's.
             let opts = UnpackOptions {
-                owner: uid.zip(gid),
+                owner: uid.zip(gid).filter(|_| system_user),
                 max_bytes: max_bytes.unwrap_or(u64::MAX),
                 source_home: source_home.map(Into::into),
                 ..UnpackOptions::default()
@@ -632,9 +633,10 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 &opts,
             )?))
         }
-        Request::UnpackStatus { restore_id } => {
-            Ok(Reply::UnpackStatus(restore::unpack_status(&restore_id)))
-        }
+        Request::UnpackStatus { restore_id } => Ok(Reply::UnpackStatus(restore::unpack_status(
+            &cfg.home_root(),
+            &restore_id,
+        )?)),
         Request::CancelUnpack { restore_id } => {
             let running = restore::cancel_unpack(&restore_id);
             Ok(Reply::UnpackCancelled {
@@ -651,7 +653,7 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             &cfg.home_root(),
             &account,
             &restore_id,
-            uid.zip(gid),
+            uid.zip(gid).filter(|_| system_user),
         )?)),
         Request::RevertHome {
             account,

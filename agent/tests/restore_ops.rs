@@ -76,6 +76,23 @@ async fn unpack_install_revert_and_discard() {
         Path::new("public_html")
     );
     assert!(staging.join("previous/old.txt").exists());
+    // Installed: a retried restore sees it, and unpacking again is refused (it would lose
+    // the home kept in the staging).
+    let Reply::UnpackStatus(st) = host
+        .call(Request::UnpackStatus {
+            restore_id: "R1".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("unexpected reply")
+    };
+    assert!(st.installed && !st.running);
+    let err = host
+        .call(unpack_req(&archive, "R1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Busy, "{err}");
 
     // Revert: the old home is back, the restored one in the staging.
     let reply = host

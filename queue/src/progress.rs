@@ -497,9 +497,9 @@ mod tests {
     #[test]
     fn percent_follows_restore_stage_weights() {
         let k = JobKind::Restore;
-        assert_eq!(percent(k, "extracting", 50, 100, 0.0), 10.0);
-        assert_eq!(percent(k, "validating", 0, 10, 10.0), 20.0);
-        assert_eq!(percent(k, "restoring_data", 1, 2, 0.0), 70.0);
+        assert_eq!(percent(k, "extracting", 50, 100, 0.0), 45.0);
+        assert_eq!(percent(k, "validating", 0, 10, 10.0), 90.0);
+        assert_eq!(percent(k, "restoring_data", 1, 2, 0.0), 97.0);
         assert_eq!(percent(k, "finalizing", 1, 1, 0.0), 100.0);
         // unknown stage and going backwards keep the previous value
         assert_eq!(percent(k, "mystery", 1, 2, 42.0), 42.0);

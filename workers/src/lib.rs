@@ -16,6 +16,7 @@ pub mod metrics;
 mod pool;
 pub mod provision;
 mod registry;
+pub mod restore;
 pub mod retention;
 
 pub use backoff::backoff;

@@ -44,6 +44,13 @@ impl Registry {
         })
     }
 
+    /// Add the `restore` handler.
+    pub fn with_restore(self, r: std::sync::Arc<crate::restore::Restorer>) -> Self {
+        self.register(JobKind::Restore, move |ctx| {
+            crate::restore::run(ctx, r.clone())
+        })
+    }
+
     /// Add (or replace) the handler of `kind`.
     pub fn register<F, Fut>(mut self, kind: JobKind, f: F) -> Self
     where

@@ -107,11 +107,20 @@ pub async fn start(o: Opts) -> Server {
     let mut registry = o.registry;
     if let Some(root) = &o.provision_root {
         let host: agent::Host = agent::LocalHost::new(root).unwrap().into();
+        let host = std::sync::Arc::new(host);
         registry = registry.with_provisioning(workers::provision::Provisioner::new(
             ts.store.clone(),
-            std::sync::Arc::new(host),
+            host.clone(),
             workers::provision::ProvisionConfig::default(),
         ));
+        // The real restore, unless the test brought its own.
+        if !registry.kinds().contains(&queue::JobKind::Restore) {
+            registry = registry.with_restore(workers::restore::Restorer::new(
+                ts.store.clone(),
+                host,
+                root.join("backups"),
+            ));
+        }
     }
     let queue = Queue::new(cfg)
         .unwrap()
