@@ -73,6 +73,21 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Restore an archive (a cPanel `cpmove` or an nPanel backup) into an account, and watch
+    /// it as `watch` does. Admins name a path on the server; others the file name of one of
+    /// their backups.
+    Restore {
+        /// The archive: a path on the server (admins), or a backup's file name.
+        archive: String,
+        /// The account to restore into (default: yours, or the one the archive names).
+        #[arg(long)]
+        account: Option<String>,
+        /// Print the job and return instead of watching it.
+        #[arg(long)]
+        no_watch: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Enqueue, list, show, cancel and retry jobs through the API.
     Jobs {
         #[command(subcommand)]
@@ -489,6 +504,15 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             Cmd::Watch { ids, remote } => {
                 let api = Api::new(&remote.url, remote.token)?;
                 cli::watch::watch(&api, &ids).await
+            }
+            Cmd::Restore {
+                archive,
+                account,
+                no_watch,
+                remote,
+            } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                cli::restore(&api, &archive, account, no_watch).await
             }
             Cmd::Jobs { cmd, remote } => {
                 let api = Api::new(&remote.url, remote.token)?;

@@ -54,6 +54,17 @@ pub fn nofollow_err(path: &Path, e: Errno) -> AgentError {
     }
 }
 
+/// Gives `name` in `dir` to `uid:gid` without following it if it is a symlink.
+pub fn chown_at(dir: &File, name: &OsStr, uid: u32, gid: u32) -> nix::Result<()> {
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
 /// Opens a trusted directory by path (symlinks followed: this is the
 /// admin-configured part, like `home_root` or `<host_root>/var/named`).
 pub fn open_base(path: &Path) -> Result<DirHandle> {

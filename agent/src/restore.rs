@@ -312,9 +312,8 @@ const MAX_DEPTH: usize = 256;
 
 /// `fchownat` of every entry below `dir` (links not followed), walking from descriptors.
 fn chown_tree(dir: &std::fs::File, path: &Path, uid: u32, gid: u32, depth: usize) -> Result<()> {
-    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
-    use nix::unistd::{fchownat, Gid, Uid};
     use std::os::unix::ffi::OsStrExt;
     if depth > MAX_DEPTH {
         return Err(AgentError::UnsafePath(format!(
@@ -337,14 +336,8 @@ fn chown_tree(dir: &std::fs::File, path: &Path, uid: u32, gid: u32, depth: usize
         if entry.file_type() == Some(nix::dir::Type::Directory) {
             subdirs.push(name);
         } else {
-            fchownat(
-                dir,
-                name.as_os_str(),
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| AgentError::io(path.join(&name), std::io::Error::from(e)))?;
+            fsx::chown_at(dir, &name, uid, gid)
+                .map_err(|e| AgentError::io(path.join(&name), std::io::Error::from(e)))?;
         }
     }
     for name in subdirs {

@@ -48,7 +48,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{futimens, mkdirat, Mode};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 use tar::EntryType;
 
@@ -719,14 +719,8 @@ impl Tree {
         symlinkat(target, dir, name.as_os_str())
             .map_err(|e| Fail::Refused(format!("cannot make the symlink: {e}")))?;
         if let Some((uid, gid)) = owner {
-            fchownat(
-                dir,
-                name.as_os_str(),
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Fail::Refused(format!("cannot chown the symlink: {e}")))?;
+            crate::fsx::chown_at(dir, name, uid, gid)
+                .map_err(|e| Fail::Refused(format!("cannot chown the symlink: {e}")))?;
         }
         Ok(())
     }

@@ -127,6 +127,40 @@ pub async fn jobs_enqueue(
     Ok(())
 }
 
+/// `npanel restore ARCHIVE [--account A] [--no-watch]`: start a restore and watch it.
+pub async fn restore(
+    api: &Api,
+    archive: &str,
+    account: Option<String>,
+    no_watch: bool,
+) -> anyhow::Result<bool> {
+    // A path is the server's: make a relative one absolute as the operator means it.
+    let archive = if archive.contains('/') && !archive.starts_with('/') {
+        std::path::absolute(archive)
+            .with_context(|| format!("cannot resolve {archive}"))?
+            .display()
+            .to_string()
+    } else {
+        archive.to_string()
+    };
+    let mut body = json!({"archive": archive});
+    if let Some(a) = account {
+        body["account"] = json!(a);
+    }
+    let v = api.call("POST", "/api/restore", Some(body)).await?;
+    let Some(id) = v["id"].as_str() else {
+        anyhow::bail!("the server answered without a job id: {v}");
+    };
+    if no_watch {
+        print_json(&v);
+        return Ok(true);
+    }
+    eprintln!(
+        "restore {id} started; Ctrl-C stops watching, not the restore (npanel jobs cancel {id})"
+    );
+    watch::watch(api, &[id.to_string()]).await
+}
+
 /// `npanel admin queue`.
 pub async fn admin_queue(api: &Api) -> anyhow::Result<()> {
     let v = api.call("GET", "/api/admin/queue", None).await?;

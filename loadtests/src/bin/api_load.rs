@@ -24,6 +24,9 @@
 //!   message and poll after 10 % done predicts a finish (its receipt time + `eta_seconds`); its
 //!   error is the distance to the real finish (receipt of the `complete` message) as a share
 //!   of the job's length (`finished_at − started_at`). Target: every one within ±10 %.
+//!   With `ETA_RESTORE=<archive>` the jobs are restores of that archive instead (a cPanel
+//!   `cpmove` from `npanel-cpmove-fixture`, say), each into a fresh account the phase creates
+//!   first (package `etabench`, no limits), watched over `/api/restore/{id}/live`.
 //!
 //! `PHASES=api,ws,idle,eta` selects phases (`eta` only when named: it takes a minute). During each load phase the CPU of the server, of
 //! redis-server (found by `INFO server` `process_id`, when it runs on this machine) and of this
@@ -938,15 +941,69 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
     let runs = env_u64("ETA_RUNS", 3);
     let job_ms = env_u64("ETA_JOB_MS", 20_000);
     let steps = env_u64("ETA_STEPS", 40);
+    let restore = std::env::var("ETA_RESTORE").ok().filter(|a| !a.is_empty());
     let srv = Server::start(&redis.url, "eta", 100, http).await;
+    if restore.is_some() {
+        let post = |path: &'static str, body: String| {
+            let srv = &srv;
+            async move {
+                let (st, b) = call(http, srv, Method::POST, path, Some(Bytes::from(body)))
+                    .await
+                    .expect(path);
+                assert!(
+                    st.is_success(),
+                    "{path}: {st} {}",
+                    String::from_utf8_lossy(&b)
+                );
+            }
+        };
+        post("/api/packages", r#"{"id":"etabench"}"#.into()).await;
+        post("/api/packages/etabench/activate", String::new()).await;
+    }
     let mut out = Vec::new();
     for run in 0..runs {
-        let body = Bytes::from(format!(
-            r#"{{"kind":"diagnostic","payload":{{"duration_ms":{job_ms},"steps":{steps}}},"account":"eta{run}"}}"#
-        ));
-        let (st, b) = call(http, &srv, Method::POST, "/api/jobs", Some(body))
-            .await
-            .expect("enqueue");
+        let (live, st, b) = match &restore {
+            Some(archive) => {
+                let acct = format!("etar{run}");
+                let body = serde_json::json!({"id": acct, "package": "etabench", "domain": format!("{acct}.example")});
+                let (st, b) = call(
+                    http,
+                    &srv,
+                    Method::POST,
+                    "/api/accounts",
+                    Some(Bytes::from(body.to_string())),
+                )
+                .await
+                .expect("create account");
+                assert!(
+                    st.is_success(),
+                    "create account: {st} {}",
+                    String::from_utf8_lossy(&b)
+                );
+                let v: serde_json::Value = serde_json::from_slice(&b).expect("account JSON");
+                wait_final(http, &srv, v["job"]["id"].as_str().expect("job id")).await;
+                let body = serde_json::json!({"archive": archive, "account": acct});
+                let (st, b) = call(
+                    http,
+                    &srv,
+                    Method::POST,
+                    "/api/restore",
+                    Some(Bytes::from(body.to_string())),
+                )
+                .await
+                .expect("restore");
+                ("restore", st, b)
+            }
+            None => {
+                let body = Bytes::from(format!(
+                    r#"{{"kind":"diagnostic","payload":{{"duration_ms":{job_ms},"steps":{steps}}},"account":"eta{run}"}}"#
+                ));
+                let (st, b) = call(http, &srv, Method::POST, "/api/jobs", Some(body))
+                    .await
+                    .expect("enqueue");
+                ("jobs", st, b)
+            }
+        };
         assert!(
             st.is_success(),
             "enqueue: {st} {}",
@@ -954,7 +1011,7 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
         );
         let v: serde_json::Value = serde_json::from_slice(&b).expect("job JSON");
         let id = v["id"].as_str().expect("job id").to_string();
-        let url = format!("{}/api/jobs/{id}/live?token={}", srv.ws_base, srv.token);
+        let url = format!("{}/api/{live}/{id}/live?token={}", srv.ws_base, srv.token);
         let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .expect("live socket");
@@ -1051,6 +1108,23 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
     srv.stop();
     redis.cleanup(&srv.queue_name).await;
     out
+}
+
+/// Poll `GET /api/jobs/{id}` until the job is final (the account a restore goes into).
+async fn wait_final(http: &Http, srv: &Server, id: &str) {
+    let path = format!("/api/jobs/{id}");
+    for _ in 0..600 {
+        if let Ok((StatusCode::OK, b)) = call(http, srv, Method::GET, &path, None).await {
+            let j: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            match j["status"].as_str() {
+                Some("succeeded") => return,
+                Some("failed") | Some("cancelled") => panic!("job {id}: {j}"),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish in 60 s");
 }
 
 fn mark(ok: bool) -> &'static str {

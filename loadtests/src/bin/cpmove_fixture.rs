@@ -21,6 +21,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use loadtests::Rng;
 use tar::{EntryType, Header};
 
 const USAGE: &str = "npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] \
@@ -104,19 +105,13 @@ fn opts() -> Result<Opts> {
     Ok(o)
 }
 
-/// xorshift64*: reproducible content from `--seed`.
-struct Rng(u64);
+/// Generated content: text that compresses like text, noise that does not (like JPEGs).
+trait Content {
+    fn text(&mut self, bytes: usize) -> Vec<u8>;
+    fn noise(&mut self, bytes: usize) -> Vec<u8>;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+impl Content for Rng {
     fn text(&mut self, bytes: usize) -> Vec<u8> {
         const WORDS: &[&str] = &[
             "the",

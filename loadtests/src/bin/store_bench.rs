@@ -28,7 +28,7 @@
 
 use api::audit::Auditor;
 use api::{Role, Viewer};
-use loadtests::{pct, phase_on};
+use loadtests::{pct, phase_on, Rng};
 use queue::{Job, JobKind, JobStatus, ListFilter, Queue, QueueConfig};
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
@@ -390,27 +390,6 @@ impl Sampler {
     }
     fn stat(self) -> Stat {
         stat(self.v)
-    }
-}
-
-/// A small deterministic PRNG (xorshift64*): the data set is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
     }
 }
 
