@@ -368,7 +368,7 @@ impl Unpacker<'_, '_> {
             EntryType::Directory => {
                 match self.tree(which).dir(parent, &name) {
                     Ok(path) => {
-                        self.tree(which).later.push((path, mode & 0o777, mtime));
+                        self.tree(which).dir_attrs(path, mode & 0o777, mtime)?;
                         if which == Which::Home {
                             self.out.home_dirs += 1;
                         }
@@ -587,13 +587,23 @@ enum Fail {
     Error(UnpackError),
 }
 
+/// Most directory descriptors a tree keeps open (the cache is emptied when full).
+const OPEN_DIRS: usize = 256;
+
+/// Most directories whose mode and time wait for the end; past it they are set at once (root
+/// is not stopped by a read-only directory; the unprivileged embedded host could be, and its
+/// directory times may then move), so memory stays bounded whatever the archive holds.
+const DEFERRED_DIRS: usize = 65_536;
+
 /// A directory being filled, walked from descriptors without following symlinks.
 struct Tree {
     root: File,
     /// Given everything made (`None`: left as the caller).
     owner: Option<(u32, u32)>,
     path: PathBuf,
-    /// Directories opened so far, by their path below the root (most entries share a few).
+    /// Directories opened lately, by their path below the root (most entries share a few);
+    /// at most [`OPEN_DIRS`], so a home of a million directories does not hold a million
+    /// descriptors.
     dirs: HashMap<Vec<OsString>, File>,
     /// Directories to give their mode and time at the end: (path below root, mode, mtime).
     later: Vec<(Vec<OsString>, u32, i64)>,
@@ -663,6 +673,9 @@ impl Tree {
                         .map_err(|e| Fail::Refused(format!("cannot chown a directory: {e}")))?;
                 }
                 let keep = dir.try_clone().map_err(|e| Fail::Refused(e.to_string()))?;
+                if self.dirs.len() >= OPEN_DIRS {
+                    self.dirs.clear();
+                }
                 self.dirs.insert(parts[..=i].to_vec(), keep);
                 at = Some(dir);
             }
@@ -756,23 +769,45 @@ impl Tree {
         .map_err(|e| Fail::Refused(format!("cannot make the hard link: {e}")))
     }
 
+    /// A directory entry's owner, mode and time: at the end ([`Tree::finish`]), or now when
+    /// [`DEFERRED_DIRS`] already wait.
+    fn dir_attrs(
+        &mut self,
+        parts: Vec<OsString>,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<(), UnpackError> {
+        if self.later.len() < DEFERRED_DIRS {
+            self.later.push((parts, mode, mtime));
+            Ok(())
+        } else {
+            self.apply(&parts, mode, mtime)
+        }
+    }
+
+    fn apply(&mut self, parts: &[OsString], mode: u32, mtime: i64) -> Result<(), UnpackError> {
+        let shown = self.shown(parts);
+        let owner = self.owner;
+        let dir = match self.parent(parts) {
+            Ok(d) => d,
+            Err(Fail::Refused(why)) => return Err(io_err(&shown, io::Error::other(why))),
+            Err(Fail::Error(e)) => return Err(e),
+        };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(dir, Some(uid), Some(gid)).map_err(|e| io_err(&shown, e))?;
+        }
+        dir.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err(&shown, e))?;
+        let t = TimeSpec::new(mtime, 0);
+        futimens(dir, &t, &t).map_err(|e| io_err(&shown, e))
+    }
+
     /// Directory modes and times, deepest first.
     fn finish(&mut self) -> Result<(), UnpackError> {
         let mut later = std::mem::take(&mut self.later);
         later.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.len()));
         for (parts, mode, mtime) in later {
-            let Some(dir) = self.dirs.get(&parts) else {
-                continue;
-            };
-            let shown = self.shown(&parts);
-            if let Some((uid, gid)) = self.owner {
-                std::os::unix::fs::fchown(dir, Some(uid), Some(gid))
-                    .map_err(|e| io_err(&shown, e))?;
-            }
-            dir.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io_err(&shown, e))?;
-            let t = TimeSpec::new(mtime, 0);
-            futimens(dir, &t, &t).map_err(|e| io_err(&shown, e))?;
+            self.apply(&parts, mode, mtime)?;
         }
         Ok(())
     }

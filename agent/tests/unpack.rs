@@ -405,3 +405,44 @@ fn everything_is_given_to_the_owner_when_root() {
         assert_eq!((m.uid(), m.gid()), owner, "{p}");
     }
 }
+
+/// A home of many directories: every one restored with its mode, while the unpack holds a
+/// bounded number of descriptors (it would run out of them on a large home otherwise).
+#[test]
+fn many_directories_hold_few_descriptors() {
+    let mut t = Tar::new();
+    for i in 0..700 {
+        t = t
+            .dir(&format!("homedir/d{i:03}/"), 0o750)
+            .file(&format!("homedir/d{i:03}/sub/f"), b"x");
+    }
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    let mut most = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.tar");
+    std::fs::write(&archive, t.bytes()).unwrap();
+    let (home, meta) = (dir.path().join("home"), dir.path().join("meta"));
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    let u = unpack(
+        &archive,
+        &home,
+        &meta,
+        &UnpackOptions::default(),
+        &UnpackProgress::default(),
+        &AtomicBool::new(false),
+        &mut |_, _| most = most.max(fds()),
+    )
+    .unwrap();
+    assert_eq!(u.home_files, 700);
+    assert!(
+        most < before + 300,
+        "{most} descriptors open (from {before})"
+    );
+    for i in [0, 299, 699] {
+        let m = std::fs::metadata(home.join(format!("d{i:03}"))).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o750, "d{i:03}");
+        assert_eq!(m.mtime(), 1_700_000_000);
+    }
+}
