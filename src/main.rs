@@ -73,6 +73,17 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Back up an account's home (nPanel's `.tar.zst`, `manifest.json` first) and watch it;
+    /// prints where the archive is.
+    Backup {
+        /// The account.
+        account: String,
+        /// Print the job and return instead of watching it.
+        #[arg(long)]
+        no_watch: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Restore an archive (a cPanel `cpmove` or an nPanel backup) into an account, and watch
     /// it as `watch` does. Admins name a path on the server; others the file name of one of
     /// their backups.
@@ -504,6 +515,14 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             Cmd::Watch { ids, remote } => {
                 let api = Api::new(&remote.url, remote.token)?;
                 cli::watch::watch(&api, &ids).await
+            }
+            Cmd::Backup {
+                account,
+                no_watch,
+                remote,
+            } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                cli::backup(&api, &account, no_watch).await
             }
             Cmd::Restore {
                 archive,

@@ -104,6 +104,7 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                 host.clone(),
                 cfg.host.provision(),
             ))
+            .with_backup(workers::backup::BackupMaker::new(s.clone(), host.clone()))
             .with_restore(workers::restore::Restorer::new(
                 s.clone(),
                 host,

@@ -222,6 +222,9 @@ pub enum Request {
         uid: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gid: Option<u32>,
+        /// Count the home's files and bytes in a headers-only pass first (for progress).
+        #[serde(default)]
+        scan_first: bool,
     },
     /// Counters of a running unpack.
     UnpackStatus { restore_id: String },
@@ -1227,6 +1230,7 @@ mod tests {
                 source_home: Some("/home/d".into()),
                 uid: Some(1001),
                 gid: Some(1001),
+                scan_first: true,
             },
             Request::UnpackStatus {
                 restore_id: "01J0".into(),

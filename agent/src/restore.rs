@@ -54,6 +54,16 @@ pub struct UnpackStatus {
     /// replaced, or no staged home is left): a retried restore goes on from there.
     #[serde(default)]
     pub installed: bool,
+    /// With `scan_first`: archive bytes the headers-only scan has read, and whether it is
+    /// over (then `total_files` and `total_bytes` are the home's).
+    #[serde(default)]
+    pub scan_read: u64,
+    #[serde(default)]
+    pub scanned: bool,
+    #[serde(default)]
+    pub total_files: u64,
+    #[serde(default)]
+    pub total_bytes: u64,
 }
 
 /// Answer to an install.
@@ -197,6 +207,10 @@ pub fn unpack_status(home_root: &Path, restore_id: &str) -> Result<UnpackStatus>
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             installed: false,
+            scan_read: u.progress.scan_read.load(Ordering::Relaxed),
+            scanned: u.progress.scanned.load(Ordering::Relaxed),
+            total_files: u.progress.total_files.load(Ordering::Relaxed),
+            total_bytes: u.progress.total_bytes.load(Ordering::Relaxed),
         },
         None => UnpackStatus {
             restore_id: restore_id.to_string(),
@@ -207,6 +221,10 @@ pub fn unpack_status(home_root: &Path, restore_id: &str) -> Result<UnpackStatus>
             bytes: 0,
             last_file: None,
             installed,
+            scan_read: 0,
+            scanned: false,
+            total_files: 0,
+            total_bytes: 0,
         },
     })
 }

@@ -618,12 +618,14 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             source_home,
             uid,
             gid,
+            scan_first,
         } => {
             // Without system users (the embedded host) files stay the server's user's.
             let opts = UnpackOptions {
                 owner: uid.zip(gid).filter(|_| system_user),
                 max_bytes: max_bytes.unwrap_or(u64::MAX),
                 source_home: source_home.map(Into::into),
+                scan_first,
                 ..UnpackOptions::default()
             };
             Ok(Reply::ArchiveUnpacked(restore::unpack_archive(

@@ -127,6 +127,10 @@ pub struct UnpackOptions {
     /// The home's path on the server the archive came from (`/home/alice`): absolute symlink
     /// targets inside it are made relative.
     pub source_home: Option<PathBuf>,
+    /// Read the archive's headers once before unpacking (inflating, writing nothing), so the
+    /// home's file count and bytes are known from the start: a progress that follows time
+    /// needs them, because creating a file can cost as much as writing a megabyte.
+    pub scan_first: bool,
 }
 
 impl Default for UnpackOptions {
@@ -136,6 +140,7 @@ impl Default for UnpackOptions {
             max_bytes: u64::MAX,
             max_entries: 10_000_000,
             source_home: None,
+            scan_first: false,
         }
     }
 }
@@ -149,6 +154,13 @@ pub struct UnpackProgress {
     pub files: AtomicU64,
     /// Bytes of file content written so far.
     pub bytes: AtomicU64,
+    /// With [`UnpackOptions::scan_first`]: bytes of the archive read by the scan so far.
+    pub scan_read: AtomicU64,
+    /// Home files and their bytes the scan found (so far, then in all).
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
+    /// The scan is over: the totals are the archive's.
+    pub scanned: AtomicBool,
 }
 
 /// An entry that was not restored as it was, and why.
@@ -199,26 +211,10 @@ pub fn unpack(
     cancel: &AtomicBool,
     on_file: OnFile<'_>,
 ) -> Result<Unpacked, UnpackError> {
-    let file = File::open(archive).map_err(|e| io_err(archive, e))?;
-    let mut reader = BufReader::with_capacity(
-        256 * 1024,
-        Counting {
-            inner: file,
-            counter: &progress.archive_read,
-        },
-    );
-    let first = {
-        use std::io::BufRead;
-        reader.fill_buf().map_err(|e| io_err(archive, e))?.to_vec()
-    };
-    let compression = Compression::detect(&first);
-    let mut stream: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| io_err(archive, e))?,
-        ),
-    };
+    if opts.scan_first {
+        scan(archive, opts, progress, cancel)?;
+    }
+    let (compression, mut stream) = open(archive, &progress.archive_read)?;
     let mut u = Unpacker {
         home: Tree::open(home, opts.owner)?,
         meta: Tree::open(meta, opts.owner)?,
@@ -237,6 +233,108 @@ pub fn unpack(
     u.home.finish()?;
     u.meta.finish()?;
     Ok(u.out)
+}
+
+/// The archive's decompressed stream, its bytes read counted in `counter`.
+fn open<'a>(
+    archive: &Path,
+    counter: &'a AtomicU64,
+) -> Result<(Compression, Box<dyn Read + 'a>), UnpackError> {
+    let file = File::open(archive).map_err(|e| io_err(archive, e))?;
+    let mut reader = BufReader::with_capacity(
+        256 * 1024,
+        Counting {
+            inner: file,
+            counter,
+        },
+    );
+    let first = {
+        use std::io::BufRead;
+        reader.fill_buf().map_err(|e| io_err(archive, e))?.to_vec()
+    };
+    let compression = Compression::detect(&first);
+    let stream: Box<dyn Read + 'a> = match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| io_err(archive, e))?,
+        ),
+    };
+    Ok((compression, stream))
+}
+
+/// The headers-only pass of [`UnpackOptions::scan_first`]: counts the home's regular files and
+/// their bytes into `progress` (a `homedir.tar` inside included), writing nothing.
+fn scan(
+    archive: &Path,
+    opts: &UnpackOptions,
+    progress: &UnpackProgress,
+    cancel: &AtomicBool,
+) -> Result<(), UnpackError> {
+    fn walk(
+        stream: &mut dyn Read,
+        place: Place,
+        opts: &UnpackOptions,
+        progress: &UnpackProgress,
+        cancel: &AtomicBool,
+        entries: &mut u64,
+    ) -> Result<(), UnpackError> {
+        let mut ar = tar::Archive::new(stream);
+        for entry in ar
+            .entries()
+            .map_err(|e| UnpackError::Corrupt(e.to_string()))?
+        {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(UnpackError::Cancelled);
+            }
+            let mut entry = entry.map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+            *entries += 1;
+            if *entries > opts.max_entries {
+                return Err(UnpackError::TooManyEntries {
+                    limit: opts.max_entries,
+                });
+            }
+            let Some(parts) = entry.path().ok().as_deref().and_then(plain_parts) else {
+                continue;
+            };
+            let home = match place {
+                Place::Home => true,
+                Place::Top => match split_top(parts) {
+                    Top::Home(_) => true,
+                    Top::HomeTar if entry.header().entry_type().is_file() => {
+                        walk(&mut entry, Place::Home, opts, progress, cancel, entries)?;
+                        continue;
+                    }
+                    _ => false,
+                },
+            };
+            let kind = entry.header().entry_type();
+            if home
+                && matches!(
+                    kind,
+                    EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+                )
+            {
+                progress.total_files.fetch_add(1, Ordering::Relaxed);
+                progress
+                    .total_bytes
+                    .fetch_add(entry.size(), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+    let (_, mut stream) = open(archive, &progress.scan_read)?;
+    let mut entries = 0;
+    walk(
+        &mut stream,
+        Place::Top,
+        opts,
+        progress,
+        cancel,
+        &mut entries,
+    )?;
+    progress.scanned.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Counts the bytes read through it.

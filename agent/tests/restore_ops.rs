@@ -18,6 +18,7 @@ fn unpack_req(archive: &Path, id: &str, max_bytes: Option<u64>) -> Request {
         source_home: Some("/home/alice".into()),
         uid: None,
         gid: None,
+        scan_first: true,
     }
 }
 

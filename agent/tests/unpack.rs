@@ -446,3 +446,32 @@ fn many_directories_hold_few_descriptors() {
         assert_eq!(m.mtime(), 1_700_000_000);
     }
 }
+
+/// `scan_first` counts the home's files and bytes before writing anything (a `homedir.tar`
+/// inside included, metadata and refused entries not), so progress knows its totals.
+#[test]
+fn a_scan_first_counts_the_home() {
+    let inner = Tar::new()
+        .file("public_html/a", &[1u8; 1000])
+        .file("public_html/b", &[2u8; 500])
+        .bytes();
+    let outer = Tar::new()
+        .file("cpmove-alice/cp/alice", b"USER=alice\n")
+        .file("cpmove-alice/homedir.tar", &inner)
+        .bytes();
+    let archive = gzip(&outer);
+    let out = run(
+        &archive,
+        &UnpackOptions {
+            scan_first: true,
+            ..UnpackOptions::default()
+        },
+    );
+    out.result.unwrap();
+    let p = &out.progress;
+    assert!(p.scanned.load(Ordering::Relaxed));
+    assert_eq!(p.total_files.load(Ordering::Relaxed), 2);
+    assert_eq!(p.total_bytes.load(Ordering::Relaxed), 1500);
+    assert_eq!(p.scan_read.load(Ordering::Relaxed), archive.len() as u64);
+    assert_eq!(p.files.load(Ordering::Relaxed), 2);
+}

@@ -523,7 +523,7 @@ async fn bad_input_gets_clear_errors() {
         (r.status, r.json["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_request"))
     );
-    let r = post(r#"{"kind": "backup"}"#.into()).await;
+    let r = post(r#"{"kind": "backups"}"#.into()).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.json["message"]

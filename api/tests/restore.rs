@@ -296,3 +296,153 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
         });
     assert!(!staging, "the staging of a cancelled restore is removed");
 }
+
+/// An nPanel backup made by the `backup` job is restored by name by its customer: the home
+/// comes back as it was when it was archived, the manifest first in the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_its_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let srv = server(root).await;
+    let home = provisioned(&srv, root, "gina", "basic").await;
+    std::fs::write(home.join("public_html/index.php"), "<?php echo 'v1';").unwrap();
+    std::os::unix::fs::symlink("public_html", home.join("www")).unwrap();
+    let admin = token(Role::Admin, None, None);
+    let r = srv
+        .req(
+            "POST",
+            "/api/jobs",
+            Some(&admin),
+            Some(
+                &json!({"kind": "backup", "payload": {"account": "gina"}, "account": "gina"})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = srv.wait_final(r.json["id"].as_str().unwrap()).await;
+    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
+    let res = job.result.unwrap();
+    let name = res["backup_name"].as_str().unwrap().to_string();
+    assert!(
+        name.starts_with("gina-") && name.ends_with(".tar.zst"),
+        "{res}"
+    );
+    assert!(res["files"].as_u64().unwrap() >= 2, "{res}");
+    // The manifest is the archive's first entry and names the account and its totals.
+    let f = std::fs::File::open(res["backup_location"].as_str().unwrap()).unwrap();
+    let mut ar = tar::Archive::new(zstd_reader(f));
+    let mut first = ar.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(first.path().unwrap().to_str(), Some("manifest.json"));
+    let mut m = String::new();
+    std::io::Read::read_to_string(&mut first, &mut m).unwrap();
+    let m: Value = serde_json::from_str(&m).unwrap();
+    assert_eq!(m["account"], "gina");
+    assert_eq!(m["domains"], json!(["gina.example"]));
+    assert!(m["files"].as_u64().unwrap() >= 2, "{m}");
+
+    // Change the home, then the customer restores the backup by name.
+    std::fs::write(home.join("public_html/index.php"), "<?php echo 'v2';").unwrap();
+    std::fs::write(home.join("public_html/new.php"), "x").unwrap();
+    let gina = token(Role::Customer, Some("gina"), None);
+    let (st, body) = restore(&srv, &gina, json!({"archive": name})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let job = srv.wait_final(body["id"].as_str().unwrap()).await;
+    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.result.as_ref().unwrap()["compression"], "zstd");
+    assert_eq!(
+        std::fs::read_to_string(home.join("public_html/index.php")).unwrap(),
+        "<?php echo 'v1';"
+    );
+    assert!(!home.join("public_html/new.php").exists());
+    assert_eq!(
+        std::fs::read_link(home.join("www")).unwrap(),
+        Path::new("public_html")
+    );
+    assert!(
+        home.join("before-restore.txt").exists(),
+        "it was in the backup"
+    );
+}
+
+fn zstd_reader(f: std::fs::File) -> impl std::io::Read {
+    zstd::stream::read::Decoder::new(f).unwrap()
+}
+
+/// A restore retried after its worker died (the queue pauses here so the "earlier attempt" can
+/// be staged by hand): a half-written staging is thrown away and the archive unpacked again; a
+/// home the earlier attempt already installed is kept and the job goes on from there. Either
+/// way the home ends up the archive's once, and no staging is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_restore_finishes_what_an_earlier_attempt_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let srv = server(root).await;
+    let admin = token(Role::Admin, None, None);
+    let host = agent::LocalHost::new(root).unwrap();
+    for (acct, installed) in [("hal", false), ("ivy", true)] {
+        let home = provisioned(&srv, root, acct, "basic").await;
+        let archive = cpmove(root, acct, 1000);
+        let r = srv
+            .req("POST", "/api/admin/queue/pause", Some(&admin), None)
+            .await;
+        assert!(r.status.is_success(), "{}", r.json);
+        let (st, body) = restore(&srv, &admin, json!({"archive": archive, "account": acct})).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let staging = root.join("home").join(format!(".npanel-restore-{id}"));
+        if installed {
+            // The earlier attempt unpacked and installed, then died before cleaning up.
+            host.call(agent::Request::UnpackArchive {
+                account: agent::AccountName::parse(acct).unwrap(),
+                restore_id: id.clone(),
+                archive: archive.display().to_string(),
+                max_bytes: None,
+                source_home: None,
+                uid: None,
+                gid: None,
+                scan_first: false,
+            })
+            .await
+            .unwrap();
+            host.call(agent::Request::InstallHome {
+                account: agent::AccountName::parse(acct).unwrap(),
+                restore_id: id.clone(),
+                uid: None,
+                gid: None,
+            })
+            .await
+            .unwrap();
+            std::fs::write(home.join("public_html/after-install.txt"), "kept").unwrap();
+        } else {
+            // The earlier attempt died halfway through unpacking.
+            std::fs::create_dir_all(staging.join("home/public_html")).unwrap();
+            std::fs::write(staging.join("home/public_html/half.txt"), "junk").unwrap();
+        }
+        let r = srv
+            .req("POST", "/api/admin/queue/resume", Some(&admin), None)
+            .await;
+        assert!(r.status.is_success(), "{}", r.json);
+        let job = srv.wait_final(&id).await;
+        assert_eq!(
+            job.status,
+            queue::JobStatus::Succeeded,
+            "{acct}: {:?}",
+            job.error
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join("public_html/index.php")).unwrap(),
+            "<?php echo 'restored';",
+            "{acct}"
+        );
+        assert!(!home.join("public_html/half.txt").exists(), "{acct}");
+        assert!(!home.join("before-restore.txt").exists(), "{acct}");
+        // Installed by the earlier attempt: not unpacked and installed a second time.
+        assert_eq!(
+            home.join("public_html/after-install.txt").exists(),
+            installed,
+            "{acct}"
+        );
+        assert!(!staging.exists(), "{acct}: staging left");
+    }
+}

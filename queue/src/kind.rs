@@ -27,6 +27,8 @@ pub enum JobKind {
     /// Daily store retention: job history past `history_days`, audit records past
     /// `audit_days`.
     Retention,
+    /// An account's home archived as nPanel's `.tar.zst` with `manifest.json` first.
+    Backup,
 }
 
 /// One stage of a job and the slice of the overall percentage it covers.
@@ -68,7 +70,7 @@ const UPGRADE_STAGES: &[StageWeight] = &[
 
 impl JobKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Provision,
         JobKind::Restore,
         JobKind::HealthCheck,
@@ -76,6 +78,7 @@ impl JobKind {
         JobKind::Upgrade,
         JobKind::Diagnostic,
         JobKind::Retention,
+        JobKind::Backup,
     ];
 
     /// The stable kind string stored in Redis and used on the API.
@@ -88,6 +91,7 @@ impl JobKind {
             JobKind::Upgrade => "upgrade",
             JobKind::Diagnostic => "diagnostic",
             JobKind::Retention => "retention",
+            JobKind::Backup => "backup",
         }
     }
 
@@ -101,6 +105,7 @@ impl JobKind {
             JobKind::Upgrade => 1,
             JobKind::Diagnostic => 10,
             JobKind::Retention => 1,
+            JobKind::Backup => 2,
         }
     }
 
@@ -114,6 +119,7 @@ impl JobKind {
             JobKind::Upgrade => 1,
             JobKind::Diagnostic => 3,
             JobKind::Retention => 3,
+            JobKind::Backup => 3,
         }
     }
 
@@ -145,6 +151,7 @@ impl JobKind {
             JobKind::Upgrade => check::<Upgrade>(payload),
             JobKind::Diagnostic => check::<Diagnostic>(payload),
             JobKind::Retention => check::<Retention>(payload),
+            JobKind::Backup => check::<Backup>(payload),
         }
     }
 }
@@ -157,7 +164,7 @@ impl fmt::Display for JobKind {
 
 /// Error for a kind string that names no job type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown job type {0:?}; known types: provision, restore, health_check, quota_sweep, upgrade, diagnostic, retention")]
+#[error("unknown job type {0:?}; known types: provision, restore, health_check, quota_sweep, upgrade, diagnostic, retention, backup")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for JobKind {
@@ -249,6 +256,18 @@ pub struct Provision {
 }
 impl JobPayload for Provision {
     const KIND: JobKind = JobKind::Provision;
+}
+
+/// `backup`: archive an account's home (`<host_root>/backups/<account>-<UTC>.tar.zst`, its
+/// `manifest.json` first: account, package, domains, mailboxes, file count and bytes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// The account.
+    pub account: String,
+}
+impl JobPayload for Backup {
+    const KIND: JobKind = JobKind::Backup;
 }
 
 /// `retention`: forget what is past its retention in the store.
@@ -346,15 +365,16 @@ mod tests {
                 "quota_sweep",
                 "upgrade",
                 "diagnostic",
-                "retention"
+                "retention",
+                "backup"
             ]
         );
         for k in JobKind::ALL {
             assert_eq!(k.as_str().parse::<JobKind>().unwrap(), k);
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
-        let err = "backup".parse::<JobKind>().unwrap_err();
-        assert!(err.to_string().contains("unknown job type \"backup\""));
+        let err = "backups".parse::<JobKind>().unwrap_err();
+        assert!(err.to_string().contains("unknown job type \"backups\""));
     }
 
     #[test]

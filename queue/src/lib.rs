@@ -60,8 +60,8 @@ pub use error::{QueueError, Result};
 pub use events::{Event, EventReader};
 pub use job::{Job, JobStatus, KindStats, QueueStats};
 pub use kind::{
-    Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep, Restore,
-    Retention, StageWeight, UnknownKind, Upgrade, UpgradeStage,
+    Backup, Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep,
+    Restore, Retention, StageWeight, UnknownKind, Upgrade, UpgradeStage,
 };
 pub use progress::{EtaEstimator, Flusher, Progress};
 pub use queue::{

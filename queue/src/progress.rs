@@ -132,6 +132,9 @@ struct State {
     stage: String,
     done: u64,
     total: u64,
+    /// Share of the stage done, when the handler knows it better than `done / total`
+    /// ([`Progress::report_share`]).
+    share: Option<f64>,
     /// When `stage`/`done`/`total` last changed: the time the progress is true of.
     reported_at: Option<Instant>,
     dirty: bool,
@@ -150,7 +153,23 @@ pub struct Progress {
 impl Progress {
     /// Report `done` of `total` units in `stage`.
     pub fn report(&self, stage: &str, done: u64, total: u64) {
+        self.report_inner(stage, done, total, None);
+    }
+
+    /// Report `done` of `total` units in `stage` (speed and the units shown), with the share
+    /// of the stage that is done (percent, and so the ETA) given separately: for work whose
+    /// time does not follow its units (a restore's small files cost more per byte than its
+    /// big ones). `share` is clamped to 0–1.
+    pub fn report_share(&self, stage: &str, done: u64, total: u64, share: f64) {
+        self.report_inner(stage, done, total, Some(share.clamp(0.0, 1.0)));
+    }
+
+    fn report_inner(&self, stage: &str, done: u64, total: u64, share: Option<f64>) {
         let mut s = self.state.lock().expect("progress lock");
+        if s.share != share {
+            s.reported_at = None;
+        }
+        s.share = share;
         if s.stage != stage {
             s.stage = stage.to_string();
             s.stage_changed = true;
@@ -277,7 +296,11 @@ impl Flusher {
             ..Default::default()
         };
         if s.dirty || stage_changed || ticking {
-            self.percent = percent(self.kind, &s.stage, s.done, s.total, self.percent);
+            let (done, total) = match s.share {
+                Some(share) => ((share * 1e6) as u64, 1_000_000),
+                None => (s.done, s.total),
+            };
+            self.percent = percent(self.kind, &s.stage, done, total, self.percent);
             // The estimator learns from reports at the time they were made (a flush comes up
             // to a second later, and sampling then made every rate, and so every ETA, late);
             // between reports the ETA counts down; silence well past the usual interval

@@ -127,6 +127,20 @@ pub async fn jobs_enqueue(
     Ok(())
 }
 
+/// `npanel backup ACCOUNT [--no-watch]`: start a backup and watch it.
+pub async fn backup(api: &Api, account: &str, no_watch: bool) -> anyhow::Result<bool> {
+    let body = json!({"kind": "backup", "payload": {"account": account}, "account": account});
+    let v = api.call("POST", "/api/jobs", Some(body)).await?;
+    let Some(id) = v["id"].as_str() else {
+        anyhow::bail!("the server answered without a job id: {v}");
+    };
+    if no_watch {
+        print_json(&v);
+        return Ok(true);
+    }
+    watch::watch(api, &[id.to_string()]).await
+}
+
 /// `npanel restore ARCHIVE [--account A] [--no-watch]`: start a restore and watch it.
 pub async fn restore(
     api: &Api,

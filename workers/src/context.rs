@@ -60,6 +60,12 @@ impl JobContext {
         self.progress.report(stage, done, total);
     }
 
+    /// Report progress whose share of the stage is not `done / total` (see
+    /// [`queue::Progress::report_share`]): units for speed, `share` for percent and ETA.
+    pub fn progress_share(&self, stage: &str, done: u64, total: u64, share: f64) {
+        self.progress.report_share(stage, done, total, share);
+    }
+
     /// Add a log line to the job.
     pub fn log(&self, line: impl Into<String>) {
         self.progress.log(line);

@@ -10,6 +10,7 @@
 //! See `README.md` for why the pool is written on tokio directly rather than on apalis's worker.
 
 mod backoff;
+pub mod backup;
 mod context;
 pub mod diagnostic;
 pub mod metrics;

@@ -44,6 +44,13 @@ impl Registry {
         })
     }
 
+    /// Add the `backup` handler.
+    pub fn with_backup(self, b: std::sync::Arc<crate::backup::BackupMaker>) -> Self {
+        self.register(JobKind::Backup, move |ctx| {
+            crate::backup::run(ctx, b.clone())
+        })
+    }
+
     /// Add the `restore` handler.
     pub fn with_restore(self, r: std::sync::Arc<crate::restore::Restorer>) -> Self {
         self.register(JobKind::Restore, move |ctx| {

@@ -113,6 +113,10 @@ pub async fn start(o: Opts) -> Server {
             host.clone(),
             workers::provision::ProvisionConfig::default(),
         ));
+        registry = registry.with_backup(workers::backup::BackupMaker::new(
+            ts.store.clone(),
+            host.clone(),
+        ));
         // The real restore, unless the test brought its own.
         if !registry.kinds().contains(&queue::JobKind::Restore) {
             registry = registry.with_restore(workers::restore::Restorer::new(
