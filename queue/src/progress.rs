@@ -133,8 +133,10 @@ struct State {
     done: u64,
     total: u64,
     /// Share of the stage done, when the handler knows it better than `done / total`
-    /// ([`Progress::report_share`]).
+    /// ([`Progress::report_time`]).
     share: Option<f64>,
+    /// Seconds the handler predicts are left, when it predicts them ([`Progress::report_time`]).
+    left: Option<f64>,
     /// When `stage`/`done`/`total` last changed: the time the progress is true of.
     reported_at: Option<Instant>,
     dirty: bool,
@@ -153,23 +155,38 @@ pub struct Progress {
 impl Progress {
     /// Report `done` of `total` units in `stage`.
     pub fn report(&self, stage: &str, done: u64, total: u64) {
-        self.report_inner(stage, done, total, None);
+        self.report_inner(stage, done, total, None, None);
     }
 
-    /// Report `done` of `total` units in `stage` (speed and the units shown), with the share
-    /// of the stage that is done (percent, and so the ETA) given separately: for work whose
+    /// Report `done` of `total` units in `stage` (speed and the units shown) for work whose
     /// time does not follow its units (a restore's small files cost more per byte than its
-    /// big ones). `share` is clamped to 0–1.
-    pub fn report_share(&self, stage: &str, done: u64, total: u64, share: f64) {
-        self.report_inner(stage, done, total, Some(share.clamp(0.0, 1.0)));
+    /// big ones) and whose handler predicts its time: `spent` seconds in the stage so far,
+    /// `left` seconds to go. Percent is then `spent / (spent + left)` of the stage and the ETA
+    /// is `left`, counted down until the next report, instead of a rate of percent.
+    pub fn report_time(&self, stage: &str, done: u64, total: u64, spent: f64, left: f64) {
+        let (spent, left) = (spent.max(0.0), left.max(0.0));
+        let share = if spent + left > 0.0 {
+            spent / (spent + left)
+        } else {
+            0.0
+        };
+        self.report_inner(stage, done, total, Some(share), Some(left));
     }
 
-    fn report_inner(&self, stage: &str, done: u64, total: u64, share: Option<f64>) {
+    fn report_inner(
+        &self,
+        stage: &str,
+        done: u64,
+        total: u64,
+        share: Option<f64>,
+        left: Option<f64>,
+    ) {
         let mut s = self.state.lock().expect("progress lock");
-        if s.share != share {
+        if s.share != share || s.left != left {
             s.reported_at = None;
         }
         s.share = share;
+        s.left = left;
         if s.stage != stage {
             s.stage = stage.to_string();
             s.stage_changed = true;
@@ -321,10 +338,14 @@ impl Flusher {
                 self.last_sample = t;
             }
             let speed = self.speed.update(self.last_sample, s.done as f64);
-            let eta = self
-                .eta
-                .eta(100.0)
-                .map(|e| (e - (t - self.last_sample)).max(0.0));
+            let eta = match s.left {
+                // The handler's own prediction, counted down from when it was made.
+                Some(left) => Some((left - (t - reported)).max(0.0)),
+                None => self
+                    .eta
+                    .eta(100.0)
+                    .map(|e| (e - (t - self.last_sample)).max(0.0)),
+            };
             w.fields = vec![
                 ("stage", s.stage.clone()),
                 ("done", s.done.to_string()),
@@ -530,5 +551,43 @@ mod tests {
         // unweighted kinds use done/total directly
         assert_eq!(percent(JobKind::Diagnostic, "sleeping", 3, 4, 0.0), 75.0);
         assert_eq!(percent(JobKind::Diagnostic, "sleeping", 3, 0, 0.0), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    /// A handler that predicts its time: percent is the share of time spent (inside the
+    /// stage's weight), the ETA is its `left`, the units stay the bytes for speed and display.
+    #[tokio::test]
+    async fn a_reported_time_sets_percent_and_eta() {
+        let q = Queue::new(crate::QueueConfig {
+            redis_url: "redis://127.0.0.1:1".into(),
+            ..crate::QueueConfig::default()
+        })
+        .expect("queue (never connected)");
+        let (p, mut f) = Flusher::new(
+            q,
+            "j".into(),
+            "t".into(),
+            JobKind::Restore,
+            CancellationToken::new(),
+        );
+        p.report_time("extracting", 300, 1000, 3.0, 7.0);
+        let w = f.build(false).expect("a write");
+        let field = |k: &str| {
+            w.fields
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+        };
+        // 30 % of the stage's 0–90.
+        assert_eq!(field("percent").as_deref(), Some("27.00"));
+        let eta: f64 = field("eta").unwrap().parse().unwrap();
+        assert!((6.9..=7.0).contains(&eta), "{eta}");
+        assert_eq!(field("done").as_deref(), Some("300"));
+        assert_eq!(field("total").as_deref(), Some("1000"));
+        assert_eq!(w.event_data["bytes_total"], 1000);
     }
 }

@@ -60,10 +60,10 @@ impl JobContext {
         self.progress.report(stage, done, total);
     }
 
-    /// Report progress whose share of the stage is not `done / total` (see
-    /// [`queue::Progress::report_share`]): units for speed, `share` for percent and ETA.
-    pub fn progress_share(&self, stage: &str, done: u64, total: u64, share: f64) {
-        self.progress.report_share(stage, done, total, share);
+    /// Report progress whose time the handler predicts (see [`queue::Progress::report_time`]):
+    /// units for speed and display, `spent` and `left` seconds for percent and ETA.
+    pub fn progress_time(&self, stage: &str, done: u64, total: u64, spent: f64, left: f64) {
+        self.progress.report_time(stage, done, total, spent, left);
     }
 
     /// Add a log line to the job.

@@ -367,11 +367,12 @@ async fn extract(
                         }
                         let (spent, total) = pace.progress(&s, Instant::now());
                         // Bytes written for speed and display; time for percent and ETA.
-                        ctx.progress_share(
+                        ctx.progress_time(
                             "extracting",
                             s.bytes,
                             s.total_bytes.max(s.bytes),
-                            spent as f64 / total as f64,
+                            spent as f64 / 1000.0,
+                            total.saturating_sub(spent) as f64 / 1000.0,
                         );
                         if s.last_file.is_some() && s.last_file != last_logged {
                             if let Some((path, n)) = &s.last_file {
