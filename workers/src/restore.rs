@@ -9,8 +9,9 @@
 //!   before that deletes the staging, after it reverts the rename. So a cancelled or failed
 //!   restore leaves the account as it was.
 //! - **Stages** are the seed's five in its order, weighted by where the time goes
-//!   (`queue::JobKind::stages`): `extracting` is the pass itself (archive bytes read of its
-//!   size, so percent, MB/s and the ETA follow the disk), `validating` checks what came out
+//!   (`queue::JobKind::stages`): `extracting` is the pass itself (a headers-only scan, then
+//!   the writes; percent and the ETA from the time `Pace` predicts, MB/s from the bytes
+//!   written), `validating` checks what came out
 //!   against the account, `creating_accounts` is where mail accounts and databases will be
 //!   made, `restoring_data` installs the home (ownership, rename), `finalizing` deletes the
 //!   staging and the replaced home. `log_tail` gets a line for a restored file at each poll

@@ -1,6 +1,7 @@
 //! `npanel-unpack ARCHIVE DEST`: the restore's unpack (`agent::unpack`) alone, into
 //! `DEST/home` and `DEST/meta`, for its throughput against `tar -xzf` of the same archive on
-//! the same disk (issue 14). Prints what it wrote and MB/s as JSON.
+//! the same disk (issue 14). Prints what it wrote and MB/s as JSON. Like the restore job it
+//! reads the archive's headers first (`scan_first`); `NO_SCAN=1` skips that pass.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -23,7 +24,11 @@ fn main() -> Result<()> {
         &archive,
         &home,
         &meta,
-        &UnpackOptions::default(),
+        // As the restore job runs it: the headers-only scan first, then the unpack.
+        &UnpackOptions {
+            scan_first: std::env::var_os("NO_SCAN").is_none(),
+            ..UnpackOptions::default()
+        },
         &UnpackProgress::default(),
         &AtomicBool::new(false),
         &mut |_, _| {},
