@@ -111,7 +111,7 @@ pub fn unpack_archive(
     opts: &UnpackOptions,
 ) -> Result<ArchiveUnpacked> {
     check_id(restore_id)?;
-    let meta = std::fs::metadata(archive).map_err(|e| AgentError::io(archive, e))?;
+    let meta = std::fs::symlink_metadata(archive).map_err(|e| AgentError::io(archive, e))?;
     if !meta.is_file() {
         return Err(AgentError::InvalidRequest(format!(
             "{} is not a file",
@@ -123,12 +123,8 @@ pub fn unpack_archive(
             "restore {restore_id} was installed already: revert or discard it first"
         )));
     }
-    let base = fsx::ensure_base(home_root, 0o755)?;
-    let name = format!(".npanel-restore-{restore_id}");
-    base.remove_tree(&name)?;
-    let (staging, _) = base.ensure_dir(&name, 0o700)?;
-    staging.ensure_dir("home", 0o700)?;
-    staging.ensure_dir("meta", 0o700)?;
+    // The id is taken before the staging is touched: a retry while an earlier unpack of the
+    // same restore still runs is refused instead of deleting the staging under it.
     let progress = Arc::new(UnpackProgress::default());
     let cancel = Arc::new(AtomicBool::new(false));
     let last_file = Arc::new(Mutex::new(None));
@@ -149,11 +145,38 @@ pub fn unpack_archive(
             },
         );
     }
+    let release = || {
+        running()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(restore_id);
+    };
+    let name = format!(".npanel-restore-{restore_id}");
+    let prepared = (|| {
+        let base = fsx::ensure_base(home_root, 0o755)?;
+        base.remove_tree(&name)?;
+        let (staging, _) = base.ensure_dir(&name, 0o700)?;
+        staging.ensure_dir("home", 0o700)?;
+        staging.ensure_dir("meta", 0o700)?;
+        Ok::<_, AgentError>((base, staging))
+    })();
+    let (base, staging) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            release();
+            return Err(e);
+        }
+    };
+    // Never more than the disk can take: the bound asked for, or the free space.
+    let mut opts = opts.clone();
+    if let Some(free) = free_bytes(home_root) {
+        opts.max_bytes = opts.max_bytes.min(free);
+    }
     let result = unpack(
         archive,
         &staging.path.join("home"),
         &staging.path.join("meta"),
-        opts,
+        &opts,
         &progress,
         &cancel,
         &mut |path, n| {
@@ -161,10 +184,7 @@ pub fn unpack_archive(
                 Some((path.display().to_string(), n));
         },
     );
-    running()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(restore_id);
+    release();
     match result {
         Ok(unpacked) => Ok(ArchiveUnpacked {
             restore_id: restore_id.to_string(),
@@ -183,6 +203,12 @@ pub fn unpack_archive(
             })
         }
     }
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// The counters of the unpack of `restore_id` (zeros and `running: false` when none runs),
@@ -288,26 +314,31 @@ pub fn install_home(
     })
 }
 
-/// Undo [`install_home`]: the previous home back in place, the restored one back in the
-/// staging. `false` if there is nothing to undo.
+/// Undo [`install_home`]: the home it replaced (kept as `<staging>/previous`) back in place,
+/// the restored one (if it got there) back in the staging. Also after an install that stopped
+/// between its two renames. `false` if there is nothing to undo.
 pub fn revert_home(home_root: &Path, account: &AccountName, restore_id: &str) -> Result<bool> {
     check_id(restore_id)?;
     let base = fsx::open_base(home_root)?;
     let Some(staging) = base.open_dir(&format!(".npanel-restore-{restore_id}"))? else {
         return Ok(false);
     };
-    if staging.is_dir_entry("home")?.is_some() {
+    if staging.is_dir_entry("previous")?.is_none() {
         return Ok(false);
     }
     let home = home_root.join(account.as_str());
     if base.is_dir_entry(account.as_str())?.is_some() {
+        if staging.is_dir_entry("home")?.is_some() {
+            return Err(AgentError::Busy(format!(
+                "{} exists while restore {restore_id} still holds both the staged and the previous home: not reverted",
+                home.display()
+            )));
+        }
         nix::fcntl::renameat(&base.file, account.as_str(), &staging.file, "home")
             .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
     }
-    if staging.is_dir_entry("previous")?.is_some() {
-        nix::fcntl::renameat(&staging.file, "previous", &base.file, account.as_str())
-            .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
-    }
+    nix::fcntl::renameat(&staging.file, "previous", &base.file, account.as_str())
+        .map_err(|e| AgentError::io(&home, std::io::Error::from(e)))?;
     let _ = base.file.sync_all();
     Ok(true)
 }

@@ -150,13 +150,14 @@ impl Default for UnpackOptions {
 pub struct UnpackProgress {
     /// Bytes of the archive file read so far (of its size on disk: the honest percentage).
     pub archive_read: AtomicU64,
-    /// Files written so far.
+    /// Files written so far (the home's and the metadata's).
     pub files: AtomicU64,
     /// Bytes of file content written so far.
     pub bytes: AtomicU64,
     /// With [`UnpackOptions::scan_first`]: bytes of the archive read by the scan so far.
     pub scan_read: AtomicU64,
-    /// Home files and their bytes the scan found (so far, then in all).
+    /// Files and their bytes the scan found, the home's and the metadata's (so far, then in
+    /// all).
     pub total_files: AtomicU64,
     pub total_bytes: AtomicU64,
     /// The scan is over: the totals are the archive's.
@@ -211,10 +212,11 @@ pub fn unpack(
     cancel: &AtomicBool,
     on_file: OnFile<'_>,
 ) -> Result<Unpacked, UnpackError> {
+    let file = open_archive(archive)?;
     if opts.scan_first {
-        scan(archive, opts, progress, cancel)?;
+        scan(&file, archive, opts, progress, cancel)?;
     }
-    let (compression, mut stream) = open(archive, &progress.archive_read)?;
+    let (compression, mut stream) = open(&file, archive, opts, &progress.archive_read)?;
     let mut u = Unpacker {
         home: Tree::open(home, opts.owner)?,
         meta: Tree::open(meta, opts.owner)?,
@@ -235,12 +237,48 @@ pub fn unpack(
     Ok(u.out)
 }
 
-/// The archive's decompressed stream, its bytes read counted in `counter`.
+/// The archive, opened once without following a symlink in its place (an account could swap
+/// its own archive for a link to another's) and without blocking on a FIFO; it must be a
+/// regular file. Both passes read this descriptor.
+fn open_archive(archive: &Path) -> Result<File, UnpackError> {
+    let fd = nix::fcntl::open(
+        archive,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP => UnpackError::Corrupt(format!(
+            "{} is a symlink: refused, not followed",
+            archive.display()
+        )),
+        other => io_err(archive, other),
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|e| io_err(archive, e))?;
+    if !meta.is_file() {
+        return Err(UnpackError::Corrupt(format!(
+            "{} is not a regular file",
+            archive.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Decompressed bytes a pass may read past the content bound: headers, padding, metadata
+/// entries the tar reader holds whole (long names, PAX).
+const HEADER_ALLOWANCE: u64 = 64 << 20;
+
+/// The archive's decompressed stream from its start, its bytes read counted in `counter`, and
+/// its decompressed bytes bounded (a bomb, or a giant header read whole, stops early).
 fn open<'a>(
+    file: &File,
     archive: &Path,
+    opts: &UnpackOptions,
     counter: &'a AtomicU64,
 ) -> Result<(Compression, Box<dyn Read + 'a>), UnpackError> {
-    let file = File::open(archive).map_err(|e| io_err(archive, e))?;
+    use std::io::Seek;
+    let mut file = file.try_clone().map_err(|e| io_err(archive, e))?;
+    file.rewind().map_err(|e| io_err(archive, e))?;
     let mut reader = BufReader::with_capacity(
         256 * 1024,
         Counting {
@@ -260,12 +298,55 @@ fn open<'a>(
             zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| io_err(archive, e))?,
         ),
     };
-    Ok((compression, stream))
+    let limit = opts.max_bytes.saturating_add(HEADER_ALLOWANCE);
+    Ok((
+        compression,
+        Box::new(Bounded {
+            inner: stream,
+            left: limit,
+        }),
+    ))
+}
+
+/// Fails a read past `left` decompressed bytes (reported as [`UnpackError::TooLarge`]).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+/// The message a [`Bounded`] read fails with, recognised when mapping errors.
+const BOUND_HIT: &str = "decompressed past the bound";
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(BOUND_HIT));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A read error of a pass: the bound, or a corrupt archive.
+fn read_err(e: impl std::fmt::Display, opts: &UnpackOptions) -> UnpackError {
+    let msg = e.to_string();
+    if msg.contains(BOUND_HIT) {
+        UnpackError::TooLarge {
+            limit: opts.max_bytes,
+        }
+    } else {
+        UnpackError::Corrupt(msg)
+    }
 }
 
 /// The headers-only pass of [`UnpackOptions::scan_first`]: counts the home's regular files and
 /// their bytes into `progress` (a `homedir.tar` inside included), writing nothing.
 fn scan(
+    file: &File,
     archive: &Path,
     opts: &UnpackOptions,
     progress: &UnpackProgress,
@@ -280,14 +361,11 @@ fn scan(
         entries: &mut u64,
     ) -> Result<(), UnpackError> {
         let mut ar = tar::Archive::new(stream);
-        for entry in ar
-            .entries()
-            .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-        {
+        for entry in ar.entries().map_err(|e| read_err(e, opts))? {
             if cancel.load(Ordering::Relaxed) {
                 return Err(UnpackError::Cancelled);
             }
-            let mut entry = entry.map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+            let mut entry = entry.map_err(|e| read_err(e, opts))?;
             *entries += 1;
             if *entries > opts.max_entries {
                 return Err(UnpackError::TooManyEntries {
@@ -297,33 +375,35 @@ fn scan(
             let Some(parts) = entry.path().ok().as_deref().and_then(plain_parts) else {
                 continue;
             };
-            let home = match place {
-                Place::Home => true,
-                Place::Top => match split_top(parts) {
-                    Top::Home(_) => true,
-                    Top::HomeTar if entry.header().entry_type().is_file() => {
+            if place == Place::Top {
+                if let Top::HomeTar = split_top(parts) {
+                    if entry.header().entry_type().is_file() {
                         walk(&mut entry, Place::Home, opts, progress, cancel, entries)?;
-                        continue;
                     }
-                    _ => false,
-                },
-            };
+                    continue;
+                }
+            }
+            // Every regular file counts, the home's and the metadata's: both are written.
             let kind = entry.header().entry_type();
-            if home
-                && matches!(
-                    kind,
-                    EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
-                )
-            {
+            if matches!(
+                kind,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+            ) {
                 progress.total_files.fetch_add(1, Ordering::Relaxed);
-                progress
+                let total = progress
                     .total_bytes
-                    .fetch_add(entry.size(), Ordering::Relaxed);
+                    .fetch_add(entry.size(), Ordering::Relaxed)
+                    + entry.size();
+                if total > opts.max_bytes {
+                    return Err(UnpackError::TooLarge {
+                        limit: opts.max_bytes,
+                    });
+                }
             }
         }
         Ok(())
     }
-    let (_, mut stream) = open(archive, &progress.scan_read)?;
+    let (_, mut stream) = open(file, archive, opts, &progress.scan_read)?;
     let mut entries = 0;
     walk(
         &mut stream,
@@ -379,20 +459,22 @@ struct Unpacker<'a, 'f> {
     out: Unpacked,
 }
 
+/// Deepest entry (path components below its tree) restored; deeper ones are listed as
+/// skipped (the staging must stay removable, and removing walks at most 256 levels).
+const MAX_DEPTH: usize = 200;
+
 /// Bytes copied per read of an entry (the cancel is checked between them).
 const CHUNK: usize = 256 * 1024;
 
 impl Unpacker<'_, '_> {
     fn archive(&mut self, stream: &mut dyn Read, place: Place) -> Result<(), UnpackError> {
         let mut ar = tar::Archive::new(stream);
-        let entries = ar
-            .entries()
-            .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+        let entries = ar.entries().map_err(|e| read_err(e, self.opts))?;
         for entry in entries {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(UnpackError::Cancelled);
             }
-            let mut entry = entry.map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+            let mut entry = entry.map_err(|e| read_err(e, self.opts))?;
             self.entries += 1;
             if self.entries > self.opts.max_entries {
                 return Err(UnpackError::TooManyEntries {
@@ -401,7 +483,7 @@ impl Unpacker<'_, '_> {
             }
             let raw = entry
                 .path()
-                .map_err(|e| UnpackError::Corrupt(e.to_string()))?
+                .map_err(|e| read_err(e, self.opts))?
                 .into_owned();
             let shown = raw.display().to_string();
             let Some(parts) = plain_parts(&raw) else {
@@ -429,7 +511,14 @@ impl Unpacker<'_, '_> {
                 // The tree's own top (`homedir/`): exists already.
                 continue;
             }
-            self.entry(&mut entry, which, &rel, &shown)?;
+            if rel.len() > MAX_DEPTH {
+                self.skip(
+                    &shown,
+                    &format!("nested deeper than {MAX_DEPTH} directories"),
+                );
+                continue;
+            }
+            self.entry(&mut entry, which, place, &rel, &shown)?;
         }
         Ok(())
     }
@@ -452,6 +541,7 @@ impl Unpacker<'_, '_> {
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         which: Which,
+        place: Place,
         rel: &[OsString],
         shown: &str,
     ) -> Result<(), UnpackError> {
@@ -516,6 +606,7 @@ impl Unpacker<'_, '_> {
                     Which::Meta => {
                         self.out.meta_files += 1;
                         self.out.meta_bytes += written;
+                        self.progress.files.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -547,12 +638,15 @@ impl Unpacker<'_, '_> {
             }
             EntryType::Link => {
                 let target = entry.link_name().ok().flatten().map(|t| t.into_owned());
+                // A link's target is a path of the same tar: inside a `homedir.tar` already
+                // the home's.
                 let target = target
                     .as_deref()
                     .and_then(plain_parts)
-                    .map(|p| match split_top(p) {
-                        Top::Home(rel) if which == Which::Home => rel,
-                        Top::Meta(rel) if which == Which::Meta => rel,
+                    .map(|p| match (place, split_top(p.clone())) {
+                        (Place::Home, _) => p,
+                        (Place::Top, Top::Home(rel)) if which == Which::Home => rel,
+                        (Place::Top, Top::Meta(rel)) if which == Which::Meta => rel,
                         _ => Vec::new(),
                     })
                     .filter(|p| !p.is_empty());
@@ -593,7 +687,7 @@ impl Unpacker<'_, '_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(UnpackError::Corrupt(e.to_string())),
+                Err(e) => return Err(read_err(e, self.opts)),
             };
             self.total += n as u64;
             if self.total > self.opts.max_bytes {
@@ -717,6 +811,9 @@ impl Tree {
             )
             .map_err(|e| io_err(path, e))?,
         );
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&root, Some(uid), Some(gid)).map_err(|e| io_err(path, e))?;
+        }
         Ok(Tree {
             root,
             owner,

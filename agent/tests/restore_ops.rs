@@ -201,3 +201,28 @@ async fn an_unpack_is_watched_cancelled_and_bounded() {
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Io, "{err}");
 }
+
+/// An install that stopped between its two renames (the old home moved aside, the staged one
+/// not yet in place) is undone by a revert: the old home comes back.
+#[tokio::test]
+async fn a_half_done_install_is_reverted() {
+    let root = tempfile::tempdir().unwrap();
+    let host = LocalHost::new(root.path()).unwrap();
+    let homes = root.path().join("home");
+    let staging = homes.join(".npanel-restore-R9");
+    std::fs::create_dir_all(staging.join("home/public_html")).unwrap();
+    std::fs::create_dir_all(staging.join("previous")).unwrap();
+    std::fs::write(staging.join("previous/old.txt"), "before").unwrap();
+    let reply = host
+        .call(Request::RevertHome {
+            account: AccountName::parse("alice").unwrap(),
+            restore_id: "R9".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::HomeReverted { reverted: true, .. }));
+    assert_eq!(
+        std::fs::read_to_string(homes.join("alice/old.txt")).unwrap(),
+        "before"
+    );
+}

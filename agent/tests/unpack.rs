@@ -121,7 +121,8 @@ fn a_cpmove_archive_lands_in_home_and_meta() {
         out.progress.archive_read.load(Ordering::Relaxed),
         archive.len() as u64
     );
-    assert_eq!(out.progress.files.load(Ordering::Relaxed), 2);
+    // Files written: the home's two and the metadata's two.
+    assert_eq!(out.progress.files.load(Ordering::Relaxed), 4);
     assert_eq!(
         out.files,
         vec![
@@ -447,8 +448,8 @@ fn many_directories_hold_few_descriptors() {
     }
 }
 
-/// `scan_first` counts the home's files and bytes before writing anything (a `homedir.tar`
-/// inside included, metadata and refused entries not), so progress knows its totals.
+/// `scan_first` counts the files and bytes before writing anything (a `homedir.tar` inside
+/// included), so progress knows its totals.
 #[test]
 fn a_scan_first_counts_the_home() {
     let inner = Tar::new()
@@ -470,8 +471,82 @@ fn a_scan_first_counts_the_home() {
     out.result.unwrap();
     let p = &out.progress;
     assert!(p.scanned.load(Ordering::Relaxed));
-    assert_eq!(p.total_files.load(Ordering::Relaxed), 2);
-    assert_eq!(p.total_bytes.load(Ordering::Relaxed), 1500);
+    // The home's two files and `cp/alice` (11 bytes): everything that is written.
+    assert_eq!(p.total_files.load(Ordering::Relaxed), 3);
+    assert_eq!(p.total_bytes.load(Ordering::Relaxed), 1511);
     assert_eq!(p.scan_read.load(Ordering::Relaxed), archive.len() as u64);
-    assert_eq!(p.files.load(Ordering::Relaxed), 2);
+    assert_eq!(p.files.load(Ordering::Relaxed), 3);
+}
+
+/// The archive itself: a symlink in its place is refused (an account could point its own
+/// archive at another's), a FIFO does not hang the unpack; a scanned bomb fails in the scan.
+#[test]
+fn the_archive_must_be_a_plain_file_and_a_scanned_bomb_fails_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.tar");
+    std::fs::write(&real, Tar::new().file("homedir/a", b"a").bytes()).unwrap();
+    let link = dir.path().join("cpmove-alice.tar");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let fifo = dir.path().join("fifo.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (home, meta) = (dir.path().join("home"), dir.path().join("meta"));
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    for (archive, why) in [(&link, "symlink"), (&fifo, "not a regular file")] {
+        let r = unpack(
+            archive,
+            &home,
+            &meta,
+            &UnpackOptions::default(),
+            &UnpackProgress::default(),
+            &AtomicBool::new(false),
+            &mut |_, _| {},
+        );
+        match r {
+            Err(UnpackError::Corrupt(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // 16 MiB of zeros behind a 4 MiB bound: the scan stops it before anything is written.
+    let bomb = gzip(
+        &Tar::new()
+            .file("homedir/zeros", &vec![0u8; 16 << 20])
+            .bytes(),
+    );
+    let out = run(
+        &bomb,
+        &UnpackOptions {
+            max_bytes: 4 << 20,
+            scan_first: true,
+            ..UnpackOptions::default()
+        },
+    );
+    assert!(
+        matches!(out.result, Err(UnpackError::TooLarge { .. })),
+        "{:?}",
+        out.result
+    );
+    assert_eq!(out.progress.bytes.load(Ordering::Relaxed), 0);
+}
+
+/// Hard links inside a `homedir.tar` point at the home's own paths; entries nested deeper
+/// than the unpack takes are listed, not written.
+#[test]
+fn nested_hard_links_and_deep_paths() {
+    let deep = (0..210)
+        .map(|i| format!("d{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let inner = Tar::new()
+        .file("mail/a", b"message")
+        .link("mail/b", EntryType::Link, "mail/a")
+        .file_long(&format!("{deep}/f"), b"x")
+        .bytes();
+    let outer = Tar::new().file("cpmove-alice/homedir.tar", &inner).bytes();
+    let out = run(&outer, &UnpackOptions::default());
+    let u = out.result.unwrap();
+    assert_eq!(u.home_hardlinks, 1, "{:?}", u.skipped);
+    assert_eq!(std::fs::read(out.home.join("mail/b")).unwrap(), b"message");
+    assert_eq!(u.skipped.len(), 1, "{:?}", u.skipped);
+    assert!(u.skipped[0].reason.contains("deeper"), "{:?}", u.skipped);
 }

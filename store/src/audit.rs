@@ -301,11 +301,12 @@ fn pg_words(text: &str) -> Vec<String> {
 }
 
 /// The lexeme of a word and the word after it: `"a b"`, `"a "` after the last word. A pair
-/// too long for a lexeme keeps what fits of the second word (a prefix of it is still found);
-/// `None` when the word alone is too long.
+/// too long for a lexeme keeps what fits: the first word's first 2046 bytes, then what fits of
+/// the second (a prefix of either is still found).
 fn pg_pair(a: &str, b: Option<&str>) -> Option<String> {
-    let room = PG_MAX_LEXEME.checked_sub(a.len() + 1)?;
     // Words are ASCII: any byte is a character boundary.
+    let a = &a[..a.len().min(PG_MAX_LEXEME - 1)];
+    let room = PG_MAX_LEXEME - a.len() - 1;
     let b = b.map_or("", |b| &b[..b.len().min(room)]);
     Some(format!("{a} {b}"))
 }
@@ -387,12 +388,15 @@ impl WordQuery {
     fn tsquery(&self) -> Option<String> {
         let star = if self.last_is_prefix { ":*" } else { "" };
         if let [word] = self.words.as_slice() {
-            let lexeme = if self.last_is_prefix {
+            // An over-long word is stored cut (`pg_pair`): look for its cut as a prefix.
+            let lexeme = if word.len() >= PG_MAX_LEXEME - 1 {
+                word[..PG_MAX_LEXEME - 1].to_string()
+            } else if self.last_is_prefix {
                 word.clone()
             } else {
                 format!("{word} ")
             };
-            return (lexeme.len() <= PG_MAX_LEXEME).then(|| format!("'{lexeme}':*"));
+            return Some(format!("'{lexeme}':*"));
         }
         let last = self.words.len() - 2;
         let pairs: Vec<String> = self
@@ -1126,10 +1130,23 @@ mod tests {
              'mozilla 5' 'n m' 'ua mozilla' "
         );
         assert_eq!(pg_terms(""), "");
-        // A word too long for a lexeme is left out; the word before keeps what fits of it.
+        // A word too long for a lexeme is kept cut; the word before keeps what fits of it.
         let huge = "a".repeat(3000);
         let terms = pg_terms(&format!("agent {huge} ok"));
-        assert_eq!(terms, format!("'agent {}' 'ok ' ", "a".repeat(2041)));
+        assert_eq!(
+            terms,
+            format!(
+                "'{} ' 'agent {}' 'ok ' ",
+                "a".repeat(2046),
+                "a".repeat(2041)
+            )
+        );
+        let q = |t: &str| WordQuery::parse(t, crate::Backend::Postgres).and_then(|q| q.tsquery());
+        assert_eq!(
+            q(&"a".repeat(100)),
+            Some(format!("'{}':*", "a".repeat(100)))
+        );
+        assert_eq!(q(&huge), Some(format!("'{}':*", "a".repeat(2046))));
     }
 
     #[test]

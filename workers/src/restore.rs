@@ -89,21 +89,25 @@ pub fn account_from_archive_name(path: &str) -> Option<String> {
         .iter()
         .find_map(|ext| name.strip_suffix(ext))
         .unwrap_or(name);
-    let user = if let Some(u) = stem.strip_prefix("cpmove-") {
-        u
-    } else if let Some(rest) = stem.strip_prefix("backup-") {
-        rest.rsplit_once('_')?.1
-    } else if name.ends_with(".tar.zst") {
-        // `<account>-<YYYYMMDDTHHMMSSZ>[-N]`: the account is what comes before the stamp.
+    // nPanel's `<account>-<YYYYMMDDTHHMMSSZ>[-N]`: the account is what comes before the stamp.
+    let npanel = || {
         let mut parts: Vec<&str> = stem.split('-').collect();
         if parts.len() > 2 && parts.last()?.bytes().all(|b| b.is_ascii_digit()) {
             parts.pop();
         }
         let stamp = parts.pop()?;
-        if stamp.len() != 16 || !stamp.ends_with('Z') {
-            return None;
-        }
-        &stem[..parts.join("-").len()]
+        let is_stamp = stamp.len() == 16
+            && stamp.as_bytes()[8] == b'T'
+            && stamp.ends_with('Z')
+            && stamp.bytes().filter(u8::is_ascii_digit).count() == 14;
+        (is_stamp && !parts.is_empty()).then(|| &stem[..parts.join("-").len()])
+    };
+    let user = if let Some(u) = stem.strip_prefix("cpmove-") {
+        u
+    } else if let Some(rest) = stem.strip_prefix("backup-") {
+        rest.rsplit_once('_')?.1
+    } else if let Some(u) = npanel() {
+        u
     } else {
         stem
     };
@@ -143,7 +147,9 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     let archive = if job.archive.contains('/') {
         PathBuf::from(&job.archive)
     } else {
-        if !job.archive.starts_with(&format!("{account_id}-")) || job.archive.starts_with('.') {
+        // The name must be the account's own backup: `<account>-<stamp>…` read back to the
+        // account (a prefix check would give `my` the backups of `my-site`).
+        if account_from_archive_name(&job.archive).as_deref() != Some(account_id.as_str()) {
             return Err(JobError::Permanent(format!(
                 "{:?} is not one of {account_id}'s backups (their names start with \"{account_id}-\")",
                 job.archive
@@ -214,6 +220,10 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     }
     ctx.progress("creating_accounts", 1, 1);
     if ctx.is_cancelled() {
+        // An earlier attempt may have installed already: undo that too.
+        if unpacked.is_none() {
+            revert(&r, &account, &restore_id).await?;
+        }
         discard(&r, &restore_id).await;
         return Err(JobError::Cancelled);
     }
@@ -229,19 +239,15 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
             gid: None,
         };
         if let Err(e) = r.host.call(req).await {
+            // The install may have stopped between its renames: put the home back first.
+            revert(&r, &account, &restore_id).await?;
             discard(&r, &restore_id).await;
             return Err(host_err("install_home", e));
         }
     }
     ctx.progress("restoring_data", 1, 1);
     if ctx.is_cancelled() {
-        let _ = r
-            .host
-            .call(Request::RevertHome {
-                account: account.clone(),
-                restore_id: restore_id.clone(),
-            })
-            .await;
+        revert(&r, &account, &restore_id).await?;
         discard(&r, &restore_id).await;
         return Err(JobError::Cancelled);
     }
@@ -296,6 +302,25 @@ async fn status(r: &Restorer, restore_id: &str) -> Result<UnpackStatus, JobError
             "unpack_status: unexpected answer {other:?}"
         ))),
         Err(e) => Err(host_err("unpack_status", e)),
+    }
+}
+
+/// Undo an install. If that fails the staging is kept (the home it replaced is there) and the
+/// job fails saying where, so nothing is deleted that cannot be found again.
+async fn revert(r: &Restorer, account: &AccountName, restore_id: &str) -> Result<(), JobError> {
+    match r
+        .host
+        .call(Request::RevertHome {
+            account: account.clone(),
+            restore_id: restore_id.to_string(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(JobError::Permanent(format!(
+            "could not put {account}'s home back ({e}); it is kept in the restore's staging \
+             (.npanel-restore-{restore_id} beside the homes): move it back by hand"
+        ))),
     }
 }
 
@@ -610,6 +635,7 @@ mod tests {
             a("my-site-20261201T021500Z-2.tar.zst").as_deref(),
             Some("my-site")
         );
+        assert_eq!(a("dave-20261201T000000Z.tar.gz").as_deref(), Some("dave"));
         assert_eq!(a("Not A Name.tar.gz"), None);
     }
 }

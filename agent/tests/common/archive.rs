@@ -36,6 +36,17 @@ impl Tar {
         self
     }
 
+    /// A regular file under a long name (a GNU long-name entry first), through the builder's
+    /// own checks: for well-formed deep paths.
+    pub fn file_long(mut self, name: &str, body: &[u8]) -> Tar {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        self.0.append_data(&mut h, name, body).unwrap();
+        self
+    }
+
     pub fn dir(mut self, name: &str, mode: u32) -> Tar {
         let mut h = Tar::header(name, EntryType::Directory, 0, mode);
         h.set_cksum();

@@ -6,16 +6,18 @@
 -- the store fills when it appends (`terms`, made in Rust: no regexp per insert, and the
 -- planner gets statistics for them); this backfills the records already stored the same way:
 -- words are runs of ASCII letters and digits of the lower-cased document, a pair is the word,
--- a space and the next word (nothing after the last), cut to the 2047 bytes a lexeme may take.
+-- a space and the next word (nothing after the last), cut to the 2047 bytes a lexeme may take
+-- (the first word to its first 2046 bytes, then what fits of the second).
 -- The index itself is schema 7.
 ALTER TABLE audit ADD COLUMN terms tsvector NOT NULL DEFAULT ''::tsvector;
 
 DROP INDEX audit_words;
 
 UPDATE audit SET terms = array_to_tsvector(ARRAY(
-    SELECT DISTINCT x.a[i] || ' ' || left(coalesce(x.a[i + 1], ''), 2046 - octet_length(x.a[i]))
+    SELECT DISTINCT left(x.a[i], 2046) || ' '
+        || left(coalesce(x.a[i + 1], ''), 2046 - least(octet_length(x.a[i]), 2046))
     FROM generate_series(1, cardinality(x.a)) AS i
-    WHERE x.a[i] <> '' AND octet_length(x.a[i]) < 2047))
+    WHERE x.a[i] <> ''))
 FROM (
     SELECT seq, regexp_split_to_array(btrim(regexp_replace(LOWER(doc), '[^a-z0-9]+', ' ', 'g')), ' ') AS a
     FROM audit
