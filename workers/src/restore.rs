@@ -386,7 +386,7 @@ async fn extract(
                         if s.scanned && !counted {
                             counted = true;
                             ctx.log(format!(
-                                "The archive holds {} files ({}) for the home",
+                                "The archive holds {} files ({}) to restore",
                                 s.total_files,
                                 human(s.total_bytes)
                             ));

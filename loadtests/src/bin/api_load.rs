@@ -1043,8 +1043,11 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
         };
         let mut stream = Vec::new();
         let finish = loop {
-            let Some(Ok(Message::Text(t))) = ws.next().await else {
-                panic!("live socket of {id} ended before the job did");
+            let t = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                // Pings and pongs keep a long job's socket alive.
+                Some(Ok(_)) => continue,
+                _ => panic!("live socket of {id} ended before the job did"),
             };
             let m: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
             match m["type"].as_str() {
