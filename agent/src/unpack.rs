@@ -1,8 +1,9 @@
 //! Unpacking an account archive into fresh directories, safely (DESIGN §12).
 //!
 //! A restore reads archives nobody here wrote: a cPanel `cpmove` (`.tar.gz`, `.tar`, a
-//! `homedir.tar` inside it) or nPanel's own `.tar.zst`. The archive is read **once**, as a
-//! stream: the home's entries (`homedir/…`) go into `home`, everything else (`cp/USER`,
+//! `homedir.tar` inside it) or nPanel's own `.tar.zst`. The archive is unpacked in **one
+//! streaming pass** (optionally after a headers-only pass that counts it, for progress): the
+//! home's entries (`homedir/…`) go into `home`, everything else (`cp/USER`,
 //! `mysql/…`, `manifest.json`, …) into `meta`, both fresh directories the caller swaps in or
 //! throws away (so a failed or cancelled restore changes nothing of the account).
 //!
