@@ -227,6 +227,7 @@ pub fn unpack(
         on_file,
         entries: 0,
         total: 0,
+        buf: vec![0u8; CHUNK],
         out: Unpacked {
             compression: Some(compression),
             ..Unpacked::default()
@@ -457,6 +458,9 @@ struct Unpacker<'a, 'f> {
     on_file: OnFile<'f>,
     entries: u64,
     total: u64,
+    /// The copy buffer, allocated once (zeroing 256 KiB per file cost as much as a small
+    /// file's write).
+    buf: Vec<u8>,
     out: Unpacked,
 }
 
@@ -678,13 +682,25 @@ impl Unpacker<'_, '_> {
         file: &mut File,
         path: &Path,
     ) -> Result<u64, UnpackError> {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.copy_with(entry, file, path, &mut buf);
+        self.buf = buf;
+        result
+    }
+
+    fn copy_with(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut File,
+        path: &Path,
+        buf: &mut [u8],
+    ) -> Result<u64, UnpackError> {
         let mut written = 0u64;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(UnpackError::Cancelled);
             }
-            let n = match entry.read(&mut buf) {
+            let n = match entry.read(buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

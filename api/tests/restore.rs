@@ -92,6 +92,13 @@ fn cpmove(dir: &Path, user: &str, big: usize) -> PathBuf {
     path
 }
 
+/// `POST /api/restore`, expected to be accepted: the job's id.
+async fn started(srv: &Server, tok: &str, body: Value) -> String {
+    let (st, body) = restore(srv, tok, body).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
 async fn restore(srv: &Server, tok: &str, body: Value) -> (StatusCode, Value) {
     let r = srv
         .req("POST", "/api/restore", Some(tok), Some(&body.to_string()))
@@ -107,14 +114,12 @@ async fn a_cpmove_archive_is_restored_into_its_account() {
     let home = provisioned(&srv, root, "carol", "basic").await;
     let archive = cpmove(root, "carol", 64 << 10);
     let admin = token(Role::Admin, None, None);
-    let (st, body) = restore(
+    let id = started(
         &srv,
         &admin,
         json!({"archive": archive, "account": "carol"}),
     )
     .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let id = body["id"].as_str().unwrap().to_string();
     let job = srv.wait_final(&id).await;
     assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
     let res = job.result.unwrap();
@@ -178,14 +183,13 @@ async fn customers_restore_their_own_backups_only() {
     // A path is refused by the API, another account's backup by the job.
     let (st, body) = restore(&srv, &dave, json!({"archive": "/etc/passwd"})).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (st, body) = restore(
+    let id = started(
         &srv,
         &dave,
         json!({"archive": "erin-20261201T000000Z.tar.gz"}),
     )
     .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let job = srv.wait_final(body["id"].as_str().unwrap()).await;
+    let job = srv.wait_final(&id).await;
     assert_eq!(job.status, queue::JobStatus::Failed);
     assert!(
         job.error
@@ -197,14 +201,13 @@ async fn customers_restore_their_own_backups_only() {
     );
     assert!(home.join("before-restore.txt").exists());
     // Its own backup, by name.
-    let (st, body) = restore(
+    let id = started(
         &srv,
         &dave,
         json!({"archive": "dave-20261201T000000Z.tar.gz"}),
     )
     .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let job = srv.wait_final(body["id"].as_str().unwrap()).await;
+    let job = srv.wait_final(&id).await;
     assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
     assert!(home.join("public_html/index.php").exists());
 }
@@ -233,9 +236,8 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
     let home = provisioned(&srv, root, "erin", "tiny").await;
     let archive = cpmove(root, "erin", 4 << 20);
     let admin = token(Role::Admin, None, None);
-    let (st, body) = restore(&srv, &admin, json!({"archive": archive, "account": "erin"})).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let job = srv.wait_final(body["id"].as_str().unwrap()).await;
+    let id = started(&srv, &admin, json!({"archive": archive, "account": "erin"})).await;
+    let job = srv.wait_final(&id).await;
     assert_eq!(job.status, queue::JobStatus::Failed);
     assert!(
         job.error
@@ -251,14 +253,12 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
     // Cancel mid-extract: a 300 MB archive into an account with room for it.
     let frank = provisioned(&srv, root, "frank", "basic").await;
     let archive = cpmove(root, "frank", 300 << 20);
-    let (st, body) = restore(
+    let id = started(
         &srv,
         &admin,
         json!({"archive": archive, "account": "frank"}),
     )
     .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let id = body["id"].as_str().unwrap().to_string();
     // Wait until it is extracting, then cancel.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -345,9 +345,8 @@ async fn a_backup_restores_its_home() {
     std::fs::write(home.join("public_html/index.php"), "<?php echo 'v2';").unwrap();
     std::fs::write(home.join("public_html/new.php"), "x").unwrap();
     let gina = token(Role::Customer, Some("gina"), None);
-    let (st, body) = restore(&srv, &gina, json!({"archive": name})).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let job = srv.wait_final(body["id"].as_str().unwrap()).await;
+    let id = started(&srv, &gina, json!({"archive": name})).await;
+    let job = srv.wait_final(&id).await;
     assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(job.result.as_ref().unwrap()["compression"], "zstd");
     assert_eq!(
@@ -387,9 +386,7 @@ async fn a_retried_restore_finishes_what_an_earlier_attempt_left() {
             .req("POST", "/api/admin/queue/pause", Some(&admin), None)
             .await;
         assert!(r.status.is_success(), "{}", r.json);
-        let (st, body) = restore(&srv, &admin, json!({"archive": archive, "account": acct})).await;
-        assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-        let id = body["id"].as_str().unwrap().to_string();
+        let id = started(&srv, &admin, json!({"archive": archive, "account": acct})).await;
         let staging = root.join("home").join(format!(".npanel-restore-{id}"));
         if installed {
             // The earlier attempt unpacked and installed, then died before cleaning up.

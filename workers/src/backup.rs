@@ -7,13 +7,13 @@
 //! agent (`backup_home`: a temp file linked under its final name when complete, so a name
 //! that exists is a whole archive); databases are not in it yet (listed in the result).
 
-use crate::provision::HostOps;
+use crate::provision::{host_err, store_err, HostOps};
 use crate::{JobContext, JobError};
-use agent::{AccountName, AgentError, Domain, ErrorCode, Reply, Request};
+use agent::{AccountName, Domain, Reply, Request};
 use queue::Backup;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use store::{AccountStatus, Store, StoreError};
+use store::{AccountStatus, Store};
 
 /// The handler's dependencies.
 pub struct BackupMaker {
@@ -28,28 +28,12 @@ impl BackupMaker {
     }
 }
 
-fn host_err(op: &str, e: AgentError) -> JobError {
-    let msg = format!("{op}: {e}");
-    match e.code() {
-        ErrorCode::InvalidRequest | ErrorCode::InvalidAccount | ErrorCode::UnsafePath => {
-            JobError::Permanent(msg)
-        }
-        _ => JobError::Transient(msg),
-    }
-}
-
 /// Run one `backup` job.
 pub async fn run(ctx: JobContext, b: Arc<BackupMaker>) -> Result<Value, JobError> {
     let job: Backup = ctx.payload()?;
     let account = AccountName::parse(&job.account)
         .map_err(|e| JobError::Permanent(format!("account {:?}: {e}", job.account)))?;
-    let a = b.store.account(&job.account).await.map_err(|e| match e {
-        StoreError::NotFound(_) => {
-            JobError::Permanent(format!("account {} is not in the store", job.account))
-        }
-        StoreError::Unavailable(m) => JobError::Transient(m),
-        e => JobError::Permanent(e.to_string()),
-    })?;
+    let a = b.store.account(&job.account).await.map_err(store_err)?;
     if a.status == AccountStatus::Terminated {
         return Err(JobError::Permanent(format!(
             "account {} is terminated (its last backup was made then)",

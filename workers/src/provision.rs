@@ -62,7 +62,7 @@ impl Provisioner {
     }
 }
 
-fn store_err(e: StoreError) -> JobError {
+pub(crate) fn store_err(e: StoreError) -> JobError {
     match e {
         StoreError::Unavailable(m) => JobError::Transient(m),
         StoreError::NotFound(m) => JobError::Permanent(m),
@@ -70,7 +70,7 @@ fn store_err(e: StoreError) -> JobError {
     }
 }
 
-fn host_err(op: &str, e: AgentError) -> JobError {
+pub(crate) fn host_err(op: &str, e: AgentError) -> JobError {
     use agent::ErrorCode as C;
     let msg = format!("host step {op} failed: {e}");
     match e.code() {

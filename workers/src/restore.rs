@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{AccountStatus, Store, StoreError};
 
-use crate::provision::HostOps;
+use crate::provision::{store_err, HostOps};
 
 /// How often the handler reads the unpack's counters.
 const POLL: Duration = Duration::from_millis(250);
@@ -60,6 +60,8 @@ impl Restorer {
     }
 }
 
+/// Unlike provisioning's (`provision::host_err`), a cancelled unpack is the job's cancel, and
+/// a missing or unreadable archive will not appear by retrying.
 fn host_err(op: &str, e: AgentError) -> JobError {
     let msg = format!("{op}: {e}");
     match e.code() {
@@ -71,13 +73,6 @@ fn host_err(op: &str, e: AgentError) -> JobError {
         | ErrorCode::NotFound
         | ErrorCode::Io => JobError::Permanent(msg),
         _ => JobError::Transient(msg),
-    }
-}
-
-fn store_err(e: StoreError) -> JobError {
-    match e {
-        StoreError::Unavailable(m) => JobError::Transient(m),
-        other => JobError::Permanent(other.to_string()),
     }
 }
 
