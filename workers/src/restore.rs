@@ -179,8 +179,14 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         Some(extract(&ctx, &r, &account, &restore_id, &archive, disk_mb, owner).await?)
     };
 
+    // The short stages after the pass show the bytes restored as their units (done = total:
+    // "1 of 1" read as bytes and an MB/s of a step made no sense on the progress route).
+    let restored = unpacked
+        .as_ref()
+        .map_or(1, |u| (u.unpacked.home_bytes + u.unpacked.meta_bytes).max(1));
+    let step = |stage: &str| ctx.progress(stage, restored, restored);
     // validating: what came out, against the account.
-    ctx.progress("validating", 0, 1);
+    step("validating");
     let mut skipped: Vec<Value> = Vec::new();
     if let Some(u) = &unpacked {
         for s in &u.unpacked.skipped {
@@ -199,9 +205,8 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
             }
         }
     }
-    ctx.progress("validating", 1, 1);
     // creating_accounts: this build restores into an existing account only.
-    ctx.progress("creating_accounts", 0, 1);
+    step("creating_accounts");
     for what in [
         "databases",
         "mail accounts",
@@ -213,7 +218,6 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
             json!({"what": what, "reason": "kept in the archive; not restored by this build yet"}),
         );
     }
-    ctx.progress("creating_accounts", 1, 1);
     if ctx.is_cancelled() {
         // An earlier attempt may have installed already: undo that too.
         if unpacked.is_none() {
@@ -224,7 +228,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     }
 
     // restoring_data: install the staged home (ownership when the unpack could not set it).
-    ctx.progress("restoring_data", 0, 1);
+    step("restoring_data");
     if unpacked.is_some() {
         // Ownership was set by the unpack where it could be; the install only renames.
         let req = Request::InstallHome {
@@ -240,7 +244,6 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
             return Err(host_err("install_home", e));
         }
     }
-    ctx.progress("restoring_data", 1, 1);
     if ctx.is_cancelled() {
         revert(&r, &account, &restore_id).await?;
         discard(&r, &restore_id).await;
@@ -248,9 +251,8 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     }
 
     // finalizing: the staging and the replaced home go.
-    ctx.progress("finalizing", 0, 1);
+    step("finalizing");
     discard(&r, &restore_id).await;
-    ctx.progress("finalizing", 1, 1);
     let (files, bytes, dirs, links) = unpacked
         .as_ref()
         .map(|u| {
