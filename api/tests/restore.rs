@@ -167,7 +167,11 @@ async fn a_cpmove_archive_is_restored_into_its_account() {
     assert_eq!(p.json["current_stage"], "finalizing");
     // The last stage's units are the bytes restored (home and metadata), not "1 of 1".
     assert_eq!(p.json["bytes_total"], p.json["bytes_processed"]);
-    assert!(p.json["bytes_total"].as_u64().unwrap() > 64 << 10, "{}", p.json);
+    assert!(
+        p.json["bytes_total"].as_u64().unwrap() > 64 << 10,
+        "{}",
+        p.json
+    );
     let log = p.json["log_tail"].to_string();
     assert!(log.contains("Extracting"), "{log}");
     assert!(log.contains("Restored 3 files"), "{log}");

@@ -181,9 +181,9 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
 
     // The short stages after the pass show the bytes restored as their units (done = total:
     // "1 of 1" read as bytes and an MB/s of a step made no sense on the progress route).
-    let restored = unpacked
-        .as_ref()
-        .map_or(1, |u| (u.unpacked.home_bytes + u.unpacked.meta_bytes).max(1));
+    let restored = unpacked.as_ref().map_or(1, |u| {
+        (u.unpacked.home_bytes + u.unpacked.meta_bytes).max(1)
+    });
     let step = |stage: &str| ctx.progress(stage, restored, restored);
     // validating: what came out, against the account.
     step("validating");
