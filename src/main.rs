@@ -404,6 +404,8 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
+    // The embedded host runs a restore's unpack as this binary again, in the account's cgroup.
+    agent::child::run_if_asked();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(true) => ExitCode::SUCCESS,

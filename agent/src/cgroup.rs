@@ -669,6 +669,66 @@ impl CgroupManager {
         Ok(true)
     }
 
+    /// A cgroup of its own for one job of the account, `<root>/<account>/job-<id>`, created
+    /// (with the account's cgroup if that is missing). The account's limits, set on the
+    /// parent, bound the job too; killing the job's cgroup leaves the account's other
+    /// processes alone. `None` where processes cannot be placed in cgroups: no usable
+    /// cgroup v2 root, or a plain directory tree standing in for one.
+    pub fn job_cgroup(&self, account: &AccountName, job: &str) -> Result<Option<PathBuf>> {
+        if !self.caps.cgroup_usable || self.plain_tree {
+            return Ok(None);
+        }
+        if job.is_empty() || !job.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(AgentError::InvalidRequest(format!(
+                "job id {job:?}: letters and digits only"
+            )));
+        }
+        let dir = self.account_dir(account).join(format!("job-{job}"));
+        for d in [self.account_dir(account), dir.clone()] {
+            match fs::create_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(AgentError::io(&d, e)),
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    /// Kills every process in a job's cgroup (see [`CgroupManager::job_cgroup`]):
+    /// `cgroup.kill` where the kernel has it, so a process that left its session with
+    /// `setsid()` dies too; else SIGKILL of every pid listed.
+    pub fn kill_job(&self, dir: &Path) -> Result<KillMethod> {
+        let kill_file = dir.join("cgroup.kill");
+        if kill_file.exists() {
+            write_file(&kill_file, "1", false).map_err(|e| AgentError::io(&kill_file, e))?;
+            return Ok(KillMethod::CgroupKill);
+        }
+        for pid in procs_recursive(dir)? {
+            if pid > 0 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        Ok(KillMethod::Sigkill)
+    }
+
+    /// Removes a job's cgroup: whatever still runs in it is killed first, then it is
+    /// removed once empty (waited for up to `timeout`).
+    pub fn remove_job(&self, dir: &Path, timeout: Duration) -> Result<()> {
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        if read_event(dir, "populated") == Some(true) {
+            self.kill_job(dir)?;
+            if !wait_event(dir, "populated", false, timeout) {
+                return Err(AgentError::Busy(format!(
+                    "job cgroup {} still has processes after kill",
+                    dir.display()
+                )));
+            }
+        }
+        remove_tree(dir, self.plain_tree)
+    }
+
     /// The pids in the account cgroup (not its children).
     pub fn procs(&self, account: &AccountName) -> Result<Vec<i32>> {
         let dir = self.existing_dir(account)?;

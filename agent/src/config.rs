@@ -74,6 +74,10 @@ pub struct AgentConfig {
     pub limits: Limits,
     pub fallback: Fallback,
     pub host: HostConfig,
+    /// The executable a restore's unpack runs as, a child process inside the account's
+    /// cgroup ([`crate::child`]). `None`: the running binary itself when it can be that child
+    /// (`npanel-agent`, `npanel`), else a thread of this process.
+    pub unpack_helper: Option<PathBuf>,
 }
 
 /// The `[host]` table: where and how account resources live on the host.
@@ -133,6 +137,7 @@ impl Default for AgentConfig {
             limits: Limits::default(),
             fallback: Fallback::default(),
             host: HostConfig::default(),
+            unpack_helper: None,
         }
     }
 }

@@ -41,6 +41,7 @@
 pub mod account;
 pub mod backup;
 pub mod cgroup;
+pub mod child;
 pub mod client;
 pub mod config;
 pub mod error;

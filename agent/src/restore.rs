@@ -9,9 +9,13 @@
 //! - **Install.** The current home (if any) is renamed to `<staging>/previous`, the staged
 //!   home into its place. [`revert_home`] swaps them back; [`discard_restore`] deletes the
 //!   staging, and the previous home with it.
+//! - **In the account's cgroup.** Given an [`InChild`], the unpack runs as a child process in
+//!   the job cgroup `<account>/job-<restore_id>` ([`crate::child`]); without one (a test
+//!   harness, no helper binary) on the calling thread.
 //! - **Progress and cancel** go through a registry of running unpacks in this process, so they
 //!   work the same over the socket and in the embedded host: [`unpack_status`] reads the
-//!   counters, [`cancel_unpack`] sets the flag the unpack checks between chunks.
+//!   counters; [`cancel_unpack`] kills the child's cgroup (`cgroup.kill`, so whatever it
+//!   started dies too) or the child, or sets the flag a thread's unpack checks between chunks.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -22,9 +26,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::account::AccountName;
+use crate::cgroup::CgroupManager;
+use crate::child::{self, ChildHandle, ChildRequest};
 use crate::error::{AgentError, Result};
 use crate::fsx;
 use crate::unpack::{unpack, UnpackError, UnpackOptions, UnpackProgress, Unpacked};
+
+/// How long a job cgroup may take to empty after its child ended or was killed.
+const JOB_CGROUP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run the unpack as a child process ([`crate::child`]), in the account's cgroup where the
+/// manager can place processes.
+#[derive(Debug, Clone, Copy)]
+pub struct InChild<'a> {
+    /// The executable started with [`child::HELPER_ARG`].
+    pub helper: &'a Path,
+    pub cgroups: &'a CgroupManager,
+    pub account: &'a AccountName,
+}
 
 /// Answer to an unpack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +54,13 @@ pub struct ArchiveUnpacked {
     /// Size of the archive file.
     pub archive_bytes: u64,
     pub unpacked: Unpacked,
+    /// Whether the unpack ran as a child process of its own.
+    #[serde(default)]
+    pub child_process: bool,
+    /// The cgroup the child reported it ran in (`/npanel.slice/alice/job-…`), where it ran in
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// Counters of a running unpack.
@@ -80,6 +106,8 @@ struct Running {
     cancel: Arc<AtomicBool>,
     archive_bytes: u64,
     last_file: Arc<Mutex<Option<(String, u64)>>>,
+    /// The child process doing the unpack, while it runs.
+    child: Arc<Mutex<Option<ChildHandle>>>,
 }
 
 fn running() -> &'static Mutex<HashMap<String, Running>> {
@@ -109,6 +137,7 @@ pub fn unpack_archive(
     restore_id: &str,
     archive: &Path,
     opts: &UnpackOptions,
+    in_child: Option<InChild<'_>>,
 ) -> Result<ArchiveUnpacked> {
     check_id(restore_id)?;
     let meta = std::fs::symlink_metadata(archive).map_err(|e| AgentError::io(archive, e))?;
@@ -128,6 +157,7 @@ pub fn unpack_archive(
     let progress = Arc::new(UnpackProgress::default());
     let cancel = Arc::new(AtomicBool::new(false));
     let last_file = Arc::new(Mutex::new(None));
+    let child_slot = Arc::new(Mutex::new(None));
     {
         let mut r = running().lock().unwrap_or_else(|p| p.into_inner());
         if r.contains_key(restore_id) {
@@ -142,6 +172,7 @@ pub fn unpack_archive(
                 cancel: cancel.clone(),
                 archive_bytes: meta.len(),
                 last_file: last_file.clone(),
+                child: child_slot.clone(),
             },
         );
     }
@@ -172,18 +203,48 @@ pub fn unpack_archive(
     if let Some(free) = free_bytes(home_root) {
         opts.max_bytes = opts.max_bytes.min(free);
     }
-    let result = unpack(
-        archive,
-        &staging.path.join("home"),
-        &staging.path.join("meta"),
-        &opts,
-        &progress,
-        &cancel,
-        &mut |path, n| {
-            *last_file.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((path.display().to_string(), n));
-        },
-    );
+    let (home, meta_dir) = (staging.path.join("home"), staging.path.join("meta"));
+    let (result, cgroup) = match in_child {
+        None => {
+            let result = unpack(
+                archive,
+                &home,
+                &meta_dir,
+                &opts,
+                &progress,
+                &cancel,
+                &mut |path, n| {
+                    *last_file.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((path.display().to_string(), n));
+                },
+            );
+            (result, None)
+        }
+        Some(c) => {
+            let req = ChildRequest {
+                archive: archive.to_path_buf(),
+                home,
+                meta: meta_dir,
+                opts,
+            };
+            match unpack_in_child(
+                c,
+                restore_id,
+                &req,
+                &progress,
+                &last_file,
+                &cancel,
+                &child_slot,
+            ) {
+                Ok(x) => x,
+                Err(e) => {
+                    release();
+                    let _ = base.remove_tree(&name);
+                    return Err(e);
+                }
+            }
+        }
+    };
     release();
     match result {
         Ok(unpacked) => Ok(ArchiveUnpacked {
@@ -191,6 +252,8 @@ pub fn unpack_archive(
             staging: staging.path.display().to_string(),
             archive_bytes: meta.len(),
             unpacked,
+            child_process: in_child.is_some(),
+            cgroup,
         }),
         Err(e) => {
             let _ = base.remove_tree(&name);
@@ -201,6 +264,65 @@ pub fn unpack_archive(
                 UnpackError::Io { path, source } => AgentError::Io { path, source },
                 refused => AgentError::InvalidRequest(refused.to_string()),
             })
+        }
+    }
+}
+
+/// The unpack as a child process in the job cgroup of `restore_id` (removed again after):
+/// the unpack's own outcome and the cgroup the child ran in, or why the child failed.
+fn unpack_in_child(
+    c: InChild<'_>,
+    restore_id: &str,
+    req: &ChildRequest,
+    progress: &UnpackProgress,
+    last_file: &Mutex<Option<(String, u64)>>,
+    cancel: &AtomicBool,
+    slot: &Mutex<Option<ChildHandle>>,
+) -> Result<(std::result::Result<Unpacked, UnpackError>, Option<String>)> {
+    let cgroup = c.cgroups.job_cgroup(c.account, restore_id)?;
+    let started = |handle: Option<ChildHandle>| {
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+        *s = handle;
+        // A cancel that came before the child existed kills it as soon as it does.
+        if let Some(h) = s.as_ref().filter(|_| cancel.load(Ordering::Relaxed)) {
+            kill_child(c.cgroups, h);
+        }
+    };
+    let outcome = child::run(
+        c.helper,
+        cgroup.as_deref(),
+        req,
+        progress,
+        last_file,
+        &started,
+        cancel,
+    );
+    if let Some(dir) = &cgroup {
+        if let Err(e) = c.cgroups.remove_job(dir, JOB_CGROUP_DRAIN) {
+            tracing::warn!(restore_id, "job cgroup left behind: {e}");
+        }
+    }
+    let outcome = outcome.map_err(|e| AgentError::io(c.helper, e))?;
+    Ok((outcome.result, outcome.cgroup))
+}
+
+/// Kills a running child: its whole job cgroup where it has one, else the process.
+fn kill_child(cgroups: &CgroupManager, h: &ChildHandle) {
+    match &h.cgroup {
+        Some(dir) => {
+            if let Err(e) = cgroups.kill_job(dir) {
+                tracing::warn!(pid = h.pid, "cannot kill job cgroup {}: {e}", dir.display());
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(h.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        None => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(h.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -255,12 +377,16 @@ pub fn unpack_status(home_root: &Path, restore_id: &str) -> Result<UnpackStatus>
     })
 }
 
-/// Ask the unpack of `restore_id` to stop; `false` if none runs.
-pub fn cancel_unpack(restore_id: &str) -> bool {
+/// Stop the unpack of `restore_id`: its child process killed with everything in its job
+/// cgroup, or the flag set that a thread's unpack checks. `false` if none runs.
+pub fn cancel_unpack(cgroups: &CgroupManager, restore_id: &str) -> bool {
     let r = running().lock().unwrap_or_else(|p| p.into_inner());
     match r.get(restore_id) {
         Some(u) => {
             u.cancel.store(true, Ordering::Relaxed);
+            if let Some(h) = u.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                kill_child(cgroups, h);
+            }
             true
         }
         None => false,
@@ -345,9 +471,13 @@ pub fn revert_home(home_root: &Path, account: &AccountName, restore_id: &str) ->
 
 /// Delete the staging of `restore_id` (and the home an install replaced); `false` if there
 /// was none.
-pub fn discard_restore(home_root: &Path, restore_id: &str) -> Result<bool> {
+pub fn discard_restore(
+    home_root: &Path,
+    cgroups: &CgroupManager,
+    restore_id: &str,
+) -> Result<bool> {
     check_id(restore_id)?;
-    cancel_unpack(restore_id);
+    cancel_unpack(cgroups, restore_id);
     let base = match fsx::open_base(home_root) {
         Ok(b) => b,
         Err(AgentError::NotFound { .. }) => return Ok(false),

@@ -611,7 +611,7 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             })
         }
         Request::UnpackArchive {
-            account: _,
+            account,
             restore_id,
             archive,
             max_bytes,
@@ -628,11 +628,21 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 scan_first,
                 ..UnpackOptions::default()
             };
+            let helper = cfg
+                .unpack_helper
+                .clone()
+                .or_else(crate::child::default_helper);
+            let in_child = helper.as_deref().map(|helper| restore::InChild {
+                helper,
+                cgroups: cg,
+                account: &account,
+            });
             Ok(Reply::ArchiveUnpacked(restore::unpack_archive(
                 &cfg.home_root(),
                 &restore_id,
                 Path::new(&archive),
                 &opts,
+                in_child,
             )?))
         }
         Request::UnpackStatus { restore_id } => Ok(Reply::UnpackStatus(restore::unpack_status(
@@ -640,7 +650,7 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             &restore_id,
         )?)),
         Request::CancelUnpack { restore_id } => {
-            let running = restore::cancel_unpack(&restore_id);
+            let running = restore::cancel_unpack(cg, &restore_id);
             Ok(Reply::UnpackCancelled {
                 restore_id,
                 running,
@@ -665,7 +675,7 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             Ok(Reply::HomeReverted { account, reverted })
         }
         Request::DiscardRestore { restore_id } => {
-            let existed = restore::discard_restore(&cfg.home_root(), &restore_id)?;
+            let existed = restore::discard_restore(&cfg.home_root(), cg, &restore_id)?;
             Ok(Reply::RestoreDiscarded {
                 restore_id,
                 existed,

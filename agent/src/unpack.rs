@@ -117,7 +117,7 @@ impl Compression {
 }
 
 /// Bounds and ownership of an unpack.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnpackOptions {
     /// Owner given to everything written (`None`: left as the caller).
     pub owner: Option<(u32, u32)>,

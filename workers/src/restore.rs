@@ -273,6 +273,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "account": account_id,
         "archive": archive,
         "compression": unpacked.as_ref().and_then(|u| u.unpacked.compression),
+        "unpack_cgroup": unpacked.as_ref().and_then(|u| u.cgroup.clone()),
         "total_time": started.elapsed().as_secs_f64(),
         "data_restored": bytes,
         "data_restored_human": human(bytes),
@@ -418,8 +419,13 @@ async fn extract(
     match reply {
         Ok(Reply::ArchiveUnpacked(u)) => {
             ctx.progress("extracting", size.max(1), size.max(1));
+            let place = match (&u.cgroup, u.child_process) {
+                (Some(cg), _) => format!(" in cgroup {cg}"),
+                (None, true) => " in a process of its own (no cgroup here)".to_string(),
+                (None, false) => String::new(),
+            };
             ctx.log(format!(
-                "Extracted {} files ({}) and {} metadata files; {} entries skipped",
+                "Extracted {} files ({}) and {} metadata files{place}; {} entries skipped",
                 u.unpacked.home_files,
                 human(u.unpacked.home_bytes),
                 u.unpacked.meta_files,

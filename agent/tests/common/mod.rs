@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod archive;
+pub mod cgroups;
 
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_npanel-agent");
 pub const WATCHDOG_BIN: &str = env!("CARGO_BIN_EXE_npanel-watchdog");
