@@ -813,6 +813,19 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Customer accounts that live on the host (active or suspended), keyset by id: what the
+    /// quota sweep walks.
+    pub async fn hosted_accounts(&self, after: Option<&str>, limit: i64) -> Result<Vec<Account>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM accounts a LEFT JOIN packages p ON p.id = a.package WHERE a.type = 'customer' AND a.status IN ('active', 'suspended') AND a.id > $1 ORDER BY a.id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Point an account at another package (after [`Store::check_package_change`]).
     pub async fn set_account_package(&self, id: &str, package: &str) -> Result<Account> {
         sqlx::query("UPDATE accounts SET package = $1 WHERE id = $2")

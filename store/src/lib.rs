@@ -22,6 +22,7 @@ mod history;
 mod packages;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod usage;
 mod whmcs;
 
 pub use accounts::{
@@ -35,6 +36,10 @@ pub use history::{HistoryFilter, HistoryRow};
 pub use packages::{
     parse_package_yaml, Limits, NewPackage, Package, PackageStatus, PackageUpdate, FEATURES,
     MAX_PACKAGES, MAX_PACKAGE_BYTES,
+};
+pub use usage::{
+    month_start_ms, UsageNow, UsagePoint, UsageSample, DAY_MS, HOURLY_KEEP_MS, HOUR_MS,
+    USAGE_KEEP_MS,
 };
 pub use whmcs::{ActiveKey, WhmcsKey, DEFAULT_ROTATION_GRACE};
 

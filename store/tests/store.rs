@@ -887,3 +887,104 @@ async fn an_upgraded_postgres_store_finds_its_old_records() {
     assert!(upgraded.verify_audit().await.unwrap().ok);
     upgraded.close().await;
 }
+
+fn sample(account: &str, at: i64, disk: i64, bw: i64) -> UsageSample {
+    UsageSample {
+        account: account.into(),
+        at,
+        disk_bytes: disk,
+        disk_files: disk / 100,
+        bandwidth_bytes: bw,
+        mail_sent: 1,
+        db_bytes: None,
+        addon_domains: 0,
+        measured_at: at + 60_000,
+    }
+}
+
+#[tokio::test]
+async fn usage_series_roll_up_and_cursors() {
+    each(async |t: &TestStore| {
+        let s = &t.store;
+        let now = now_ms();
+        let hour = now - now.rem_euclid(HOUR_MS);
+        // 40 days of hourly samples of alice: disk grows by 1000 an hour, 10 bytes served.
+        let hours = 40 * 24;
+        let samples: Vec<UsageSample> = (0..hours)
+            .map(|i| {
+                sample(
+                    "alice",
+                    hour - (hours - 1 - i) * HOUR_MS,
+                    1000 * (i + 1),
+                    10,
+                )
+            })
+            .collect();
+        s.record_usage(&samples).await.unwrap();
+        s.record_usage(&[sample("bob", hour, 5, 7)]).await.unwrap();
+        // Writing an hour again replaces it.
+        s.record_usage(&[sample("bob", hour + 5, 6, 8)])
+            .await
+            .unwrap();
+        let done = s.usage_measured_at(hour + 1234).await.unwrap();
+        assert_eq!(done.len(), 2, "{done:?}");
+
+        let now_u = s.usage_now(None).await.unwrap();
+        assert_eq!(now_u["alice"].disk_bytes, 1000 * hours);
+        assert_eq!(now_u["bob"].disk_bytes, 6);
+        assert_eq!(now_u["bob"].bandwidth_month_bytes, 8);
+        let month_hours = (hour - month_start_ms(now)) / HOUR_MS + 1;
+        assert_eq!(now_u["alice"].bandwidth_month_bytes, 10 * month_hours);
+        let only = s.usage_now(Some(&["bob".to_string()])).await.unwrap();
+        assert_eq!(only.keys().collect::<Vec<_>>(), vec!["bob"]);
+        assert!(s.usage_now(Some(&[])).await.unwrap().is_empty());
+
+        // Hourly: the last 24 hours are 24 points; daily: sums and maxima per day.
+        let day = s
+            .usage_series("alice", hour - 23 * HOUR_MS, hour + HOUR_MS, HOUR_MS)
+            .await
+            .unwrap();
+        assert_eq!(day.len(), 24);
+        assert_eq!(day.last().unwrap().disk_bytes, 1000 * hours);
+        let days = s
+            .usage_series("alice", 0, hour + HOUR_MS, DAY_MS)
+            .await
+            .unwrap();
+        let total: i64 = days.iter().map(|p| p.bandwidth_bytes).sum();
+        assert_eq!(total, 10 * hours);
+        assert!(days.len() >= 40 && days.len() <= 41, "{}", days.len());
+
+        // Roll-up: days older than 30 days become one row each; the series reads the same.
+        let (rolled, dropped) = s.roll_up_usage(now).await.unwrap();
+        assert!(rolled >= 9 * 24, "{rolled}");
+        assert_eq!(dropped, 0);
+        let after = s
+            .usage_series("alice", 0, hour + HOUR_MS, DAY_MS)
+            .await
+            .unwrap();
+        assert_eq!(
+            after, days,
+            "the daily series is the same after the roll-up"
+        );
+        let (again, _) = s.roll_up_usage(now).await.unwrap();
+        assert_eq!(again, 0, "nothing left to roll up");
+        // Two years on, everything is gone.
+        let (_, dropped) = s
+            .roll_up_usage(now + USAGE_KEEP_MS + DAY_MS * 2)
+            .await
+            .unwrap();
+        assert!(dropped > 0);
+        assert!(s.usage_now(None).await.unwrap().is_empty());
+
+        // Cursors.
+        assert_eq!(s.usage_cursor("access:x").await.unwrap(), None);
+        s.set_usage_cursors(&[("access:x".into(), 7, 100)])
+            .await
+            .unwrap();
+        s.set_usage_cursors(&[("access:x".into(), 7, 250)])
+            .await
+            .unwrap();
+        assert_eq!(s.usage_cursor("access:x").await.unwrap(), Some((7, 250)));
+    })
+    .await;
+}
