@@ -37,6 +37,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Where accounts live: the privileged agent, or the embedded default.
     pub host: HostSettings,
+    /// The hourly quota sweep: where it reads traffic, how many homes it walks at once.
+    pub quota: QuotaSettings,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
@@ -177,6 +179,46 @@ impl HostSettings {
     }
 }
 
+/// Quota sweep settings (DESIGN §13).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Directory of per-domain access logs (`<domain>`, `<domain>.log`, `<domain>-ssl_log`).
+    /// Default `<host root>/var/log/domlogs` (`/var/log/domlogs` with the agent).
+    pub access_logs: Option<PathBuf>,
+    /// Exim's main log. Default `<host root>/var/log/exim4/mainlog`.
+    pub mail_log: Option<PathBuf>,
+    /// Homes walked at once. Default 4.
+    pub parallel: usize,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            access_logs: None,
+            mail_log: None,
+            parallel: 4,
+        }
+    }
+}
+
+impl QuotaSettings {
+    /// As the sweep wants it, for a host whose root is `host_root`.
+    pub fn sweep(&self, host_root: &Path) -> workers::quota::SweepConfig {
+        workers::quota::SweepConfig {
+            access_logs: self
+                .access_logs
+                .clone()
+                .unwrap_or_else(|| host_root.join("var/log/domlogs")),
+            mail_log: self
+                .mail_log
+                .clone()
+                .unwrap_or_else(|| host_root.join("var/log/exim4/mainlog")),
+            parallel: self.parallel,
+        }
+    }
+}
+
 /// WebSocket settings (see `ws::HubConfig`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -231,6 +273,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             store: StoreConfig::default(),
             host: HostSettings::default(),
+            quota: QuotaSettings::default(),
             log: "info".into(),
             metrics_listen: None,
         }
@@ -334,6 +377,12 @@ impl Config {
         p.extend(self.api.validate());
         if self.ws.max_connections == 0 {
             p.push("ws.max_connections must be at least 1.".into());
+        }
+        if !(1..=64).contains(&self.quota.parallel) {
+            p.push(format!(
+                "quota.parallel {} must be between 1 and 64.",
+                self.quota.parallel
+            ));
         }
         if self.ws.ping_interval_secs == 0 {
             p.push("ws.ping_interval_secs must be at least 1.".into());

@@ -105,6 +105,14 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                 cfg.host.provision(),
             ))
             .with_backup(workers::backup::BackupMaker::new(s.clone(), host.clone()))
+            .with_quota_sweep(workers::quota::QuotaSweeper::new(
+                s.clone(),
+                host.clone(),
+                cfg.quota.sweep(&match cfg.host.agent_socket {
+                    Some(_) => std::path::PathBuf::from("/"),
+                    None => cfg.host.root_for(&cfg.data_dir),
+                }),
+            ))
             .with_restore(workers::restore::Restorer::new(
                 s.clone(),
                 host,

@@ -300,7 +300,7 @@ pub struct AuditQuery {
     pub format: Option<String>,
 }
 
-fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
             chrono::DateTime::parse_from_rfc3339(s)

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod ops;
 pub mod packages;
 pub mod restore;
+pub mod usage;
 pub mod whmcs;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -249,6 +250,7 @@ fn routes() -> Routes {
         .routes(routes!(admin::resume))
         .routes(routes!(accounts::list, accounts::create))
         .routes(routes!(accounts::get_account))
+        .routes(routes!(usage::account_usage))
         .routes(routes!(accounts::suspend))
         .routes(routes!(accounts::unsuspend))
         .routes(routes!(accounts::terminate))

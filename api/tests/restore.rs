@@ -22,28 +22,6 @@ async fn server(root: &Path) -> Server {
     .await
 }
 
-/// An account provisioned on the host root, with a file of its own in its home.
-async fn provisioned(srv: &Server, root: &Path, id: &str, package: &str) -> PathBuf {
-    let admin = token(Role::Admin, None, None);
-    let r = srv
-        .req(
-            "POST",
-            "/api/accounts",
-            Some(&admin),
-            Some(
-                &json!({"id": id, "package": package, "domain": format!("{id}.example")})
-                    .to_string(),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
-    let job = srv.wait_final(r.json["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
-    let home = root.join("home").join(id);
-    std::fs::write(home.join("before-restore.txt"), "mine").unwrap();
-    home
-}
-
 /// A `cpmove-USER.tar.gz` with a site, a mailbox, metadata and one hostile entry.
 fn cpmove(dir: &Path, user: &str, big: usize) -> PathBuf {
     let mut b = tar::Builder::new(Vec::new());

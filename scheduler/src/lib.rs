@@ -52,16 +52,16 @@ pub fn builtin() -> Vec<ScheduleSpec> {
             ),
         },
         ScheduleSpec {
-        name: "quota_sweep".into(),
-        cron: "0 0 * * * *".into(),
-        kind: JobKind::QuotaSweep,
-        payload: serde_json::json!({}),
-        enabled: false,
-        note: Some(
-            "disabled: this build has no quota_sweep handler yet; the schedule fires hourly once it has"
-                .into(),
-        ),
-    },
+            name: "quota_sweep".into(),
+            cron: "0 0 * * * *".into(),
+            kind: JobKind::QuotaSweep,
+            payload: serde_json::json!({}),
+            enabled: true,
+            note: Some(
+                "hourly: every hosted account's disk, bandwidth and mail into the usage series"
+                    .into(),
+            ),
+        },
     ]
 }
 

@@ -125,15 +125,16 @@ async fn injected_clock_fires_the_next_tick_once() {
 }
 
 #[tokio::test]
-async fn the_quota_sweep_is_declared_but_disabled_and_bad_cron_is_refused() {
+async fn the_quota_sweep_runs_hourly_and_bad_cron_is_refused() {
     let q = Queue::new(testing::config("builtin")).unwrap();
     let s = Scheduler::new(q.clone(), builtin()).unwrap();
     assert!(s.tick().await.unwrap().is_empty());
     let st = s.status().await.unwrap();
     let sweep = st.iter().find(|x| x.name == "quota_sweep").unwrap();
-    assert!(!sweep.enabled);
-    assert!(sweep.note.as_deref().unwrap().contains("disabled"));
-    assert_eq!(sweep.next_run, None);
+    assert!(sweep.enabled);
+    assert!(sweep.note.as_deref().unwrap().contains("hourly"));
+    let next = sweep.next_run.expect("the sweep is scheduled");
+    assert_eq!(next.timestamp() % 3600, 0, "on the hour: {next}");
     // The store's daily retention is on.
     let retention = st.iter().find(|x| x.name == "retention").unwrap();
     assert!(retention.enabled);

@@ -16,6 +16,7 @@ pub mod diagnostic;
 pub mod metrics;
 mod pool;
 pub mod provision;
+pub mod quota;
 mod registry;
 pub mod restore;
 pub mod retention;

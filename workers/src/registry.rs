@@ -51,6 +51,13 @@ impl Registry {
         })
     }
 
+    /// Add the `quota_sweep` handler.
+    pub fn with_quota_sweep(self, q: std::sync::Arc<crate::quota::QuotaSweeper>) -> Self {
+        self.register(JobKind::QuotaSweep, move |ctx| {
+            crate::quota::run(ctx, q.clone())
+        })
+    }
+
     /// Add the `restore` handler.
     pub fn with_restore(self, r: std::sync::Arc<crate::restore::Restorer>) -> Self {
         self.register(JobKind::Restore, move |ctx| {

@@ -117,6 +117,15 @@ pub async fn start(o: Opts) -> Server {
             ts.store.clone(),
             host.clone(),
         ));
+        registry = registry.with_quota_sweep(workers::quota::QuotaSweeper::new(
+            ts.store.clone(),
+            host.clone(),
+            workers::quota::SweepConfig {
+                access_logs: root.join("var/log/domlogs"),
+                mail_log: root.join("var/log/exim4/mainlog"),
+                parallel: 4,
+            },
+        ));
         // The real restore, unless the test brought its own.
         if !registry.kinds().contains(&queue::JobKind::Restore) {
             registry = registry.with_restore(workers::restore::Restorer::new(
@@ -373,4 +382,31 @@ impl Ws {
 
 pub fn seq(v: &Value) -> (u64, u64) {
     ws::parse_seq(v["seq"].as_str().unwrap()).unwrap()
+}
+
+/// An account provisioned on the host root, with a file of its own in its home.
+pub async fn provisioned(
+    srv: &Server,
+    root: &std::path::Path,
+    id: &str,
+    package: &str,
+) -> std::path::PathBuf {
+    let admin = token(api::Role::Admin, None, None);
+    let r = srv
+        .req(
+            "POST",
+            "/api/accounts",
+            Some(&admin),
+            Some(
+                &serde_json::json!({"id": id, "package": package, "domain": format!("{id}.example")})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = srv.wait_final(r.json["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
+    let home = root.join("home").join(id);
+    std::fs::write(home.join("before-restore.txt"), "mine").unwrap();
+    home
 }
