@@ -76,6 +76,23 @@ pub async fn resolve(
     Ok((started.url.clone(), Some(started)))
 }
 
+/// The private redis-server a running `npanel serve` started under `data_dir`, if one answers
+/// on its socket (commands run next to `serve`, like `npanel token --login-link`, use it).
+pub async fn running_private(data_dir: &Path) -> Option<String> {
+    let sock = data_dir.join("redis").join(SOCKET);
+    let answers = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::UnixStream::connect(&sock),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let sock = sock.canonicalize().ok()?;
+    answers.then(|| format!("redis+unix://{}", sock.display()))
+}
+
+/// The socket file of the private server, in `<data_dir>/redis/`.
+const SOCKET: &str = "redis.sock";
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -90,7 +107,7 @@ async fn start(bin: &Path, data_dir: &Path) -> Result<LocalRedis, LocalRedisErro
     let dir = dir
         .canonicalize()
         .map_err(|e| LocalRedisError::Start(e.to_string()))?;
-    let sock = dir.join("redis.sock");
+    let sock = dir.join(SOCKET);
     let _ = std::fs::remove_file(&sock);
     let child = Command::new(bin)
         .args([

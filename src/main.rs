@@ -61,6 +61,10 @@ enum Cmd {
         /// Who the token is for (audit logs).
         #[arg(long, default_value = "cli")]
         subject: String,
+        /// Print a one-time login link (60 s, single use) instead of a token; its code is kept
+        /// in the service's Redis and exchanged for a token living --ttl.
+        #[arg(long)]
+        login_link: bool,
         /// Data directory (where a generated secret lives).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -503,10 +507,22 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 reseller,
                 ttl,
                 subject,
+                login_link,
                 ..
             } => {
                 let role: api::Role = role.parse().map_err(anyhow::Error::msg)?;
                 let ttl = cli::parse_duration(&ttl)?;
+                if login_link {
+                    let req = cli::login::LinkRequest {
+                        role,
+                        account,
+                        reseller,
+                        subject,
+                        token_ttl: ttl,
+                    };
+                    println!("{}", cli::login::login_link(&cfg, req).await?);
+                    return Ok(true);
+                }
                 let secret =
                     api::auth::load_or_create_secret(cfg.api.jwt_secret.as_deref(), &cfg.data_dir)
                         .context("cannot read or create the JWT secret in the data dir")?;

@@ -435,3 +435,73 @@ fn packages_import_reports_broken_yaml_and_goes_on() {
     assert!(!o.status.success());
     assert!(text(&o).contains("no *.yaml"), "{}", text(&o));
 }
+
+/// `npanel token --login-link`'s library half (`npanel::cli::login`) against a live server: the
+/// code goes into the server's Redis, and its link exchanges once for a token of that account.
+#[test]
+fn login_links_exchange_once_against_a_live_server() {
+    use npanel::cli::client::Api;
+    use npanel::cli::login::{base_url, login_link, LinkRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_srv, url, qc) = serve_queue(&data, "cli-login");
+    seed_customers(&data, "basic", &["linked", "other"]);
+    let mut cfg = npanel::Config {
+        data_dir: data.clone(),
+        queue: qc,
+        ..npanel::Config::default()
+    };
+    cfg.api.public_url = Some(format!("{url}/"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let req = LinkRequest {
+        role: api::Role::Customer,
+        account: Some("linked".into()),
+        reseller: None,
+        subject: "ops".into(),
+        token_ttl: Duration::from_secs(3600),
+    };
+    let link = rt.block_on(login_link(&cfg, req.clone())).unwrap();
+    let code = link
+        .strip_prefix(&format!("{url}/login#code="))
+        .unwrap_or_else(|| panic!("{link} is not {url}/login#code=..."))
+        .to_string();
+    assert_eq!(code.len(), 43, "{code}");
+
+    let anon = Api::new(&url, None).unwrap();
+    let body = serde_json::json!({ "code": code });
+    let v = rt
+        .block_on(anon.call("POST", "/api/auth/login", Some(body.clone())))
+        .unwrap();
+    assert_eq!(v["account"], "linked", "{v}");
+    assert_eq!(v["role"], "customer");
+    assert_eq!(v["expires_in"], 3600, "--ttl is the token's lifetime");
+    let tok = v["token"].as_str().unwrap();
+    let o = npanel(&["accounts", "show", "linked"], &url, tok);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = npanel(&["accounts", "show", "other"], &url, tok);
+    assert!(!o.status.success(), "{}", text(&o));
+    // Once only.
+    let e = rt
+        .block_on(anon.call("POST", "/api/auth/login", Some(body)))
+        .unwrap_err();
+    let e = e
+        .downcast_ref::<npanel::cli::client::ApiError>()
+        .expect("an API error");
+    assert_eq!((e.status, e.code.as_str()), (401, "unauthorized"));
+
+    // A customer link needs an account, said before Redis is looked for.
+    let e = rt
+        .block_on(login_link(
+            &cfg,
+            LinkRequest {
+                account: None,
+                ..req
+            },
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("--account"), "{e}");
+    // Without api.public_url the link points at `listen` (loopback for an unspecified one).
+    cfg.api.public_url = None;
+    cfg.listen = "0.0.0.0:8080".into();
+    assert_eq!(base_url(&cfg), "http://127.0.0.1:8080");
+}

@@ -1,6 +1,8 @@
 //! The WHMCS server module (PHP, `api/whmcs/`) against a live `npanel serve`: the php-cli
-//! harness (`api/whmcs/tests/run.php`) drives every module function end to end, and the
-//! accounts it makes are real under the embedded host root (`<data_dir>/host`).
+//! harness (`api/whmcs/tests/run.php`) drives every module function end to end (single sign-on
+//! included: the harness exchanges the link's code at `/api/auth/login` and checks no log entry
+//! shows it), and the accounts it makes are real under the embedded host root
+//! (`<data_dir>/host`).
 //!
 //! Needs `php` with the curl extension on PATH (`.ci/run` installs php-cli and php-curl); without
 //! them the test says it was skipped and passes.
@@ -116,6 +118,8 @@ fn whmcs_module_drives_a_live_server_end_to_end() {
         "CreateAccount again -> success",
         "UsageUpdate -> success",
         "ListAccounts lists the account",
+        "ServiceSingleSignOn -> a login link",
+        "ServiceSingleSignOn after terminate",
         "TerminateAccount -> success",
     ] {
         assert!(text(&o).contains(check), "no '{check}' in: {}", text(&o));

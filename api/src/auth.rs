@@ -275,7 +275,7 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
 /// The hierarchy check: a reseller token's reseller must be a reseller in the store, a
 /// customer token's account a customer whose reseller is the token's (filled in from the store
 /// when the token has none). Terminated accounts are refused. One indexed read per request.
-async fn check_against_store(store: &store::Store, mut v: ws::Viewer) -> Authn {
+pub(crate) async fn check_against_store(store: &store::Store, mut v: ws::Viewer) -> Authn {
     use store::{AccountStatus, AccountType, StoreError};
     let id = match v.role {
         Role::Admin => return Authn::Ok(v),

@@ -9,7 +9,9 @@
 //!   request id, role; never the query string, which may hold a token) → metrics → timeout →
 //!   body limit; then on `/api/*` only: [`auth::authenticate`] → [`limit::rate_limit`], except
 //!   `/api/whmcs/*`, which takes signed requests instead ([`whmcs::authenticate`], its own
-//!   per-key limit).
+//!   per-key limit). `POST /api/auth/login` is an `/api` route like the others: without a token
+//!   it is limited per client IP. `GET /login` and `/login.js` are the page of one-time login
+//!   links ([`login`]), static and unauthenticated like the operations routes.
 //! - [`error`] holds the one error type and its table of stable codes.
 //! - Every route is registered through `utoipa-axum`, so `/api/openapi.json` is generated from
 //!   the same annotations that mount the handlers and cannot drift from them.
@@ -31,6 +33,7 @@ pub mod history;
 pub mod jobs;
 pub mod limit;
 pub mod live;
+pub mod login;
 pub mod metrics;
 pub mod ops;
 pub mod packages;
@@ -75,6 +78,10 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// The WHMCS API (wait bound, per-key limit, login URL).
     pub whmcs: whmcs::WhmcsConfig,
+    /// The panel's address as browsers reach it (`https://panel.example.net`), the base of
+    /// one-time login links. Unset: `http://` and the Host header of the request asking for
+    /// the link (`npanel token --login-link`: `http://` and `listen`).
+    pub public_url: Option<String>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -88,6 +95,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("whmcs", &self.whmcs)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -100,6 +108,7 @@ impl Default for ApiConfig {
             request_timeout_secs: 30,
             body_limit_bytes: 1024 * 1024,
             whmcs: whmcs::WhmcsConfig::default(),
+            public_url: None,
         }
     }
 }
@@ -117,6 +126,14 @@ impl ApiConfig {
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             p.push(
                 "api.jwt_secret must be at least 16 characters (or unset, to generate one).".into(),
+            );
+        }
+        if self.public_url.as_deref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['#', '?', ' '])
+        }) {
+            p.push(
+                "api.public_url must be an http:// or https:// address without a query or fragment, e.g. https://panel.example.net."
+                    .into(),
             );
         }
         p.extend(self.whmcs.validate(self.request_timeout_secs));
@@ -271,12 +288,15 @@ fn routes() -> Routes {
         .routes(routes!(audit::export))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::get_record))
+        .routes(routes!(login::exchange))
         .split_for_parts();
     let (ops, ops_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(login::page))
+        .routes(routes!(login::script))
         .split_for_parts();
     let (whmcs, whmcs_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(whmcs::create_account))
@@ -289,6 +309,7 @@ fn routes() -> Routes {
         .routes(routes!(whmcs::account_usage))
         .routes(routes!(whmcs::usage))
         .routes(routes!(whmcs::accounts))
+        .routes(routes!(whmcs::single_sign_on))
         .split_for_parts();
     doc.merge(ops_doc);
     doc.merge(whmcs_doc);
@@ -299,7 +320,8 @@ fn routes() -> Routes {
     doc.info.description = Some(
         "Bearer JWT on every /api route (roles admin, reseller, customer) but /api/whmcs, which \
          takes requests signed with a WHMCS key (Bearer key id, X-WHMCS-Timestamp, \
-         X-WHMCS-Signature); errors are {\"error\": code, \"message\"} (WHMCS: {\"status\": \
+         X-WHMCS-Signature), and POST /api/auth/login, which takes a one-time login code \
+         instead; errors are {\"error\": code, \"message\"} (WHMCS: {\"status\": \
          \"error\", \"error\", \"message\"})."
             .into(),
     );

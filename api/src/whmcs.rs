@@ -36,6 +36,14 @@
 //! wait connection free) → `202 {"status": "pending", "job_id", "message"}`, and the Module
 //! Queue's retry finishes it. Never "success" before the job succeeded.
 //!
+//! # Single sign-on
+//! `POST /api/whmcs/account/{service_id}/sso` (body `{"account_id"?}`) answers a one-time
+//! login link for the service's customer account, `{"status": "success", "url":
+//! "<base>/login#code=<code>", "expires_in": 60, "account_id"}` ([`crate::login`]: 60 s, single
+//! use). The account is resolved like the other routes (another scope's or a missing one: the
+//! same 404); a terminated one is refused (409). It is audited as `login_link_created`, never
+//! with the code.
+//!
 //! # Answers
 //! `{"status": "success", ...outputs}` or `{"status": "error", "error": code, "message"}` with
 //! the status of the error table (`crate::error`), plus `job_failed` (502) when the job itself
@@ -947,6 +955,17 @@ async fn reachable(st: &AppState, w: &Whmcs, id: &str) -> Result<Account, WhmcsE
     }
 }
 
+/// The account must belong to `service_id` when it records one.
+fn check_service(a: &Account, service_id: ServiceId) -> Result<(), WhmcsError> {
+    match &a.whmcs_service_id {
+        Some(s) if s != &service_id.0.to_string() => Err(WhmcsError(ApiError::Conflict(format!(
+            "account {} belongs to WHMCS service {s}, not {}; check the service's username",
+            a.id, service_id.0
+        )))),
+        _ => Ok(()),
+    }
+}
+
 /// [`reachable`], and the account must belong to `service_id` when it records one.
 async fn service_account(
     st: &AppState,
@@ -956,14 +975,7 @@ async fn service_account(
     act: Act,
 ) -> Result<Account, WhmcsError> {
     let a = reachable(st, w, id).await?;
-    if let Some(s) = &a.whmcs_service_id {
-        if s != &service_id.0.to_string() {
-            return Err(WhmcsError(ApiError::Conflict(format!(
-                "account {id} belongs to WHMCS service {s}, not {}; check the service's username",
-                service_id.0
-            ))));
-        }
-    }
+    check_service(&a, service_id)?;
     if a.status == AccountStatus::Terminated && act != Act::Terminate {
         return Err(WhmcsError(ApiError::Conflict(format!(
             "account {id} is terminated; it cannot be changed (create a new account instead)"
@@ -1337,6 +1349,165 @@ pub async fn accounts(State(st): State<AppState>, w: Whmcs) -> Result<Response, 
     let mut m = Map::new();
     m.insert("accounts".into(), json!(list));
     Ok(success(m))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single sign-on
+
+/// `POST /api/whmcs/account/{service_id}/sso` (the body may be empty).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SsoRequest {
+    /// The account (username). Given: resolved like the other routes (and it must belong to
+    /// the service when it records one). Absent: the key's account of the service.
+    #[serde(default)]
+    pub account_id: Option<String>,
+}
+
+/// The account a single sign-on is for (see [`SsoRequest`]).
+async fn sso_account(
+    st: &AppState,
+    w: &Whmcs,
+    service_id: &str,
+    body: &[u8],
+) -> Result<Account, WhmcsError> {
+    let req: SsoRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SsoRequest::default()
+    } else {
+        parse(body)?
+    };
+    let sid = service_id
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(ServiceId);
+    let a = match (req.account_id.as_deref().map(str::trim), sid) {
+        (Some(id), Some(sid)) if !id.is_empty() => {
+            let a = reachable(st, w, id).await?;
+            check_service(&a, sid)?;
+            a
+        }
+        (_, sid) => {
+            let found = match sid {
+                Some(sid) => {
+                    st.store
+                        .whmcs_account(&sid.0.to_string(), w.key().reseller.as_deref())
+                        .await?
+                }
+                None => None,
+            };
+            found.ok_or_else(|| {
+                WhmcsError(ApiError::NotFound(format!(
+                    "no account of WHMCS service {} exists on this nPanel server (or this API key may not manage it); send the service's username as account_id",
+                    service_id.chars().take(32).collect::<String>()
+                )))
+            })?
+        }
+    };
+    Ok(a)
+}
+
+/// Whether `a` can be logged in to: a customer account that is not terminated.
+fn sso_allowed(a: &Account) -> Result<(), WhmcsError> {
+    if a.status == AccountStatus::Terminated {
+        return Err(WhmcsError(ApiError::Conflict(format!(
+            "account {} is terminated, so there is nothing to log in to; create a new service for the client",
+            a.id
+        ))));
+    }
+    if a.kind != AccountType::Customer {
+        return Err(WhmcsError(ApiError::Conflict(format!(
+            "account {} is a {} account; single sign-on logs in customer accounts only",
+            a.id,
+            a.kind.as_str()
+        ))));
+    }
+    Ok(())
+}
+
+/// `<base>` of a login link: `api.public_url`, else `http://` and the request's Host header.
+fn public_base(st: &AppState, headers: &HeaderMap) -> Result<String, WhmcsError> {
+    if let Some(u) = &st.cfg.public_url {
+        return Ok(u.trim_end_matches('/').to_string());
+    }
+    let host = header_str(headers, header::HOST.as_str()).filter(|h| {
+        h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    match host {
+        Some(h) => Ok(format!("http://{h}")),
+        None => Err(WhmcsError(ApiError::Unprocessable(
+            "the request has no usable Host header to build the login address from; set api.public_url on the nPanel server".into(),
+        ))),
+    }
+}
+
+/// A one-time login link for a customer account: `<base>/login#code=<code>`, good once, for
+/// 60 s (see [`crate::login`]). The code is never logged or audited.
+#[utoipa::path(post, path = "/api/whmcs/account/{service_id}/sso", tag = "whmcs", request_body = SsoRequest,
+    params(("service_id" = u64, Path, description = "WHMCS service id")),
+    responses((status = 200, description = "{status: success, url, expires_in, account_id}"),
+        (status = 401, body = WhmcsErrorBody), (status = 404, body = WhmcsErrorBody),
+        (status = 409, body = WhmcsErrorBody, description = "terminated, or not a customer account, or another service's account"),
+        (status = 422, body = WhmcsErrorBody), (status = 429, body = WhmcsErrorBody), (status = 503, body = WhmcsErrorBody)))]
+pub async fn single_sign_on(
+    State(st): State<AppState>,
+    w: Whmcs,
+    Path(service_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut account = None;
+    let res = async {
+        let a = sso_account(&st, &w, &service_id, &body).await?;
+        account = Some(a.clone());
+        sso_allowed(&a)?;
+        let base = public_base(&st, &headers)?;
+        let grant = crate::login::LoginGrant::customer(
+            &a.id,
+            a.reseller.clone(),
+            &format!("whmcs:{}", w.key().key),
+        );
+        let code = crate::login::issue(&st.queue, &grant, crate::login::CODE_TTL)
+            .await
+            .map_err(|e| WhmcsError(e.into()))?;
+        let mut m = Map::new();
+        m.insert("account_id".into(), json!(a.id));
+        m.insert("url".into(), json!(crate::login::login_url(&base, &code)));
+        m.insert("expires_in".into(), json!(crate::login::CODE_TTL.as_secs()));
+        Ok::<_, WhmcsError>(m)
+    }
+    .await;
+    let (result, err) = match &res {
+        Ok(_) => ("success", None),
+        Err(WhmcsError(e @ ApiError::NotFound(_))) => ("denied", Some(e.to_string())),
+        Err(WhmcsError(e)) => ("failure", Some(e.to_string())),
+    };
+    let mut r = w.record("login_link_created", result);
+    let id = account.as_ref().map(|a| a.id.clone());
+    r.account = id.clone();
+    r.reseller = account
+        .as_ref()
+        .and_then(|a| a.reseller.clone())
+        .or_else(|| w.key().reseller.clone());
+    r.resource = json!({"type": "account", "id": id, "name": id});
+    let sid: String = service_id.chars().take(32).collect();
+    r.changes = json!({"service_id": sid, "expires_in": crate::login::CODE_TTL.as_secs()});
+    r.related_logs = err.into_iter().collect();
+    r.impact = json!({"accounts_affected": u8::from(id.is_some()), "resources_changed": 0});
+    st.auditor.write(r).await;
+    match res {
+        Ok(m) => {
+            let mut resp = success(m);
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -749,6 +749,11 @@ async fn openapi_lists_every_route() {
         "GET /api/whmcs/account/{id}/usage",
         "GET /api/whmcs/usage",
         "GET /api/whmcs/accounts",
+        "POST /api/whmcs/account/{service_id}/sso",
+        "GET /api/accounts/{id}/usage",
+        "POST /api/auth/login",
+        "GET /login",
+        "GET /login.js",
     ]
     .into_iter()
     .map(String::from)
@@ -760,7 +765,8 @@ async fn openapi_lists_every_route() {
         let (m, p) = route.split_once(' ').unwrap();
         let p = p
             .replace("{id}", "01NOSUCHJOB")
-            .replace("{kind}", "diagnostic");
+            .replace("{kind}", "diagnostic")
+            .replace("{service_id}", "1");
         let r = srv.req(m, &p, Some(&admin), Some("{}")).await;
         assert_ne!(r.json["message"], "no such route", "{route}");
     }

@@ -1023,3 +1023,320 @@ async fn an_exhausted_wait_pool_answers_pending_at_once() {
     let r = post(&srv, &k, "create-account", create_body(1001, "busy1")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Single sign-on: one-time login links
+
+/// `POST /api/whmcs/account/{service_id}/sso`, signed.
+async fn sso(srv: &Server, k: &Key, service_id: &str, body: Value) -> Resp {
+    post(srv, k, &format!("account/{service_id}/sso"), body).await
+}
+
+/// The code of a login link (after `#code=`).
+fn code_of(url: &str) -> String {
+    url.split_once("#code=")
+        .unwrap_or_else(|| panic!("no #code= in {url}"))
+        .1
+        .to_string()
+}
+
+async fn exchange(srv: &Server, code: &str) -> Resp {
+    srv.req(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({ "code": code }).to_string()),
+    )
+    .await
+}
+
+/// What every refused exchange answers: the API's one 401.
+fn assert_login_refused(r: &Resp, what: &str) {
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.json);
+    assert_eq!(
+        r.json,
+        json!({"error": "unauthorized", "message": "missing, invalid or expired token"}),
+        "{what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sso_link_logs_in_once_as_that_customer_only() {
+    let (srv, _) = server(Setup::default()).await;
+    let r1 = key(&srv, Some("r1")).await;
+    let r = sso(&srv, &r1, "77", json!({"account_id": "a1"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["status"], "success");
+    assert_eq!(r.json["account_id"], "a1");
+    assert_eq!(r.json["expires_in"], 60);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    // No api.public_url here: http:// and the Host header the request came with.
+    let url = r.json["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://{}/login#code=", srv.addr)),
+        "{url}"
+    );
+    let code = code_of(url);
+    assert_eq!(code.len(), 43, "32 bytes, base64url: {code}");
+    assert!(code
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+
+    // The code is a customer token for a1, once.
+    let r = exchange(&srv, &code).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.json["role"], "customer");
+    assert_eq!(r.json["account"], "a1");
+    assert_eq!(r.json["expires_in"], 24 * 3600, "npanel token's default");
+    let tok = r.json["token"].as_str().unwrap().to_string();
+    let r = srv.req("GET", "/api/accounts/a1", Some(&tok), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["id"], "a1");
+    for other in ["a2", "b1"] {
+        let r = srv
+            .req("GET", &format!("/api/accounts/{other}"), Some(&tok), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{other}: {}", r.json);
+    }
+    assert_login_refused(&exchange(&srv, &code).await, "second use");
+
+    // Audited: the link (by the key) and the login (by the customer), never with the code.
+    let links = audit_count(&srv, "login_link_created", 1).await;
+    assert_eq!(links[0]["result"], "success");
+    assert_eq!(links[0]["actor"]["id"], r1.id.as_str());
+    assert_eq!(links[0]["account"], "a1");
+    let logins = audit_count(&srv, "auth_login", 1).await;
+    assert_eq!(logins.len(), 1, "the refused second use is not a login");
+    assert_eq!(logins[0]["result"], "success");
+    assert_eq!(logins[0]["account"], "a1");
+    assert_eq!(logins[0]["reseller"], "r1");
+    assert_eq!(logins[0]["actor"]["type"], "customer");
+    assert_eq!(
+        logins[0]["source"]["login_link_from"],
+        format!("whmcs:{}", r1.id)
+    );
+    let text = serde_json::to_string(&(links, logins)).unwrap();
+    assert!(!text.contains(&code), "a code in the audit log: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_codes_expire_are_stored_as_digests_and_die_with_the_account() {
+    let (srv, _) = server(Setup::default()).await;
+    let grant = api::login::LoginGrant::customer("a1", Some("r1".into()), "test");
+    // A short TTL instead of waiting 60 s.
+    let code = api::login::issue(&srv.queue, &grant, Duration::from_millis(200))
+        .await
+        .unwrap();
+    // Redis holds the code's SHA-256, not the code.
+    let keys: Vec<String> = srv
+        .queue
+        .raw(redis::cmd("KEYS").arg(format!("{}stash:login:*", srv.queue.prefix())))
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let digest = hex::encode(<Sha256 as sha2::Digest>::digest(code.as_bytes()));
+    assert!(keys[0].ends_with(&digest), "{keys:?}");
+    assert!(!keys[0].contains(&code));
+    let stored: String = srv
+        .queue
+        .raw(redis::cmd("GET").arg(&keys[0]))
+        .await
+        .unwrap();
+    assert!(!stored.contains(&code), "{stored}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_login_refused(&exchange(&srv, &code).await, "expired");
+
+    // A live code whose account is terminated before it is used.
+    let code = api::login::issue(&srv.queue, &grant, api::login::CODE_TTL)
+        .await
+        .unwrap();
+    srv.store
+        .set_account_status("a1", AccountStatus::Terminated, Some("test"))
+        .await
+        .unwrap();
+    assert_login_refused(&exchange(&srv, &code).await, "terminated since");
+    // Unknown and malformed codes.
+    assert_login_refused(&exchange(&srv, &"A".repeat(43)).await, "unknown");
+    assert_login_refused(&exchange(&srv, "not a code").await, "not a code");
+    // A grant a token cannot be made of is refused when the code is made.
+    let bad = api::login::LoginGrant {
+        account: None,
+        ..grant
+    };
+    assert!(api::login::issue(&srv.queue, &bad, api::login::CODE_TTL)
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_is_signed_scoped_and_refuses_terminated_accounts() {
+    let (srv, _) = server(Setup::default()).await;
+    let r1 = key(&srv, Some("r1")).await;
+    let admin = key(&srv, None).await;
+
+    // Another reseller's account, a reseller, a missing one: the 404 of every other route.
+    for id in ["b1", "r2", "ghost"] {
+        let other = call(
+            &srv,
+            &r1,
+            "GET",
+            &format!("/api/whmcs/account/{id}/status"),
+            None,
+        )
+        .await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND);
+        let r = sso(&srv, &r1, "5", json!({"account_id": id})).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}: {}", r.json);
+        assert_eq!(
+            r.json, other.json,
+            "{id}: the same body as the status route"
+        );
+        assert!(r.json.get("url").is_none());
+    }
+    // By service id alone: a service the key has no account for.
+    let r = sso(&srv, &r1, "999", json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
+    assert_eq!(r.json["error"], "not_found");
+
+    // Unsigned or badly signed: the one WHMCS 401, and no link.
+    let path = "/api/whmcs/account/5/sso";
+    let body = json!({"account_id": "a1", "nonce": "n1"}).to_string();
+    let r = signed(&srv, &r1.id, &"0".repeat(64), now(), "POST", path, &body).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.json);
+    assert_eq!(r.json["status"], "error");
+    assert_eq!(r.json["error"], "unauthorized");
+    let r = srv.req("POST", path, None, Some(&body)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.json);
+
+    // A service created through WHMCS is found by its service id alone; another service's id
+    // with its username is a conflict, as on the other routes.
+    let r = post(&srv, &admin, "create-account", create_body(4242, "ssoone")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = sso(&srv, &admin, "4242", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["account_id"], "ssoone");
+    let login = exchange(&srv, &code_of(r.json["url"].as_str().unwrap())).await;
+    assert_eq!(login.json["account"], "ssoone", "{}", login.json);
+    let r = sso(&srv, &admin, "4243", json!({"account_id": "ssoone"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.json);
+
+    // A terminated account: refused, saying why.
+    srv.store
+        .set_account_status("solo", AccountStatus::Terminated, Some("test"))
+        .await
+        .unwrap();
+    let r = sso(&srv, &admin, "6", json!({"account_id": "solo"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.json);
+    assert_eq!(r.json["error"], "conflict");
+    assert!(
+        r.json["message"].as_str().unwrap().contains("terminated"),
+        "{}",
+        r.json
+    );
+    // Not a customer: an admin key reaching a reseller account cannot log in as it.
+    let r = sso(&srv, &admin, "7", json!({"account_id": "r1"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.json);
+
+    // Each call is audited, refusals as denied (404) or failure (409).
+    let denied = audit_count(&srv, "login_link_created", 8).await;
+    assert!(denied
+        .iter()
+        .any(|r| r["result"] == "denied" && r["actor"]["id"] == r1.id.as_str()));
+    assert!(denied
+        .iter()
+        .any(|r| r["result"] == "failure" && r["account"] == "solo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_url_is_the_base_of_login_links() {
+    let mut api = Opts::default().api;
+    api.public_url = Some("https://panel.example.net/".into());
+    let srv = start(Opts {
+        api,
+        workers: false,
+        ..Opts::default()
+    })
+    .await;
+    let k = key(&srv, None).await;
+    let r = sso(&srv, &k, "1", json!({"account_id": "solo"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let url = r.json["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://panel.example.net/login#code="),
+        "{url}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_page_and_the_exchange_route() {
+    let mut api = Opts::default().api;
+    api.rate_limit.per_ip_per_minute = 5;
+    let srv = start(Opts {
+        api,
+        workers: false,
+        ..Opts::default()
+    })
+    .await;
+    // The page: HTML under a strict policy, its script served alongside.
+    let r = srv.req("GET", "/login", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    for d in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(d), "{d} not in {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(r.headers["referrer-policy"], "no-referrer");
+    let html = r.json.as_str().unwrap();
+    assert!(html.contains(r#"<script src="/login.js" defer></script>"#));
+    let r = srv.req("GET", "/login.js", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let js = r.json.as_str().unwrap();
+    for needle in [
+        "history.replaceState",
+        "sessionStorage",
+        "/api/auth/login",
+        "This login link was already used or has expired: ask for a new one.",
+    ] {
+        assert!(js.contains(needle), "{needle} not in login.js");
+    }
+    assert!(!js.contains("localStorage"));
+
+    // The exchange's errors are the API's JSON ones.
+    let r = srv
+        .req("POST", "/api/auth/login", None, Some("{\"code\": "))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+    assert_eq!(r.json["error"], "invalid_request");
+    assert!(r.json["message"].is_string());
+    let r = srv
+        .req("POST", "/api/auth/login", None, Some(r#"{"token": "x"}"#))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    assert_eq!(r.json["error"], "invalid_request");
+    assert_login_refused(&exchange(&srv, &"B".repeat(43)).await, "unknown");
+    // Without a token it is limited per client address like any call without one (5 a
+    // minute here; three calls above).
+    let mut limited = None;
+    for _ in 0..5 {
+        let r = exchange(&srv, &"C".repeat(43)).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = limited.expect("the per-IP limit applies to /api/auth/login");
+    assert_eq!(r.json["error"], "rate_limited");
+    assert!(r.headers.get("retry-after").is_some());
+}

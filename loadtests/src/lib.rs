@@ -1,6 +1,8 @@
 //! Small helpers shared by the benchmark binaries (`npanel-bench`, `npanel-api-load`,
 //! `npanel-store-bench`).
 
+pub mod serve;
+
 /// `k` from the environment as a number, else `d`.
 pub fn env_u64(k: &str, d: u64) -> u64 {
     std::env::var(k)

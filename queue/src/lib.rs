@@ -22,6 +22,7 @@
 //! | `events` | stream | capped event log; stream ids are the WebSocket `seq` |
 //! | `idem:<key>` | string | idempotency key → job id, with a TTL |
 //! | `once:<kind>:<token>` | string | a token accepted once ([`Queue::remember_once`]: WHMCS signatures), with a TTL |
+//! | `stash:<kind>:<key>` | string | a value kept for a TTL and taken once ([`Queue::stash`], [`Queue::take_stashed`]: one-time login codes by digest) |
 //! | `paused` | string | present while claiming is paused |
 //!
 //! Pub/sub channels `wake` (work may be claimable) and `cancel` (a running job was cancelled)

@@ -176,6 +176,32 @@ impl Queue {
         Ok(set.is_some())
     }
 
+    /// Keep `value` under `kind` and `key` for `ttl` (at least 1 ms), unless something is
+    /// already kept there: true when stored (one `SET NX PX`). One-time login codes are kept
+    /// with it, under the code's digest.
+    pub async fn stash(&self, kind: &str, key: &str, value: &str, ttl: Duration) -> Result<bool> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .raw(
+                redis::cmd("SET")
+                    .arg(format!("{}stash:{kind}:{key}", self.prefix()))
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Take what [`Queue::stash`] kept under `kind` and `key`, deleting it in the same step
+    /// (`GETDEL`, Redis 6.2+): of two concurrent takers one gets it, the other `None`, as does
+    /// anyone after its TTL.
+    pub async fn take_stashed(&self, kind: &str, key: &str) -> Result<Option<String>> {
+        self.raw(redis::cmd("GETDEL").arg(format!("{}stash:{kind}:{key}", self.prefix())))
+            .await
+    }
+
     /// The job an idempotency key maps to while the key lives (see [`crate::NewJob`]), if any.
     pub async fn job_for_key(&self, key: &str) -> Result<Option<String>> {
         self.raw(redis::cmd("GET").arg(format!("{}idem:{key}", self.prefix())))
@@ -298,5 +324,33 @@ mod tests {
             .id;
         assert_eq!(q.job_for_key("k1").await.unwrap(), Some(id));
         assert_eq!(q.job_for_key("k2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn stashed_values_are_taken_once_and_expire() {
+        let q = queue("stash", 1).await;
+        let ttl = Duration::from_secs(60);
+        assert!(q.stash("code", "k", "v1", ttl).await.unwrap());
+        assert!(!q.stash("code", "k", "v2", ttl).await.unwrap(), "NX");
+        assert_eq!(q.take_stashed("other", "k").await.unwrap(), None);
+        assert_eq!(
+            q.take_stashed("code", "k").await.unwrap().as_deref(),
+            Some("v1")
+        );
+        assert_eq!(
+            q.take_stashed("code", "k").await.unwrap(),
+            None,
+            "taken once"
+        );
+        assert!(q
+            .stash("code", "short", "v", Duration::from_millis(50))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            q.take_stashed("code", "short").await.unwrap(),
+            None,
+            "expired"
+        );
     }
 }

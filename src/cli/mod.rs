@@ -1,6 +1,9 @@
 //! The operator CLI on the HTTP API: `npanel token`, `jobs`, `admin`, `watch`, `accounts`,
 //! `packages`, `audit`; and `whmcs key ...`, which opens the store directly (see [`whmcs`]).
 //!
+//! `token --login-link` ([`login`]) stores a one-time login code in the service's Redis instead
+//! of printing a token.
+//!
 //! Every command except `token` is a plain API client (base URL and token from `--url`/`--token`
 //! or `NPANEL_URL`/`NPANEL_TOKEN`), so it works from any host that can reach the API and obeys
 //! the same auth and tenant rules as any other client. The client speaks plain `http://` and
@@ -10,6 +13,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod client;
+pub mod login;
 pub mod packages;
 pub mod watch;
 pub mod whmcs;

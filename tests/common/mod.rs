@@ -24,6 +24,13 @@ impl Drop for Serve {
 /// Start `npanel serve` on 127.0.0.1:0 with its data in `data` (the embedded host default
 /// under it) and a fresh queue name (`hint`); returns it and its base URL (from its log).
 pub fn serve(data: &Path, hint: &str) -> (Serve, String) {
+    let (srv, url, _) = serve_queue(data, hint);
+    (srv, url)
+}
+
+/// [`serve`], and the queue settings (Redis URL, queue name) it runs with, for tests that
+/// reach its Redis the way a command on the same host would.
+pub fn serve_queue(data: &Path, hint: &str) -> (Serve, String, queue::QueueConfig) {
     let cfg = testing::config(hint);
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -55,5 +62,5 @@ pub fn serve(data: &Path, hint: &str) -> (Serve, String) {
     let url = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("serve logged its address");
-    (Serve(child), url)
+    (Serve(child), url, cfg)
 }

@@ -103,6 +103,27 @@ function usage_of(array $params, $user)
     return $r->json;
 }
 
+/** A plain JSON call to the panel API (what a browser does), not through the module. */
+function http_json($method, $url, $body = null, $token = null)
+{
+    $ch = curl_init($url);
+    $headers = ['Accept: application/json'];
+    if ($token !== null) {
+        $headers[] = 'Authorization: Bearer ' . $token;
+    }
+    $opts = [CURLOPT_RETURNTRANSFER => true, CURLOPT_TIMEOUT => 10, CURLOPT_CUSTOMREQUEST => $method];
+    if ($body !== null) {
+        $headers[] = 'Content-Type: application/json';
+        $opts[CURLOPT_POSTFIELDS] = json_encode($body);
+    }
+    $opts[CURLOPT_HTTPHEADER] = $headers;
+    curl_setopt_array($ch, $opts);
+    $raw = curl_exec($ch);
+    $http = (int) curl_getinfo($ch, CURLINFO_RESPONSE_CODE);
+    $json = is_string($raw) ? json_decode($raw, true) : null;
+    return ['http' => $http, 'json' => is_array($json) ? $json : null, 'raw' => $raw === false ? curl_error($ch) : $raw];
+}
+
 function expect_success($what, $out)
 {
     Harness::check($out === 'success', "{$what} returned " . var_export($out, true) . " instead of 'success'");
@@ -241,8 +262,31 @@ try {
 
     // --- ServiceSingleSignOn -----------------------------------------------------------------
     $out = Harness::call('ServiceSingleSignOn', $params);
-    Harness::check(is_array($out) && $out['success'] === false && stripos($out['errorMsg'], 'single sign-on') !== false, 'SSO: ' . json_encode($out));
-    Harness::ok('ServiceSingleSignOn says nPanel has no single sign-on');
+    Harness::check(is_array($out) && ($out['success'] ?? null) === true && is_string($out['redirectTo'] ?? null), 'SSO: ' . json_encode($out));
+    $link = $out['redirectTo'];
+    Harness::check(preg_match('~^https?://[^#?]+/login#code=([A-Za-z0-9_-]{43})$~', $link, $m) === 1, 'SSO redirect: ' . $link);
+    $code = $m[1];
+    // The code is a credential: in no log entry, and in the replace-vars of the SSO call's.
+    foreach (Harness::$logs as $e) {
+        foreach ($e['masked'] as $text) {
+            Harness::check(strpos($text, $code) === false, "{$e['action']}: the login code is in the module log");
+        }
+        Harness::check(strpos(Harness::stringify($e['response']), $code) === false, "{$e['action']}: the login code is in the response given to logModuleCall");
+    }
+    Harness::check(in_array($code, Harness::lastLog('ServiceSingleSignOn')['replace'], true), 'the login code is not in the replace-vars');
+    Harness::sensitive($code);
+    // The browser's side: the page posts the code once and gets a token for this account only.
+    $login = http_json('POST', $url . '/api/auth/login', ['code' => $code]);
+    Harness::check($login['http'] === 200 && ($login['json']['account'] ?? null) === $user && ($login['json']['role'] ?? null) === 'customer',
+        'exchanging the code: ' . json_encode($login));
+    $acct = http_json('GET', $url . '/api/accounts/' . $user, null, $login['json']['token']);
+    Harness::check($acct['http'] === 200 && ($acct['json']['id'] ?? null) === $user, 'the token reads its account: ' . json_encode($acct));
+    $again = http_json('POST', $url . '/api/auth/login', ['code' => $code]);
+    Harness::check($again['http'] === 401 && ($again['json']['error'] ?? null) === 'unauthorized', 'a second use: ' . json_encode($again));
+    $out = Harness::call('ServiceSingleSignOn', ['username' => 'ghost' . $user] + $params);
+    Harness::check(($out['success'] ?? null) === false, 'SSO for an unknown account succeeded: ' . json_encode($out));
+    expect_sentence('ServiceSingleSignOn for an unknown account', $out['errorMsg'], ['could not make a login link for account ghost' . $user, 'does not exist', 'not_found']);
+    Harness::ok('ServiceSingleSignOn -> a login link; its code signs in as ' . $user . ' once, and is in no log entry');
 
     // --- a wrong secret ------------------------------------------------------------------------
     $wrongSecret = str_repeat('0', 64);
@@ -281,6 +325,10 @@ try {
         Harness::check($a['username'] !== $user, 'ListAccounts still lists the terminated account');
     }
     Harness::ok("TerminateAccount -> success (twice); backup {$backup}; no longer listed");
+    $out = Harness::call('ServiceSingleSignOn', $params);
+    Harness::check(($out['success'] ?? null) === false && !isset($out['redirectTo']), 'SSO to a terminated account: ' . json_encode($out));
+    expect_sentence('ServiceSingleSignOn for a terminated account', $out['errorMsg'], ['login link for account ' . $user, 'terminated']);
+    Harness::ok('ServiceSingleSignOn after terminate: ' . $out['errorMsg']);
 
     // --- the module log ----------------------------------------------------------------------
     Harness::check(count(Harness::$logs) >= 20 && !Harness::$violations, 'module log');

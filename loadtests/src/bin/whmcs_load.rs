@@ -18,106 +18,18 @@
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use loadtests::{env_u64, free_port, npanel_bin, pct};
+use loadtests::serve::{clean_env, start, Http};
+use loadtests::{env_u64, npanel_bin, pct};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-type Http = Client<HttpConnector, Full<Bytes>>;
-
 fn log(msg: impl AsRef<str>) {
     eprintln!("[whmcs-load] {}", msg.as_ref());
-}
-
-/// `npanel serve` under test, stopped on drop.
-struct Server {
-    child: Child,
-    base: String,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn command(&self, args: &[&str]) -> std::process::Output {
-        let mut c = Command::new(npanel_bin());
-        c.args(args);
-        clean_env(&mut c, &self.env);
-        c.output().expect("run npanel")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-fn clean_env(c: &mut Command, env: &[(String, String)]) {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("NPANEL_") || k == "RUST_LOG" || k == "DATABASE_URL" {
-            c.env_remove(k);
-        }
-    }
-    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-}
-
-async fn start(http: &Http) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let env: Vec<(String, String)> = vec![
-        ("NPANEL_LISTEN".into(), format!("127.0.0.1:{port}")),
-        ("NPANEL_DATA_DIR".into(), dir.path().display().to_string()),
-        ("REDIS_URL".into(), redis),
-        (
-            "NPANEL_QUEUE__NAME".into(),
-            format!("whmcsload-{}", ulid::Ulid::new()),
-        ),
-        ("NPANEL_WORKERS__SHUTDOWN_GRACE_SECS".into(), "2".into()),
-        ("NPANEL_LOG".into(), "warn".into()),
-    ];
-    let logf = std::fs::File::create(dir.path().join("serve.log")).expect("log");
-    let mut cmd = Command::new(npanel_bin());
-    cmd.arg("serve")
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().expect("log"))
-        .stderr(logf);
-    clean_env(&mut cmd, &env);
-    let child = cmd.spawn().expect("start npanel serve");
-    let s = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        env,
-        dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let req = hyper::Request::get(format!("{}/readyz", s.base))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        if let Ok(r) = http.request(req).await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "npanel serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    s
 }
 
 fn packages_dir() -> PathBuf {
@@ -190,16 +102,11 @@ async fn main() {
     let rate = env_u64("RATE", 100);
     let secs = env_u64("SECS", 60);
     let serial = env_u64("SERIAL", 200);
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    let http: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(512)
-        .build(conn);
+    let http: Http = loadtests::serve::http();
     let srv = start(&http).await;
     log(format!("npanel serve ready on {}", srv.base));
     let pk = packages_dir();
-    let admin = srv.command(&["token", "--role", "admin", "--ttl", "2h"]);
-    let token = String::from_utf8_lossy(&admin.stdout).trim().to_string();
+    let token = srv.admin_token();
     let mut imp = Command::new(npanel_bin());
     imp.args([
         "packages",

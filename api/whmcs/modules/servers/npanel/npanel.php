@@ -13,7 +13,9 @@
  * exists), and otherwise a sentence a billing admin can act on. A job still running after
  * nPanel's wait (25 s) is reported as such: the Module Queue's retry repeats the same call,
  * which nPanel treats idempotently, and finishes it. Every call is in the Module Log with the
- * secret and passwords masked.
+ * secret and passwords masked. "Log in to nPanel" (ServiceSingleSignOn) sends the client to a
+ * one-time login link nPanel makes for the service's account (60 s, single use; the link's code
+ * is masked in the Module Log too).
  */
 
 if (!defined('WHMCS')) {
@@ -35,6 +37,7 @@ function npanel_MetaData()
         'RequiresServer' => true,
         'DefaultNonSSLPort' => '8080',
         'DefaultSSLPort' => '443',
+        // ServiceSingleSignOn: a one-time login link (60 s, single use) from nPanel.
         'ServiceSingleSignOnLabel' => 'Log in to nPanel',
         // Server Sync (ListAccounts): nPanel accounts are known by their username.
         'ListAccountsUniqueIdentifierDisplayName' => 'Username',
@@ -312,16 +315,46 @@ function npanel_ListAccounts(array $params)
 }
 
 /**
- * nPanel's WHMCS API has no single sign-on route, so there is nothing to sign in with: say so
- * (no request is made).
+ * "Log in to nPanel": POST /api/whmcs/account/{service id}/sso {account_id} asks nPanel for a
+ * one-time login link (<panel>/login#code=..., good once, for 60 s) and sends the browser there.
+ * The code is a credential: it never reaches the Module Log (masked like the secret).
  */
 function npanel_ServiceSingleSignOn(array $params)
 {
+    $api = null;
+    $r = null;
+    $code = '';
     $user = Module::account($params);
-    $msg = 'nPanel does not offer single sign-on to WHMCS (its WHMCS API has no login-token route), so this button cannot log in'
-        . ($user !== '' ? ': log in to nPanel as ' . $user . ' with the service\'s password instead.' : '.');
-    Module::log(__FUNCTION__, ['account' => $user], 'no request: nPanel has no single sign-on route', $msg, $params);
-    return ['success' => false, 'errorMsg' => $msg];
+    $path = '/api/whmcs/account/' . Module::serviceId($params) . '/sso';
+    try {
+        $problem = Module::serverProblem($params);
+        if ($problem === null && $user === '') {
+            $problem = 'The service has no username, so the module does not know which nPanel account to log in to: set the service\'s Username to the account name and retry.';
+        }
+        if ($problem !== null) {
+            Module::log(__FUNCTION__, ['path' => $path], '', $problem, $params);
+            return ['success' => false, 'errorMsg' => $problem];
+        }
+        $api = Api::fromParams($params);
+        $r = $api->post($path, ['account_id' => $user]);
+        $url = $r->field('url');
+        $code = Module::loginCode($url);
+        if ($r->isSuccess() && $code !== '' && preg_match('~^https?://~i', (string) $url)) {
+            $expires = (int) $r->field('expires_in', 60);
+            Module::log(__FUNCTION__, Module::request($api, $r), Module::redact($r->forLog(), [$code]),
+                'one-time login link for account ' . $user . ' (valid ' . $expires . ' s, once)', $params, [$code]);
+            return ['success' => true, 'redirectTo' => $url];
+        }
+        $error = $r->isSuccess()
+            ? 'nPanel answered without a usable login link for account ' . $user . '; check that the server runs a matching nPanel version.'
+            : $api->explain('make a login link for account ' . $user, $r);
+        Module::log(__FUNCTION__, Module::request($api, $r), Module::redact($r->forLog(), [$code]), $error, $params, [$code]);
+        return ['success' => false, 'errorMsg' => $error];
+    } catch (\Throwable $e) {
+        $error = 'Could not make an nPanel login link for account ' . $user . ': the module failed unexpectedly (' . $e->getMessage() . '); report this to the module\'s maintainer.';
+        Module::log(__FUNCTION__, $api && $r ? Module::request($api, $r) : ['path' => $path], $e->getMessage(), $error, $params, [$code]);
+        return ['success' => false, 'errorMsg' => $error];
+    }
 }
 
 /**

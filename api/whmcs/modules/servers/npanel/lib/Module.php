@@ -64,6 +64,26 @@ class Module
         logModuleCall(self::NAME, $function, $request, $response, $processed, self::sensitive($params, $extra));
     }
 
+    /** The code of a one-time login link (<panel>/login#code=<code>), or '' when $url has none. */
+    public static function loginCode($url)
+    {
+        if (!is_string($url) || !preg_match('/#code=([A-Za-z0-9_-]+)$/', $url, $m)) {
+            return '';
+        }
+        return $m[1];
+    }
+
+    /** $text with each of $values replaced by asterisks (before it is handed to the log at all). */
+    public static function redact($text, array $values)
+    {
+        foreach ($values as $v) {
+            if (is_string($v) && $v !== '') {
+                $text = str_replace($v, '********', (string) $text);
+            }
+        }
+        return $text;
+    }
+
     /** The request as logged: method, URL, key id and the body sent (masked by log()). */
     public static function request(Api $api, Response $r)
     {
