@@ -1247,31 +1247,39 @@ pub struct Usage {
     pub account_status: String,
     /// Its package.
     pub package: Option<String>,
-    /// Disk used, MB (0 until measured).
+    /// Disk used, MB (rounded up; 0 until measured).
     pub disk_used_mb: u64,
     /// Disk limit, MB; 0 = unlimited.
     pub disk_limit_mb: u64,
-    /// Bandwidth used this month, MB (0 until measured).
+    /// Bandwidth used this month (UTC), MB (rounded up; 0 until measured).
     pub bandwidth_used_mb: u64,
     /// Bandwidth limit, MB; 0 = unlimited.
     pub bandwidth_limit_mb: u64,
     /// False while no quota sweep has measured the account: the `used` figures are 0.
     pub measured: bool,
+    /// When the quota sweep last measured it.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub measured_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-fn usage_of(a: &Account) -> Usage {
+/// Whole MB, rounded up (a few KB used is 1 MB, not 0).
+fn mb_up(bytes: i64) -> u64 {
+    (bytes.max(0) as u64).div_ceil(1 << 20)
+}
+
+fn usage_of(a: &Account, now: Option<&store::UsageNow>) -> Usage {
     let limits = a.limits.clone().unwrap_or_default();
     Usage {
         account_id: a.id.clone(),
         service_id: a.whmcs_service_id.clone(),
         account_status: a.status.as_str().into(),
         package: a.package.clone(),
-        // The quota sweep that measures use has no handler yet: nothing is stored to report.
-        disk_used_mb: 0,
+        disk_used_mb: now.map_or(0, |u| mb_up(u.disk_bytes)),
         disk_limit_mb: limits.disk_mb.unwrap_or(0),
-        bandwidth_used_mb: 0,
+        bandwidth_used_mb: now.map_or(0, |u| mb_up(u.bandwidth_month_bytes)),
         bandwidth_limit_mb: limits.bandwidth_mb.unwrap_or(0),
-        measured: false,
+        measured: now.is_some(),
+        measured_at: now.map(|u| u.measured_at),
     }
 }
 
@@ -1284,7 +1292,7 @@ fn usage_fields(u: &Usage) -> Map<String, Value> {
 
 /// One account's disk and bandwidth (MB, 0 = unlimited).
 #[utoipa::path(get, path = "/api/whmcs/account/{id}/usage", tag = "whmcs", params(("id" = String, Path, description = "Username")),
-    responses((status = 200, description = "{status: success, account_id, disk_used_mb, disk_limit_mb, bandwidth_used_mb, bandwidth_limit_mb, measured}"),
+    responses((status = 200, description = "{status: success, account_id, disk_used_mb, disk_limit_mb, bandwidth_used_mb, bandwidth_limit_mb, measured, measured_at}"),
         (status = 401, body = WhmcsErrorBody), (status = 404, body = WhmcsErrorBody)))]
 pub async fn account_usage(
     State(st): State<AppState>,
@@ -1292,7 +1300,11 @@ pub async fn account_usage(
     Path(id): Path<String>,
 ) -> Result<Response, WhmcsError> {
     let a = reachable(&st, &w, &id).await?;
-    Ok(success(usage_fields(&usage_of(&a))))
+    let now = st
+        .store
+        .usage_now(Some(std::slice::from_ref(&a.id)))
+        .await?;
+    Ok(success(usage_fields(&usage_of(&a, now.get(&a.id)))))
 }
 
 /// Every account of the key's scope that is not terminated, by id.
@@ -1322,10 +1334,12 @@ async fn scope_accounts(st: &AppState, w: &Whmcs) -> Result<Vec<Account>, WhmcsE
     responses((status = 200, description = "{status: success, measured, accounts: [{account_id, service_id, disk_used_mb, disk_limit_mb, bandwidth_used_mb, bandwidth_limit_mb, measured}]}"),
         (status = 401, body = WhmcsErrorBody)))]
 pub async fn usage(State(st): State<AppState>, w: Whmcs) -> Result<Response, WhmcsError> {
+    // Every measured account's figures in two queries, then the key's scope picked out.
+    let measured = st.store.usage_now(None).await?;
     let all: Vec<Usage> = scope_accounts(&st, &w)
         .await?
         .iter()
-        .map(usage_of)
+        .map(|a| usage_of(a, measured.get(&a.id)))
         .collect();
     let mut m = Map::new();
     m.insert("measured".into(), json!(all.iter().any(|u| u.measured)));

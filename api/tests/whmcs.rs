@@ -482,6 +482,35 @@ async fn a_reseller_key_reaches_only_its_customers() {
     assert_eq!(r.json["bandwidth_limit_mb"], 10000);
     assert_eq!(r.json["disk_used_mb"], 0);
     assert_eq!(r.json["measured"], false);
+    // Once the quota sweep has measured b1 (its row written as the sweep writes it), the
+    // figures are its: disk now, bandwidth since the start of the month, MB rounded up.
+    let now = store::now_ms();
+    srv.store
+        .record_usage(&[store::UsageSample {
+            account: "b1".into(),
+            at: now,
+            disk_bytes: 5 * (1 << 20) + 1,
+            disk_files: 10,
+            bandwidth_bytes: 3 << 20,
+            mail_sent: 2,
+            db_bytes: None,
+            addon_domains: 0,
+            measured_at: now,
+        }])
+        .await
+        .unwrap();
+    let r = call(&srv, &admin, "GET", "/api/whmcs/account/b1/usage", None).await;
+    assert_eq!(r.json["measured"], true, "{}", r.json);
+    assert_eq!(r.json["disk_used_mb"], 6, "{}", r.json);
+    assert_eq!(r.json["bandwidth_used_mb"], 3, "{}", r.json);
+    assert!(r.json["measured_at"].is_string(), "{}", r.json);
+    let r = call(&srv, &admin, "GET", "/api/whmcs/usage", None).await;
+    assert_eq!(r.json["measured"], true);
+    let rows = r.json["accounts"].as_array().unwrap();
+    let b1 = rows.iter().find(|a| a["account_id"] == "b1").unwrap();
+    assert_eq!(b1["disk_used_mb"], 6);
+    let a1 = rows.iter().find(|a| a["account_id"] == "a1").unwrap();
+    assert_eq!(a1["measured"], false, "a1 was not measured");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
