@@ -125,6 +125,23 @@ async fn build_host(data_dir: &Path, accounts: u64, files: u64, file_bytes: u64,
             ));
         }
     }
+    // A year of hourly rows for the first account: what the usage route reads at worst.
+    let now = store::now_ms();
+    let hour = now - now.rem_euclid(store::HOUR_MS);
+    let year: Vec<store::UsageSample> = (0..8760)
+        .map(|h| store::UsageSample {
+            account: "sb00000".into(),
+            at: hour - h * store::HOUR_MS,
+            disk_bytes: 1 << 30,
+            disk_files: 1000,
+            bandwidth_bytes: 1 << 20,
+            mail_sent: 5,
+            db_bytes: None,
+            addon_domains: 0,
+            measured_at: hour - h * store::HOUR_MS,
+        })
+        .collect();
+    s.record_usage(&year).await.expect("year of usage");
     s.close().await;
     log(format!(
         "synthetic host: {accounts} accounts × {files} files of {file_bytes} B, {log_lines} log lines each, built in {:.0} s",
@@ -211,12 +228,67 @@ async fn main() {
             res["mail_source"],
         ));
     }
+    // The usage route over a year of hourly rows (8 760 points by the hour, 366 by the day).
+    let n = env_u64("USAGE_REQUESTS", 200);
+    let to = chrono::Utc::now();
+    let from = to - chrono::Duration::days(365);
+    for step in ["hour", "day"] {
+        let url = format!(
+            "{}/api/accounts/sb00000/usage?from={}&to={}&step={step}",
+            srv.base,
+            from.format("%Y-%m-%dT%H:%M:%SZ"),
+            to.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let mut ms = Vec::new();
+        let mut points = 0;
+        for _ in 0..n {
+            let t = Instant::now();
+            let (status, body) = call(&http, "GET", &url, &token, None).await;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, 200, "{body}");
+            points = body["points"].as_array().map_or(0, |p| p.len());
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        log(format!(
+            "GET usage, a year by the {step} ({points} points): p50 {:.1} ms, p99 {:.1} ms over {n} requests (target p99 < 50 ms)",
+            loadtests::pct(&ms, 50.0),
+            loadtests::pct(&ms, 99.0)
+        ));
+    }
     // Idle: CPU and Redis commands while nothing is due.
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let pid = srv.child.id();
+    let queue = srv
+        .env
+        .iter()
+        .find(|(k, _)| k == "NPANEL_QUEUE__NAME")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    // This server's own commands: what `redis-cli monitor` shows naming its queue's keys.
+    let monitor = std::process::Command::new("redis-cli")
+        .args(["-u", &redis, "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok();
     let (c0, r0) = (cpu_ticks(pid), redis_commands(&redis));
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let (c1, r1) = (cpu_ticks(pid), redis_commands(&redis));
+    if let Some(mut m) = monitor {
+        let _ = m.kill();
+        let out = m.wait_with_output().map(|o| o.stdout).unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        let ours: Vec<&str> = text.lines().filter(|l| l.contains(&queue)).collect();
+        let mut by_cmd: std::collections::BTreeMap<String, u64> = Default::default();
+        for l in &ours {
+            let cmd = l.split('"').nth(1).unwrap_or("?").to_ascii_uppercase();
+            *by_cmd.entry(cmd).or_default() += 1;
+        }
+        log(format!(
+            "idle {idle_secs} s: {} Redis commands named this server's queue {queue} ({by_cmd:?})",
+            ours.len()
+        ));
+    }
     if let (Some(a), Some(b)) = (c0, c1) {
         log(format!(
             "idle {idle_secs} s: server CPU {:.3} % of a core",
