@@ -21,7 +21,7 @@ use crate::cgroup::unescape_mount;
 use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
 use crate::protocol::{QuotaReport, QuotaStatus};
-use crate::users::{find_tool, run_tool};
+use crate::users::{find_tool, run_tool_at};
 
 /// Mount options that mean "user quotas are on".
 const USER_QUOTA_OPTS: [&str; 4] = ["usrquota", "usrjquota", "quota", "uquota"];
@@ -70,6 +70,19 @@ pub fn set_quota(
     account: &AccountName,
     disk_mb: Option<u64>,
 ) -> Result<QuotaReport> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    apply_quota(cfg, account, disk_mb, &mounts, find_tool("setquota"))
+}
+
+/// [`set_quota`] with the mount table (`/proc/mounts` text) and the `setquota` executable
+/// given: what a host whose kernel has quotas would see, for a test on one that has none.
+pub fn apply_quota(
+    cfg: &AgentConfig,
+    account: &AccountName,
+    disk_mb: Option<u64>,
+    mounts: &str,
+    setquota: Option<PathBuf>,
+) -> Result<QuotaReport> {
     if !cfg.host.system_users {
         return Ok(skipped(
             account,
@@ -78,17 +91,16 @@ pub fn set_quota(
                 .into(),
         ));
     }
-    if find_tool("setquota").is_none() {
+    let Some(setquota) = setquota else {
         return Ok(skipped(
             account,
             disk_mb,
             "setquota is not installed (Debian/Ubuntu: apt-get install quota); the quota sweep enforces disk".into(),
         ));
-    }
+    };
     let home_root = cfg.home_root();
     let probe = std::fs::canonicalize(&home_root).unwrap_or(home_root.clone());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let Some((mount, opts)) = mount_of(&mounts, &probe) else {
+    let Some((mount, opts)) = mount_of(mounts, &probe) else {
         return Ok(skipped(
             account,
             disk_mb,
@@ -133,7 +145,7 @@ pub fn set_quota(
         "0".into(),
         mount.clone().into_os_string(),
     ];
-    let run = run_tool("setquota", &args, None, None)?;
+    let run = run_tool_at(&setquota, &args, None, None)?;
     if run.code != Some(0) {
         return Err(AgentError::ToolFailed(format!(
             "setquota failed (exit {:?}): {}",

@@ -74,8 +74,17 @@ pub(crate) fn run_tool(
     input: Option<&[u8]>,
     secret: Option<&str>,
 ) -> Result<ToolRun> {
-    let path = tool(name)?;
-    let mut child = Command::new(&path)
+    run_tool_at(&tool(name)?, args, input, secret)
+}
+
+/// [`run_tool`] of the executable at `path`.
+pub(crate) fn run_tool_at(
+    path: &Path,
+    args: &[OsString],
+    input: Option<&[u8]>,
+    secret: Option<&str>,
+) -> Result<ToolRun> {
+    let mut child = Command::new(path)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -913,22 +913,6 @@ fn local_host_as_this_user() {
     });
 }
 
-/// Deletes the test user (and its group and home) however the test ends.
-struct UserGuard(String);
-
-impl Drop for UserGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel")
-            .args(["-r", "-f", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = Command::new("groupdel")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 fn shadow(user: &str) -> Vec<String> {
     std::fs::read_to_string("/etc/shadow")
         .unwrap()

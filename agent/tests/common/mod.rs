@@ -266,3 +266,19 @@ pub fn send(agent: &AgentProc, v: Value) -> Value {
 pub fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
+
+/// Deletes the test user (and its group and home) however the test ends.
+pub struct UserGuard(pub String);
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .args(["-r", "-f", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("groupdel")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
