@@ -174,7 +174,11 @@ impl HostSettings {
         let d = workers::provision::ProvisionConfig::default();
         workers::provision::ProvisionConfig {
             ipv4: self.ipv4.unwrap_or(d.ipv4),
-            security_profile: self.security_profile.clone().unwrap_or(d.security_profile),
+            security_profile: self
+                .security_profile
+                .as_deref()
+                .and_then(store::SecurityPolicy::parse)
+                .unwrap_or(d.security_profile),
         }
     }
 }
@@ -399,7 +403,7 @@ impl Config {
             }
         }
         if let Some(prof) = &self.host.security_profile {
-            if !["strict", "moderate", "legacy"].contains(&prof.as_str()) {
+            if store::SecurityPolicy::parse(prof).is_none() {
                 p.push(format!(
                     "host.security_profile {prof:?} is not strict, moderate or legacy."
                 ));

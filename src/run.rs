@@ -134,7 +134,8 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
             &secret,
             cfg.api.clone(),
             api::metrics::install_prometheus(),
-        );
+        )
+        .with_security_default(cfg.host.provision().security_profile);
         for h in state.spawn_background(shutdown.clone()) {
             tasks.spawn(async move {
                 h.await?;

@@ -426,6 +426,7 @@ macro_rules! typed_host_ops {
                 account: account.clone(),
                 profile,
                 cron,
+                settings: None,
             };
             match self.call(req).await? {
                 $crate::Reply::SecurityWritten(s) => Ok(s),
@@ -550,6 +551,39 @@ macro_rules! typed_host_ops {
             match self.call(req).await? {
                 $crate::Reply::Mailboxes { mailboxes, .. } => Ok(mailboxes),
                 other => Err($crate::client::unexpected("list_mailboxes", &other)),
+            }
+        }
+
+        /// Writes the account's mail policy and the Exim ACL from every policy (checked by
+        /// `exim -bV` where Exim is installed, then swapped in and Exim reloaded).
+        pub async fn write_mail_policy(
+            &self,
+            account: &$crate::AccountName,
+            policy: $crate::mailpolicy::MailPolicy,
+            domains: Vec<$crate::names::Domain>,
+        ) -> Result<$crate::mailpolicy::MailPolicyReport, $crate::AgentError> {
+            let req = $crate::Request::WriteMailPolicy {
+                account: account.clone(),
+                policy,
+                domains,
+            };
+            match self.call(req).await? {
+                $crate::Reply::MailPolicyWritten(r) => Ok(r),
+                other => Err($crate::client::unexpected("write_mail_policy", &other)),
+            }
+        }
+
+        /// Removes the account's mail policy and its ACL stanza (`changed: false` if none).
+        pub async fn remove_mail_policy(
+            &self,
+            account: &$crate::AccountName,
+        ) -> Result<$crate::mailpolicy::MailPolicyReport, $crate::AgentError> {
+            let req = $crate::Request::RemoveMailPolicy {
+                account: account.clone(),
+            };
+            match self.call(req).await? {
+                $crate::Reply::MailPolicyRemoved(r) => Ok(r),
+                other => Err($crate::client::unexpected("remove_mail_policy", &other)),
             }
         }
     };

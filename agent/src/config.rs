@@ -28,6 +28,11 @@
 //!
 //! [fallback]                  # rlimits where a controller is missing
 //! cpu_seconds = 3600
+//!
+//! [mail]                      # per-account Exim limits (write_mail_policy)
+//! exim = "auto"               # "auto": exim4/exim on PATH; "none": never validate; or a path
+//! exim_pid_file = "/run/exim4/exim.pid"   # default: <host.root>/run/exim4/exim.pid
+//! exim_config = "/etc/exim4/exim4.conf"   # optional: validate this main config (with the candidate ACL)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -78,6 +83,35 @@ pub struct AgentConfig {
     /// cgroup ([`crate::child`]). `None`: the running binary itself when it can be that child
     /// (`npanel-agent`, `npanel`), else a thread of this process.
     pub unpack_helper: Option<PathBuf>,
+    /// The `[mail]` table: how mail policies are checked and Exim reloaded.
+    pub mail: MailConfig,
+}
+
+/// The `[mail]` table ([`crate::mailpolicy`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `auto` (default): `exim4` or `exim` on `PATH` and in the sbin directories; `none`:
+    /// never validate (the files are written, the answer says `validated: false`); else the
+    /// binary's path.
+    pub exim: String,
+    /// Pid file of the running Exim daemon (SIGHUP after a change); `None`:
+    /// `<host.root>/run/exim4/exim.pid` (Debian's).
+    pub exim_pid_file: Option<PathBuf>,
+    /// Exim's main config. When set, `exim -bV` checks a copy of it in which the live ACL
+    /// path is replaced by the candidate's; unset, a minimal harness that includes the
+    /// candidate the same way.
+    pub exim_config: Option<PathBuf>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            exim: "auto".into(),
+            exim_pid_file: None,
+            exim_config: None,
+        }
+    }
 }
 
 /// The `[host]` table: where and how account resources live on the host.
@@ -138,6 +172,7 @@ impl Default for AgentConfig {
             fallback: Fallback::default(),
             host: HostConfig::default(),
             unpack_helper: None,
+            mail: MailConfig::default(),
         }
     }
 }
@@ -206,6 +241,17 @@ impl AgentConfig {
             return bad("min_account_uid must be > 0 (homes are never owned by root)".into());
         }
         self.limits.validate().map_err(AgentError::Config)?;
+        if self.mail.exim.is_empty() {
+            return bad("mail.exim must be \"auto\", \"none\" or a path".into());
+        }
+        for (name, p) in [
+            ("mail.exim_pid_file", &self.mail.exim_pid_file),
+            ("mail.exim_config", &self.mail.exim_config),
+        ] {
+            if p.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return bad(format!("{name} must be an absolute path"));
+            }
+        }
         Ok(())
     }
 
@@ -345,6 +391,9 @@ mod tests {
             "[host]\nroot = \"relative\"",
             "[host]\nnameservers = [\"not a domain\"]",
             "[host]\nsurprise = 1",
+            "[mail]\nexim = \"\"",
+            "[mail]\nexim_config = \"relative.conf\"",
+            "[mail]\nsurprise = 1",
             "home_root = \"/\"",
             "long_request_timeout_ms = 0",
             "socket_path = [",

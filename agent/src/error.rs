@@ -58,6 +58,10 @@ pub enum AgentError {
     /// The caller cancelled the operation (a restore's unpack).
     #[error("{0}")]
     Cancelled(String),
+    /// A host daemon's config check (`exim -bV`) refused what the operation would have
+    /// written; the live files were left as they were.
+    #[error("{0}")]
+    ConfigRejected(String),
 }
 
 impl AgentError {
@@ -82,6 +86,7 @@ impl AgentError {
             AgentError::InvalidRequest(_) | AgentError::Config(_) => ErrorCode::InvalidRequest,
             AgentError::InvalidAccount(_) => ErrorCode::InvalidAccount,
             AgentError::Cancelled(_) => ErrorCode::Cancelled,
+            AgentError::ConfigRejected(_) => ErrorCode::ConfigRejected,
             AgentError::Remote(w) => w.code,
             AgentError::Connect { .. } | AgentError::Protocol(_) | AgentError::Internal(_) => {
                 ErrorCode::Internal

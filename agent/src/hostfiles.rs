@@ -5,7 +5,7 @@
 //! | what | where |
 //! | --- | --- |
 //! | zone | `<host_root>/var/named/<domain>.db` (0644) |
-//! | security | `<host_root>/etc/npanel/accounts/<account>/{profile,php.ini,ssh.conf,cron.allow}` (0644) |
+//! | security | `<host_root>/etc/npanel/accounts/<account>/{profile,php.ini,ssh.conf,policy.conf,cron.allow}` (0644); the home's mode |
 //! | suspended flag | `<host_root>/etc/npanel/accounts/<account>/suspended` (0644) |
 
 use std::net::Ipv4Addr;
@@ -16,6 +16,7 @@ use crate::error::{AgentError, Result};
 use crate::fsx::{self, DirHandle};
 use crate::names::Domain;
 use crate::protocol::{SecurityProfile, SecurityWritten, ZoneWritten};
+use serde::{Deserialize, Serialize};
 
 /// `<host_root>/var/named`.
 pub fn zone_dir(host_root: &Path) -> PathBuf {
@@ -224,40 +225,209 @@ pub fn disabled_php_functions(profile: SecurityProfile) -> &'static str {
     }
 }
 
-/// The `php.ini` fragment of a profile.
-pub fn render_php_ini(account: &AccountName, home: &Path, profile: SecurityProfile) -> String {
-    let p = profile.as_str();
+/// sshd `AllowTcpForwarding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpForwarding {
+    No,
+    Local,
+    Yes,
+}
+
+/// PHP `open_basedir`: the home, the home and `/tmp/`, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenBasedir {
+    Home,
+    HomeAndTmp,
+    Off,
+}
+
+/// Who may relay mail as the account; there is no open relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailRelay {
+    Authenticated,
+    Local,
+}
+
+/// The optional `settings` of `write_security`: the account's effective values (the panel's
+/// template plus its per-account overrides, DESIGN §13). Each field given replaces the
+/// profile's template value; absent fields keep it, so a caller that sends none (or an older
+/// caller) gets exactly the profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// PHP `disable_functions` (names `[a-z_][a-z0-9_]*`, at most 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub php_disable_functions: Option<Vec<String>>,
+    /// PHP `allow_url_fopen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub php_allow_url_fopen: Option<bool>,
+    /// PHP `open_basedir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub php_open_basedir: Option<OpenBasedir>,
+    /// sshd `PasswordAuthentication` (false: key only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_password_auth: Option<bool>,
+    /// sshd `AllowTcpForwarding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_tcp_forwarding: Option<TcpForwarding>,
+    /// Mode of `<home_root>/<account>`: one of [`HOME_MODES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_mode: Option<String>,
+    /// Whether the account's database users get DROP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_drop_privilege: Option<bool>,
+    /// Who may relay mail as the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_relay: Option<MailRelay>,
+}
+
+/// Home modes `write_security` sets: the owner keeps rwx, nobody else may write, no special
+/// bits.
+pub const HOME_MODES: &[&str] = &["0700", "0710", "0711", "0750", "0751", "0755"];
+
+/// Every value of an account's fragments, after the template and the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedSecurity {
+    pub profile: SecurityProfile,
+    pub php_disable_functions: String,
+    pub php_allow_url_fopen: bool,
+    pub php_open_basedir: OpenBasedir,
+    pub ssh_password_auth: bool,
+    pub ssh_tcp_forwarding: TcpForwarding,
+    pub home_mode: u32,
+    pub db_drop_privilege: bool,
+    pub mail_relay: MailRelay,
+}
+
+impl ResolvedSecurity {
+    /// The template of `profile` (what `write_security` writes without `settings`).
+    pub fn template(profile: SecurityProfile) -> ResolvedSecurity {
+        use SecurityProfile as P;
+        ResolvedSecurity {
+            profile,
+            php_disable_functions: disabled_php_functions(profile).to_string(),
+            php_allow_url_fopen: profile != P::Strict,
+            php_open_basedir: match profile {
+                P::Strict => OpenBasedir::Home,
+                P::Moderate => OpenBasedir::HomeAndTmp,
+                P::Legacy => OpenBasedir::Off,
+            },
+            ssh_password_auth: profile != P::Strict,
+            ssh_tcp_forwarding: if profile == P::Legacy {
+                TcpForwarding::Local
+            } else {
+                TcpForwarding::No
+            },
+            home_mode: if profile == P::Legacy { 0o711 } else { 0o750 },
+            db_drop_privilege: profile == P::Legacy,
+            mail_relay: if profile == P::Legacy {
+                MailRelay::Local
+            } else {
+                MailRelay::Authenticated
+            },
+        }
+    }
+
+    /// The template of `profile` with `settings` applied; a value that cannot go into a file
+    /// safely is refused ([`AgentError::InvalidRequest`]).
+    pub fn resolve(
+        profile: SecurityProfile,
+        settings: Option<&SecuritySettings>,
+    ) -> Result<ResolvedSecurity> {
+        let mut r = Self::template(profile);
+        let Some(s) = settings else { return Ok(r) };
+        if let Some(list) = &s.php_disable_functions {
+            if list.len() > 200 {
+                return Err(AgentError::InvalidRequest(format!(
+                    "settings.php_disable_functions has {} names; at most 200",
+                    list.len()
+                )));
+            }
+            for f in list {
+                let ok = !f.is_empty()
+                    && f.len() <= 64
+                    && (f.as_bytes()[0].is_ascii_lowercase() || f.as_bytes()[0] == b'_')
+                    && f.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(AgentError::InvalidRequest(format!(
+                        "settings.php_disable_functions: {f:?} is not a PHP function name ([a-z_][a-z0-9_]*, at most 64 characters)"
+                    )));
+                }
+            }
+            r.php_disable_functions = list.join(",");
+        }
+        if let Some(m) = &s.home_mode {
+            if !HOME_MODES.contains(&m.as_str()) {
+                return Err(AgentError::InvalidRequest(format!(
+                    "settings.home_mode {m:?} is not one of {}",
+                    HOME_MODES.join(", ")
+                )));
+            }
+            r.home_mode = u32::from_str_radix(m, 8).unwrap_or(0o750);
+        }
+        r.php_allow_url_fopen = s.php_allow_url_fopen.unwrap_or(r.php_allow_url_fopen);
+        r.php_open_basedir = s.php_open_basedir.unwrap_or(r.php_open_basedir);
+        r.ssh_password_auth = s.ssh_password_auth.unwrap_or(r.ssh_password_auth);
+        r.ssh_tcp_forwarding = s.ssh_tcp_forwarding.unwrap_or(r.ssh_tcp_forwarding);
+        r.db_drop_privilege = s.db_drop_privilege.unwrap_or(r.db_drop_privilege);
+        r.mail_relay = s.mail_relay.unwrap_or(r.mail_relay);
+        Ok(r)
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "On"
+    } else {
+        "Off"
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The `php.ini` fragment.
+pub fn render_php_ini(account: &AccountName, home: &Path, sec: &ResolvedSecurity) -> String {
+    let p = sec.profile.as_str();
     let mut s = format!(
         "; npanel security profile {p} of account {account}, written by npanel-agent: edits here are overwritten\n"
     );
     s.push_str(&format!(
         "disable_functions = \"{}\"\n",
-        disabled_php_functions(profile)
+        sec.php_disable_functions
     ));
-    let url_fopen = if profile == SecurityProfile::Strict {
-        "Off"
-    } else {
-        "On"
-    };
-    s.push_str(&format!("allow_url_fopen = {url_fopen}\n"));
+    s.push_str(&format!(
+        "allow_url_fopen = {}\n",
+        on_off(sec.php_allow_url_fopen)
+    ));
     s.push_str("allow_url_include = Off\n");
     s.push_str("expose_php = Off\n");
     let home = home.display();
-    match profile {
-        SecurityProfile::Strict => s.push_str(&format!("open_basedir = \"{home}/\"\n")),
-        SecurityProfile::Moderate => s.push_str(&format!("open_basedir = \"{home}/:/tmp/\"\n")),
-        SecurityProfile::Legacy => {}
+    match sec.php_open_basedir {
+        OpenBasedir::Home => s.push_str(&format!("open_basedir = \"{home}/\"\n")),
+        OpenBasedir::HomeAndTmp => s.push_str(&format!("open_basedir = \"{home}/:/tmp/\"\n")),
+        OpenBasedir::Off => {}
     }
     s
 }
 
-/// The sshd `Match User` fragment of a profile.
-pub fn render_ssh_conf(account: &AccountName, profile: SecurityProfile) -> String {
-    let p = profile.as_str();
-    let (password, forwarding) = match profile {
-        SecurityProfile::Strict => ("no", "no"),
-        SecurityProfile::Moderate => ("yes", "no"),
-        SecurityProfile::Legacy => ("yes", "local"),
+/// The sshd `Match User` fragment.
+pub fn render_ssh_conf(account: &AccountName, sec: &ResolvedSecurity) -> String {
+    let p = sec.profile.as_str();
+    let password = yes_no(sec.ssh_password_auth);
+    let forwarding = match sec.ssh_tcp_forwarding {
+        TcpForwarding::No => "no",
+        TcpForwarding::Local => "local",
+        TcpForwarding::Yes => "yes",
     };
     format!(
         "# npanel security profile {p} of account {account}, written by npanel-agent: edits here are overwritten\n\
@@ -272,15 +442,65 @@ pub fn render_ssh_conf(account: &AccountName, profile: SecurityProfile) -> Strin
     )
 }
 
+/// The `policy.conf` fragment: what the database grants, the mail server and the home follow.
+pub fn render_policy_conf(account: &AccountName, sec: &ResolvedSecurity) -> String {
+    let relay = match sec.mail_relay {
+        MailRelay::Authenticated => "authenticated",
+        MailRelay::Local => "local",
+    };
+    format!(
+        "# npanel security profile {p} of account {account}, written by npanel-agent: edits here are overwritten\n\
+         profile = {p}\n\
+         home_mode = {mode:04o}\n\
+         db_drop_privilege = {drop}\n\
+         mail_relay = {relay}\n\
+         mail_open_relay = no\n",
+        p = sec.profile.as_str(),
+        mode = sec.home_mode,
+        drop = yes_no(sec.db_drop_privilege),
+    )
+}
+
+/// Sets the mode of `<home_root>/<account>` (opened without following a symlink) when it
+/// exists; answers whether it changed. An absent home is fine (created later by
+/// `prepare_home`/`create_user`, then set again by the next `write_security`).
+fn set_home_mode(home_root: &Path, account: &AccountName, mode: u32) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = match fsx::open_base(home_root) {
+        Ok(b) => b,
+        Err(AgentError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(home) = base.open_dir(account.as_str())? else {
+        return Ok(false);
+    };
+    let meta = home
+        .file
+        .metadata()
+        .map_err(|e| AgentError::io(&home.path, e))?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(false);
+    }
+    home.file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| AgentError::io(&home.path, e))?;
+    Ok(true)
+}
+
 /// Writes the security fragments of `account` (see the README for their
-/// content). `cron` (default true) decides whether `cron.allow` exists.
+/// content): the profile's template with `settings` applied. `cron` (default
+/// true) decides whether `cron.allow` exists. The home gets the mode of the
+/// result when it exists.
 pub fn write_security(
     host_root: &Path,
-    home: &Path,
+    home_root: &Path,
     account: &AccountName,
     profile: SecurityProfile,
     cron: bool,
+    settings: Option<&SecuritySettings>,
 ) -> Result<SecurityWritten> {
+    let sec = ResolvedSecurity::resolve(profile, settings)?;
+    let home = home_root.join(account.as_str());
     let dir = account_dir(host_root, account)?;
     let mut changed = false;
     changed |= dir.write_if_changed(
@@ -290,21 +510,24 @@ pub fn write_security(
     )?;
     changed |= dir.write_if_changed(
         "php.ini",
-        render_php_ini(account, home, profile).as_bytes(),
+        render_php_ini(account, &home, &sec).as_bytes(),
         0o644,
     )?;
+    changed |=
+        dir.write_if_changed("ssh.conf", render_ssh_conf(account, &sec).as_bytes(), 0o644)?;
     changed |= dir.write_if_changed(
-        "ssh.conf",
-        render_ssh_conf(account, profile).as_bytes(),
+        "policy.conf",
+        render_policy_conf(account, &sec).as_bytes(),
         0o644,
     )?;
-    let mut files = vec!["profile", "php.ini", "ssh.conf"];
+    let mut files = vec!["profile", "php.ini", "ssh.conf", "policy.conf"];
     if cron {
         changed |= dir.write_if_changed("cron.allow", format!("{account}\n").as_bytes(), 0o644)?;
         files.push("cron.allow");
     } else {
         changed |= dir.remove_file("cron.allow")?;
     }
+    changed |= set_home_mode(home_root, account, sec.home_mode)?;
     if changed {
         tracing::info!(account = %account, profile = profile.as_str(), cron, "security fragments written");
     }

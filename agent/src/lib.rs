@@ -30,7 +30,8 @@
 //! §11), each step typed, validated and idempotent, every path under the
 //! configured `host.root`: the login user ([`users`]), the cPanel-compatible
 //! home ([`home`]), the zone file, security fragments and suspended flag
-//! ([`hostfiles`]), the mail accounts of its domains ([`mail`]), the disk
+//! ([`hostfiles`]), the mail accounts of its domains ([`mail`]), its outbound mail limits
+//! for Exim ([`mailpolicy`]), the disk
 //! quota ([`quota`]) and the home's archive ([`backup`]). Steps inside directories an account controls never follow
 //! a symlink ([`fsx`]).
 //!
@@ -44,12 +45,14 @@ pub mod cgroup;
 pub mod child;
 pub mod client;
 pub mod config;
+pub mod enforce;
 pub mod error;
 pub mod fsx;
 pub mod home;
 pub mod hostfiles;
 pub mod local;
 pub mod mail;
+pub mod mailpolicy;
 pub mod names;
 pub mod protocol;
 pub mod quota;

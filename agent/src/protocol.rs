@@ -79,6 +79,8 @@ pub const KNOWN_OPS: &[&str] = &[
     "install_home",
     "revert_home",
     "discard_restore",
+    "write_mail_policy",
+    "remove_mail_policy",
 ];
 
 /// The closed set of requests.
@@ -164,11 +166,21 @@ pub enum Request {
         /// Whether the account may use cron (default true).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cron: Option<bool>,
+        /// The account's effective settings, each replacing the profile's template value
+        /// (absent: the template as it is).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<crate::hostfiles::SecuritySettings>,
     },
     /// Create or remove the account's `suspended` flag file.
     SetSuspended {
         account: AccountName,
         suspended: bool,
+    },
+    /// Make the account's home read-only (its modes recorded) or give them back: a disk limit
+    /// enforced where the filesystem has no quotas ([`crate::enforce`]).
+    SetReadOnly {
+        account: AccountName,
+        read_only: bool,
     },
     /// Filesystem quota of the account's user on the home filesystem
     /// (`None` = unlimited).
@@ -247,6 +259,19 @@ pub enum Request {
     },
     /// Delete the staging of a restore (and the home an install replaced).
     DiscardRestore { restore_id: String },
+    /// Write the account's outbound mail policy
+    /// (`<host_root>/etc/exim4/npanel/policies/<account>.conf`) and regenerate the Exim ACL
+    /// include from every policy, checked by `exim -bV` before it is swapped in
+    /// ([`crate::mailpolicy`]). `domains`: the account's domains, whose mailbox logins
+    /// (`box@domain`) count as the account's.
+    WriteMailPolicy {
+        account: AccountName,
+        policy: crate::mailpolicy::MailPolicy,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        domains: Vec<Domain>,
+    },
+    /// Remove the account's mail policy and its stanza from the ACL; absent is fine.
+    RemoveMailPolicy { account: AccountName },
 }
 
 impl Request {
@@ -272,6 +297,7 @@ impl Request {
             Request::RemoveZone { .. } => "remove_zone",
             Request::WriteSecurity { .. } => "write_security",
             Request::SetSuspended { .. } => "set_suspended",
+            Request::SetReadOnly { .. } => "set_read_only",
             Request::SetQuota { .. } => "set_quota",
             Request::BackupHome { .. } => "backup_home",
             Request::RemoveHome { .. } => "remove_home",
@@ -284,6 +310,8 @@ impl Request {
             Request::InstallHome { .. } => "install_home",
             Request::RevertHome { .. } => "revert_home",
             Request::DiscardRestore { .. } => "discard_restore",
+            Request::WriteMailPolicy { .. } => "write_mail_policy",
+            Request::RemoveMailPolicy { .. } => "remove_mail_policy",
         }
     }
 
@@ -295,6 +323,7 @@ impl Request {
             self,
             Request::BackupHome { .. }
                 | Request::RemoveHome { .. }
+                | Request::SetReadOnly { .. }
                 | Request::DiskUsage { .. }
                 | Request::UnpackArchive { .. }
                 | Request::InstallHome { .. }
@@ -429,6 +458,9 @@ pub enum ErrorCode {
     Internal,
     /// The caller cancelled the operation (`cancel_unpack`).
     Cancelled,
+    /// A host daemon's own check (`exim -bV`) refused the config the operation would have
+    /// written; nothing was changed.
+    ConfigRejected,
 }
 
 impl fmt::Display for ErrorCode {
@@ -508,6 +540,8 @@ pub enum Reply {
         existed: bool,
     },
     SecurityWritten(SecurityWritten),
+    /// The home made read-only, or given its modes back.
+    ReadOnlySet(crate::enforce::ReadOnlyReport),
     SuspensionSet {
         account: AccountName,
         suspended: bool,
@@ -555,6 +589,8 @@ pub enum Reply {
         /// Sorted; empty when the domain has no `passwd` file.
         mailboxes: Vec<Mailbox>,
     },
+    MailPolicyWritten(crate::mailpolicy::MailPolicyReport),
+    MailPolicyRemoved(crate::mailpolicy::MailPolicyReport),
 }
 
 /// Answer to [`Request::CreateMailbox`].
@@ -1135,6 +1171,11 @@ pub fn parse_request_line(line: &[u8]) -> Result<(Option<u64>, Request), Rejecte
             .validate()
             .map_err(|e| reject(id, ErrorCode::InvalidRequest, e))?;
     }
+    if let Request::WriteMailPolicy { policy, .. } = &request {
+        policy
+            .validate()
+            .map_err(|e| reject(id, ErrorCode::InvalidRequest, format!("policy: {e}")))?;
+    }
     Ok((id, request))
 }
 
@@ -1193,6 +1234,12 @@ mod tests {
                 account: acct("d"),
                 profile: SecurityProfile::Moderate,
                 cron: Some(false),
+                settings: Some(crate::hostfiles::SecuritySettings {
+                    php_disable_functions: Some(vec!["exec".into()]),
+                    home_mode: Some("0711".into()),
+                    mail_relay: Some(crate::hostfiles::MailRelay::Local),
+                    ..Default::default()
+                }),
             },
             Request::SetSuspended {
                 account: acct("d"),
@@ -1251,6 +1298,16 @@ mod tests {
             Request::DiscardRestore {
                 restore_id: "01J0".into(),
             },
+            Request::WriteMailPolicy {
+                account: acct("d"),
+                policy: crate::mailpolicy::MailPolicy {
+                    per_hour: 2,
+                    burst_per_15min: 1,
+                    ..Default::default()
+                },
+                domains: vec![Domain::parse("example.com").unwrap()],
+            },
+            Request::RemoveMailPolicy { account: acct("d") },
         ];
         for op in KNOWN_OPS {
             assert!(
@@ -1329,6 +1386,20 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"v":1,"op":"write_security","account":"a","profile":"lax"}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(
+                r#"{"v":1,"op":"write_security","account":"a","profile":"strict","settings":{"password_min_length":8}}"#
+            ),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"v":1,"op":"write_mail_policy","account":"a","policy":{"per_hour":0}}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"v":1,"op":"write_mail_policy","account":"a","policy":{"per_day":5}}"#),
             ErrorCode::InvalidRequest
         );
         // a refused password is not echoed

@@ -24,7 +24,7 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 use crate::unpack::UnpackOptions;
-use crate::{backup, home, hostfiles, mail, quota, restore, users};
+use crate::{backup, home, hostfiles, mail, mailpolicy, quota, restore, users};
 
 /// Config plus what was derived from it.
 #[derive(Debug)]
@@ -541,13 +541,18 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             account,
             profile,
             cron,
+            settings,
         } => Ok(Reply::SecurityWritten(hostfiles::write_security(
             &cfg.host.root,
-            &cfg.home_root().join(&account),
+            &cfg.home_root(),
             &account,
             profile,
             cron.unwrap_or(true),
+            settings.as_ref(),
         )?)),
+        Request::SetReadOnly { account, read_only } => Ok(Reply::ReadOnlySet(
+            crate::enforce::set_read_only(&cfg.host.root, &cfg.home_root(), &account, read_only)?,
+        )),
         Request::SetSuspended { account, suspended } => {
             let (path, changed) = hostfiles::set_suspended(&cfg.host.root, &account, suspended)?;
             Ok(Reply::SuspensionSet {
@@ -681,6 +686,18 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 existed,
             })
         }
+        Request::WriteMailPolicy {
+            account,
+            policy,
+            domains,
+        } => Ok(Reply::MailPolicyWritten(mailpolicy::apply(
+            cfg,
+            &account,
+            Some((policy, domains)),
+        )?)),
+        Request::RemoveMailPolicy { account } => Ok(Reply::MailPolicyRemoved(mailpolicy::apply(
+            cfg, &account, None,
+        )?)),
     }
 }
 

@@ -423,7 +423,12 @@ fn security_fragments_and_suspended_flag() {
     let r = ok(&sec("strict", None)).clone();
     assert_eq!(r["type"], "security_written");
     assert_eq!(r["changed"], true);
-    assert_eq!(r["files"].as_array().unwrap().len(), 4);
+    assert_eq!(r["files"].as_array().unwrap().len(), 5);
+    let policy = std::fs::read_to_string(dir.join("policy.conf")).unwrap();
+    assert!(
+        policy.contains("db_drop_privilege = no\n") && policy.contains("mail_open_relay = no\n"),
+        "{policy}"
+    );
     let php = std::fs::read_to_string(dir.join("php.ini")).unwrap();
     assert!(
         php.contains("disable_functions = \"exec,passthru,shell_exec,system,proc_open,popen"),
@@ -465,6 +470,46 @@ fn security_fragments_and_suspended_flag() {
         .contains("open_basedir = \""));
     let v = sec("paranoid", None);
     assert_eq!(error_code(&v), "invalid_request");
+    // effective settings replace the template's values field by field, idempotently
+    std::fs::create_dir_all(sb.home().join("gina")).unwrap();
+    let with = |settings: serde_json::Value| {
+        send(
+            &agent,
+            json!({"op": "write_security", "account": "gina", "profile": "strict", "settings": settings}),
+        )
+    };
+    let custom = json!({"php_disable_functions": ["exec", "system"], "ssh_password_auth": true,
+        "home_mode": "0711", "db_drop_privilege": true, "php_open_basedir": "off"});
+    assert_eq!(ok(&with(custom.clone()))["changed"], true);
+    let php = std::fs::read_to_string(dir.join("php.ini")).unwrap();
+    assert!(
+        php.contains("disable_functions = \"exec,system\"\n"),
+        "{php}"
+    );
+    assert!(
+        php.contains("allow_url_fopen = Off") && !php.contains("open_basedir"),
+        "{php}"
+    );
+    assert!(std::fs::read_to_string(dir.join("ssh.conf"))
+        .unwrap()
+        .contains("PasswordAuthentication yes"));
+    assert!(std::fs::read_to_string(dir.join("policy.conf"))
+        .unwrap()
+        .contains("db_drop_privilege = yes"));
+    assert_eq!(mode(&sb.home().join("gina")), 0o711);
+    assert_eq!(ok(&with(custom))["changed"], false);
+    // a value that cannot go into a file safely, or an unknown setting, is refused
+    let v = with(json!({"php_disable_functions": ["exec\"\nauto_prepend_file=/x"]}));
+    assert_eq!(error_code(&v), "invalid_request", "{v}");
+    let v = with(json!({"home_mode": "0777"}));
+    assert_eq!(error_code(&v), "invalid_request", "{v}");
+    let v = with(json!({"password_min_length": 8}));
+    assert_eq!(error_code(&v), "invalid_request", "{v}");
+    assert!(std::fs::read_to_string(dir.join("php.ini"))
+        .unwrap()
+        .contains("\"exec,system\""));
+    ok(&with(json!({})));
+    assert_eq!(mode(&sb.home().join("gina")), 0o750);
     // a symlinked account directory is refused
     let outside = sb.path().join("elsewhere");
     std::fs::create_dir(&outside).unwrap();

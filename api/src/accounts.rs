@@ -8,6 +8,9 @@
 //!   create resellers or admins;
 //! - customers: read their own account, set its password, check its features.
 //!
+//! Passwords are checked against the account's effective security policy
+//! ([`crate::security`]); a new account's against the host's template.
+//!
 //! Another tenant's account answers 404 like a missing one. Every mutating call writes an audit
 //! record (success, failure or denied). An action is checked in full before anything is
 //! written; when its job cannot be enqueued (no handler in this build: 501; queue full: 503;
@@ -46,7 +49,9 @@ pub struct CreateAccount {
     pub domain: Option<String>,
     /// Contact e-mail.
     pub email: Option<String>,
-    /// Initial password (passed to the provisioning job; never stored or shown).
+    /// Initial password (passed to the provisioning job; never stored or shown): the host
+    /// template's password rules (`host.security_profile`, strict: 12+ characters, mixed case,
+    /// three character classes).
     pub password: Option<String>,
     /// Reseller allowance `{max_accounts, disk_mb, bandwidth_mb}`.
     #[schema(value_type = Option<Object>)]
@@ -90,7 +95,7 @@ pub(crate) async fn visible_account(
 }
 
 /// May the caller manage (suspend, re-package, ...) this account?
-fn require_manage(caller: &Caller, a: &Account) -> Result<(), ApiError> {
+pub(crate) fn require_manage(caller: &Caller, a: &Account) -> Result<(), ApiError> {
     let v = &caller.0;
     let ok = match v.role {
         Role::Admin => true,
@@ -108,26 +113,8 @@ fn require_manage(caller: &Caller, a: &Account) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn check_password(p: &str) -> Result<(), ApiError> {
-    let classes = [
-        p.chars().any(|c| c.is_ascii_lowercase()),
-        p.chars().any(|c| c.is_ascii_uppercase()),
-        p.chars().any(|c| c.is_ascii_digit()),
-        p.chars().any(|c| !c.is_ascii_alphanumeric()),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if p.chars().count() < 12 || p.len() > 128 || classes < 3 || p.contains(['\n', '\r', ':']) {
-        return Err(ApiError::Unprocessable(
-            "the password must be 12-128 characters with at least three of: lowercase, uppercase, digits, symbols (no ':' or line breaks)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Enqueue the `provision` job for `action` on `a`.
-async fn provision(
+pub(crate) async fn provision(
     st: &AppState,
     caller: &Caller,
     a: &Account,
@@ -140,7 +127,7 @@ async fn provision(
     accept_json(st, caller, job, "/api/jobs").await
 }
 
-fn require_provision(st: &AppState) -> Result<(), ApiError> {
+pub(crate) fn require_provision(st: &AppState) -> Result<(), ApiError> {
     if st.queue.is_available(JobKind::Provision) {
         Ok(())
     } else {
@@ -211,7 +198,8 @@ async fn create_inner(
         }
     };
     if let Some(p) = &req.password {
-        check_password(p)?;
+        // A new account has the host's template and no overrides yet.
+        crate::security::check_password(st, None, p).await?;
     }
     let new = NewAccount {
         id: req.id,
@@ -392,7 +380,8 @@ pub struct PackageBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
-    /// The new password (12-128 characters, three character classes).
+    /// The new password, by the account's effective security policy (strict: 12+ characters,
+    /// mixed case, three character classes; at most 128).
     pub password: String,
 }
 
@@ -459,7 +448,7 @@ async fn action(
     Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account, job })))
 }
 
-fn base(act: ProvisionAction) -> Provision {
+pub(crate) fn base(act: ProvisionAction) -> Provision {
     Provision {
         action: act,
         account: String::new(),
@@ -574,7 +563,9 @@ pub async fn password(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<PasswordBody>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    check_password(&b.password)?;
+    // The account's own rules; another tenant's account is 404 before any rule is told.
+    visible_account(&st, &ctx.caller, &id).await?;
+    crate::security::check_password(&st, Some(&id), &b.password).await?;
     action(&st, &ctx, &id, ProvisionAction::ChangePassword, "password_changed", |_| {
         let mut p = base(ProvisionAction::ChangePassword);
         p.password = Some(b.password.clone());

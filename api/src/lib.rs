@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod email_policy;
 pub mod error;
 pub mod extract;
 pub mod history;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod ops;
 pub mod packages;
 pub mod restore;
+pub mod security;
 pub mod usage;
 pub mod whmcs;
 
@@ -160,6 +162,8 @@ pub struct AppState {
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) cfg: Arc<ApiConfig>,
     pub(crate) openapi: Arc<OnceLock<String>>,
+    /// Template of accounts that chose none (`host.security_profile`).
+    pub(crate) security_default: store::SecurityPolicy,
 }
 
 impl AppState {
@@ -190,7 +194,16 @@ impl AppState {
             prometheus,
             cfg: Arc::new(cfg),
             openapi: Arc::new(OnceLock::new()),
+            security_default: store::SecurityPolicy::default(),
         }
+    }
+
+    /// The security template of accounts that chose none (`host.security_profile`; default
+    /// `strict`): what `GET /api/accounts/{id}/security-policy` shows and what passwords are
+    /// checked against.
+    pub fn with_security_default(mut self, policy: store::SecurityPolicy) -> AppState {
+        self.security_default = policy;
+        self
     }
 
     /// Start the archiver (finished jobs → history) and the audit outbox drain; both stop
@@ -268,11 +281,15 @@ fn routes() -> Routes {
         .routes(routes!(accounts::list, accounts::create))
         .routes(routes!(accounts::get_account))
         .routes(routes!(usage::account_usage))
+        .routes(routes!(usage::set_override, usage::remove_override))
+        .routes(routes!(usage::notifications))
         .routes(routes!(accounts::suspend))
         .routes(routes!(accounts::unsuspend))
         .routes(routes!(accounts::terminate))
         .routes(routes!(accounts::change_package))
         .routes(routes!(accounts::password))
+        .routes(routes!(security::get_policy, security::set_policy))
+        .routes(routes!(email_policy::get_policy, email_policy::put_policy))
         .routes(routes!(accounts::feature))
         .routes(routes!(accounts::set_allowance))
         .routes(routes!(accounts::reseller_summary))

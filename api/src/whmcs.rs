@@ -543,7 +543,8 @@ pub struct CreateAccountRequest {
     pub service_id: ServiceId,
     /// Username: `^[a-z][a-z0-9]{0,15}$`, not reserved.
     pub username: String,
-    /// Initial password (12-128 characters, three character classes). Never stored or shown.
+    /// Initial password, by the host template's rules (`host.security_profile`; strict: 12+
+    /// characters, mixed case, three character classes). Never stored or shown.
     pub password: String,
     /// Contact e-mail.
     pub email: String,
@@ -583,7 +584,8 @@ pub struct PasswordRequest {
     pub service_id: ServiceId,
     /// The account (username).
     pub account_id: String,
-    /// The new password (12-128 characters, three character classes).
+    /// The new password, by the account's effective security policy (strict: 12+ characters,
+    /// mixed case, three character classes).
     pub password: String,
 }
 
@@ -920,12 +922,17 @@ async fn perform(
     }
 }
 
-fn check_password(p: &str) -> Result<(), WhmcsError> {
-    crate::accounts::check_password(p).map_err(|_| {
-        WhmcsError(ApiError::Unprocessable(
-            "the password must be 12-128 characters with at least three of: lowercase, uppercase, digits, symbols (no ':' or line breaks); set a stronger one in WHMCS and retry".into(),
-        ))
-    })
+/// The password rules of `account`'s effective security policy (a new account: the host's
+/// template), with what to do in WHMCS.
+async fn check_password(st: &AppState, account: Option<&str>, p: &str) -> Result<(), WhmcsError> {
+    crate::security::check_password(st, account, p)
+        .await
+        .map_err(|e| match e {
+            ApiError::Unprocessable(m) => WhmcsError(ApiError::Unprocessable(format!(
+                "{m}; set a password that follows it in WHMCS and retry"
+            ))),
+            e => WhmcsError(e),
+        })
 }
 
 /// The account `id` if the key may act on it: its reseller's customers, or (admin scope)
@@ -1002,7 +1009,7 @@ pub async fn create_account(State(st): State<AppState>, w: Whmcs, body: Bytes) -
                 "{e}; change the service's username in WHMCS and retry"
             )))
         })?;
-        check_password(&req.password)?;
+        check_password(&st, None, &req.password).await?;
         let d = req.domain.trim().to_ascii_lowercase();
         if d.len() > 253 || !d.contains('.') || d.starts_with('.') || d.contains("..") {
             return Err(WhmcsError(ApiError::Unprocessable(format!(
@@ -1191,7 +1198,6 @@ pub async fn upgrade_package(State(st): State<AppState>, w: Whmcs, body: Bytes) 
 pub async fn change_password(State(st): State<AppState>, w: Whmcs, body: Bytes) -> Response {
     let plan = async {
         let req: PasswordRequest = parse(&body)?;
-        check_password(&req.password)?;
         let a = service_account(
             &st,
             &w,
@@ -1200,6 +1206,7 @@ pub async fn change_password(State(st): State<AppState>, w: Whmcs, body: Bytes) 
             Act::ChangePassword,
         )
         .await?;
+        check_password(&st, Some(&a.id), &req.password).await?;
         let mut p = base_payload(Act::ChangePassword, &a, req.service_id);
         // Whoever reads Redis reads the job's payload too, so a digest in the key adds
         // nothing to what Redis holds; it makes a *different* password a new job.

@@ -275,3 +275,198 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+async fn notifications(srv: &Server, account: &str) -> Vec<Value> {
+    let admin = token(Role::Admin, None, None);
+    let r = srv
+        .req(
+            "GET",
+            &format!("/api/accounts/{account}/notifications"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    r.json["notifications"].as_array().unwrap().clone()
+}
+
+fn writable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o222 != 0
+}
+
+#[tokio::test]
+async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let srv = server(root).await;
+    srv.store
+        .create_package(store::NewPackage {
+            id: "tiny5".into(),
+            limits: store::Limits {
+                disk_mb: Some(5),
+                bandwidth_mb: Some(1),
+                ..store::Limits::default()
+            },
+            ..store::NewPackage::default()
+        })
+        .await
+        .unwrap();
+    srv.store
+        .set_package_status("tiny5", store::PackageStatus::Active)
+        .await
+        .unwrap();
+    let home = provisioned(&srv, root, "carol", "tiny5").await;
+    let admin = token(Role::Admin, None, None);
+    let hour = 1_796_000_400;
+
+    // 4.2 MB of 5: a warning at 80 %, nothing enforced.
+    std::fs::write(home.join("public_html/a.bin"), vec![1u8; 4_200_000]).unwrap();
+    let r = sweep(&srv, hour).await;
+    assert_eq!(r["levels_changed"][0]["after"], 80, "{r}");
+    let n = notifications(&srv, "carol").await;
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["kind"], "usage_warning");
+    assert!(
+        n[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("% of its disk limit"),
+        "{n:?}"
+    );
+    assert!(writable(&home));
+
+    // Over 5 MB: the home is made read-only; the next sweep, unchanged, adds nothing.
+    std::fs::write(home.join("public_html/b.bin"), vec![1u8; 1_200_000]).unwrap();
+    let r = sweep(&srv, hour + 3600).await;
+    assert_eq!(r["newly_enforced"], json!(["carol"]), "{r}");
+    assert!(!writable(&home));
+    assert!(!writable(&home.join("public_html/a.bin")));
+    let u = srv
+        .req("GET", "/api/accounts/carol/usage", Some(&admin), None)
+        .await;
+    let disk = u.json["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["resource"] == "disk")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (disk["level"].clone(), disk["enforced"].clone()),
+        (json!(100), json!(true))
+    );
+    sweep(&srv, hour + 7200).await;
+    let n = notifications(&srv, "carol").await;
+    assert_eq!(n.len(), 2, "one notice per change, not per sweep: {n:?}");
+    assert_eq!(n[0]["kind"], "usage_over");
+
+    // Only admins set overrides, with a reason.
+    let own = token(Role::Customer, Some("carol"), None);
+    let body = json!({"disk_mb": 100, "reason": "upgrade agreed by phone"}).to_string();
+    let r = srv
+        .req(
+            "PUT",
+            "/api/accounts/carol/usage-override",
+            Some(&own),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    let r = srv
+        .req(
+            "PUT",
+            "/api/accounts/carol/usage-override",
+            Some(&admin),
+            Some(&json!({"disk_mb": 100, "reason": " "}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    let r = srv
+        .req(
+            "PUT",
+            "/api/accounts/carol/usage-override",
+            Some(&admin),
+            Some(&json!({"disk_mb": 100, "colour": "red", "reason": "x"}).to_string()),
+        )
+        .await;
+    assert!(r.status.is_client_error(), "{}", r.json);
+    let r = srv
+        .req(
+            "PUT",
+            "/api/accounts/carol/usage-override",
+            Some(&admin),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // The next sweep lifts it: the home's modes are back, and it says so.
+    let r = sweep(&srv, hour + 10_800).await;
+    assert_eq!(r["levels_changed"][0]["after"], 0, "{r}");
+    assert!(writable(&home));
+    assert!(writable(&home.join("public_html/a.bin")));
+    assert_eq!(
+        notifications(&srv, "carol").await[0]["kind"],
+        "usage_normal"
+    );
+
+    // Over again, but in a grace period: recorded, not enforced.
+    let r = srv
+        .req(
+            "PUT",
+            "/api/accounts/carol/usage-override",
+            Some(&admin),
+            Some(&json!({"disk_mb": 1, "grace_hours": 24, "reason": "moving sites"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = sweep(&srv, hour + 14_400).await;
+    assert_eq!(r["in_grace"], json!(["carol"]), "{r}");
+    assert!(writable(&home));
+    assert!(notifications(&srv, "carol").await[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("grace period"));
+    // Both override changes and the levels are in the audit log, before → after.
+    let a = srv
+        .req(
+            "GET",
+            "/api/audit?account=carol&action=usage_",
+            Some(&admin),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = a.json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for want in [
+        "usage_warning",
+        "usage_over",
+        "usage_normal",
+        "usage_override_set",
+    ] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    // Removing the override: the package's limits again.
+    let r = srv
+        .req(
+            "DELETE",
+            "/api/accounts/carol/usage-override",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["removed"], true, "{}", r.json);
+    // A customer reads their own notices, not another's.
+    let r = srv
+        .req("GET", "/api/accounts/carol/notifications", Some(&own), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = srv
+        .req("GET", "/api/accounts/a1/notifications", Some(&own), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

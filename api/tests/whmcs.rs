@@ -97,6 +97,8 @@ async fn provision(ctx: JobContext, h: Arc<Host>) -> Result<Value, JobError> {
             json!({"account_id": a, "password_changed": true})
         }
         ProvisionAction::ReapplyPackage => json!({}),
+        ProvisionAction::ApplySecurity => json!({}),
+        ProvisionAction::ApplyEmailPolicy => json!({}),
     })
 }
 
@@ -1368,4 +1370,51 @@ async fn the_login_page_and_the_exchange_route() {
     let r = limited.expect("the per-IP limit applies to /api/auth/login");
     assert_eq!(r.json["error"], "rate_limited");
     assert!(r.headers.get("retry-after").is_some());
+}
+
+/// Both WHMCS routes that set a password follow the account's effective security policy: the
+/// host template's rules at create, the account's own at a change (a legacy account accepts
+/// what strict refuses); each refusal names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_follow_the_security_policy() {
+    let (srv, _host) = server(Setup::default()).await;
+    let k = key(&srv, Some("r1")).await;
+    let mut body = create_body(801, "pol1");
+    body["password"] = json!("Short-pw1");
+    let r = post(&srv, &k, "create-account", body).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    let msg = r.json["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("strict security policy's rule password_min_length") && msg.contains("WHMCS"),
+        "{msg}"
+    );
+    assert!(srv.store.account("pol1").await.is_err(), "nothing recorded");
+    let r = post(&srv, &k, "create-account", create_body(801, "pol1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+
+    let pw = |p: &str| json!({"service_id": 801, "account_id": "pol1", "password": p});
+    let r = post(&srv, &k, "change-password", pw("Short-pw1")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    assert!(r.json["message"]
+        .as_str()
+        .unwrap()
+        .contains("password_min_length"));
+    let r = post(&srv, &k, "change-password", pw("lowercase-only-pass-1")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.json);
+    assert!(r.json["message"]
+        .as_str()
+        .unwrap()
+        .contains("password_mixed_case"));
+    srv.store
+        .update_account_security("pol1", |_| {
+            Ok(store::AccountSecurity {
+                policy: Some(store::SecurityPolicy::Legacy),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap();
+    let r = post(&srv, &k, "change-password", pw("Short-pw1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["status"], "success");
 }

@@ -223,6 +223,13 @@ pub enum ProvisionAction {
     ChangePassword,
     /// Re-apply a package's (changed) limits to every account on it: one job, walking them.
     ReapplyPackage,
+    /// Write the account's security fragments again from its effective security policy (the
+    /// store's), after `POST /api/accounts/{id}/security-policy` changed it.
+    ApplySecurity,
+    /// Write the account's effective email policy (the store's: defaults < package < the
+    /// account's override) to the host and reload Exim, after
+    /// `PUT /api/accounts/{id}/email-policy` changed it.
+    ApplyEmailPolicy,
 }
 
 /// `provision`: one action on one account.

@@ -1,5 +1,5 @@
 //! nPanel's system of record (DESIGN §7, §10): accounts and the reseller hierarchy, packages, job
-//! history, the audit log and WHMCS API keys, over sqlx.
+//! history, the audit log, WHMCS API keys and per-account security and email policies, over sqlx.
 //!
 //! # Why this shape
 //! - **One code path for two databases.** SQLite is the default (`<data_dir>/npanel.db`, WAL,
@@ -17,9 +17,11 @@
 mod accounts;
 mod audit;
 mod cursor;
+mod email_policy;
 mod error;
 mod history;
 mod packages;
+mod security;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod usage;
@@ -31,15 +33,25 @@ pub use accounts::{
 };
 pub use audit::{ms_time, Actor, AuditFilter, AuditRecord, NewAudit, Verification};
 pub use cursor::Cursor;
+pub use email_policy::{
+    effective_email_policy, EffectiveEmailPolicy, EmailPolicy, EmailPolicyOverride, PolicySource,
+    DEFAULT_EMAIL_POLICY, EMAIL_POLICY_FIELDS, MAX_EMAIL_CONNECTIONS, MAX_EMAIL_MB_PER_HOUR,
+    MAX_EMAIL_PER_HOUR,
+};
 pub use error::{Result, StoreError};
 pub use history::{HistoryFilter, HistoryRow};
 pub use packages::{
     parse_package_yaml, Limits, NewPackage, Package, PackageStatus, PackageUpdate, FEATURES,
     MAX_PACKAGES, MAX_PACKAGE_BYTES,
 };
+pub use security::{
+    template_source, AccountSecurity, EffectiveSecurity, MailRelay, OpenBasedir, SecurityError,
+    SecurityOverrides, SecurityPolicy, SecuritySettings, TcpForwarding, HOME_MODES,
+    PASSWORD_MAX_LENGTH, SECURITY_SETTINGS,
+};
 pub use usage::{
-    month_start_ms, UsageNow, UsagePoint, UsageSample, DAY_MS, HOURLY_KEEP_MS, HOUR_MS,
-    USAGE_KEEP_MS,
+    month_start_ms, Notification, UsageLevel, UsageNow, UsageOverride, UsagePoint, UsageSample,
+    DAY_MS, HOURLY_KEEP_MS, HOUR_MS, USAGE_KEEP_MS,
 };
 pub use whmcs::{ActiveKey, WhmcsKey, DEFAULT_ROTATION_GRACE};
 

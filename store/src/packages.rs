@@ -64,6 +64,13 @@ pub struct Limits {
     /// Outgoing mail burst per 15 minutes.
     #[serde(default)]
     pub email_burst_per_15min: Option<u64>,
+    /// Outgoing mail volume per hour, MB. For the four `email_*` sending limits `None` means
+    /// the default (see `email_policy`), never unlimited.
+    #[serde(default)]
+    pub email_mb_per_hour: Option<u64>,
+    /// Simultaneous SMTP connections.
+    #[serde(default)]
+    pub email_max_connections: Option<u64>,
     /// CPU, percent of one core.
     #[serde(default)]
     pub cpu_percent: Option<u64>,
@@ -102,6 +109,41 @@ impl Limits {
         }
         if self.pids.is_some_and(|m| m < 8) {
             p.push("limits.pids must be at least 8".into());
+        }
+        for (name, v, max) in [
+            (
+                "email_per_hour",
+                self.email_per_hour,
+                crate::MAX_EMAIL_PER_HOUR,
+            ),
+            (
+                "email_burst_per_15min",
+                self.email_burst_per_15min,
+                crate::MAX_EMAIL_PER_HOUR,
+            ),
+            (
+                "email_mb_per_hour",
+                self.email_mb_per_hour,
+                crate::MAX_EMAIL_MB_PER_HOUR,
+            ),
+            (
+                "email_max_connections",
+                self.email_max_connections,
+                crate::MAX_EMAIL_CONNECTIONS,
+            ),
+        ] {
+            if v.is_some_and(|v| v == 0 || v > u64::from(max)) {
+                p.push(format!(
+                    "limits.{name} must be between 1 and {max} (null: the default)"
+                ));
+            }
+        }
+        if let (Some(b), Some(h)) = (self.email_burst_per_15min, self.email_per_hour) {
+            if b > h {
+                p.push(format!(
+                    "limits.email_burst_per_15min ({b}) must not exceed limits.email_per_hour ({h})"
+                ));
+            }
         }
         p
     }
@@ -600,6 +642,8 @@ pub fn parse_package_yaml(text: &str) -> Result<NewPackage> {
             "addon_domains" => (&mut limits.addon_domains, false),
             "email_per_hour" => (&mut limits.email_per_hour, false),
             "email_burst_per_15min" => (&mut limits.email_burst_per_15min, false),
+            "email_mb_per_hour" => (&mut limits.email_mb_per_hour, false),
+            "email_max_connections" => (&mut limits.email_max_connections, false),
             "cpu_percent" | "cpu" => (&mut limits.cpu_percent, false),
             "memory_mb" => (&mut limits.memory_mb, false),
             "memory" => (&mut limits.memory_mb, true),

@@ -303,3 +303,204 @@ impl Store {
         Ok(())
     }
 }
+
+/// Where an account stands against one limit, as the last sweep found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageLevel {
+    pub account: String,
+    /// `disk` or `bandwidth`.
+    pub resource: String,
+    /// 0 (under 80 %), 80, 95 or 100.
+    pub level: i64,
+    /// Use as a percentage of the limit, rounded down.
+    pub percent: i64,
+    /// Since when it is at this level.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Whether the host enforces the limit now (level 100, no grace).
+    pub enforced: bool,
+}
+
+/// An admin's per-account override of the limits the sweep holds the account to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageOverride {
+    pub account: String,
+    /// Disk limit instead of the package's, MB.
+    pub disk_mb: Option<u64>,
+    /// Monthly bandwidth limit instead of the package's, MB.
+    pub bandwidth_mb: Option<u64>,
+    /// Until then, nothing is enforced (warnings still are recorded).
+    pub grace_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub reason: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A notice for an account's owner and its admins (the panel and the dashboard show them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Notification {
+    pub id: String,
+    pub account: String,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    /// `usage_warning`, `usage_over` or `usage_normal`.
+    pub kind: String,
+    pub resource: Option<String>,
+    pub level: Option<i64>,
+    pub message: String,
+}
+
+impl Store {
+    /// Every stored level (of `account` only, when given).
+    pub async fn usage_levels(&self, account: Option<&str>) -> Result<Vec<UsageLevel>> {
+        let rows = sqlx::query(
+            "SELECT account, resource, level, percent, since, enforced FROM usage_levels \
+             WHERE ($1 = '' OR account = $2) ORDER BY account, resource",
+        )
+        .bind(account.unwrap_or(""))
+        .bind(account.unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageLevel {
+                    account: r.try_get(0)?,
+                    resource: r.try_get(1)?,
+                    level: r.try_get::<i64, _>(2)?,
+                    percent: r.try_get::<i64, _>(3)?,
+                    since: ms_to_time(r.try_get::<i64, _>(4)?),
+                    enforced: r.try_get::<i64, _>(5)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Record where an account stands against one limit.
+    pub async fn set_usage_level(&self, l: &UsageLevel) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO usage_levels (account, resource, level, percent, since, enforced) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (account, resource) DO UPDATE SET level = excluded.level, percent = excluded.percent, \
+             since = excluded.since, enforced = excluded.enforced",
+        )
+        .bind(&l.account)
+        .bind(&l.resource)
+        .bind(l.level)
+        .bind(l.percent)
+        .bind(l.since.timestamp_millis())
+        .bind(l.enforced as i64)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every override, by account.
+    pub async fn usage_overrides(&self) -> Result<HashMap<String, UsageOverride>> {
+        let rows = sqlx::query(
+            "SELECT account, disk_mb, bandwidth_mb, grace_until, reason, updated_at FROM usage_overrides",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let o = UsageOverride {
+                account: r.try_get(0)?,
+                disk_mb: r.try_get::<Option<i64>, _>(1)?.map(|v| v as u64),
+                bandwidth_mb: r.try_get::<Option<i64>, _>(2)?.map(|v| v as u64),
+                grace_until: r.try_get::<Option<i64>, _>(3)?.map(ms_to_time),
+                reason: r.try_get(4)?,
+                updated_at: ms_to_time(r.try_get::<i64, _>(5)?),
+            };
+            out.insert(o.account.clone(), o);
+        }
+        Ok(out)
+    }
+
+    /// Set (or, with `None`, remove) an account's override.
+    pub async fn set_usage_override(&self, account: &str, o: Option<&UsageOverride>) -> Result<()> {
+        match o {
+            None => {
+                sqlx::query("DELETE FROM usage_overrides WHERE account = $1")
+                    .bind(account)
+                    .execute(self.pool())
+                    .await?;
+            }
+            Some(o) => {
+                sqlx::query(
+                    "INSERT INTO usage_overrides (account, disk_mb, bandwidth_mb, grace_until, reason, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account) DO UPDATE SET disk_mb = excluded.disk_mb, \
+                     bandwidth_mb = excluded.bandwidth_mb, grace_until = excluded.grace_until, reason = excluded.reason, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(account)
+                .bind(o.disk_mb.map(|v| v as i64))
+                .bind(o.bandwidth_mb.map(|v| v as i64))
+                .bind(o.grace_until.map(|t| t.timestamp_millis()))
+                .bind(&o.reason)
+                .bind(o.updated_at.timestamp_millis())
+                .execute(self.pool())
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a notification; returns it.
+    pub async fn add_notification(
+        &self,
+        account: &str,
+        kind: &str,
+        resource: Option<&str>,
+        level: Option<i64>,
+        message: &str,
+    ) -> Result<Notification> {
+        let n = Notification {
+            id: format!("nt_{}", ulid::Ulid::new()),
+            account: account.into(),
+            ts: ms_to_time(now_ms()),
+            kind: kind.into(),
+            resource: resource.map(Into::into),
+            level,
+            message: message.into(),
+        };
+        sqlx::query(
+            "INSERT INTO notifications (id, account, ts, kind, resource, level, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&n.id)
+        .bind(&n.account)
+        .bind(n.ts.timestamp_millis())
+        .bind(&n.kind)
+        .bind(&n.resource)
+        .bind(n.level)
+        .bind(&n.message)
+        .execute(self.pool())
+        .await?;
+        Ok(n)
+    }
+
+    /// The newest `limit` notifications (of `account` only, when given), newest first.
+    pub async fn notifications(
+        &self,
+        account: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT id, account, ts, kind, resource, level, message FROM notifications \
+             WHERE ($1 = '' OR account = $2) ORDER BY ts DESC, id DESC LIMIT $3",
+        )
+        .bind(account.unwrap_or(""))
+        .bind(account.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Notification {
+                    id: r.try_get(0)?,
+                    account: r.try_get(1)?,
+                    ts: ms_to_time(r.try_get::<i64, _>(2)?),
+                    kind: r.try_get(3)?,
+                    resource: r.try_get(4)?,
+                    level: r.try_get(5)?,
+                    message: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}

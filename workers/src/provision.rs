@@ -1,5 +1,6 @@
 //! The `provision` handler (DESIGN §10, §11): create, suspend, unsuspend, change_package,
-//! terminate, change_password and reapply_package, each a sequence of idempotent steps.
+//! terminate, change_password, reapply_package and apply_security, each a sequence of idempotent
+//! steps.
 //!
 //! # Why it is shaped like this
 //! - **Every step is idempotent**, on the host (the agent's operations answer "already so"
@@ -12,6 +13,12 @@
 //! - **The host is behind [`HostOps`]**: the privileged agent over its socket in production, or
 //!   the same operations in-process against `<data_dir>/host` (the embedded default). Requests
 //!   are the agent's typed [`agent::Request`]s; the handler never runs anything as root itself.
+//! - **Security fragments come from the store**: `create` and `apply_security` read the
+//!   account's effective security policy (its template, or `host.security_profile`, with its
+//!   per-account overrides; [`store::AccountSecurity`]) when the step runs, not from the job's
+//!   payload, so a retried or late job writes what the store says now and the host cannot end
+//!   up behind the record. `apply_security` is how `POST /api/accounts/{id}/security-policy`
+//!   reaches the host: the same queue, worker and host access as every other account action.
 //! - **Audit**: the job's own completion is recorded by the archiver (`provision_succeeded`,
 //!   `provision_failed`); the routes that enqueue it record who asked.
 
@@ -22,7 +29,7 @@ use queue::{Provision, ProvisionAction};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use store::{Account, AccountStatus, Limits, Store, StoreError};
+use store::{Account, AccountStatus, Limits, SecurityPolicy, Store, StoreError};
 
 /// What provisioning needs from the host: one typed agent request at a time.
 pub trait HostOps: Send + Sync + 'static {
@@ -35,15 +42,15 @@ pub trait HostOps: Send + Sync + 'static {
 pub struct ProvisionConfig {
     /// The address zone files point the account's domain at.
     pub ipv4: Ipv4Addr,
-    /// Security template for new accounts (`strict`, `moderate`, `legacy`).
-    pub security_profile: String,
+    /// Security template of accounts that chose none (`host.security_profile`).
+    pub security_profile: SecurityPolicy,
 }
 
 impl Default for ProvisionConfig {
     fn default() -> Self {
         ProvisionConfig {
             ipv4: Ipv4Addr::LOCALHOST,
-            security_profile: "strict".into(),
+            security_profile: SecurityPolicy::Strict,
         }
     }
 }
@@ -74,9 +81,11 @@ pub(crate) fn host_err(op: &str, e: AgentError) -> JobError {
     use agent::ErrorCode as C;
     let msg = format!("host step {op} failed: {e}");
     match e.code() {
-        C::InvalidRequest | C::InvalidAccount | C::UnsafePath | C::NotPermitted => {
-            JobError::Permanent(msg)
-        }
+        C::InvalidRequest
+        | C::InvalidAccount
+        | C::UnsafePath
+        | C::NotPermitted
+        | C::ConfigRejected => JobError::Permanent(msg),
         _ => JobError::Transient(msg),
     }
 }
@@ -205,6 +214,33 @@ async fn package_limits(p: &Provisioner, a: &Account) -> Result<Limits, JobError
     }
 }
 
+/// The `write_security` request of `a`: its effective policy's template and host-side values
+/// (the password rules stay in the panel; `cron` has its own field).
+pub async fn security_request(
+    store: &Store,
+    host_default: SecurityPolicy,
+    account: &str,
+) -> Result<Value, JobError> {
+    let eff = store
+        .account_security(account)
+        .await
+        .map_err(store_err)?
+        .effective(host_default);
+    Ok(
+        json!({"op": "write_security", "account": account, "profile": eff.policy,
+        "cron": eff.settings.cron, "settings": host_settings(&eff.settings)}),
+    )
+}
+
+/// The settings the agent writes into files (`write_security`'s `settings`).
+fn host_settings(s: &store::SecuritySettings) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.retain(|k, _| !k.starts_with("password_") && k != "cron");
+    }
+    v
+}
+
 /// Run one `provision` job.
 pub async fn run(ctx: JobContext, p: Arc<Provisioner>) -> Result<Value, JobError> {
     let job: Provision = ctx.payload()?;
@@ -219,6 +255,8 @@ pub async fn run(ctx: JobContext, p: Arc<Provisioner>) -> Result<Value, JobError
         ProvisionAction::ChangePackage => change_package(&ctx, &p, &job).await,
         ProvisionAction::Terminate => terminate(&ctx, &p, &job).await,
         ProvisionAction::ChangePassword => change_password(&ctx, &p, &job).await,
+        ProvisionAction::ApplySecurity => apply_security(&ctx, &p, &job).await,
+        ProvisionAction::ApplyEmailPolicy => apply_email_policy(&ctx, &p, &job).await,
     }
 }
 
@@ -241,7 +279,7 @@ async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Va
     let mut r = Run::new(
         ctx,
         p,
-        6 + u64::from(domain.is_some()) * 2 + u64::from(job.password.is_some()),
+        7 + u64::from(domain.is_some()) * 2 + u64::from(job.password.is_some()),
     );
     let user = r
         .host(
@@ -282,11 +320,10 @@ async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Va
             json!({"op": "set_quota", "account": a.id, "disk_mb": limits.disk_mb}),
         )
         .await?;
-    r.host(
-        "security",
-        json!({"op": "write_security", "account": a.id, "profile": p.cfg.security_profile}),
-    )
-    .await?;
+    let security = security_request(&p.store, p.cfg.security_profile, &a.id).await?;
+    r.host("security", security).await?;
+    let mail = email_policy_request(&p.store, &a, None).await?;
+    r.host("mail_policy", mail).await?;
     if let Some(pw) = &job.password {
         r.host(
             "password",
@@ -386,7 +423,7 @@ async fn change_package(
         .clone()
         .ok_or_else(|| JobError::Permanent("change_package needs a package".into()))?;
     let limits = p.store.package(&pkg).await.map_err(store_err)?.limits;
-    let mut r = Run::new(ctx, p, 3);
+    let mut r = Run::new(ctx, p, 4);
     r.host(
         "limits",
         json!({"op": "apply_limits", "account": a.id, "limits": limits_patch(&limits)}),
@@ -397,6 +434,9 @@ async fn change_package(
         json!({"op": "set_quota", "account": a.id, "disk_mb": limits.disk_mb}),
     )
     .await?;
+    // The new package's email limits, under the account's own overrides.
+    let mail = email_policy_request(&p.store, &a, Some(&limits)).await?;
+    r.host("mail_policy", mail).await?;
     r.step("record");
     p.store
         .set_account_package(&a.id, &pkg)
@@ -424,6 +464,67 @@ async fn change_password(
     Ok(json!({"account_id": a.id, "password_changed": true}))
 }
 
+async fn apply_security(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = live_account(p, &job.account).await?;
+    // A pending account gets its fragments too: harmless before its create job (which writes
+    // them again from the same record), and right if that job is past its security step.
+    let req = security_request(&p.store, p.cfg.security_profile, &a.id).await?;
+    let policy = req["profile"].clone();
+    let mut r = Run::new(ctx, p, 1);
+    let written = r.host("security", req).await?;
+    Ok(
+        json!({"account_id": a.id, "policy": policy, "changed": written["changed"],
+        "files": written["files"]}),
+    )
+}
+
+/// The `write_mail_policy` request of `a`: its effective email policy (defaults < package <
+/// its override; `package` instead of its current package's limits when it is moving to
+/// another), its main domain's mailbox logins counted as its own.
+pub async fn email_policy_request(
+    store: &Store,
+    a: &Account,
+    package: Option<&Limits>,
+) -> Result<Value, JobError> {
+    let ov = store
+        .email_policy_override(&a.id)
+        .await
+        .map_err(store_err)?;
+    let eff = store::effective_email_policy(package.or(a.limits.as_ref()), &ov).map_err(|p| {
+        JobError::Permanent(format!(
+            "the email policy of account {} does not hold: {}",
+            a.id,
+            p.join("; ")
+        ))
+    })?;
+    let domains: Vec<&str> = a.domain.iter().map(String::as_str).collect();
+    Ok(
+        json!({"op": "write_mail_policy", "account": a.id, "policy": eff.policy,
+        "domains": domains}),
+    )
+}
+
+async fn apply_email_policy(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = live_account(p, &job.account).await?;
+    let req = email_policy_request(&p.store, &a, None).await?;
+    let policy = req["policy"].clone();
+    let mut r = Run::new(ctx, p, 1);
+    let written = r.host("mail_policy", req).await?;
+    Ok(
+        json!({"account_id": a.id, "policy": policy, "changed": written["changed"],
+        "validated": written["validated"], "validation": written["validation"],
+        "reloaded": written["reloaded"], "reload": written["reload"]}),
+    )
+}
+
 async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
     let a = account(p, &job.account).await?;
     if a.status == AccountStatus::Terminated {
@@ -432,7 +533,7 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
             json!({"account_id": a.id, "status": "terminated", "backup_location": Value::Null}),
         );
     }
-    let mut r = Run::new(ctx, p, 8);
+    let mut r = Run::new(ctx, p, 9);
     r.host_or(
         "processes",
         json!({"op": "kill", "account": a.id}),
@@ -459,6 +560,11 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
         )
         .await?;
     }
+    r.host(
+        "mail_policy",
+        json!({"op": "remove_mail_policy", "account": a.id}),
+    )
+    .await?;
     r.host_or(
         "limits",
         json!({"op": "remove", "account": a.id}),
@@ -512,10 +618,20 @@ async fn reapply(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<V
         after = Some(last.id.clone());
         for a in &page {
             ctx.progress("accounts", done, total.max(done + 1));
-            for req in [
+            let mut reqs = vec![
                 json!({"op": "apply_limits", "account": a.id, "limits": patch}),
                 json!({"op": "set_quota", "account": a.id, "disk_mb": pkg.limits.disk_mb}),
-            ] {
+            ];
+            match email_policy_request(&p.store, a, Some(&pkg.limits)).await {
+                Ok(req) => reqs.push(req),
+                Err(e) => {
+                    ctx.log(format!("{}: write_mail_policy: {e}", a.id));
+                    failed.push(
+                        json!({"account": a.id, "step": "write_mail_policy", "error": e.to_string()}),
+                    );
+                }
+            }
+            for req in reqs {
                 let (op, req) = request(req)?;
                 if let Err(e) = p.host.call(req).await {
                     // One account's trouble does not stop the others; it is reported.
@@ -544,5 +660,28 @@ impl HostOps for agent::Host {
     fn call(&self, req: Request) -> BoxFuture<'_, Result<Reply, AgentError>> {
         // The inherent method: over the socket, or in-process.
         Box::pin(agent::Host::call(self, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's templates (what the panel shows and sends) and the agent's (what it writes
+    /// for a caller that sends no settings) are the same values.
+    #[test]
+    fn store_templates_match_the_agents() {
+        for p in SecurityPolicy::ALL {
+            let profile: agent::SecurityProfile = serde_json::from_value(json!(p)).unwrap();
+            let settings: agent::hostfiles::SecuritySettings =
+                serde_json::from_value(host_settings(&p.template())).unwrap();
+            let sent =
+                agent::hostfiles::ResolvedSecurity::resolve(profile, Some(&settings)).unwrap();
+            assert_eq!(
+                sent,
+                agent::hostfiles::ResolvedSecurity::template(profile),
+                "{p:?}"
+            );
+        }
     }
 }

@@ -16,6 +16,13 @@
 //! - **Resume**: samples are written in batches as accounts finish; a retried sweep of the
 //!   same hour skips the accounts that have one. A vanished account, a missing home or an
 //!   unreadable log is a recorded skip, never a failed sweep for everyone.
+//! - **Limits** (`hold_to_limits`): each account's disk and this month's bandwidth against its
+//!   limits (an admin's override first, then the package's). A level that moves — 80 %, 95 %,
+//!   100 %, or back under 80 % — is stored, notified (`notifications`) and audited once, not
+//!   every hour. At 100 % outside a grace period the disk limit is enforced by making the home
+//!   read-only through the host (`set_read_only`, modes recorded and given back when the use
+//!   drops); bandwidth is recorded as enforced for the web server to throttle (this build
+//!   drives no web server). Mail over its hourly limits is Exim's to defer (the mail policy).
 //! - Database sizes and addon domains are not measured yet (no database server is configured
 //!   in this build, and the store records one domain per account): the result says so.
 
@@ -208,6 +215,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         .set_usage_cursors(&cursors)
         .await
         .map_err(store_err)?;
+    let held = hold_to_limits(&ctx, &s, &accounts).await?;
     let (rolled, dropped) = s.store.roll_up_usage(now).await.map_err(store_err)?;
     ctx.progress("measuring", total.max(1), total.max(1));
     let took = started.elapsed().as_secs_f64();
@@ -235,10 +243,198 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "databases": "not measured: no database server is configured in this build",
         "addon_domains": "not measured: the store records one domain per account",
         "log_notes": notes,
+        "levels_changed": held.changed,
+        "over_limit": held.over,
+        "newly_enforced": held.enforced,
+        "in_grace": held.in_grace,
         "rolled_up_rows": rolled,
         "dropped_rows": dropped,
         "seconds": took,
     }))
+}
+
+/// What holding the accounts to their limits changed.
+#[derive(Debug, Default)]
+struct Held {
+    /// (account, resource, before, after) of every level that moved.
+    changed: Vec<Value>,
+    /// Accounts over a limit now.
+    over: Vec<String>,
+    /// Accounts whose home this sweep made read-only (disk over its limit, no grace).
+    enforced: Vec<String>,
+    /// Accounts over a limit whose grace period is running.
+    in_grace: Vec<String>,
+}
+
+/// The level of `percent`: 0, 80, 95 or 100.
+pub fn level_of(percent: u64) -> i64 {
+    match percent {
+        p if p >= 100 => 100,
+        p if p >= 95 => 95,
+        p if p >= 80 => 80,
+        _ => 0,
+    }
+}
+
+/// Compares each measured account's use with its limits (an admin's override first, then the
+/// package's): at 80 % and 95 % a warning, at 100 % the limit enforced — the home made
+/// read-only for disk; bandwidth is recorded as throttled for the web server to act on — and
+/// lifted when the use drops back. Only changes are written: a level that moved is stored,
+/// notified and audited once, not every hour.
+async fn hold_to_limits(
+    ctx: &JobContext,
+    s: &QuotaSweeper,
+    accounts: &[store::Account],
+) -> Result<Held, JobError> {
+    let usage = s.store.usage_now(None).await.map_err(store_err)?;
+    let overrides = s.store.usage_overrides().await.map_err(store_err)?;
+    let levels: HashMap<(String, String), store::UsageLevel> = s
+        .store
+        .usage_levels(None)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .map(|l| ((l.account.clone(), l.resource.clone()), l))
+        .collect();
+    let now = chrono::Utc::now();
+    let mut held = Held::default();
+    let mut audits = Vec::new();
+    for a in accounts {
+        let Some(u) = usage.get(&a.id) else { continue };
+        let ov = overrides.get(&a.id);
+        let limits = a.limits.clone().unwrap_or_default();
+        let grace = ov.and_then(|o| o.grace_until).filter(|g| *g > now);
+        let checks = [
+            (
+                "disk",
+                u.disk_bytes,
+                ov.and_then(|o| o.disk_mb).or(limits.disk_mb),
+            ),
+            (
+                "bandwidth",
+                u.bandwidth_month_bytes,
+                ov.and_then(|o| o.bandwidth_mb).or(limits.bandwidth_mb),
+            ),
+        ];
+        let mut over = false;
+        for (resource, used, limit_mb) in checks {
+            let (percent, level) = match limit_mb.filter(|l| *l > 0) {
+                Some(l) => {
+                    let p = (used.max(0) as u128 * 100 / (l as u128 * (1 << 20))) as u64;
+                    (p, level_of(p))
+                }
+                None => (0, 0),
+            };
+            over |= level == 100;
+            let enforce = level == 100 && grace.is_none();
+            let prev = levels.get(&(a.id.clone(), resource.to_string()));
+            let (prev_level, prev_enforced) = prev.map_or((0, false), |p| (p.level, p.enforced));
+            if prev_level == level && prev_enforced == enforce {
+                continue;
+            }
+            if resource == "disk" && prev_enforced != enforce {
+                let account = AccountName::parse(&a.id)
+                    .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
+                match s
+                    .host
+                    .call(Request::SetReadOnly {
+                        account,
+                        read_only: enforce,
+                    })
+                    .await
+                {
+                    Ok(_) => ctx.log(format!(
+                        "{}: home {}",
+                        a.id,
+                        if enforce {
+                            "made read-only (disk over its limit)"
+                        } else {
+                            "writable again"
+                        }
+                    )),
+                    Err(e) => return Err(host_err("set_read_only", e)),
+                }
+            }
+            let limit_txt = limit_mb.map_or("unlimited".to_string(), |l| format!("{l} MB"));
+            let used_txt = human(used.max(0) as u64);
+            let (kind, message) = match level {
+                0 => (
+                    "usage_normal",
+                    format!("{} is back under 80 % of its {resource} limit ({used_txt} of {limit_txt})", a.id),
+                ),
+                100 if grace.is_some() => (
+                    "usage_over",
+                    format!(
+                        "{} is over its {resource} limit ({used_txt} of {limit_txt}); not enforced during its grace period until {}",
+                        a.id,
+                        grace.map(|g| g.to_rfc3339()).unwrap_or_default()
+                    ),
+                ),
+                100 => (
+                    "usage_over",
+                    format!(
+                        "{} is over its {resource} limit ({used_txt} of {limit_txt}): {}",
+                        a.id,
+                        if resource == "disk" { "its home is read-only until it uses less" } else { "recorded as throttled, for the web server to act on, until the month ends or the limit rises" }
+                    ),
+                ),
+                l => (
+                    "usage_warning",
+                    format!("{} uses {percent} % of its {resource} limit ({used_txt} of {limit_txt}; warning at {l} %)", a.id),
+                ),
+            };
+            s.store
+                .add_notification(&a.id, kind, Some(resource), Some(level), &message)
+                .await
+                .map_err(store_err)?;
+            s.store
+                .set_usage_level(&store::UsageLevel {
+                    account: a.id.clone(),
+                    resource: resource.into(),
+                    level,
+                    percent: percent as i64,
+                    since: now,
+                    enforced: enforce,
+                })
+                .await
+                .map_err(store_err)?;
+            let mut r = store::NewAudit::new(
+                kind,
+                store::Actor {
+                    kind: "system".into(),
+                    id: "quota_sweep".into(),
+                    ..store::Actor::default()
+                },
+                "success",
+            );
+            r.account = Some(a.id.clone());
+            r.reseller = a.reseller.clone();
+            r.resource = json!({"type": "account", "id": a.id, "name": resource});
+            r.changes = json!({
+                "before": {"level": prev_level, "enforced": prev_enforced},
+                "after": {"level": level, "percent": percent, "enforced": enforce, "used_bytes": used, "limit_mb": limit_mb},
+            });
+            r.source = json!({"method": "JOB", "endpoint": "quota_sweep"});
+            r.job_id = Some(ctx.id.clone());
+            r.related_logs = vec![message.clone()];
+            audits.push(r);
+            ctx.log(message);
+            held.changed.push(json!({"account": a.id, "resource": resource, "before": prev_level, "after": level, "enforced": enforce}));
+            if enforce && resource == "disk" {
+                held.enforced.push(a.id.clone());
+            }
+        }
+        if over {
+            held.over.push(a.id.clone());
+            if grace.is_some() {
+                held.in_grace.push(a.id.clone());
+            }
+        }
+    }
+    if !audits.is_empty() {
+        s.store.append_audit(&audits).await.map_err(store_err)?;
+    }
+    Ok(held)
 }
 
 fn human(b: u64) -> String {

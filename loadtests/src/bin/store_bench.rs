@@ -943,6 +943,8 @@ async fn phase_accounts(o: &Opts, db: &Db, rep: &mut Report) {
         addon_domains: Some(5),
         email_per_hour: Some(300),
         email_burst_per_15min: Some(100),
+        email_mb_per_hour: None,
+        email_max_connections: None,
         cpu_percent: Some(100),
         memory_mb: Some(1024),
         io_mbps: Some(20),
