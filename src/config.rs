@@ -39,6 +39,8 @@ pub struct Config {
     pub host: HostSettings,
     /// The hourly quota sweep: where it reads traffic, how many homes it walks at once.
     pub quota: QuotaSettings,
+    /// The MariaDB/MySQL server of the accounts' databases.
+    pub databases: DatabasesConfig,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
@@ -183,6 +185,15 @@ impl HostSettings {
     }
 }
 
+/// The accounts' database server (DESIGN §11).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabasesConfig {
+    /// `mysql://user:password@host:3306` (MariaDB or MySQL). Unset: database sizes are not
+    /// measured, and the sweep says so.
+    pub url: Option<String>,
+}
+
 /// Quota sweep settings (DESIGN §13).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -208,7 +219,11 @@ impl Default for QuotaSettings {
 
 impl QuotaSettings {
     /// As the sweep wants it, for a host whose root is `host_root`.
-    pub fn sweep(&self, host_root: &Path) -> workers::quota::SweepConfig {
+    pub fn sweep(
+        &self,
+        host_root: &Path,
+        databases: &DatabasesConfig,
+    ) -> workers::quota::SweepConfig {
         workers::quota::SweepConfig {
             access_logs: self
                 .access_logs
@@ -219,6 +234,7 @@ impl QuotaSettings {
                 .clone()
                 .unwrap_or_else(|| host_root.join("var/log/exim4/mainlog")),
             parallel: self.parallel,
+            databases_url: databases.url.clone(),
         }
     }
 }
@@ -278,6 +294,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             host: HostSettings::default(),
             quota: QuotaSettings::default(),
+            databases: DatabasesConfig::default(),
             log: "info".into(),
             metrics_listen: None,
         }
@@ -381,6 +398,14 @@ impl Config {
         p.extend(self.api.validate());
         if self.ws.max_connections == 0 {
             p.push("ws.max_connections must be at least 1.".into());
+        }
+        if let Some(u) = &self.databases.url {
+            if !(u.starts_with("mysql://") || u.starts_with("mariadb://")) {
+                p.push(format!(
+                    "databases.url {:?} is not a mysql:// URL.",
+                    redact_url(u)
+                ));
+            }
         }
         if !(1..=64).contains(&self.quota.parallel) {
             p.push(format!(

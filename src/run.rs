@@ -108,10 +108,13 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
             .with_quota_sweep(workers::quota::QuotaSweeper::new(
                 s.clone(),
                 host.clone(),
-                cfg.quota.sweep(&match cfg.host.agent_socket {
-                    Some(_) => std::path::PathBuf::from("/"),
-                    None => cfg.host.root_for(&cfg.data_dir),
-                }),
+                cfg.quota.sweep(
+                    &match cfg.host.agent_socket {
+                        Some(_) => std::path::PathBuf::from("/"),
+                        None => cfg.host.root_for(&cfg.data_dir),
+                    },
+                    &cfg.databases,
+                ),
             ))
             .with_restore(workers::restore::Restorer::new(
                 s.clone(),

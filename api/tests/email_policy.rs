@@ -351,3 +351,88 @@ async fn email_policy_routes_on_postgres() {
     }
     email_policy_on(true).await;
 }
+
+/// Exim's deferrals in its main log: one `email_limit_reached` record per account, limit and
+/// window, however many messages were deferred; a re-read log audits nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_incidents_are_audited_once_per_window() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), false).await;
+    let log = dir.path().join("mainlog");
+    let line = |t: &str, who: &str, what: &str| {
+        format!(
+            "2026-12-01 {t} H=(x.example) [203.0.113.5] F=<info@{who}.example> temporarily rejected RCPT <d@b.example>: 452 4.5.3 {what} limit of account {who} reached (3.0/1h, max 2)\n"
+        )
+    };
+    let append = |text: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append(
+        &(line("05:07:39", "a1", "Hourly sending")
+            + &line("05:07:40", "a1", "Hourly sending")
+            + &line("05:20:00", "a1", "15-minute sending")
+            + "2026-12-01 05:30:00 1a-0001-AB <= x@a1.example U=a1 P=local S=300\n"
+            + &line("05:31:00", "b1", "Hourly sending")),
+    );
+    let s = workers::mail_incidents::scan_mail_log(&srv.store, &log)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.lines, s.deferrals, s.incidents, s.audited),
+        (5, 4, 3, 3),
+        "{s:?}"
+    );
+    // More deferrals in the same windows: counted, not audited; a new hour: audited.
+    append(&(line("05:50:00", "a1", "Hourly sending") + &line("06:00:01", "a1", "Hourly sending")));
+    let s = workers::mail_incidents::scan_mail_log(&srv.store, &log)
+        .await
+        .unwrap();
+    assert_eq!((s.lines, s.deferrals, s.audited), (2, 2, 1), "{s:?}");
+    // The log read again from its start (a lost cursor): nothing audited twice.
+    srv.store
+        .set_usage_cursors(&[(format!("mail_incidents:{}", log.display()), 0, 0)])
+        .await
+        .unwrap();
+    let s = workers::mail_incidents::scan_mail_log(&srv.store, &log)
+        .await
+        .unwrap();
+    assert_eq!((s.lines, s.audited), (7, 0), "{s:?}");
+    let inc = srv.store.email_incidents("a1", 0).await.unwrap();
+    assert_eq!(inc.len(), 3, "{inc:?}");
+    let five = inc
+        .iter()
+        .find(|i| i.kind == "per_hour" && i.deferrals >= 3)
+        .unwrap();
+    assert_eq!(five.first_at % 1000, 0);
+
+    // Through the API: a1's reseller sees a1's records, with the window and the 452 line.
+    let r1 = token(Role::Reseller, None, Some("r1"));
+    let r = srv
+        .req(
+            "GET",
+            "/api/audit?action=email_limit_reached&account=a1",
+            Some(&r1),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let recs = r.json["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 3, "{}", r.json);
+    let rec = recs
+        .iter()
+        .find(|r| r["changes"]["window_start"] == "2026-12-01T05:00:00+00:00")
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(rec["actor"]["type"], "system");
+    assert_eq!(rec["changes"]["limit"], "per_hour");
+    assert_eq!(rec["result"], "denied");
+    assert!(rec["related_logs"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("452 4.5.3 Hourly sending limit of account a1"));
+}

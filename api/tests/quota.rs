@@ -470,3 +470,91 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn database_sizes_come_from_the_servers_information_schema() {
+    let Ok(url) = std::env::var("NPANEL_TEST_MYSQL_URL") else {
+        eprintln!("SKIP database_sizes_come_from_the_servers_information_schema: NPANEL_TEST_MYSQL_URL is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let srv = server(root).await;
+    // A name of its own, so parallel runs on one server never share a database.
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let user = format!("qdb{}", n % 1_000_000_000);
+    provisioned(&srv, root, &user, "basic").await;
+    let db = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("the test MariaDB answers");
+    /// Drops the test database however the test ends (a connection of its own, on a runtime
+    /// of its own: the test's may be gone).
+    struct DropDb(String, String);
+    impl Drop for DropDb {
+        fn drop(&mut self) {
+            let (url, name) = (self.0.clone(), self.1.clone());
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(async move {
+                        if let Ok(pool) = sqlx::mysql::MySqlPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&url)
+                            .await
+                        {
+                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                                .execute(&pool)
+                                .await;
+                            pool.close().await;
+                        }
+                    })
+            })
+            .join();
+        }
+    }
+    let schema = format!("{user}_wp");
+    let _cleanup = DropDb(url.clone(), schema.clone());
+    sqlx::query(&format!("CREATE DATABASE `{schema}`"))
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE `{schema}`.posts (id INT PRIMARY KEY AUTO_INCREMENT, body TEXT) ENGINE=InnoDB"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        sqlx::query(&format!(
+            "INSERT INTO `{schema}`.posts (body) VALUES (REPEAT('x', 4000)), (REPEAT('y', 4000)), (REPEAT('z', 4000))"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    sqlx::query(&format!("ANALYZE TABLE `{schema}`.posts"))
+        .execute(&db)
+        .await
+        .unwrap();
+    let r = sweep(&srv, 1_796_000_400).await;
+    assert_eq!(
+        r["databases"], "information_schema of the database server",
+        "{r}"
+    );
+    let admin = token(Role::Admin, None, None);
+    let u = srv
+        .req(
+            "GET",
+            &format!("/api/accounts/{user}/usage"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let bytes = u.json["now"]["db_bytes"].as_i64().unwrap_or(0);
+    assert!(bytes >= 16 * 1024, "{}", u.json);
+}

@@ -540,6 +540,12 @@ impl Store {
                         .bind(&new.id)
                         .execute(&mut *tx)
                         .await?;
+                    // A new account under an old name starts from the host's security
+                    // template, not the old account's overrides (SQLite does not cascade).
+                    sqlx::query("DELETE FROM account_security WHERE account = $1")
+                        .bind(&new.id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 ("terminated", _) => {
                     return Err(StoreError::Conflict(format!(
@@ -770,6 +776,12 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
+        if n.rows_affected() > 0 {
+            sqlx::query("DELETE FROM account_security WHERE account = $1")
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        }
         Ok(n.rows_affected() > 0)
     }
 

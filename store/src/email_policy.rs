@@ -11,6 +11,9 @@
 //!   such setting; the largest values are bounded instead ([`EmailPolicy::problems`]).
 //! - **An override stores only what it overrides**, so a later package change still reaches
 //!   the fields the account did not pin.
+//! - **Incidents are kept per window** (`email_incidents`): Exim defers by itself; whoever reads
+//!   its log ([`Store::add_email_incidents`]) records one row per account, limit and window, so
+//!   the incident is audited once per window, not once per deferred message.
 //! - **The burst never exceeds the hourly limit.** An inherited burst above an (overridden or
 //!   package) hourly limit is lowered to it; a burst the account itself sets above it is an
 //!   error.
@@ -293,6 +296,88 @@ impl Store {
                 p.join("; ")
             ))
         })
+    }
+}
+
+/// Deferrals of one account for one limit in one window (the incident's key and its counts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EmailIncident {
+    pub account: String,
+    /// `per_hour`, `burst_per_15min` or `mb_per_hour`.
+    pub kind: String,
+    /// Start of the limit's window (Unix ms): the hour, or the quarter hour for the burst.
+    pub window_start: i64,
+    /// First and last deferral seen in it (Unix ms).
+    pub first_at: i64,
+    pub last_at: i64,
+    /// Messages (recipients) deferred.
+    pub deferrals: i64,
+}
+
+impl Store {
+    /// Which of these incidents' windows are already recorded.
+    pub async fn known_email_incidents(&self, incidents: &[EmailIncident]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(incidents.len());
+        for i in incidents {
+            let row = sqlx::query(
+                "SELECT 1 FROM email_incidents WHERE account = $1 AND kind = $2 AND window_start = $3",
+            )
+            .bind(&i.account)
+            .bind(&i.kind)
+            .bind(i.window_start)
+            .fetch_optional(self.pool())
+            .await?;
+            out.push(row.is_some());
+        }
+        Ok(out)
+    }
+
+    /// Adds deferrals to their windows (a new window is created; a known one counts on).
+    pub async fn add_email_incidents(&self, incidents: &[EmailIncident]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for i in incidents {
+            sqlx::query(
+                "INSERT INTO email_incidents (account, kind, window_start, first_at, last_at, deferrals) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account, kind, window_start) DO UPDATE SET \
+                 first_at = CASE WHEN excluded.first_at < email_incidents.first_at THEN excluded.first_at ELSE email_incidents.first_at END, \
+                 last_at = CASE WHEN excluded.last_at > email_incidents.last_at THEN excluded.last_at ELSE email_incidents.last_at END, \
+                 deferrals = email_incidents.deferrals + excluded.deferrals",
+            )
+            .bind(&i.account)
+            .bind(&i.kind)
+            .bind(i.window_start)
+            .bind(i.first_at)
+            .bind(i.last_at)
+            .bind(i.deferrals)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The account's incidents since `from` (Unix ms), newest first.
+    pub async fn email_incidents(&self, account: &str, from: i64) -> Result<Vec<EmailIncident>> {
+        let rows = sqlx::query(
+            "SELECT account, kind, window_start, first_at, last_at, deferrals FROM email_incidents \
+             WHERE account = $1 AND window_start >= $2 ORDER BY window_start DESC, kind",
+        )
+        .bind(account)
+        .bind(from)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EmailIncident {
+                    account: r.try_get("account")?,
+                    kind: r.try_get("kind")?,
+                    window_start: r.try_get("window_start")?,
+                    first_at: r.try_get("first_at")?,
+                    last_at: r.try_get("last_at")?,
+                    deferrals: r.try_get("deferrals")?,
+                })
+            })
+            .collect()
     }
 }
 

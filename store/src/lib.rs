@@ -34,9 +34,9 @@ pub use accounts::{
 pub use audit::{ms_time, Actor, AuditFilter, AuditRecord, NewAudit, Verification};
 pub use cursor::Cursor;
 pub use email_policy::{
-    effective_email_policy, EffectiveEmailPolicy, EmailPolicy, EmailPolicyOverride, PolicySource,
-    DEFAULT_EMAIL_POLICY, EMAIL_POLICY_FIELDS, MAX_EMAIL_CONNECTIONS, MAX_EMAIL_MB_PER_HOUR,
-    MAX_EMAIL_PER_HOUR,
+    effective_email_policy, EffectiveEmailPolicy, EmailIncident, EmailPolicy, EmailPolicyOverride,
+    PolicySource, DEFAULT_EMAIL_POLICY, EMAIL_POLICY_FIELDS, MAX_EMAIL_CONNECTIONS,
+    MAX_EMAIL_MB_PER_HOUR, MAX_EMAIL_PER_HOUR,
 };
 pub use error::{Result, StoreError};
 pub use history::{HistoryFilter, HistoryRow};

@@ -13,6 +13,7 @@ mod backoff;
 pub mod backup;
 mod context;
 pub mod diagnostic;
+pub mod mail_incidents;
 pub mod metrics;
 mod pool;
 pub mod provision;

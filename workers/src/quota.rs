@@ -23,8 +23,9 @@
 //!   read-only through the host (`set_read_only`, modes recorded and given back when the use
 //!   drops); bandwidth is recorded as enforced for the web server to throttle (this build
 //!   drives no web server). Mail over its hourly limits is Exim's to defer (the mail policy).
-//! - Database sizes and addon domains are not measured yet (no database server is configured
-//!   in this build, and the store records one domain per account): the result says so.
+//! - **Databases**: `information_schema` sizes of `<account>_<name>` schemas on the server at
+//!   `databases.url` (not measured, and said so, without one or when it does not answer).
+//! - Addon domains are not counted: the store records one domain per account.
 
 use crate::provision::{host_err, store_err, HostOps};
 use crate::{JobContext, JobError};
@@ -48,6 +49,8 @@ pub struct SweepConfig {
     pub mail_log: PathBuf,
     /// Homes walked at once.
     pub parallel: usize,
+    /// MariaDB/MySQL holding the accounts' databases (`<account>_<name>`), for their sizes.
+    pub databases_url: Option<String>,
 }
 
 /// The handler's dependencies.
@@ -119,7 +122,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         .map_err(store_err)?;
     let (dir, mail_log) = (s.cfg.access_logs.clone(), s.cfg.mail_log.clone());
     let names = Names {
-        accounts: accounts.iter().map(|a| a.id.clone()).collect(),
+        accounts: names_of(&accounts),
         by_domain: by_domain.clone(),
     };
     let logs = tokio::task::spawn_blocking(move || {
@@ -130,6 +133,19 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
     .await
     .map_err(|e| JobError::Transient(format!("log reader: {e}")))?;
     let (web, mail) = logs;
+    let (db_sizes, db_source) = match &s.cfg.databases_url {
+        None => (
+            None,
+            "not measured: no database server configured (databases.url)".to_string(),
+        ),
+        Some(url) => match database_sizes(url, &names_of(&accounts)).await {
+            Ok(m) => (
+                Some(m),
+                "information_schema of the database server".to_string(),
+            ),
+            Err(e) => (None, format!("not measured: {e}")),
+        },
+    };
     let mut bandwidth: HashMap<String, i64> = HashMap::new();
     for (domain, bytes) in &web.by_key {
         if let Some(acct) = by_domain.get(domain) {
@@ -174,7 +190,9 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
                     disk_files: (u.files + u.dirs) as i64,
                     bandwidth_bytes: bandwidth.get(&a.id).copied().unwrap_or(0),
                     mail_sent: mail.by_key.get(&a.id).copied().unwrap_or(0) as i64,
-                    db_bytes: None,
+                    db_bytes: db_sizes
+                        .as_ref()
+                        .map(|m| m.get(&a.id).copied().unwrap_or(0)),
                     addon_domains: 0,
                     measured_at: store::now_ms(),
                 });
@@ -240,7 +258,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "files": files_total,
         "bandwidth_source": web.source,
         "mail_source": mail.source,
-        "databases": "not measured: no database server is configured in this build",
+        "databases": db_source,
         "addon_domains": "not measured: the store records one domain per account",
         "log_notes": notes,
         "levels_changed": held.changed,
@@ -251,6 +269,44 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "dropped_rows": dropped,
         "seconds": took,
     }))
+}
+
+fn names_of(accounts: &[store::Account]) -> std::collections::HashSet<String> {
+    accounts.iter().map(|a| a.id.clone()).collect()
+}
+
+/// Bytes of every account's databases (`<account>_<name>`, DESIGN §11), from the server's
+/// `information_schema` (data and indexes, as the server accounts them).
+async fn database_sizes(
+    url: &str,
+    accounts: &std::collections::HashSet<String>,
+) -> Result<HashMap<String, i64>, String> {
+    use sqlx::Row;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot reach the database server: {e}"))?;
+    let rows = sqlx::query(
+        "SELECT table_schema, CAST(SUM(data_length + index_length) AS SIGNED) \
+         FROM information_schema.tables GROUP BY table_schema",
+    )
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| format!("information_schema: {e}"));
+    pool.close().await;
+    let mut out: HashMap<String, i64> = HashMap::new();
+    for r in rows? {
+        let schema: String = r.try_get(0).map_err(|e| e.to_string())?;
+        let bytes: Option<i64> = r.try_get(1).map_err(|e| e.to_string())?;
+        if let Some((owner, _)) = schema.split_once('_') {
+            if accounts.contains(owner) {
+                *out.entry(owner.to_string()).or_default() += bytes.unwrap_or(0);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What holding the accounts to their limits changed.

@@ -124,6 +124,7 @@ pub async fn start(o: Opts) -> Server {
                 access_logs: root.join("var/log/domlogs"),
                 mail_log: root.join("var/log/exim4/mainlog"),
                 parallel: 4,
+                databases_url: std::env::var("NPANEL_TEST_MYSQL_URL").ok(),
             },
         ));
         // The real restore, unless the test brought its own.
