@@ -223,6 +223,7 @@ impl QuotaSettings {
         &self,
         host_root: &Path,
         databases: &DatabasesConfig,
+        security_default: store::SecurityPolicy,
     ) -> workers::quota::SweepConfig {
         workers::quota::SweepConfig {
             access_logs: self
@@ -235,6 +236,7 @@ impl QuotaSettings {
                 .unwrap_or_else(|| host_root.join("var/log/exim4/mainlog")),
             parallel: self.parallel,
             databases_url: databases.url.clone(),
+            security_default,
         }
     }
 }

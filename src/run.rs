@@ -114,6 +114,7 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                         None => cfg.host.root_for(&cfg.data_dir),
                     },
                     &cfg.databases,
+                    cfg.host.provision().security_profile,
                 ),
             ))
             .with_restore(workers::restore::Restorer::new(

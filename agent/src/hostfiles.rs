@@ -490,7 +490,7 @@ fn set_home_mode(home_root: &Path, account: &AccountName, mode: u32) -> Result<b
 /// Writes the security fragments of `account` (see the README for their
 /// content): the profile's template with `settings` applied. `cron` (default
 /// true) decides whether `cron.allow` exists. The home gets the mode of the
-/// result when it exists.
+/// result when it exists and the quota sweep does not hold it read-only.
 pub fn write_security(
     host_root: &Path,
     home_root: &Path,
@@ -527,7 +527,14 @@ pub fn write_security(
     } else {
         changed |= dir.remove_file("cron.allow")?;
     }
-    changed |= set_home_mode(home_root, account, sec.home_mode)?;
+    // While the quota sweep holds the home read-only (`readonly.list`, see `enforce`), its
+    // modes are the sweep's: a chmod here would give the write bit back. The policy's mode is
+    // applied by the next `write_security` after the lift.
+    if dir.is_dir_entry("readonly.list")?.is_none() {
+        changed |= set_home_mode(home_root, account, sec.home_mode)?;
+    } else {
+        tracing::info!(account = %account, "home is read-only (disk limit): its mode is left to the quota sweep");
+    }
     if changed {
         tracing::info!(account = %account, profile = profile.as_str(), cron, "security fragments written");
     }

@@ -655,15 +655,32 @@ pub fn apply(
         Err(why) => (false, why),
         Ok(exim) => {
             let candidate_path = base.path.join(&candidate);
-            let main = match &cfg.mail.exim_config {
-                // The real main config, pointed at the candidate instead of the live ACL.
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|e| AgentError::io(path, e))?
-                    .replace(
-                        &acl_path(host_root).display().to_string(),
-                        &candidate_path.display().to_string(),
-                    ),
-                None => harness_config(&candidate_path, None),
+            let live = acl_path(host_root).display().to_string();
+            // The real main config, pointed at the candidate instead of the live ACL; one that
+            // does not include the ACL would check nothing of it, so then the harness is used.
+            let (main, what) = match &cfg.mail.exim_config {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+                    if text.contains(&live) {
+                        (
+                            text.replace(&live, &candidate_path.display().to_string()),
+                            path.display().to_string(),
+                        )
+                    } else {
+                        (
+                            harness_config(&candidate_path, None),
+                            format!(
+                                "a harness config ({} does not include {live})",
+                                path.display()
+                            ),
+                        )
+                    }
+                }
+                None => (
+                    harness_config(&candidate_path, None),
+                    "a harness config".to_string(),
+                ),
             };
             let main_name = temp_name("exim.conf");
             cleanup.names.push(main_name.clone());
@@ -672,12 +689,8 @@ pub fn apply(
                 Ok(()) => (
                     true,
                     format!(
-                        "{} -bV accepted {} including the new ACL",
-                        exim.display(),
-                        cfg.mail
-                            .exim_config
-                            .as_ref()
-                            .map_or("a harness config".to_string(), |p| p.display().to_string())
+                        "{} -bV accepted {what} including the new ACL",
+                        exim.display()
                     ),
                 ),
                 Err(complaint) => {

@@ -508,7 +508,12 @@ fn security_fragments_and_suspended_flag() {
     assert!(std::fs::read_to_string(dir.join("php.ini"))
         .unwrap()
         .contains("\"exec,system\""));
+    // while the quota sweep holds the home read-only, its mode is the sweep's
+    std::fs::write(dir.join("readonly.list"), "").unwrap();
     ok(&with(json!({})));
+    assert_eq!(mode(&sb.home().join("gina")), 0o711);
+    std::fs::remove_file(dir.join("readonly.list")).unwrap();
+    assert_eq!(ok(&with(json!({})))["changed"], true);
     assert_eq!(mode(&sb.home().join("gina")), 0o750);
     // a symlinked account directory is refused
     let outside = sb.path().join("elsewhere");

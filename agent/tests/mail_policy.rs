@@ -625,6 +625,25 @@ async fn with_exim_a_main_config_exim_rejects_keeps_the_old_files() {
     let dir = npanel(tmp.path());
     let acl_before = read(&dir.join(mailpolicy::ACL_FILE));
 
+    // A main config that does not include the ACL would check nothing of it: the harness is.
+    let other = tmp.path().join("other.conf");
+    std::fs::write(&other, "primary_hostname = x.invalid\n").unwrap();
+    let h2 = host_with(tmp.path(), |c| c.mail.exim_config = Some(other.clone()));
+    let r = h2
+        .write_mail_policy(&acct("alice"), tiny(), vec![])
+        .await
+        .unwrap();
+    assert!(
+        r.validation.contains("a harness config"),
+        "{}",
+        r.validation
+    );
+    assert!(
+        r.validation.contains("does not include"),
+        "{}",
+        r.validation
+    );
+
     // Someone breaks the main config: every change is refused until it is fixed.
     std::fs::write(&main, read(&main) + "  accept  frobnicate = yes\n").unwrap();
     let e = h

@@ -73,6 +73,13 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         &mainlog,
         "2026-12-01 04:00:06 1a-000009-AB => z@else.example R=dnslookup\n",
     );
+    // Exim deferred alice three times in one hour over her hourly limit: one incident.
+    for s in 7..10 {
+        append(
+            &mainlog,
+            &format!("2026-12-01 04:00:0{s} H=(x.example) [203.0.113.5] F=<info@alice.example> temporarily rejected RCPT <d@b.example>: 452 4.5.3 Hourly sending limit of account alice reached (3.0/1h, max 2)\n"),
+        );
+    }
 
     let hour = 1_796_000_400; // an hour boundary (unix seconds)
     assert_eq!(hour % 3600, 0);
@@ -86,6 +93,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         r["bandwidth_source"].as_str().unwrap().contains("3 files"),
         "{r}"
     );
+    assert_eq!(r["mail_incidents"]["audited"], 1, "{r}");
 
     let admin = token(Role::Admin, None, None);
     let from = chrono::DateTime::from_timestamp(hour - 3600, 0)
@@ -166,6 +174,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
     );
     let r = sweep(&srv, hour + 3600).await;
     assert_eq!(r["measured"], 2, "{r}");
+    assert_eq!(r["mail_incidents"]["audited"], 0, "audited once: {r}");
     let u = srv
         .req(
             "GET",

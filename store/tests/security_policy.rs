@@ -3,7 +3,10 @@
 //! field without losing concurrent changes, refused whole, and forgotten with their account.
 
 use serde_json::{json, Map, Value};
-use store::{testing, AccountSecurity, NewAccount, SecurityPolicy, StoreError, SECURITY_SETTINGS};
+use store::{
+    testing, AccountSecurity, NewAccount, NewPackage, PackageStatus, SecurityPolicy, StoreError,
+    SECURITY_SETTINGS,
+};
 
 fn patch(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -24,8 +27,18 @@ async fn policies_are_stored_changed_and_forgotten() {
             .await
             .unwrap_err();
         assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+        s.create_package(NewPackage {
+            id: "basic".into(),
+            ..NewPackage::default()
+        })
+        .await
+        .unwrap();
+        s.set_package_status("basic", PackageStatus::Active)
+            .await
+            .unwrap();
         s.create_account(&NewAccount {
             id: "alice".into(),
+            package: Some("basic".into()),
             ..NewAccount::default()
         })
         .await
@@ -105,6 +118,7 @@ async fn policies_are_stored_changed_and_forgotten() {
         // the name starts from the host default.
         s.create_account(&NewAccount {
             id: "bob".into(),
+            package: Some("basic".into()),
             ..NewAccount::default()
         })
         .await

@@ -51,6 +51,9 @@ pub struct SweepConfig {
     pub parallel: usize,
     /// MariaDB/MySQL holding the accounts' databases (`<account>_<name>`), for their sizes.
     pub databases_url: Option<String>,
+    /// The host's security template, for the security files written again when a read-only
+    /// home is given back (a policy change meanwhile left its home mode pending).
+    pub security_default: store::SecurityPolicy,
 }
 
 /// The handler's dependencies.
@@ -234,6 +237,17 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         .await
         .map_err(store_err)?;
     let held = hold_to_limits(&ctx, &s, &accounts).await?;
+    // Mail deferred over its hourly limits: one audit record per account, limit and window.
+    let incidents = match crate::mail_incidents::scan_mail_log(&s.store, &s.cfg.mail_log).await {
+        Ok(sum) => {
+            json!({"deferrals": sum.deferrals, "windows": sum.incidents, "audited": sum.audited})
+        }
+        // A missing or unreadable log is a note, not a failed sweep.
+        Err(crate::mail_incidents::ScanError::Io { path, source }) => {
+            json!({"skipped": format!("{path}: {source}")})
+        }
+        Err(crate::mail_incidents::ScanError::Store(e)) => return Err(store_err(e)),
+    };
     let (rolled, dropped) = s.store.roll_up_usage(now).await.map_err(store_err)?;
     ctx.progress("measuring", total.max(1), total.max(1));
     let took = started.elapsed().as_secs_f64();
@@ -261,6 +275,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "databases": db_source,
         "addon_domains": "not measured: the store records one domain per account",
         "log_notes": notes,
+        "mail_incidents": incidents,
         "levels_changed": held.changed,
         "over_limit": held.over,
         "newly_enforced": held.enforced,
@@ -409,6 +424,20 @@ async fn hold_to_limits(
                         }
                     )),
                     Err(e) => return Err(host_err("set_read_only", e)),
+                }
+                if !enforce {
+                    // The security files again: a home mode changed while it was read-only lands now.
+                    let req =
+                        crate::provision::security_request(&s.store, s.cfg.security_default, &a.id)
+                            .await?;
+                    match serde_json::from_value::<Request>(req) {
+                        Ok(req) => {
+                            if let Err(e) = s.host.call(req).await {
+                                ctx.log(format!("{}: security files not rewritten: {e}", a.id));
+                            }
+                        }
+                        Err(e) => ctx.log(format!("{}: security request: {e}", a.id)),
+                    }
                 }
             }
             let limit_txt = limit_mb.map_or("unlimited".to_string(), |l| format!("{l} MB"));

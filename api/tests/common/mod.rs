@@ -125,6 +125,7 @@ pub async fn start(o: Opts) -> Server {
                 mail_log: root.join("var/log/exim4/mainlog"),
                 parallel: 4,
                 databases_url: std::env::var("NPANEL_TEST_MYSQL_URL").ok(),
+                security_default: store::SecurityPolicy::Strict,
             },
         ));
         // The real restore, unless the test brought its own.
