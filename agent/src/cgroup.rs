@@ -670,8 +670,8 @@ impl CgroupManager {
     }
 
     /// A cgroup of its own for one job of the account, `<root>/<account>/job-<id>`, created
-    /// (with the account's cgroup if that is missing). The account's limits, set on the
-    /// parent, bound the job too; killing the job's cgroup leaves the account's other
+    /// inside the account's cgroup (`None` if the account has none). The account's limits, set
+    /// on the parent, bound the job too; killing the job's cgroup leaves the account's other
     /// processes alone. `None` where processes cannot be placed in cgroups: no usable
     /// cgroup v2 root, or a plain directory tree standing in for one.
     pub fn job_cgroup(&self, account: &AccountName, job: &str) -> Result<Option<PathBuf>> {
@@ -683,13 +683,17 @@ impl CgroupManager {
                 "job id {job:?}: letters and digits only"
             )));
         }
+        // Only inside the account's cgroup as provisioning made it (with its limits): one made
+        // here would have none.
+        if !self.account_dir(account).is_dir() {
+            tracing::warn!(account = %account, job, "no cgroup for the account: the job runs in a process of its own, outside any account cgroup");
+            return Ok(None);
+        }
         let dir = self.account_dir(account).join(format!("job-{job}"));
-        for d in [self.account_dir(account), dir.clone()] {
-            match fs::create_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(AgentError::io(&d, e)),
-            }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(AgentError::io(&dir, e)),
         }
         Ok(Some(dir))
     }

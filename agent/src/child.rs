@@ -375,6 +375,9 @@ pub fn run(
     }
     let how = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
+        (None, Some(9)) => {
+            "signal 9 (SIGKILL: the account's memory limit, or the kernel's OOM killer)".into()
+        }
         (None, Some(sig)) => format!("signal {sig}"),
         _ => "an unknown status".to_string(),
     };

@@ -4,10 +4,14 @@
 //! **Read-only**: every directory and regular file in the home loses its write bits; the
 //! modes it had are recorded in `<host_root>/etc/npanel/accounts/<account>/readonly.list`
 //! (one line per entry: the octal mode and the path in the home, hex-encoded, so any name
-//! survives). New files cannot be created and existing ones cannot be written by the account;
-//! reading and deleting through the panel still work. **Lifted**: each recorded entry gets its
-//! mode back if nobody changed it since, and the list is deleted. Both are idempotent: making
-//! a read-only home read-only again changes nothing, lifting without a list is a no-op.
+//! survives), each line written before its entry's mode changes, so a walk that stops half-way
+//! can still be undone. The account can then create no file and write none of its files —
+//! until it gives itself the write bits back (`chmod`), which its owner may: so the sweep makes
+//! the home read-only again on every sweep while the disk is over its limit (at most an hour of
+//! writes). Entries on another filesystem, and other owners' files linked from elsewhere too,
+//! are left alone. **Lifted**: each
+//! recorded entry gets its first recorded mode back if nobody changed it since, and the list is
+//! deleted. Lifting without a list is a no-op.
 //!
 //! **Safety**: the walk goes from descriptors, never follows a symlink (`O_NOFOLLOW` on every
 //! step), changes modes through an open descriptor of the entry itself after checking with
@@ -16,6 +20,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -83,18 +88,27 @@ pub fn set_read_only(
         return Ok(no_home(account, read_only));
     };
     let frag = fragment_dir(host_root, account)?;
-    let existing = frag.read_file(LIST, MAX_LIST)?;
     if read_only {
-        if existing.is_some() {
-            return Ok(ReadOnlyReport {
-                account: account.clone(),
-                read_only: true,
-                changed: 0,
-                kept: 0,
-                home_found: true,
-            });
-        }
-        let mut list = Vec::new();
+        // Every entry is written to the list before its mode changes (a journal): a walk that
+        // stops half-way (an error, a crash) leaves a list a lift can still give back. A home
+        // read-only already is walked again, so write bits its owner gave back are taken again.
+        let fd = openat(
+            &frag.file,
+            LIST,
+            OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| fsx::nofollow_err(&frag.path.join(LIST), e))?;
+        let mut journal = File::from(fd);
+        let home_meta = home
+            .file
+            .metadata()
+            .map_err(|e| AgentError::io(&home.path, e))?;
+        let (dev, owner) = (home_meta.dev(), home_meta.uid());
         let mut changed = 0;
         walk(
             &home.file,
@@ -102,18 +116,28 @@ pub fn set_read_only(
             Path::new(""),
             0,
             &mut |file, rel| {
-                let mode = file.metadata()?.permissions().mode() & 0o7777;
+                let meta = file.metadata()?;
+                // Another filesystem (a mount inside the home), or another owner's file that
+                // is also linked elsewhere (a hard link to a file outside the home), is left
+                // alone.
+                if meta.dev() != dev || (meta.is_file() && meta.uid() != owner && meta.nlink() > 1)
+                {
+                    return Ok(());
+                }
+                let mode = meta.permissions().mode() & 0o7777;
                 if mode & 0o222 != 0 {
-                    file.set_permissions(std::fs::Permissions::from_mode(mode & !0o222))?;
-                    list.extend_from_slice(
+                    journal.write_all(
                         format!("{mode:o} {}\n", hex(rel.as_os_str().as_bytes())).as_bytes(),
-                    );
+                    )?;
+                    file.set_permissions(std::fs::Permissions::from_mode(mode & !0o222))?;
                     changed += 1;
                 }
                 Ok(())
             },
         )?;
-        frag.write_atomic(LIST, &list, 0o600)?;
+        journal
+            .sync_all()
+            .map_err(|e| AgentError::io(frag.path.join(LIST), e))?;
         tracing::info!(account = %account, changed, "home made read-only");
         return Ok(ReadOnlyReport {
             account: account.clone(),
@@ -123,6 +147,7 @@ pub fn set_read_only(
             home_found: true,
         });
     }
+    let existing = frag.read_file(LIST, MAX_LIST)?;
     let Some(list) = existing else {
         return Ok(ReadOnlyReport {
             account: account.clone(),
@@ -133,6 +158,11 @@ pub fn set_read_only(
         });
     };
     let (mut changed, mut kept) = (0, 0);
+    // An entry made read-only again after its owner gave the write bits back is listed more
+    // than once: its first line holds the mode it had before any of this, its last the mode
+    // it was taken from the last time (so the one it must still have, without write bits).
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut modes: std::collections::HashMap<Vec<u8>, (u32, u32)> = Default::default();
     for line in list.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let text = String::from_utf8_lossy(line);
         let Some((mode, path)) = text.split_once(' ') else {
@@ -141,7 +171,17 @@ pub fn set_read_only(
         let (Ok(mode), Some(path)) = (u32::from_str_radix(mode, 8), unhex(path)) else {
             continue;
         };
-        match restore_one(&home.file, Path::new(OsStr::from_bytes(&path)), mode) {
+        match modes.get_mut(&path) {
+            Some(m) => m.1 = mode,
+            None => {
+                modes.insert(path.clone(), (mode, mode));
+                order.push(path);
+            }
+        }
+    }
+    for path in order {
+        let (first, last) = modes[&path];
+        match restore_one(&home.file, Path::new(OsStr::from_bytes(&path)), first, last) {
             Ok(true) => changed += 1,
             Ok(false) => kept += 1,
             // Gone since (deleted by the owner): nothing to give back.
@@ -190,15 +230,18 @@ fn walk(
             path.display()
         )));
     }
-    let listing = dir.try_clone().map_err(|e| AgentError::io(path, e))?;
-    let mut d = nix::dir::Dir::from_fd(listing.into())
-        .map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
     let mut names = Vec::new();
-    for entry in d.iter() {
-        let entry = entry.map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
-        let n = entry.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(OsStr::from_bytes(n).to_os_string());
+    {
+        // Listed first and closed before going down: one descriptor per level, not two.
+        let listing = dir.try_clone().map_err(|e| AgentError::io(path, e))?;
+        let mut d = nix::dir::Dir::from_fd(listing.into())
+            .map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+        for entry in d.iter() {
+            let entry = entry.map_err(|e| AgentError::io(path, std::io::Error::from(e)))?;
+            let n = entry.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsStr::from_bytes(n).to_os_string());
+            }
         }
     }
     for name in names {
@@ -223,9 +266,9 @@ fn walk(
     f(dir, rel).map_err(|e| AgentError::io(path, e))
 }
 
-/// Gives `rel` (a path in the home) mode `mode` back if its mode is still `mode` without the
-/// write bits; `Ok(false)` if it was changed since.
-fn restore_one(home: &File, rel: &Path, mode: u32) -> std::result::Result<bool, Errno> {
+/// Gives `rel` (a path in the home) mode `mode` back if its mode is still `last` without the
+/// write bits (as the last enforcement left it); `Ok(false)` if it was changed since.
+fn restore_one(home: &File, rel: &Path, mode: u32, last: u32) -> std::result::Result<bool, Errno> {
     let mut cur = home.try_clone().map_err(|_| Errno::EBADF)?;
     let parts: Vec<&OsStr> = rel.iter().collect();
     for part in &parts {
@@ -235,7 +278,7 @@ fn restore_one(home: &File, rel: &Path, mode: u32) -> std::result::Result<bool, 
     if !(meta.is_dir() || meta.is_file()) {
         return Ok(false);
     }
-    if meta.mode() & 0o7777 != mode & !0o222 {
+    if meta.mode() & 0o7777 != last & !0o222 {
         return Ok(false);
     }
     cur.set_permissions(std::fs::Permissions::from_mode(mode))

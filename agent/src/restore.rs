@@ -302,8 +302,26 @@ fn unpack_in_child(
             tracing::warn!(restore_id, "job cgroup left behind: {e}");
         }
     }
-    let outcome = outcome.map_err(|e| AgentError::io(c.helper, e))?;
+    let outcome = outcome.map_err(|e| match e.raw_os_error() {
+        // Out of processes (the account's `pids.max`), memory or descriptors right now:
+        // worth another try.
+        Some(code) if [libc_eagain(), libc_enomem(), libc_emfile()].contains(&code) => {
+            AgentError::Busy(format!("restore {restore_id}: {e}"))
+        }
+        // It died without answering (a kill under the account's `memory.max` is SIGKILL).
+        _ => AgentError::ToolFailed(format!("restore {restore_id}: {e}")),
+    })?;
     Ok((outcome.result, outcome.cgroup))
+}
+
+fn libc_eagain() -> i32 {
+    nix::errno::Errno::EAGAIN as i32
+}
+fn libc_enomem() -> i32 {
+    nix::errno::Errno::ENOMEM as i32
+}
+fn libc_emfile() -> i32 {
+    nix::errno::Errno::EMFILE as i32
 }
 
 /// Kills a running child: its whole job cgroup where it has one, else the process.

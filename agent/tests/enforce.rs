@@ -99,6 +99,15 @@ async fn a_home_is_made_read_only_and_given_its_modes_back() {
     }
     // Again: nothing to do.
     assert_eq!(set(&host, true).await.changed, 0);
+    // The owner gives itself a write bit back: the next enforcement takes it again, and the
+    // lift still gives back the mode from before.
+    std::fs::set_permissions(
+        home.join("notes.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert_eq!(set(&host, true).await.changed, 1);
+    assert_eq!(mode(&home.join("notes.txt")), 0o444);
 
     // The owner's later change is kept; a file deleted meanwhile is no error.
     std::fs::set_permissions(

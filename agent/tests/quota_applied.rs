@@ -39,13 +39,15 @@ fn a_quota_is_applied_where_the_mount_has_user_quotas() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
+    // Unique per process and moment (12 characters at most: npq + 9 digits).
     let name = format!(
         "npq{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-            % 1_000_000
+        (std::process::id() as u64 * 1_000_003
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64)
+            % 1_000_000_000
     );
     let _guard = UserGuard(name.clone());
     let ok = Command::new("useradd")

@@ -82,6 +82,10 @@ fn ms_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+fn pending_seen(bw: i64, mail: i64) -> bool {
+    bw != 0 || mail != 0
+}
+
 /// Start of the UTC month holding `ms`.
 pub fn month_start_ms(ms: i64) -> i64 {
     use chrono::Datelike;
@@ -114,6 +118,89 @@ impl Store {
             .bind(s.db_bytes)
             .bind(s.addon_domains)
             .bind(s.measured_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Write hourly samples the sweep measured, each taking the traffic counted for its account
+    /// since its last sample ([`Store::add_pending_usage`]) in the same transaction: an hour
+    /// written again keeps the traffic it had and adds what was counted since.
+    pub async fn record_usage_taking_pending(&self, samples: &[UsageSample]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for s in samples {
+            let pending = sqlx::query(
+                "SELECT bandwidth_bytes, mail_sent FROM usage_pending WHERE account = $1",
+            )
+            .bind(&s.account)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (bw, mail) = match pending {
+                Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?),
+                None => (0, 0),
+            };
+            if pending_seen(bw, mail) {
+                sqlx::query("DELETE FROM usage_pending WHERE account = $1")
+                    .bind(&s.account)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (account, step, at) DO UPDATE SET disk_bytes = excluded.disk_bytes, disk_files = excluded.disk_files, \
+                 bandwidth_bytes = usage_samples.bandwidth_bytes + excluded.bandwidth_bytes, \
+                 mail_sent = usage_samples.mail_sent + excluded.mail_sent, db_bytes = excluded.db_bytes, \
+                 addon_domains = excluded.addon_domains, measured_at = excluded.measured_at",
+            )
+            .bind(&s.account)
+            .bind(HOUR_MS)
+            .bind(s.at - s.at.rem_euclid(HOUR_MS))
+            .bind(s.disk_bytes)
+            .bind(s.disk_files)
+            .bind(s.bandwidth_bytes + bw)
+            .bind(s.mail_sent + mail)
+            .bind(s.db_bytes)
+            .bind(s.addon_domains)
+            .bind(s.measured_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Add traffic counted from the logs (account, bytes served, mails sent) to what waits for
+    /// the accounts' next samples, and move the logs' cursors, in one transaction.
+    pub async fn add_pending_usage(
+        &self,
+        deltas: &[(String, i64, i64)],
+        cursors: &[(String, u64, u64)],
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for (account, bw, mail) in deltas.iter().filter(|d| pending_seen(d.1, d.2)) {
+            sqlx::query(
+                "INSERT INTO usage_pending (account, bandwidth_bytes, mail_sent) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account) DO UPDATE SET bandwidth_bytes = usage_pending.bandwidth_bytes + excluded.bandwidth_bytes, \
+                 mail_sent = usage_pending.mail_sent + excluded.mail_sent",
+            )
+            .bind(account)
+            .bind(*bw)
+            .bind(*mail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (source, inode, pos) in cursors {
+            sqlx::query(
+                "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
+            )
+            .bind(source)
+            .bind(*inode as i64)
+            .bind(*pos as i64)
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
         }

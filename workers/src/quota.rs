@@ -29,7 +29,7 @@
 
 use crate::provision::{host_err, store_err, HostOps};
 use crate::{JobContext, JobError};
-use agent::{AccountName, ErrorCode, Reply, Request};
+use agent::{AccountName, Reply, Request};
 use futures::StreamExt;
 use queue::QuotaSweep;
 use serde_json::{json, Value};
@@ -149,12 +149,27 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
             Err(e) => (None, format!("not measured: {e}")),
         },
     };
-    let mut bandwidth: HashMap<String, i64> = HashMap::new();
+    // What the logs added, by account, waits in the store for each account's next sample; the
+    // logs' cursors move in the same transaction (counted once, lost never).
+    let mut traffic: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut unattributed = 0u64;
     for (domain, bytes) in &web.by_key {
-        if let Some(acct) = by_domain.get(domain) {
-            *bandwidth.entry(acct.clone()).or_default() += *bytes as i64;
+        match by_domain.get(domain) {
+            Some(acct) => traffic.entry(acct.clone()).or_default().0 += *bytes as i64,
+            None => unattributed += *bytes,
         }
     }
+    for (acct, n) in &mail.by_key {
+        traffic.entry(acct.clone()).or_default().1 += *n as i64;
+    }
+    let deltas: Vec<(String, i64, i64)> =
+        traffic.into_iter().map(|(a, (bw, m))| (a, bw, m)).collect();
+    let mut cursors = web.cursors.clone();
+    cursors.extend(mail.cursors.iter().cloned());
+    s.store
+        .add_pending_usage(&deltas, &cursors)
+        .await
+        .map_err(store_err)?;
 
     // Disk, several homes at once; samples written in batches as they come.
     let total = todo.len() as u64;
@@ -191,8 +206,9 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
                     at: hour,
                     disk_bytes: u.allocated_bytes as i64,
                     disk_files: (u.files + u.dirs) as i64,
-                    bandwidth_bytes: bandwidth.get(&a.id).copied().unwrap_or(0),
-                    mail_sent: mail.by_key.get(&a.id).copied().unwrap_or(0) as i64,
+                    // The traffic counted for it since its last sample is added by the store.
+                    bandwidth_bytes: 0,
+                    mail_sent: 0,
                     db_bytes: db_sizes
                         .as_ref()
                         .map(|m| m.get(&a.id).copied().unwrap_or(0)),
@@ -205,37 +221,36 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
                     "disk_usage: unexpected answer {other:?}"
                 )))
             }
-            // A home that is not there (vanished mid-sweep, never built) is a skip.
-            Err(e)
-                if matches!(
-                    e.code(),
-                    ErrorCode::NotFound | ErrorCode::InvalidAccount | ErrorCode::InvalidRequest
-                ) =>
-            {
+            // The host itself is unreachable: every account would fail; try again later.
+            Err(e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_))) => {
+                return Err(host_err("disk_usage", e))
+            }
+            // One home that cannot be measured (vanished mid-sweep, never built, unreadable,
+            // too slow to walk) is a recorded skip, never a failed sweep for everyone.
+            Err(e) => {
                 skipped_count += 1;
                 if skipped.len() < MAX_LISTED {
-                    skipped.push(json!({"account": a.id, "reason": e.to_string()}));
+                    skipped
+                        .push(json!({"account": a.id, "code": e.code(), "reason": e.to_string()}));
                 }
             }
-            Err(e) => return Err(host_err("disk_usage", e)),
         }
         if batch.len() >= BATCH {
-            s.store.record_usage(&batch).await.map_err(store_err)?;
+            s.store
+                .record_usage_taking_pending(&batch)
+                .await
+                .map_err(store_err)?;
             batch.clear();
         }
         ctx.progress("measuring", finished, total.max(1));
     }
     drop(walks);
     if !batch.is_empty() {
-        s.store.record_usage(&batch).await.map_err(store_err)?;
+        s.store
+            .record_usage_taking_pending(&batch)
+            .await
+            .map_err(store_err)?;
     }
-    // The logs were counted into the samples just written: move their cursors on.
-    let mut cursors = web.cursors.clone();
-    cursors.extend(mail.cursors.iter().cloned());
-    s.store
-        .set_usage_cursors(&cursors)
-        .await
-        .map_err(store_err)?;
     let held = hold_to_limits(&ctx, &s, &accounts).await?;
     // Mail deferred over its hourly limits: one audit record per account, limit and window.
     let incidents = match crate::mail_incidents::scan_mail_log(&s.store, &s.cfg.mail_log).await {
@@ -275,11 +290,13 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "databases": db_source,
         "addon_domains": "not measured: the store records one domain per account",
         "log_notes": notes,
+        "unattributed_log_bytes": unattributed,
         "mail_incidents": incidents,
         "levels_changed": held.changed,
         "over_limit": held.over,
         "newly_enforced": held.enforced,
         "in_grace": held.in_grace,
+        "enforcement_failed": held.failed,
         "rolled_up_rows": rolled,
         "dropped_rows": dropped,
         "seconds": took,
@@ -335,6 +352,8 @@ struct Held {
     enforced: Vec<String>,
     /// Accounts over a limit whose grace period is running.
     in_grace: Vec<String>,
+    /// Accounts whose enforcement could not be changed this time (tried again next sweep).
+    failed: Vec<Value>,
 }
 
 /// The level of `percent`: 0, 80, 95 or 100.
@@ -369,7 +388,6 @@ async fn hold_to_limits(
         .collect();
     let now = chrono::Utc::now();
     let mut held = Held::default();
-    let mut audits = Vec::new();
     for a in accounts {
         let Some(u) = usage.get(&a.id) else { continue };
         let ov = overrides.get(&a.id);
@@ -400,10 +418,10 @@ async fn hold_to_limits(
             let enforce = level == 100 && grace.is_none();
             let prev = levels.get(&(a.id.clone(), resource.to_string()));
             let (prev_level, prev_enforced) = prev.map_or((0, false), |p| (p.level, p.enforced));
-            if prev_level == level && prev_enforced == enforce {
-                continue;
-            }
-            if resource == "disk" && prev_enforced != enforce {
+            let unchanged = prev_level == level && prev_enforced == enforce;
+            // Disk over its limit is enforced again every sweep, not only when it starts: the
+            // owner may have given write bits back (chmod) since the last one.
+            if resource == "disk" && (prev_enforced != enforce || (enforce && unchanged)) {
                 let account = AccountName::parse(&a.id)
                     .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
                 match s
@@ -414,6 +432,14 @@ async fn hold_to_limits(
                     })
                     .await
                 {
+                    Ok(Reply::ReadOnlySet(r)) if unchanged => {
+                        if r.changed > 0 {
+                            ctx.log(format!(
+                                "{}: {} entries of its read-only home had been made writable again: read-only again",
+                                a.id, r.changed
+                            ));
+                        }
+                    }
                     Ok(_) => ctx.log(format!(
                         "{}: home {}",
                         a.id,
@@ -423,21 +449,34 @@ async fn hold_to_limits(
                             "writable again"
                         }
                     )),
-                    Err(e) => return Err(host_err("set_read_only", e)),
-                }
-                if !enforce {
-                    // The security files again: a home mode changed while it was read-only lands now.
-                    let req =
-                        crate::provision::security_request(&s.store, s.cfg.security_default, &a.id)
-                            .await?;
-                    match serde_json::from_value::<Request>(req) {
-                        Ok(req) => {
-                            if let Err(e) = s.host.call(req).await {
-                                ctx.log(format!("{}: security files not rewritten: {e}", a.id));
-                            }
-                        }
-                        Err(e) => ctx.log(format!("{}: security request: {e}", a.id)),
+                    Err(
+                        e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_)),
+                    ) => return Err(host_err("set_read_only", e)),
+                    // This account's home could not be changed: its level is not recorded, so
+                    // the next sweep tries again; the others go on.
+                    Err(e) => {
+                        ctx.log(format!("{}: set_read_only failed: {e}", a.id));
+                        held.failed
+                            .push(json!({"account": a.id, "reason": e.to_string()}));
+                        continue;
                     }
+                }
+            }
+            if unchanged {
+                continue;
+            }
+            if resource == "disk" && prev_enforced && !enforce {
+                // The security files again: a home mode changed while it was read-only lands now.
+                let req =
+                    crate::provision::security_request(&s.store, s.cfg.security_default, &a.id)
+                        .await?;
+                match serde_json::from_value::<Request>(req) {
+                    Ok(req) => {
+                        if let Err(e) = s.host.call(req).await {
+                            ctx.log(format!("{}: security files not rewritten: {e}", a.id));
+                        }
+                    }
+                    Err(e) => ctx.log(format!("{}: security request: {e}", a.id)),
                 }
             }
             let limit_txt = limit_mb.map_or("unlimited".to_string(), |l| format!("{l} MB"));
@@ -502,7 +541,9 @@ async fn hold_to_limits(
             r.source = json!({"method": "JOB", "endpoint": "quota_sweep"});
             r.job_id = Some(ctx.id.clone());
             r.related_logs = vec![message.clone()];
-            audits.push(r);
+            // Written with the level it records, not at the end: a sweep stopped later loses
+            // none of the records of the changes it made.
+            s.store.append_audit(&[r]).await.map_err(store_err)?;
             ctx.log(message);
             held.changed.push(json!({"account": a.id, "resource": resource, "before": prev_level, "after": level, "enforced": enforce}));
             if enforce && resource == "disk" {
@@ -515,9 +556,6 @@ async fn hold_to_limits(
                 held.in_grace.push(a.id.clone());
             }
         }
-    }
-    if !audits.is_empty() {
-        s.store.append_audit(&audits).await.map_err(store_err)?;
     }
     Ok(held)
 }

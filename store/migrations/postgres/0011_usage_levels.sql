@@ -32,3 +32,13 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_account ON notifications (account, ts);
 CREATE INDEX notifications_ts ON notifications (ts);
+
+-- Traffic counted from the logs but not yet in a sample: the sweep moves log counts here in the
+-- same transaction as it moves the logs' cursors, and each sample takes its account's share in
+-- the transaction that writes it. A sweep that fails between the two loses nothing and counts
+-- nothing twice.
+CREATE TABLE usage_pending (
+    account         TEXT PRIMARY KEY,
+    bandwidth_bytes BIGINT NOT NULL,
+    mail_sent       BIGINT NOT NULL
+);
