@@ -126,7 +126,7 @@ pub async fn account_usage(
         disk_limit_mb: account.limits.as_ref().and_then(|l| l.disk_mb),
         bandwidth_limit_mb: account.limits.as_ref().and_then(|l| l.bandwidth_mb),
         levels: st.store.usage_levels(Some(&account.id)).await?,
-        r#override: st.store.usage_overrides().await?.remove(&account.id),
+        r#override: st.store.usage_override(&account.id).await?,
     }))
 }
 
@@ -156,7 +156,10 @@ pub async fn set_override(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<OverrideBody>,
 ) -> Result<Json<store::UsageOverride>, ApiError> {
-    let before = st.store.usage_overrides().await?.remove(&id);
+    let before = match ctx.caller.require_admin() {
+        Ok(()) => st.store.usage_override(&id).await?,
+        Err(_) => None,
+    };
     let res = async {
         ctx.caller.require_admin()?;
         let account = visible_account(&st, &ctx.caller, &id).await?;
@@ -213,7 +216,10 @@ pub async fn remove_override(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let before = st.store.usage_overrides().await?.remove(&id);
+    let before = match ctx.caller.require_admin() {
+        Ok(()) => st.store.usage_override(&id).await?,
+        Err(_) => None,
+    };
     let res = async {
         ctx.caller.require_admin()?;
         let account = visible_account(&st, &ctx.caller, &id).await?;

@@ -234,6 +234,25 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
     );
     assert!(home.join("before-restore.txt").exists());
     assert!(!home.join("public_html/index.php").exists());
+    // An admin's override of erin's disk limit (the quota sweep's) is the bound instead.
+    srv.store
+        .set_usage_override(
+            "erin",
+            Some(&store::UsageOverride {
+                account: "erin".into(),
+                disk_mb: Some(10),
+                bandwidth_mb: None,
+                grace_until: None,
+                reason: "room for the migration".into(),
+                updated_at: chrono::Utc::now(),
+            }),
+        )
+        .await
+        .unwrap();
+    let id = started(&srv, &admin, json!({"archive": archive, "account": "erin"})).await;
+    let job = srv.wait_final(&id).await;
+    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
+    assert!(home.join("public_html/index.php").exists());
 
     // Cancel mid-extract: a 300 MB archive into an account with room for it.
     let frank = provisioned(&srv, root, "frank", "basic").await;

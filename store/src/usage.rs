@@ -82,6 +82,17 @@ fn ms_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+fn override_from_row(r: &sqlx::any::AnyRow) -> Result<UsageOverride> {
+    Ok(UsageOverride {
+        account: r.try_get(0)?,
+        disk_mb: r.try_get::<Option<i64>, _>(1)?.map(|v| v as u64),
+        bandwidth_mb: r.try_get::<Option<i64>, _>(2)?.map(|v| v as u64),
+        grace_until: r.try_get::<Option<i64>, _>(3)?.map(ms_to_time),
+        reason: r.try_get(4)?,
+        updated_at: ms_to_time(r.try_get::<i64, _>(5)?),
+    })
+}
+
 fn pending_seen(bw: i64, mail: i64) -> bool {
     bw != 0 || mail != 0
 }
@@ -477,6 +488,17 @@ impl Store {
         Ok(())
     }
 
+    /// `account`'s override, if it has one.
+    pub async fn usage_override(&self, account: &str) -> Result<Option<UsageOverride>> {
+        let row = sqlx::query(
+            "SELECT account, disk_mb, bandwidth_mb, grace_until, reason, updated_at FROM usage_overrides WHERE account = $1",
+        )
+        .bind(account)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| override_from_row(&r)).transpose()
+    }
+
     /// Every override, by account.
     pub async fn usage_overrides(&self) -> Result<HashMap<String, UsageOverride>> {
         let rows = sqlx::query(
@@ -486,14 +508,7 @@ impl Store {
         .await?;
         let mut out = HashMap::new();
         for r in rows {
-            let o = UsageOverride {
-                account: r.try_get(0)?,
-                disk_mb: r.try_get::<Option<i64>, _>(1)?.map(|v| v as u64),
-                bandwidth_mb: r.try_get::<Option<i64>, _>(2)?.map(|v| v as u64),
-                grace_until: r.try_get::<Option<i64>, _>(3)?.map(ms_to_time),
-                reason: r.try_get(4)?,
-                updated_at: ms_to_time(r.try_get::<i64, _>(5)?),
-            };
+            let o = override_from_row(&r)?;
             out.insert(o.account.clone(), o);
         }
         Ok(out)

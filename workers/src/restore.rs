@@ -164,10 +164,19 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
             "account {account_id} is terminated"
         )));
     }
-    let disk_mb = match &a.package {
+    // The bound is the account's disk limit: an admin's override (the quota sweep's), else
+    // its package's.
+    let package_mb = match &a.package {
         Some(p) => r.store.package(p).await.map_err(store_err)?.limits.disk_mb,
         None => None,
     };
+    let disk_mb = r
+        .store
+        .usage_override(&a.id)
+        .await
+        .map_err(store_err)?
+        .and_then(|o| o.disk_mb)
+        .or(package_mb);
     let owner = a.uid.zip(a.gid).map(|(u, g)| (u as u32, g as u32));
     let restore_id = ctx.id.clone();
 
