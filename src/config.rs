@@ -163,6 +163,10 @@ pub struct HostSettings {
     pub ipv4: Option<std::net::Ipv4Addr>,
     /// Security template of new accounts: `strict` (default), `moderate`, `legacy`.
     pub security_profile: Option<String>,
+    /// Embedded default only: `false` keeps the in-process host off the machine's cgroup tree
+    /// (limits reported with their rlimit fallback, a restore's unpack outside any cgroup).
+    /// Default `true`: cgroups where this process may write them.
+    pub cgroups: Option<bool>,
 }
 
 impl HostSettings {

@@ -35,7 +35,12 @@ fn host(cfg: &Config) -> anyhow::Result<agent::Host> {
         }
         None => {
             let root = cfg.host.root_for(&cfg.data_dir);
-            let local = agent::LocalHost::new(&root).with_context(|| {
+            let local = if cfg.host.cgroups.unwrap_or(true) {
+                agent::LocalHost::new(&root)
+            } else {
+                agent::LocalHost::without_cgroups(&root)
+            };
+            let local = local.with_context(|| {
                 format!("cannot prepare the embedded host root {}", root.display())
             })?;
             info!(

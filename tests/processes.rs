@@ -27,6 +27,7 @@ fn worker(cfg: &QueueConfig, extra: &[(&str, &str)]) -> Proc {
         .env("REDIS_URL", &cfg.redis_url)
         .env("NPANEL_QUEUE__NAME", &cfg.name)
         .env("NPANEL_QUEUE__LEASE_MS", cfg.lease_ms.to_string())
+        .env("NPANEL_HOST__CGROUPS", "false")
         .env("NPANEL_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -170,6 +171,7 @@ fn serve_cmd(dir: &std::path::Path) -> Command {
         .arg(dir.join("data"))
         .env_remove("REDIS_URL")
         .env("NPANEL_LOCAL_REDIS", "127.0.0.1:1") // nothing answers there
+        .env("NPANEL_HOST__CGROUPS", "false")
         .env("NPANEL_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

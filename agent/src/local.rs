@@ -47,6 +47,23 @@ impl LocalHost {
         Ok(Self::from_state(State::with_cgroups(config, cgroups)))
     }
 
+    /// [`LocalHost::new`] without cgroups, whatever this process may write: for tests that
+    /// must leave the machine's cgroup tree alone (cgroup operations are answered skipped and
+    /// a restore's unpack runs outside any cgroup).
+    pub fn without_cgroups(host_root: impl Into<PathBuf>) -> Result<Self, AgentError> {
+        let host_root = host_root.into();
+        let config = AgentConfig::embedded(absolute(&host_root)?);
+        config.validate()?;
+        std::fs::create_dir_all(&config.host.root)
+            .map_err(|e| AgentError::io(&config.host.root, e))?;
+        let cgroups = CgroupManager::disabled(
+            &config.cgroup_root,
+            "cgroups off for this host (tests)".into(),
+            config.fallback,
+        );
+        Ok(Self::from_state(State::with_cgroups(config, cgroups)))
+    }
+
     /// In-process operations with an explicit config (tests, or a host
     /// that wants system users without a separate agent process).
     pub fn with_config(config: AgentConfig) -> Result<Self, AgentError> {

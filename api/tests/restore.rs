@@ -382,7 +382,7 @@ async fn a_retried_restore_finishes_what_an_earlier_attempt_left() {
     let root = dir.path();
     let srv = server(root).await;
     let admin = token(Role::Admin, None, None);
-    let host = agent::LocalHost::new(root).unwrap();
+    let host = agent::LocalHost::without_cgroups(root).unwrap();
     for (acct, installed) in [("hal", false), ("ivy", true)] {
         let home = provisioned(&srv, root, acct, "basic").await;
         let archive = cpmove(root, acct, 1000);

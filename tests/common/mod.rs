@@ -38,6 +38,8 @@ pub fn serve_queue(data: &Path, hint: &str) -> (Serve, String, queue::QueueConfi
         .env("REDIS_URL", &cfg.redis_url)
         .env("NPANEL_QUEUE__NAME", &cfg.name)
         .env("NPANEL_SCHEDULER__ENABLED", "false")
+        // The machine's cgroup tree is left alone (the agent's own tests cover cgroups).
+        .env("NPANEL_HOST__CGROUPS", "false")
         .env("NPANEL_LOG", "info")
         .env_remove("NPANEL_API__JWT_SECRET")
         .env_remove("DATABASE_URL")

@@ -106,7 +106,7 @@ pub async fn start(o: Opts) -> Server {
     seed(&ts).await;
     let mut registry = o.registry;
     if let Some(root) = &o.provision_root {
-        let host: agent::Host = agent::LocalHost::new(root).unwrap().into();
+        let host: agent::Host = agent::LocalHost::without_cgroups(root).unwrap().into();
         let host = std::sync::Arc::new(host);
         registry = registry.with_provisioning(workers::provision::Provisioner::new(
             ts.store.clone(),
