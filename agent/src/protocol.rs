@@ -189,6 +189,9 @@ pub enum Request {
         #[serde(default)]
         disk_mb: Option<u64>,
     },
+    /// Every user's disk use from the kernel's quota report (`repquota`), where the homes'
+    /// filesystem keeps one.
+    QuotaUsage,
     /// Archive the home into `<host_root>/backups/<account>-<UTC>.tar.zst`;
     /// `manifest`, when given, is stored first as `manifest.json`.
     BackupHome {
@@ -299,6 +302,7 @@ impl Request {
             Request::SetSuspended { .. } => "set_suspended",
             Request::SetReadOnly { .. } => "set_read_only",
             Request::SetQuota { .. } => "set_quota",
+            Request::QuotaUsage => "quota_usage",
             Request::BackupHome { .. } => "backup_home",
             Request::RemoveHome { .. } => "remove_home",
             Request::CreateMailbox { .. } => "create_mailbox",
@@ -324,6 +328,7 @@ impl Request {
             Request::BackupHome { .. }
                 | Request::RemoveHome { .. }
                 | Request::SetReadOnly { .. }
+                | Request::QuotaUsage
                 | Request::DiskUsage { .. }
                 | Request::UnpackArchive { .. }
                 | Request::InstallHome { .. }
@@ -540,6 +545,8 @@ pub enum Reply {
         existed: bool,
     },
     SecurityWritten(SecurityWritten),
+    /// The kernel's quota report, by user.
+    QuotaUsage(crate::quota::QuotaUsage),
     /// The home made read-only, or given its modes back.
     ReadOnlySet(crate::enforce::ReadOnlyReport),
     SuspensionSet {

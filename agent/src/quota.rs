@@ -162,6 +162,119 @@ pub fn apply_quota(
     })
 }
 
+/// Disk use by user from the kernel's quota accounting (`repquota`), for the quota sweep.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuotaUsage {
+    /// `applied`: `users` holds the report; `skipped`: see `reason` (the sweep walks homes).
+    pub status: QuotaStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes (1 KiB blocks × 1024) and files used, by user name.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+fn usage_skipped(reason: String) -> QuotaUsage {
+    QuotaUsage {
+        status: QuotaStatus::Skipped,
+        mount: None,
+        reason: Some(reason),
+        users: Default::default(),
+    }
+}
+
+/// Every user's disk use on the homes' filesystem from the kernel's quota report, where the
+/// host keeps one (the same conditions as [`set_quota`]); skipped with the reason otherwise.
+pub fn quota_usage(cfg: &AgentConfig) -> Result<QuotaUsage> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    read_quota_usage(cfg, &mounts, find_tool("repquota"))
+}
+
+/// [`quota_usage`] with the mount table and the `repquota` executable given.
+pub fn read_quota_usage(
+    cfg: &AgentConfig,
+    mounts: &str,
+    repquota: Option<PathBuf>,
+) -> Result<QuotaUsage> {
+    if !cfg.host.system_users {
+        return Ok(usage_skipped(
+            "system users are off: pseudo uids have no kernel quota".into(),
+        ));
+    }
+    let Some(repquota) = repquota else {
+        return Ok(usage_skipped(
+            "repquota is not installed (Debian/Ubuntu: apt-get install quota)".into(),
+        ));
+    };
+    let home_root = cfg.home_root();
+    let probe = std::fs::canonicalize(&home_root).unwrap_or(home_root.clone());
+    let Some((mount, opts)) = mount_of(mounts, &probe) else {
+        return Ok(usage_skipped(format!(
+            "no mount found for {}",
+            probe.display()
+        )));
+    };
+    if !has_user_quota(&opts) {
+        return Ok(usage_skipped(format!(
+            "{} is mounted without user quotas",
+            mount.display()
+        )));
+    }
+    let args: Vec<OsString> = vec![
+        "-u".into(),
+        "-O".into(),
+        "csv".into(),
+        mount.clone().into_os_string(),
+    ];
+    let (run, out) = crate::users::run_tool_output(&repquota, &args)?;
+    if run.code != Some(0) {
+        return Err(AgentError::ToolFailed(format!(
+            "repquota failed (exit {:?}): {}",
+            run.code, run.stderr
+        )));
+    }
+    Ok(QuotaUsage {
+        status: QuotaStatus::Applied,
+        mount: Some(mount.display().to_string()),
+        reason: None,
+        users: parse_repquota_csv(&out)?,
+    })
+}
+
+/// `repquota -u -O csv` output: a header naming the columns, then a row per user. Block counts
+/// are 1 KiB blocks.
+pub fn parse_repquota_csv(text: &str) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| AgentError::ToolFailed("repquota printed nothing".into()))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                AgentError::ToolFailed(format!("repquota's CSV has no {name} column: {header:?}"))
+            })
+    };
+    let (user, blocks, files) = (col("User")?, col("BlockUsed")?, col("FileUsed")?);
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').map(str::trim).collect();
+        let (Some(u), Some(b), Some(n)) = (f.get(user), f.get(blocks), f.get(files)) else {
+            continue;
+        };
+        if let (Ok(b), Ok(n)) = (b.parse::<u64>(), n.parse::<u64>()) {
+            out.insert(u.trim_start_matches('#').to_string(), (b * 1024, n));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +300,16 @@ mod tests {
         let (m, _) = mount_of(mounts, Path::new("/home")).unwrap();
         assert_eq!(m, Path::new("/home"));
         assert!(!has_user_quota(&["grpquota".to_string()]));
+    }
+
+    #[test]
+    fn repquota_csv_is_read_by_its_header() {
+        let csv = "User,BlockStatus,FileStatus,BlockUsed,BlockSoftLimit,BlockHardLimit,BlockGrace,FileUsed,FileSoftLimit,FileHardLimit,FileGrace\n\
+                   root,ok,ok,2048,0,0,,12,0,0,\n\
+                   alice,+,ok,10240,10240,10240,6days,300,0,0,\n";
+        let m = parse_repquota_csv(csv).unwrap();
+        assert_eq!(m["alice"], (10240 * 1024, 300));
+        assert_eq!(m["root"], (2048 * 1024, 12));
+        assert!(parse_repquota_csv("Name,Other\nx,1\n").is_err());
     }
 }

@@ -562,6 +562,7 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 path: path.display().to_string(),
             })
         }
+        Request::QuotaUsage => Ok(Reply::QuotaUsage(quota::quota_usage(cfg)?)),
         Request::SetQuota { account, disk_mb } => {
             Ok(Reply::Quota(quota::set_quota(cfg, &account, disk_mb)?))
         }

@@ -77,6 +77,26 @@ pub(crate) fn run_tool(
     run_tool_at(&tool(name)?, args, input, secret)
 }
 
+/// Runs the executable at `path` with `args` (no shell, clean environment) and returns its
+/// exit status, stderr and stdout.
+pub(crate) fn run_tool_output(path: &Path, args: &[OsString]) -> Result<(ToolRun, String)> {
+    let out = Command::new(path)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| AgentError::ToolFailed(format!("cannot run {}: {e}", path.display())))?;
+    Ok((
+        ToolRun {
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        },
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
 /// [`run_tool`] of the executable at `path`.
 pub(crate) fn run_tool_at(
     path: &Path,

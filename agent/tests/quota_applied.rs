@@ -112,3 +112,45 @@ fn a_quota_is_applied_where_the_mount_has_user_quotas() {
     let r = apply_quota(&cfg, &account, Some(10), &mounts, None).unwrap();
     assert!(r.reason.unwrap().contains("setquota is not installed"));
 }
+
+/// The sweep's disk figures from the kernel's quota report, given (as above) a mount table
+/// with user quotas and a stand-in `repquota` printing what the real one prints with `-O csv`.
+#[test]
+fn the_quota_report_gives_every_users_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig {
+        host: HostConfig {
+            root: tmp.path().to_path_buf(),
+            system_users: true,
+            nameservers: Vec::new(),
+        },
+        ..AgentConfig::default()
+    };
+    std::fs::create_dir_all(cfg.home_root()).unwrap();
+    let homes = std::fs::canonicalize(cfg.home_root()).unwrap();
+    let mounts = format!("/dev/vdb {} ext4 rw,usrquota 0 0\n", homes.display());
+    let args = tmp.path().join("repquota.args");
+    let script = tmp.path().join("repquota");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}\ncat <<'EOF'\nUser,BlockStatus,FileStatus,BlockUsed,BlockSoftLimit,BlockHardLimit,BlockGrace,FileUsed,FileSoftLimit,FileHardLimit,FileGrace\nroot,ok,ok,4,0,0,,2,0,0,\nalice,+,ok,2048,1024,1024,6days,33,0,0,\nEOF\n",
+            args.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let q = agent::quota::read_quota_usage(&cfg, &mounts, Some(script.clone())).unwrap();
+    assert_eq!(q.status, QuotaStatus::Applied, "{q:?}");
+    assert_eq!(q.users["alice"], (2048 * 1024, 33));
+    assert_eq!(
+        std::fs::read_to_string(&args).unwrap().trim(),
+        format!("-u -O csv {}", homes.display())
+    );
+    // Without user quotas on the mount, or without repquota: skipped, so the sweep walks.
+    let plain = format!("/dev/vdb {} ext4 rw 0 0\n", homes.display());
+    let q = agent::quota::read_quota_usage(&cfg, &plain, Some(script)).unwrap();
+    assert_eq!(q.status, QuotaStatus::Skipped);
+    let q = agent::quota::read_quota_usage(&cfg, &mounts, None).unwrap();
+    assert!(q.reason.unwrap().contains("repquota is not installed"));
+}

@@ -1,10 +1,10 @@
 //! The `quota_sweep` handler (DESIGN §13): one job, hourly, measures every hosted account and
 //! writes one row per account into the store's usage time series.
 //!
-//! - **Disk**: the host's walk of each home (`disk_usage`: allocated blocks, as `du` counts
-//!   them; files and directories), several homes at once (`parallel`, default 4). Reading the
-//!   kernel's quota report instead, where the mount has quotas, is not built: the result says
-//!   which source was used.
+//! - **Disk**: the kernel's quota report (`repquota`, one call for every account) where the
+//!   homes' filesystem has user quotas and system users are on; else the host's walk of each
+//!   home (`disk_usage`: allocated blocks, as `du` counts them; files and directories), several
+//!   homes at once (`parallel`, default 4). The result's `disk_source` says which, and why.
 //! - **Bandwidth**: the bytes field of each access log line (common/combined format) in
 //!   `access_logs/<domain>` (also `<domain>.log`, `<domain>-ssl_log`, `www.` folded), added
 //!   since the last sweep.
@@ -174,12 +174,52 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
     // Disk, several homes at once; samples written in batches as they come.
     let total = todo.len() as u64;
     ctx.progress("measuring", 0, total.max(1));
+    // The kernel's quota report where the homes' filesystem keeps one (one call for every
+    // account), else a walk of each home.
+    let (report, disk_source) = match s.host.call(Request::QuotaUsage).await {
+        Ok(Reply::QuotaUsage(q)) if q.status == agent::protocol::QuotaStatus::Applied => {
+            let src = format!("quota report ({})", q.mount.as_deref().unwrap_or("?"));
+            (q.users, src)
+        }
+        Ok(Reply::QuotaUsage(q)) => (
+            Default::default(),
+            format!(
+                "walk ({})",
+                q.reason.as_deref().unwrap_or("no quota report")
+            ),
+        ),
+        Ok(other) => {
+            return Err(JobError::Permanent(format!(
+                "quota_usage: unexpected answer {other:?}"
+            )))
+        }
+        Err(e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_))) => {
+            return Err(host_err("quota_usage", e))
+        }
+        Err(e) => (
+            Default::default(),
+            format!("walk (quota report failed: {e})"),
+        ),
+    };
+    let report = Arc::new(report);
     let parallel = s.cfg.parallel.max(1);
     let mut walks = futures::stream::iter(todo.into_iter().map(|a| {
         let host = s.host.clone();
+        let report = report.clone();
         async move {
             let r = match AccountName::parse(&a.id) {
-                Ok(name) => host.call(Request::DiskUsage { account: name }).await,
+                Ok(name) => match report.get(&a.id) {
+                    // From the quota report: blocks and files as the kernel counts them.
+                    Some((bytes, files)) => Ok(Reply::DiskUsage(agent::protocol::DiskUsage {
+                        path: String::new(),
+                        account: name,
+                        apparent_bytes: *bytes,
+                        allocated_bytes: *bytes,
+                        files: *files,
+                        dirs: 0,
+                    })),
+                    None => host.call(Request::DiskUsage { account: name }).await,
+                },
                 Err(e) => Err(agent::AgentError::InvalidRequest(e.to_string())),
             };
             (a, r)
@@ -281,8 +321,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "already_measured": done.len(),
         "skipped_count": skipped_count,
         "skipped": skipped,
-        "disk_source": "walk",
-        "disk_source_note": "each home walked by the host (allocated blocks); the kernel quota report is not read by this build",
+        "disk_source": disk_source,
         "disk_bytes": disk_total,
         "files": files_total,
         "bandwidth_source": web.source,
