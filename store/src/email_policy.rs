@@ -334,7 +334,29 @@ impl Store {
 
     /// Adds deferrals to their windows (a new window is created; a known one counts on).
     pub async fn add_email_incidents(&self, incidents: &[EmailIncident]) -> Result<()> {
+        self.add_email_incidents_at(incidents, None).await
+    }
+
+    /// [`Store::add_email_incidents`], and the log's cursor (source, inode, offset) moved in
+    /// the same transaction: a scan that stops between the two never counts a deferral twice.
+    pub async fn add_email_incidents_at(
+        &self,
+        incidents: &[EmailIncident],
+        cursor: Option<(&str, u64, u64)>,
+    ) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        if let Some((source, inode, pos)) = cursor {
+            sqlx::query(
+                "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
+            )
+            .bind(source)
+            .bind(inode as i64)
+            .bind(pos as i64)
+            .bind(crate::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
         for i in incidents {
             sqlx::query(
                 "INSERT INTO email_incidents (account, kind, window_start, first_at, last_at, deferrals) \

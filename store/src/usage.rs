@@ -382,6 +382,29 @@ impl Store {
         .transpose()
     }
 
+    /// Every cursor whose source starts with `prefix`, by source.
+    pub async fn usage_cursors_under(&self, prefix: &str) -> Result<HashMap<String, (u64, u64)>> {
+        // `substr` rather than LIKE: a path may hold `%` or `_`.
+        let rows = sqlx::query(
+            "SELECT source, inode, pos FROM usage_cursors WHERE substr(source, 1, CAST($1 AS INTEGER)) = $2",
+        )
+        .bind(prefix.chars().count() as i64)
+        .bind(prefix)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    (
+                        r.try_get::<i64, _>(1)? as u64,
+                        r.try_get::<i64, _>(2)? as u64,
+                    ),
+                ))
+            })
+            .collect()
+    }
+
     /// Record how far logs have been counted (after the samples that counted them).
     pub async fn set_usage_cursors(&self, cursors: &[(String, u64, u64)]) -> Result<()> {
         let mut tx = self.pool().begin().await?;

@@ -985,6 +985,16 @@ async fn usage_series_roll_up_and_cursors() {
             .await
             .unwrap();
         assert_eq!(s.usage_cursor("access:x").await.unwrap(), Some((7, 250)));
+        s.set_usage_cursors(&[
+            ("access:/l/a_b%/one".into(), 1, 10),
+            ("access:/l/a_b%/two".into(), 2, 20),
+            ("access:/l/aXbY/three".into(), 3, 30),
+        ])
+        .await
+        .unwrap();
+        let under = s.usage_cursors_under("access:/l/a_b%/").await.unwrap();
+        assert_eq!(under.len(), 2, "{under:?}");
+        assert_eq!(under["access:/l/a_b%/two"], (2, 20));
     })
     .await;
 }

@@ -220,9 +220,11 @@ pub async fn scan_mail_log(store: &Store, path: &Path) -> Result<ScanSummary, Sc
     if !records.is_empty() {
         store.append_audit(&records).await?;
     }
-    store.add_email_incidents(&found).await?;
+    // The counts and the cursor move together: a scan stopped in between counts nothing twice
+    // (the audit records above carry ids derived from their window, so writing them again is
+    // harmless).
     store
-        .set_usage_cursors(&[(source, new_cursor.0, new_cursor.1)])
+        .add_email_incidents_at(&found, Some((&source, new_cursor.0, new_cursor.1)))
         .await?;
     Ok(ScanSummary {
         lines,

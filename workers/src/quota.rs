@@ -637,21 +637,18 @@ async fn cursors_of(
     dir: &Path,
     kind: &str,
 ) -> Result<HashMap<PathBuf, (u64, u64)>, JobError> {
-    let mut out = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if let Some(c) = store
-            .usage_cursor(&cursor_name(kind, &p))
-            .await
-            .map_err(store_err)?
-        {
-            out.insert(p, c);
-        }
-    }
-    Ok(out)
+    // One query for the directory's cursors, not one per log file.
+    let prefix = cursor_name(kind, &dir.join(""));
+    Ok(store
+        .usage_cursors_under(&prefix)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .filter_map(|(source, c)| {
+            let path = source.strip_prefix(&format!("{kind}:"))?;
+            Some((PathBuf::from(path), c))
+        })
+        .collect())
 }
 
 /// The domain an access log file is for: `example.com`, `example.com.log`,
@@ -671,6 +668,16 @@ fn log_domain(name: &str) -> Option<String> {
         }
     }
     if d.ends_with(".gz") || d.ends_with(".bz2") || d.ends_with(".xz") || d.ends_with(".zst") {
+        return None;
+    }
+    // A rotated copy (`example.com.log.1`, `example.com-ssl_log.2`): its lines were counted
+    // while it was the live log.
+    if d.rsplit_once('.')
+        .is_some_and(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     let d = d.strip_prefix("www.").unwrap_or(&d).to_string();
@@ -858,6 +865,8 @@ mod tests {
             Some("alice.example".into())
         );
         assert_eq!(log_domain("alice.example.log.1.gz"), None);
+        assert_eq!(log_domain("alice.example.log.1"), None);
+        assert_eq!(log_domain("alice.example-ssl_log.2"), None);
         assert_eq!(log_domain("README"), None);
     }
 
