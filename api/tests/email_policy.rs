@@ -11,7 +11,6 @@ use common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 async fn server(root: &Path, postgres: bool) -> Server {
     start(Opts {
@@ -48,28 +47,8 @@ async fn put(srv: &Server, tok: &str, id: &str, body: Value) -> Resp {
 
 /// The account's `email_policy_changed` records, once there are at least `n` (newest first).
 async fn audit(srv: &Server, account: &str, n: usize) -> Vec<Value> {
-    let admin = token(Role::Admin, None, None);
-    let t = Instant::now();
-    loop {
-        let r = srv
-            .req(
-                "GET",
-                &format!("/api/audit?action=email_policy_changed&account={account}"),
-                Some(&admin),
-                None,
-            )
-            .await;
-        let recs = r.json["records"].as_array().cloned().unwrap_or_default();
-        if recs.len() >= n {
-            return recs;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} records, wanted {n}",
-            recs.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    srv.audit_at_least(&format!("action=email_policy_changed&account={account}"), n)
+        .await
 }
 
 async fn job_ok(srv: &Server, job: &Value) -> Value {

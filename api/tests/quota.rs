@@ -110,14 +110,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/alice/usage?{q}"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, "alice", &format!("{q}")).await;
     assert_eq!(u.status, StatusCode::OK, "{}", u.json);
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 1, "{}", u.json);
@@ -129,14 +122,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
     assert_eq!(points[0]["bandwidth_bytes"], 3345);
     assert_eq!(points[0]["mail_sent"], 3);
     assert_eq!(u.json["disk_limit_mb"], 1000);
-    let b = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/bob/usage?{q}"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let b = usage(&srv, "bob", &format!("{q}")).await;
     assert_eq!(b.json["points"][0]["bandwidth_bytes"], 10, "{}", b.json);
     assert_eq!(b.json["points"][0]["mail_sent"], 1, "{}", b.json);
 
@@ -182,14 +168,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
     let r = sweep(&srv, hour + 3600).await;
     assert_eq!(r["measured"], 2, "{r}");
     assert_eq!(r["mail_incidents"]["audited"], 0, "audited once: {r}");
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/alice/usage?{q}"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, "alice", &format!("{q}")).await;
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 2, "{}", u.json);
     assert_eq!(points[1]["bandwidth_bytes"], 500, "{}", u.json);
@@ -223,14 +202,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/alice/usage?{q}"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, "alice", &format!("{q}")).await;
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 4, "{}", u.json);
     assert_eq!(
@@ -243,14 +215,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         "the earlier attempt's row is kept"
     );
     // By the day: one bucket, traffic summed.
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/alice/usage?{q}&step=day"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, "alice", &format!("{q}&step=day")).await;
     let points = u.json["points"].as_array().unwrap();
     let total: i64 = points
         .iter()
@@ -276,16 +241,21 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/alice/usage?{q}"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, "alice", &format!("{q}")).await;
     let last = u.json["points"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["bandwidth_bytes"], 5, "{}", u.json);
+}
+
+/// `GET /api/accounts/{account}/usage?{query}` as an admin.
+async fn usage(srv: &Server, account: &str, query: &str) -> Resp {
+    let admin = token(Role::Admin, None, None);
+    srv.req(
+        "GET",
+        &format!("/api/accounts/{account}/usage?{query}"),
+        Some(&admin),
+        None,
+    )
+    .await
 }
 
 fn urlencode(s: &str) -> String {
@@ -316,22 +286,7 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let srv = server(root).await;
-    srv.store
-        .create_package(store::NewPackage {
-            id: "tiny5".into(),
-            limits: store::Limits {
-                disk_mb: Some(5),
-                bandwidth_mb: Some(1),
-                ..store::Limits::default()
-            },
-            ..store::NewPackage::default()
-        })
-        .await
-        .unwrap();
-    srv.store
-        .set_package_status("tiny5", store::PackageStatus::Active)
-        .await
-        .unwrap();
+    active_package(&srv, "tiny5", Some(5), Some(1)).await;
     let home = provisioned(&srv, root, "carol", "tiny5").await;
     let admin = token(Role::Admin, None, None);
     let hour = 1_796_000_400;
@@ -545,14 +500,12 @@ async fn database_sizes_come_from_the_servers_information_schema() {
     .execute(&db)
     .await
     .unwrap();
-    for _ in 0..20 {
-        sqlx::query(&format!(
-            "INSERT INTO `{schema}`.posts (body) VALUES (REPEAT('x', 4000)), (REPEAT('y', 4000)), (REPEAT('z', 4000))"
-        ))
-        .execute(&db)
-        .await
-        .unwrap();
-    }
+    sqlx::query(&format!(
+        "INSERT INTO `{schema}`.posts (body) SELECT REPEAT('x', 200) FROM `{schema}`.seq_1_to_2000"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
     sqlx::query(&format!("ANALYZE TABLE `{schema}`.posts"))
         .execute(&db)
         .await
@@ -562,15 +515,8 @@ async fn database_sizes_come_from_the_servers_information_schema() {
         r["databases"], "information_schema of the database server",
         "{r}"
     );
-    let admin = token(Role::Admin, None, None);
-    let u = srv
-        .req(
-            "GET",
-            &format!("/api/accounts/{user}/usage"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let u = usage(&srv, &user, "").await;
     let bytes = u.json["now"]["db_bytes"].as_i64().unwrap_or(0);
-    assert!(bytes >= 16 * 1024, "{}", u.json);
+    // 2 000 rows of 200 bytes: far more than an empty table's first 16 KiB page.
+    assert!(bytes >= 256 * 1024, "{}", u.json);
 }

@@ -203,21 +203,7 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
     let root = dir.path();
     let srv = server(root).await;
     // A 1 MB package, and an archive of 4 MB (a few KB compressed).
-    srv.store
-        .create_package(store::NewPackage {
-            id: "tiny".into(),
-            limits: store::Limits {
-                disk_mb: Some(1),
-                ..store::Limits::default()
-            },
-            ..store::NewPackage::default()
-        })
-        .await
-        .unwrap();
-    srv.store
-        .set_package_status("tiny", store::PackageStatus::Active)
-        .await
-        .unwrap();
+    active_package(&srv, "tiny", Some(1), None).await;
     let home = provisioned(&srv, root, "erin", "tiny").await;
     let archive = cpmove(root, "erin", 4 << 20);
     let admin = token(Role::Admin, None, None);

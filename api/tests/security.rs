@@ -11,7 +11,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SETTINGS: &[&str] = &[
     "password_min_length",
@@ -62,28 +62,11 @@ async fn policy(srv: &Server, tok: &str, id: &str) -> Resp {
 
 /// The account's `security_policy_changed` records, once there are at least `n`.
 async fn audit(srv: &Server, account: &str, n: usize) -> Vec<Value> {
-    let admin = token(Role::Admin, None, None);
-    let t = Instant::now();
-    loop {
-        let r = srv
-            .req(
-                "GET",
-                &format!("/api/audit?action=security_policy_changed&account={account}"),
-                Some(&admin),
-                None,
-            )
-            .await;
-        let recs = r.json["records"].as_array().cloned().unwrap_or_default();
-        if recs.len() >= n {
-            return recs;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} records, wanted {n}",
-            recs.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    srv.audit_at_least(
+        &format!("action=security_policy_changed&account={account}"),
+        n,
+    )
+    .await
 }
 
 async fn security_policy_on(pg: bool) {

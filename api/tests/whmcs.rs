@@ -254,28 +254,7 @@ fn assert_unauthorized(r: &Resp, what: &str, first: &Value) {
 
 /// Wait until the audit log has `n` records of `action` (admin view).
 async fn audit_count(srv: &Server, action: &str, n: usize) -> Vec<Value> {
-    let admin = token(Role::Admin, None, None);
-    let t = Instant::now();
-    loop {
-        let r = srv
-            .req(
-                "GET",
-                &format!("/api/audit?action={action}"),
-                Some(&admin),
-                None,
-            )
-            .await;
-        let recs = r.json["records"].as_array().cloned().unwrap_or_default();
-        if recs.len() >= n {
-            return recs;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} {action} records, wanted {n}",
-            recs.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    srv.audit_at_least(&format!("action={action}"), n).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -346,16 +346,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         if let Some((source, inode, pos)) = cursor {
-            sqlx::query(
-                "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
-            )
-            .bind(source)
-            .bind(inode as i64)
-            .bind(pos as i64)
-            .bind(crate::now_ms())
-            .execute(&mut *tx)
-            .await?;
+            crate::usage::upsert_cursor(&mut tx, source, inode, pos).await?;
         }
         for i in incidents {
             sqlx::query(

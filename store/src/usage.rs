@@ -82,6 +82,26 @@ fn ms_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// Move the cursor of the log `source` to (`inode`, `pos`), inside `tx`.
+pub(crate) async fn upsert_cursor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    source: &str,
+    inode: u64,
+    pos: u64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
+    )
+    .bind(source)
+    .bind(inode as i64)
+    .bind(pos as i64)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn override_from_row(r: &sqlx::any::AnyRow) -> Result<UsageOverride> {
     Ok(UsageOverride {
         account: r.try_get(0)?,
@@ -110,7 +130,7 @@ pub fn month_start_ms(ms: i64) -> i64 {
 impl Store {
     /// Write hourly samples (one transaction; an hour written again is replaced).
     pub async fn record_usage(&self, samples: &[UsageSample]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for s in samples {
             sqlx::query(
                 "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
@@ -140,7 +160,7 @@ impl Store {
     /// since its last sample ([`Store::add_pending_usage`]) in the same transaction: an hour
     /// written again keeps the traffic it had and adds what was counted since.
     pub async fn record_usage_taking_pending(&self, samples: &[UsageSample]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for s in samples {
             let pending = sqlx::query(
                 "SELECT bandwidth_bytes, mail_sent FROM usage_pending WHERE account = $1",
@@ -190,7 +210,7 @@ impl Store {
         deltas: &[(String, i64, i64)],
         cursors: &[(String, u64, u64)],
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for (account, bw, mail) in deltas.iter().filter(|d| pending_seen(d.1, d.2)) {
             sqlx::query(
                 "INSERT INTO usage_pending (account, bandwidth_bytes, mail_sent) VALUES ($1, $2, $3) \
@@ -204,16 +224,7 @@ impl Store {
             .await?;
         }
         for (source, inode, pos) in cursors {
-            sqlx::query(
-                "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
-            )
-            .bind(source)
-            .bind(*inode as i64)
-            .bind(*pos as i64)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+            upsert_cursor(&mut tx, source, *inode, *pos).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -333,7 +344,7 @@ impl Store {
     pub async fn roll_up_usage(&self, now: i64) -> Result<(u64, u64)> {
         let cutoff = now - HOURLY_KEEP_MS;
         let cutoff = cutoff - cutoff.rem_euclid(DAY_MS);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
              SELECT account, CAST($1 AS BIGINT), at - (at % $2), MAX(disk_bytes), MAX(disk_files), SUM(bandwidth_bytes), SUM(mail_sent), MAX(db_bytes), \
@@ -407,18 +418,9 @@ impl Store {
 
     /// Record how far logs have been counted (after the samples that counted them).
     pub async fn set_usage_cursors(&self, cursors: &[(String, u64, u64)]) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for (source, inode, pos) in cursors {
-            sqlx::query(
-                "INSERT INTO usage_cursors (source, inode, pos, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, pos = excluded.pos, updated_at = excluded.updated_at",
-            )
-            .bind(source)
-            .bind(*inode as i64)
-            .bind(*pos as i64)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+            upsert_cursor(&mut tx, source, *inode, *pos).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -302,6 +302,28 @@ impl Server {
         }
     }
 
+    /// The audit records `query` finds (`action=x&account=y`, admin view, newest first), once
+    /// there are at least `n` (records reach the store through the outbox, a moment later).
+    pub async fn audit_at_least(&self, query: &str, n: usize) -> Vec<Value> {
+        let admin = token(api::Role::Admin, None, None);
+        let t = std::time::Instant::now();
+        loop {
+            let r = self
+                .req("GET", &format!("/api/audit?{query}"), Some(&admin), None)
+                .await;
+            let recs = r.json["records"].as_array().cloned().unwrap_or_default();
+            if recs.len() >= n {
+                return recs;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} records for {query}, wanted {n}",
+                recs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Enqueue as admin; returns the id.
     pub async fn enqueue(&self, body: Value) -> String {
         let admin = token(api::Role::Admin, None, None);
@@ -411,4 +433,29 @@ pub async fn provisioned(
     let home = root.join("home").join(id);
     std::fs::write(home.join("before-restore.txt"), "mine").unwrap();
     home
+}
+
+/// An active package `id` with these disk and bandwidth limits (MB).
+pub async fn active_package(
+    srv: &Server,
+    id: &str,
+    disk_mb: Option<u64>,
+    bandwidth_mb: Option<u64>,
+) {
+    srv.store
+        .create_package(store::NewPackage {
+            id: id.into(),
+            limits: store::Limits {
+                disk_mb,
+                bandwidth_mb,
+                ..store::Limits::default()
+            },
+            ..store::NewPackage::default()
+        })
+        .await
+        .unwrap();
+    srv.store
+        .set_package_status(id, store::PackageStatus::Active)
+        .await
+        .unwrap();
 }
