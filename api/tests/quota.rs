@@ -110,7 +110,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = usage(&srv, "alice", &format!("{q}")).await;
+    let u = usage(&srv, "alice", &q).await;
     assert_eq!(u.status, StatusCode::OK, "{}", u.json);
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 1, "{}", u.json);
@@ -122,7 +122,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
     assert_eq!(points[0]["bandwidth_bytes"], 3345);
     assert_eq!(points[0]["mail_sent"], 3);
     assert_eq!(u.json["disk_limit_mb"], 1000);
-    let b = usage(&srv, "bob", &format!("{q}")).await;
+    let b = usage(&srv, "bob", &q).await;
     assert_eq!(b.json["points"][0]["bandwidth_bytes"], 10, "{}", b.json);
     assert_eq!(b.json["points"][0]["mail_sent"], 1, "{}", b.json);
 
@@ -168,7 +168,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
     let r = sweep(&srv, hour + 3600).await;
     assert_eq!(r["measured"], 2, "{r}");
     assert_eq!(r["mail_incidents"]["audited"], 0, "audited once: {r}");
-    let u = usage(&srv, "alice", &format!("{q}")).await;
+    let u = usage(&srv, "alice", &q).await;
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 2, "{}", u.json);
     assert_eq!(points[1]["bandwidth_bytes"], 500, "{}", u.json);
@@ -202,7 +202,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = usage(&srv, "alice", &format!("{q}")).await;
+    let u = usage(&srv, "alice", &q).await;
     let points = u.json["points"].as_array().unwrap();
     assert_eq!(points.len(), 4, "{}", u.json);
     assert_eq!(
@@ -241,7 +241,7 @@ async fn the_sweep_measures_disk_traffic_and_mail_once_and_resumes() {
         .unwrap()
         .to_rfc3339();
     let q = format!("from={}&to={}", urlencode(&from), urlencode(&to));
-    let u = usage(&srv, "alice", &format!("{q}")).await;
+    let u = usage(&srv, "alice", &q).await;
     let last = u.json["points"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["bandwidth_bytes"], 5, "{}", u.json);
 }
