@@ -558,27 +558,52 @@ pub fn set_suspended(
     account: &AccountName,
     suspended: bool,
 ) -> Result<(PathBuf, bool)> {
+    set_flag(host_root, account, "suspended", suspended, "")
+}
+
+/// Creates or removes `<host_root>/etc/npanel/accounts/<account>/throttled`: the account is
+/// over its monthly bandwidth limit, for the web server to serve it slowly (as `suspended`
+/// tells it to answer with the suspended page).
+pub fn set_throttled(
+    host_root: &Path,
+    account: &AccountName,
+    throttled: bool,
+) -> Result<(PathBuf, bool)> {
+    set_flag(
+        host_root,
+        account,
+        "throttled",
+        throttled,
+        "reason=over its monthly bandwidth limit\n",
+    )
+}
+
+/// A flag file `name` in the account's fragment directory (`<name>_at=<UTC>` and `extra`),
+/// created or removed; whether that changed anything.
+fn set_flag(
+    host_root: &Path,
+    account: &AccountName,
+    name: &str,
+    on: bool,
+    extra: &str,
+) -> Result<(PathBuf, bool)> {
     let dir = account_dir(host_root, account)?;
-    let path = dir.path.join("suspended");
-    let changed = if suspended {
-        match dir.read_file("suspended", 4096) {
+    let path = dir.path.join(name);
+    let changed = if on {
+        match dir.read_file(name, 4096) {
             Ok(Some(_)) => false,
             Ok(None) | Err(AgentError::UnsafePath(_)) => {
                 let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                dir.write_atomic(
-                    "suspended",
-                    format!("suspended_at={now}\n").as_bytes(),
-                    0o644,
-                )?;
+                dir.write_atomic(name, format!("{name}_at={now}\n{extra}").as_bytes(), 0o644)?;
                 true
             }
             Err(e) => return Err(e),
         }
     } else {
-        dir.remove_file("suspended")?
+        dir.remove_file(name)?
     };
     if changed {
-        tracing::info!(account = %account, suspended, "suspended flag set");
+        tracing::info!(account = %account, flag = name, on, "flag set");
     }
     Ok((path, changed))
 }

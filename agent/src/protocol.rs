@@ -176,6 +176,11 @@ pub enum Request {
         account: AccountName,
         suspended: bool,
     },
+    /// Create or remove the account's `throttled` flag file (bandwidth over its limit).
+    SetThrottled {
+        account: AccountName,
+        throttled: bool,
+    },
     /// Make the account's home read-only (its modes recorded) or give them back: a disk limit
     /// enforced where the filesystem has no quotas ([`crate::enforce`]).
     SetReadOnly {
@@ -301,6 +306,7 @@ impl Request {
             Request::WriteSecurity { .. } => "write_security",
             Request::SetSuspended { .. } => "set_suspended",
             Request::SetReadOnly { .. } => "set_read_only",
+            Request::SetThrottled { .. } => "set_throttled",
             Request::SetQuota { .. } => "set_quota",
             Request::QuotaUsage => "quota_usage",
             Request::BackupHome { .. } => "backup_home",
@@ -547,6 +553,13 @@ pub enum Reply {
     SecurityWritten(SecurityWritten),
     /// The kernel's quota report, by user.
     QuotaUsage(crate::quota::QuotaUsage),
+    /// The `throttled` flag set or removed.
+    ThrottleSet {
+        account: AccountName,
+        throttled: bool,
+        changed: bool,
+        path: String,
+    },
     /// The home made read-only, or given its modes back.
     ReadOnlySet(crate::enforce::ReadOnlyReport),
     SuspensionSet {

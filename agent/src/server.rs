@@ -550,6 +550,15 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
             cron.unwrap_or(true),
             settings.as_ref(),
         )?)),
+        Request::SetThrottled { account, throttled } => {
+            let (path, changed) = hostfiles::set_throttled(&cfg.host.root, &account, throttled)?;
+            Ok(Reply::ThrottleSet {
+                account,
+                throttled,
+                changed,
+                path: path.display().to_string(),
+            })
+        }
         Request::SetReadOnly { account, read_only } => Ok(Reply::ReadOnlySet(
             crate::enforce::set_read_only(&cfg.host.root, &cfg.home_root(), &account, read_only)?,
         )),

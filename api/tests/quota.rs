@@ -289,7 +289,8 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
     active_package(&srv, "tiny5", Some(5), Some(1)).await;
     let home = provisioned(&srv, root, "carol", "tiny5").await;
     let admin = token(Role::Admin, None, None);
-    let hour = 1_796_000_400;
+    // Hours of this month (bandwidth is counted per calendar month): its second hour on.
+    let hour = store::month_start_ms(store::now_ms()) / 1000 + 3600;
 
     // 4.2 MB of 5: a warning at 80 %, nothing enforced.
     std::fs::write(home.join("public_html/a.bin"), vec![1u8; 4_200_000]).unwrap();
@@ -307,12 +308,24 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
     );
     assert!(writable(&home));
 
-    // Over 5 MB: the home is made read-only; the next sweep, unchanged, adds nothing.
+    // Over 5 MB: the home is made read-only; the next sweep, unchanged, adds nothing. Over
+    // its 1 MB of bandwidth too: its sites are throttled.
     std::fs::write(home.join("public_html/b.bin"), vec![1u8; 1_200_000]).unwrap();
+    append(
+        &root.join("var/log/domlogs/carol.example"),
+        &access_line(1_100_000),
+    );
+    let throttled = root.join("etc/npanel/accounts/carol/throttled");
     let r = sweep(&srv, hour + 3600).await;
     assert_eq!(r["newly_enforced"], json!(["carol"]), "{r}");
     assert!(!writable(&home));
     assert!(!writable(&home.join("public_html/a.bin")));
+    assert!(
+        std::fs::read_to_string(&throttled)
+            .unwrap()
+            .contains("bandwidth"),
+        "the throttled flag"
+    );
     let u = srv
         .req("GET", "/api/accounts/carol/usage", Some(&admin), None)
         .await;
@@ -329,12 +342,13 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
     );
     sweep(&srv, hour + 7200).await;
     let n = notifications(&srv, "carol").await;
-    assert_eq!(n.len(), 2, "one notice per change, not per sweep: {n:?}");
+    assert_eq!(n.len(), 3, "one notice per change, not per sweep: {n:?}");
     assert_eq!(n[0]["kind"], "usage_over");
 
     // Only admins set overrides, with a reason.
     let own = token(Role::Customer, Some("carol"), None);
-    let body = json!({"disk_mb": 100, "reason": "upgrade agreed by phone"}).to_string();
+    let body = json!({"disk_mb": 100, "bandwidth_mb": 100, "reason": "upgrade agreed by phone"})
+        .to_string();
     let r = srv
         .req(
             "PUT",
@@ -376,6 +390,7 @@ async fn limits_warn_enforce_and_lift_with_overrides_and_grace() {
     assert_eq!(r["levels_changed"][0]["after"], 0, "{r}");
     assert!(writable(&home));
     assert!(writable(&home.join("public_html/a.bin")));
+    assert!(!throttled.exists(), "no longer throttled");
     assert_eq!(
         notifications(&srv, "carol").await[0]["kind"],
         "usage_normal"

@@ -21,8 +21,9 @@
 //!   100 %, or back under 80 % — is stored, notified (`notifications`) and audited once, not
 //!   every hour. At 100 % outside a grace period the disk limit is enforced by making the home
 //!   read-only through the host (`set_read_only`, modes recorded and given back when the use
-//!   drops); bandwidth is recorded as enforced for the web server to throttle (this build
-//!   drives no web server). Mail over its hourly limits is Exim's to defer (the mail policy).
+//!   drops); bandwidth by the account's `throttled` flag file, which the web server reads as it
+//!   reads `suspended` (this build drives no web server itself). Mail over its hourly limits
+//!   is Exim's to defer (the mail policy).
 //! - **Databases**: `information_schema` sizes of `<account>_<name>` schemas on the server at
 //!   `databases.url` (not measured, and said so, without one or when it does not answer).
 //! - Addon domains are not counted: the store records one domain per account.
@@ -407,7 +408,7 @@ pub fn level_of(percent: u64) -> i64 {
 
 /// Compares each measured account's use with its limits (an admin's override first, then the
 /// package's): at 80 % and 95 % a warning, at 100 % the limit enforced — the home made
-/// read-only for disk; bandwidth is recorded as throttled for the web server to act on — and
+/// read-only for disk, the `throttled` flag for the web server for bandwidth — and
 /// lifted when the use drops back. Only changes are written: a level that moved is stored,
 /// notified and audited once, not every hour.
 async fn hold_to_limits(
@@ -501,6 +502,30 @@ async fn hold_to_limits(
                     }
                 }
             }
+            // Bandwidth over its limit: the account's `throttled` flag, for the web server.
+            if resource == "bandwidth" && prev_enforced != enforce {
+                let account = AccountName::parse(&a.id)
+                    .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
+                match s
+                    .host
+                    .call(Request::SetThrottled {
+                        account,
+                        throttled: enforce,
+                    })
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(
+                        e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_)),
+                    ) => return Err(host_err("set_throttled", e)),
+                    Err(e) => {
+                        ctx.log(format!("{}: set_throttled failed: {e}", a.id));
+                        held.failed
+                            .push(json!({"account": a.id, "reason": e.to_string()}));
+                        continue;
+                    }
+                }
+            }
             if unchanged {
                 continue;
             }
@@ -538,7 +563,7 @@ async fn hold_to_limits(
                     format!(
                         "{} is over its {resource} limit ({used_txt} of {limit_txt}): {}",
                         a.id,
-                        if resource == "disk" { "its home is read-only until it uses less" } else { "recorded as throttled, for the web server to act on, until the month ends or the limit rises" }
+                        if resource == "disk" { "its home is read-only until it uses less" } else { "its sites are throttled (its `throttled` flag for the web server) until the month ends or the limit rises" }
                     ),
                 ),
                 l => (
