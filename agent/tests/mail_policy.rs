@@ -595,6 +595,49 @@ async fn with_exim_the_acl_validates_and_defers_the_account_over_its_limit_with_
         rcpt_answers(&out).iter().all(|a| a.starts_with("250")),
         "{out}"
     );
+
+    // Mail handed over without SMTP (`sendmail -t`, PHP's mail()) as dora (2 per hour): the
+    // third message is refused by the non-SMTP ACL. (`-oMai` names the caller as a PHP
+    // process running as dora would be named: Exim sets `$authenticated_id` to the caller.)
+    h.write_mail_policy(&acct("dora"), tiny(), vec![dom("dora.example")])
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    let mut last_err = String::new();
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(&exim)
+            .arg("-C")
+            .arg(&config)
+            .args([
+                "-oMai",
+                "dora",
+                "-oep",
+                "-odq",
+                "-bm",
+                "someone@remote.example",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Subject: from php\n\nhello\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        codes.push(out.status.success());
+        last_err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+    }
+    assert_eq!(codes, [true, true, false], "{last_err}");
+    assert!(
+        last_err.contains("Hourly sending limit of account dora"),
+        "{last_err}"
+    );
 }
 
 #[tokio::test]

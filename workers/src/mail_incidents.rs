@@ -78,7 +78,9 @@ const PHRASES: [(&str, &str); 3] = [
 
 /// The deferral in an Exim main log line, if it is one of the policy ACL's.
 pub fn parse_deferral(line: &str) -> Option<Deferral> {
-    if !line.contains("temporarily rejected") {
+    // SMTP: "temporarily rejected RCPT …" / "… after DATA"; without SMTP (`sendmail -t`, PHP's
+    // mail()): "rejected by non-SMTP ACL".
+    if !line.contains("temporarily rejected") && !line.contains("rejected by non-SMTP ACL") {
         return None;
     }
     let (start, kind, rest) = PHRASES
@@ -285,6 +287,9 @@ mod tests {
         assert!(d.message.starts_with("452 4.5.3 Hourly"), "{}", d.message);
         let data = "2026-12-01 05:07:39 1xYG5o-0001cv-0h H=(x.example) [203.0.113.5] F=<a@b> temporarily rejected after DATA: 452 4.5.3 Hourly volume limit of account carol reached (1520014.0/1h, max 1M)";
         assert_eq!(parse_deferral(data).unwrap().kind, "mb_per_hour");
+        let php = "2026-12-01 06:09:45 1xYH3h-0000vR-0y F=<dora@npanel.invalid> rejected by non-SMTP ACL: 452 4.5.3 Hourly sending limit of account dora reached (3.0/1h, max 2)";
+        let d = parse_deferral(php).unwrap();
+        assert_eq!((d.account.as_str(), d.kind), ("dora", "per_hour"));
         let burst = RCPT.replace("Hourly sending", "15-minute sending");
         assert_eq!(parse_deferral(&burst).unwrap().kind, "burst_per_15min");
         for other in [
