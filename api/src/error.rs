@@ -200,6 +200,13 @@ impl From<QueueError> for ApiError {
                 tracing::warn!(detail = %d, "Redis unavailable.");
                 ApiError::Unavailable("the job queue is unavailable; retry shortly".into())
             }
+            QueueError::OutOfMemory(d) => {
+                tracing::error!(detail = %d, "Redis is out of memory.");
+                ApiError::Unavailable(
+                    "the job queue's Redis is out of memory (maxmemory reached): nothing was written; free memory or raise maxmemory, then retry"
+                        .into(),
+                )
+            }
             QueueError::UnknownKind(k) => ApiError::Unprocessable(k.to_string()),
             e @ QueueError::KindNotAvailable(_) => ApiError::NotAvailable(e.to_string()),
             e @ QueueError::InvalidPayload { .. } => ApiError::Unprocessable(e.to_string()),

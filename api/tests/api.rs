@@ -437,6 +437,87 @@ async fn queue_full_is_503_with_retry_after_and_nothing_is_lost() {
     assert_eq!(srv.queue.stats().await.unwrap().pending, 2);
 }
 
+/// A Redis out of memory is 503 `unavailable` that says so; one of the queue's keys holding the
+/// wrong type (a bug, not an outage) is 500 `internal`, which clients do not retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_and_wrong_types_are_told_apart() {
+    let r = queue::testing::PrivateRedis::start();
+    let mut cfg = queue::testing::config("oomapi");
+    cfg.redis_url = r.url();
+    let srv = start(Opts {
+        workers: false,
+        queue: Some(cfg),
+        ..Opts::default()
+    })
+    .await;
+    let admin = token(Role::Admin, None, None);
+    let body = r#"{"kind": "diagnostic"}"#;
+    let ok = srv.req("POST", "/api/jobs", Some(&admin), Some(body)).await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.json);
+    // Every key of the queue holds a string now.
+    let keys: Vec<String> = srv
+        .queue
+        .raw(redis::cmd("KEYS").arg(format!("{}*", srv.queue.prefix())))
+        .await
+        .unwrap();
+    for k in &keys {
+        let _: () = srv.queue.raw(redis::cmd("DEL").arg(k)).await.unwrap();
+        let _: () = srv
+            .queue
+            .raw(redis::cmd("SET").arg(k).arg("x"))
+            .await
+            .unwrap();
+    }
+    let bad = srv.req("POST", "/api/jobs", Some(&admin), Some(body)).await;
+    assert_eq!(
+        bad.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        bad.json
+    );
+    assert_eq!(bad.json["error"], "internal");
+    for k in &keys {
+        let _: () = srv.queue.raw(redis::cmd("DEL").arg(k)).await.unwrap();
+    }
+    // Full: every write refused.
+    let _: () = srv
+        .queue
+        .raw(redis::cmd("SET").arg("filler").arg(vec![b'x'; 4 << 20]))
+        .await
+        .unwrap();
+    let _: () = srv
+        .queue
+        .raw(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg("noeviction"),
+        )
+        .await
+        .unwrap();
+    let _: () = srv
+        .queue
+        .raw(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1mb"))
+        .await
+        .unwrap();
+    let full = srv.req("POST", "/api/jobs", Some(&admin), Some(body)).await;
+    assert_eq!(
+        full.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full.json
+    );
+    assert_eq!(full.json["error"], "unavailable");
+    assert!(
+        full.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{}",
+        full.json
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_with_retry_after_and_spare_admins() {
     let srv = start(Opts {

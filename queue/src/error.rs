@@ -16,9 +16,13 @@ pub enum QueueError {
         /// A rough estimate of when room will free up, from the recent completion rate.
         retry_after: Duration,
     },
-    /// Redis could not be reached or answered with an error.
+    /// Redis could not be reached, is loading, or is failing over: worth a retry shortly.
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
+    /// Redis refused to write because it is out of memory (`maxmemory` reached under a
+    /// no-eviction policy): nothing was written; retrying does not help until memory is freed.
+    #[error("redis is out of memory (maxmemory reached, nothing was written): {0}")]
+    OutOfMemory(String),
     /// A kind string names no job type.
     #[error(transparent)]
     UnknownKind(#[from] UnknownKind),
@@ -55,8 +59,27 @@ pub enum QueueError {
 }
 
 impl From<redis::RedisError> for QueueError {
+    /// Tells apart what a retry may fix (the connection, a loading or failing-over server) from
+    /// what it cannot: out of memory, and a reply the scripts never ask for — a script error,
+    /// `WRONGTYPE` on one of our keys — which is a bug, not an outage.
     fn from(e: redis::RedisError) -> Self {
-        QueueError::Unavailable(e.to_string())
+        if e.code() == Some("OOM") {
+            return QueueError::OutOfMemory(e.to_string());
+        }
+        let transient = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
+            || matches!(
+                e.code(),
+                Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY")
+            );
+        if transient {
+            QueueError::Unavailable(e.to_string())
+        } else {
+            QueueError::Protocol(e.to_string())
+        }
     }
 }
 

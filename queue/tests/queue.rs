@@ -798,3 +798,45 @@ async fn stream_ends_name_the_oldest_and_newest_events() {
     );
     assert_eq!(q.latest_seq().await.unwrap(), ev[1].seq);
 }
+
+/// What a retry may fix is told apart from what it cannot: one of our keys holding the wrong
+/// type (a bug, or a foreign writer) is `Protocol` — the API's 500 `internal` — and a Redis
+/// out of memory is `OutOfMemory`, not the `Unavailable` of a connection that failed.
+#[tokio::test]
+async fn redis_errors_are_told_apart() {
+    let q = q("wrongtype");
+    q.enqueue(diag()).await.unwrap();
+    for k in keys(&q).await {
+        let _: () = q.raw(redis::cmd("DEL").arg(&k)).await.unwrap();
+        let _: () = q.raw(redis::cmd("SET").arg(&k).arg("x")).await.unwrap();
+    }
+    let e = q.enqueue(diag()).await.unwrap_err();
+    assert!(matches!(e, QueueError::Protocol(_)), "{e:?}");
+    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+
+    // A Redis of its own, full: every write is refused with OOM.
+    let r = testing::PrivateRedis::start();
+    let mut c = testing::config("oom");
+    c.redis_url = r.url();
+    let q = Queue::new(c).unwrap();
+    let _: () = q
+        .raw(redis::cmd("SET").arg("filler").arg(vec![b'x'; 4 << 20]))
+        .await
+        .unwrap();
+    let _: () = q
+        .raw(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg("noeviction"),
+        )
+        .await
+        .unwrap();
+    let _: () = q
+        .raw(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1mb"))
+        .await
+        .unwrap();
+    let e = q.enqueue(diag()).await.unwrap_err();
+    assert!(matches!(e, QueueError::OutOfMemory(_)), "{e:?}");
+    assert!(e.to_string().contains("out of memory"), "{e}");
+}
