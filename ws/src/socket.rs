@@ -278,6 +278,11 @@ impl Conn {
         if let Scope::Job(id) = self.scope.clone() {
             // State and newest seq in one atomic read, as for a snapshot.
             let (job, seq) = self.hub.inner.queue.get_at(&id).await?;
+            // Checked here, not left to whoever opened the socket: a job the viewer may not
+            // see is "not found", whatever the route in front did.
+            if !self.viewer.can_see_job(&job) {
+                return Err(Stop::Error("job not found".into()));
+            }
             if job.status.is_final() {
                 self.send_json("complete", complete_from_job(&seq, &job))
                     .await?;
