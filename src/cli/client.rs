@@ -16,6 +16,7 @@ pub struct Api {
     base: String,
     token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
 }
 
 /// Percent-encode a query or path value.
@@ -45,7 +46,14 @@ impl Api {
             base,
             token: token.filter(|t| !t.is_empty()),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The same client with another bound on waiting for an answer's head (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Api {
+        self.timeout = timeout;
+        self
     }
 
     /// The base URL.
@@ -63,7 +71,7 @@ impl Api {
         format!("ws://{}", self.base.trim_start_matches("http://"))
     }
 
-    /// Send one request; the response head within 30 s.
+    /// Send one request; the response head within the timeout (30 s by default).
     async fn send(
         &self,
         method: &str,
@@ -89,9 +97,9 @@ impl Api {
             None => Bytes::new(),
         };
         let req = req.body(Full::new(body)).context("bad request")?;
-        tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+        tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| anyhow!("{} did not answer within 30s", self.base))?
+            .map_err(|_| anyhow!("{} did not answer within {:?}", self.base, self.timeout))?
             .with_context(|| format!("cannot reach the API at {} (is `npanel serve` running? set --url or NPANEL_URL)", self.base))
     }
 
@@ -132,6 +140,44 @@ impl Api {
         }
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok(parse(&bytes))
+    }
+
+    /// `POST path` of a body that makes something (a job) and carries an idempotency key:
+    /// a request that got no answer (timed out, connection lost: it may have run) or a 503
+    /// `unavailable` is sent again, with the same key, up to `attempts` times in all — so a
+    /// retry finds the job the first try made instead of making a second.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        body: Value,
+        attempts: u32,
+    ) -> anyhow::Result<Value> {
+        let mut pause = Duration::from_millis(500);
+        let mut last = None;
+        for attempt in 1..=attempts.max(1) {
+            match self.send("POST", path, Some(body.clone())).await {
+                Ok(resp) if resp.status().is_success() => {
+                    let bytes = resp.into_body().collect().await?.to_bytes();
+                    return Ok(parse(&bytes));
+                }
+                Ok(resp) => {
+                    let e = Api::failure(resp).await;
+                    let unavailable = e
+                        .downcast_ref::<ApiError>()
+                        .is_some_and(|a| a.status == 503 && a.code == "unavailable");
+                    if !unavailable {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+                Err(e) => last = Some(e),
+            }
+            if attempt < attempts {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no attempt was made")))
     }
 
     /// `GET path` and copy the body to `out` as it arrives (nothing is held in memory beyond
@@ -210,3 +256,82 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one HTTP request from `s`; returns its body.
+    async fn read_request(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client hung up before its request was whole");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(i) = text.find("\r\n\r\n") {
+                let len: usize = text[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= i + 4 + len {
+                    return String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+                }
+            }
+        }
+    }
+
+    /// An enqueue whose first try got no answer (it may have run) is sent again with the same
+    /// idempotency key, so the server finds the job instead of making a second one.
+    #[tokio::test]
+    async fn a_post_that_got_no_answer_is_sent_again_with_the_same_key() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            // The first try: read, then say nothing (as a server that ran it but whose answer
+            // was lost), until the client gives up.
+            let (mut s, _) = listener.accept().await.unwrap();
+            bodies.push(read_request(&mut s).await);
+            // The second: answer.
+            let (mut s2, _) = listener.accept().await.unwrap();
+            bodies.push(read_request(&mut s2).await);
+            let body = r#"{"id":"J1","status":"queued"}"#;
+            s2.write_all(
+                format!(
+                    "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            drop(s);
+            bodies
+        });
+        let api = Api::new(&format!("http://{addr}"), Some("t".into()))
+            .unwrap()
+            .with_timeout(Duration::from_millis(300));
+        let v = api
+            .post_idempotent(
+                "/api/jobs",
+                serde_json::json!({"kind": "diagnostic", "idempotency_key": "cli-K1"}),
+                3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["id"], "J1");
+        let bodies = server.await.unwrap();
+        assert_eq!(bodies.len(), 2);
+        for b in &bodies {
+            let v: Value = serde_json::from_str(b).unwrap();
+            assert_eq!(v["idempotency_key"], "cli-K1", "{b}");
+        }
+    }
+}

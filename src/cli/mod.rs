@@ -120,21 +120,23 @@ pub async fn jobs_enqueue(
     if let Some(r) = reseller {
         body["reseller"] = json!(r);
     }
-    if let Some(k) = idempotency_key {
-        body["idempotency_key"] = json!(k);
-    }
+    // Always a key (one of ours when none is given), so a request that got no answer can be
+    // sent again and find the job it made.
+    body["idempotency_key"] =
+        json!(idempotency_key.unwrap_or_else(|| format!("cli-{}", ulid::Ulid::new())));
     if let Some(m) = max_attempts {
         body["max_attempts"] = json!(m);
     }
-    let v = api.call("POST", "/api/jobs", Some(body)).await?;
+    let v = api.post_idempotent("/api/jobs", body, 3).await?;
     print_json(&v);
     Ok(())
 }
 
 /// `npanel backup ACCOUNT [--no-watch]`: start a backup and watch it.
 pub async fn backup(api: &Api, account: &str, no_watch: bool) -> anyhow::Result<bool> {
-    let body = json!({"kind": "backup", "payload": {"account": account}, "account": account});
-    let v = api.call("POST", "/api/jobs", Some(body)).await?;
+    let body = json!({"kind": "backup", "payload": {"account": account}, "account": account,
+        "idempotency_key": format!("cli-{}", ulid::Ulid::new())});
+    let v = api.post_idempotent("/api/jobs", body, 3).await?;
     let Some(id) = v["id"].as_str() else {
         anyhow::bail!("the server answered without a job id: {v}");
     };
