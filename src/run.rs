@@ -234,11 +234,8 @@ pub fn on_signals(token: CancellationToken) {
 /// Jobs are data: a Redis that evicts keys under memory pressure can silently drop them.
 /// Managed Redis may forbid CONFIG; then nothing is said.
 async fn warn_if_evicting(q: &Queue) {
-    let policy: Result<Vec<String>, _> = q
-        .raw(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
-        .await;
-    if let Ok(v) = policy {
-        if let Some(p) = v.get(1).filter(|p| p.as_str() != "noeviction") {
+    if let Some(p) = q.maxmemory_policy().await {
+        if p != "noeviction" {
             tracing::warn!(
                 policy = %p,
                 "Redis maxmemory-policy is not noeviction: under memory pressure it may drop job keys. Set maxmemory-policy noeviction."

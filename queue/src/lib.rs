@@ -51,6 +51,7 @@ pub mod kind;
 pub mod metrics;
 pub mod progress;
 mod queue;
+mod sched;
 mod scripts;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -124,18 +124,6 @@ pub struct Scheduler {
     clock: Clock,
 }
 
-const LOCK_SCRIPT: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"#;
-
-const UNLOCK_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 impl Scheduler {
     /// A scheduler for `specs`. Every cron expression is checked here.
     pub fn new(queue: Queue, specs: Vec<ScheduleSpec>) -> Result<Scheduler, SchedulerError> {
@@ -170,28 +158,16 @@ impl Scheduler {
         self
     }
 
-    fn key(&self, rest: &str) -> String {
-        format!("{}sched:{rest}", self.queue.prefix())
-    }
-
     /// Take or renew the leader lock.
     pub async fn lead(&self) -> Result<bool, SchedulerError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LOCK_SCRIPT)
-            .arg(1)
-            .arg(self.key("leader"))
-            .arg(&self.instance)
-            .arg(self.lock_ttl.as_millis() as u64);
-        let got: i64 = self.queue.raw(&cmd).await?;
-        Ok(got == 1)
+        Ok(self
+            .queue
+            .hold_leader(&self.instance, self.lock_ttl)
+            .await?)
     }
 
     async fn last_run(&self, name: &str) -> Result<Option<i64>, SchedulerError> {
-        let v: Option<i64> = self
-            .queue
-            .raw(redis::cmd("GET").arg(self.key(&format!("last:{name}"))))
-            .await?;
-        Ok(v)
+        Ok(self.queue.schedule_last(name).await?)
     }
 
     /// Evaluate every schedule once (if this instance leads). Returns what fired.
@@ -205,17 +181,10 @@ impl Scheduler {
             if !spec.enabled {
                 continue;
             }
-            let last_key = self.key(&format!("last:{}", spec.name));
             let Some(last) = self.last_run(&spec.name).await? else {
                 // First time this schedule is seen: start from now, fire nothing in the past.
-                let _: () = self
-                    .queue
-                    .raw(
-                        redis::cmd("SET")
-                            .arg(&last_key)
-                            .arg(now.timestamp())
-                            .arg("NX"),
-                    )
+                self.queue
+                    .set_schedule_last(&spec.name, now.timestamp(), true)
                     .await?;
                 continue;
             };
@@ -224,19 +193,11 @@ impl Scheduler {
             let Some(due) = sched.after(&from).take_while(|t| *t <= now).last() else {
                 continue;
             };
-            let dedup = self.key(&format!("tick:{}:{}", spec.name, due.timestamp()));
-            let fresh: Option<String> = self
+            if !self
                 .queue
-                .raw(
-                    redis::cmd("SET")
-                        .arg(&dedup)
-                        .arg(&self.instance)
-                        .arg("NX")
-                        .arg("EX")
-                        .arg(7 * 86400),
-                )
-                .await?;
-            if fresh.is_none() {
+                .claim_tick(&spec.name, due.timestamp(), &self.instance)
+                .await?
+            {
                 continue;
             }
             let mut payload = spec.payload.clone();
@@ -252,9 +213,8 @@ impl Scheduler {
             ));
             match self.queue.enqueue(job).await {
                 Ok(e) => {
-                    let _: () = self
-                        .queue
-                        .raw(redis::cmd("SET").arg(&last_key).arg(due.timestamp()))
+                    self.queue
+                        .set_schedule_last(&spec.name, due.timestamp(), false)
                         .await?;
                     info!(schedule = %spec.name, tick = %due, job_id = %e.id, "Schedule fired.");
                     fired.push(Fired {
@@ -265,7 +225,7 @@ impl Scheduler {
                 }
                 Err(e) => {
                     // Let the next evaluation try the same tick again.
-                    let _: i64 = self.queue.raw(redis::cmd("DEL").arg(&dedup)).await?;
+                    self.queue.release_tick(&spec.name, due.timestamp()).await?;
                     warn!(schedule = %spec.name, tick = %due, error = %e, "Schedule could not enqueue; will retry.");
                 }
             }
@@ -328,13 +288,7 @@ impl Scheduler {
 
     /// Give up the leader lock if this instance holds it.
     pub async fn release(&self) -> Result<(), SchedulerError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(self.key("leader"))
-            .arg(&self.instance);
-        let _: i64 = self.queue.raw(&cmd).await?;
-        Ok(())
+        Ok(self.queue.release_leader(&self.instance).await?)
     }
 
     fn until_next(&self) -> Duration {

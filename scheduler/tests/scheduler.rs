@@ -76,8 +76,7 @@ async fn a_tick_missed_while_down_fires_once_on_start() {
     let now = Utc::now();
     // Last ran 5 hours ago: 4-5 ticks were missed while "everything was down".
     let last = (now - Cd::hours(5)).timestamp();
-    let key = format!("{}sched:last:hourly", q.prefix());
-    let _: () = q.raw(redis::cmd("SET").arg(&key).arg(last)).await.unwrap();
+    q.set_schedule_last("hourly", last, false).await.unwrap();
     let s = Scheduler::new(q.clone(), vec![hourly.clone()]).unwrap();
     let fired = s.tick().await.unwrap();
     assert_eq!(fired.len(), 1, "{fired:?}");

@@ -459,16 +459,10 @@ async fn completer(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
 
 async fn listener(queue: Queue, table: Table, wake: Arc<Notify>, stop: CancellationToken) {
     use futures::StreamExt;
-    let wake_ch = queue.wake_channel();
     let cancel_ch = queue.cancel_channel();
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let conn = async {
-            let mut ps = queue.client().get_async_pubsub().await?;
-            ps.subscribe(&wake_ch).await?;
-            ps.subscribe(&cancel_ch).await?;
-            Ok::<_, redis::RedisError>(ps)
-        };
+        let conn = queue.subscribe_wake_and_cancel();
         let mut ps = tokio::select! {
             r = conn => match r {
                 Ok(ps) => ps,
