@@ -145,3 +145,36 @@ async fn the_quota_sweep_runs_hourly_and_bad_cron_is_refused() {
     let e = Scheduler::new(q, vec![bad]).err().unwrap();
     assert!(e.to_string().contains("invalid cron expression"));
 }
+
+/// Only the leader evaluates: an instance that does not hold the lock fires nothing, even a
+/// tick nobody has fired yet (so this fails if the lock were gone and only the per-tick dedup
+/// remained), and it takes over once the leader lets go.
+#[tokio::test]
+async fn only_the_lock_holder_fires() {
+    let q = Queue::new(testing::config("leader")).unwrap();
+    let base = Utc::now();
+    let t = std::sync::Arc::new(std::sync::Mutex::new(base));
+    let spec = ScheduleSpec {
+        name: "m".into(),
+        cron: "0 * * * * *".into(),
+        ..every_second()
+    };
+    let make = |clock: std::sync::Arc<std::sync::Mutex<chrono::DateTime<Utc>>>| {
+        Scheduler::new(q.clone(), vec![spec.clone()])
+            .unwrap()
+            .with_lock_ttl(Duration::from_secs(60))
+            .with_clock(move || *clock.lock().unwrap())
+    };
+    let a = make(t.clone());
+    let b = make(t.clone());
+    assert!(a.lead().await.unwrap(), "a takes the lock");
+    assert!(!b.lead().await.unwrap(), "b does not");
+    // First sight of the schedule, by the leader.
+    assert!(a.tick().await.unwrap().is_empty());
+    *t.lock().unwrap() = base + Cd::seconds(61);
+    // A tick is due and nobody fired it: b still fires nothing.
+    assert!(b.tick().await.unwrap().is_empty(), "a non-leader fired");
+    a.release().await.unwrap();
+    let fired = b.tick().await.unwrap();
+    assert_eq!(fired.len(), 1, "b leads once a let go: {fired:?}");
+}
