@@ -383,8 +383,9 @@ fn ping_as(sb: &Sandbox, uid: u32, gid: u32) -> (i32, String) {
 #[test]
 fn peer_credentials_decide_who_may_talk() {
     if !is_root() {
-        eprintln!(
-            "SKIP peer_credentials_decide_who_may_talk: needs root to run clients as other uids"
+        skip(
+            "peer_credentials_decide_who_may_talk",
+            "needs root to run clients as other uids",
         );
         return;
     }

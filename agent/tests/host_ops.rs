@@ -985,7 +985,10 @@ fn passwd(user: &str) -> Option<String> {
 #[test]
 fn real_system_users_as_root() {
     if !is_root() {
-        eprintln!("SKIP real_system_users_as_root: needs root (useradd, /etc/shadow)");
+        skip(
+            "real_system_users_as_root",
+            "needs root (useradd, /etc/shadow)",
+        );
         return;
     }
     let name = format!("npt{}", random_suffix(6));

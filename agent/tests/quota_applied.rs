@@ -35,7 +35,10 @@ fn stand_in(dir: &Path, exit: i32) -> (PathBuf, PathBuf) {
 #[test]
 fn a_quota_is_applied_where_the_mount_has_user_quotas() {
     if !is_root() {
-        eprintln!("SKIP a_quota_is_applied_where_the_mount_has_user_quotas: needs root (useradd)");
+        common::skip(
+            "a_quota_is_applied_where_the_mount_has_user_quotas",
+            "needs root (useradd)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

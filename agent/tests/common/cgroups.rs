@@ -15,12 +15,12 @@ pub struct RealRoot {
 impl RealRoot {
     pub fn probe(test: &str) -> Option<Self> {
         if !is_root() {
-            eprintln!("SKIP {test}: not running as root");
+            super::skip(test, "not running as root");
             return None;
         }
         let mounts = cgroup2_mounts();
         if mounts.is_empty() {
-            eprintln!("SKIP {test}: no cgroup2 filesystem in /proc/mounts");
+            super::skip(test, "no cgroup2 filesystem in /proc/mounts");
             return None;
         }
         for m in &mounts {
@@ -33,7 +33,10 @@ impl RealRoot {
                 Err(e) => eprintln!("{test}: cannot mkdir under {}: {e}", m.display()),
             }
         }
-        eprintln!("SKIP {test}: no cgroup2 mount lets us create a cgroup ({mounts:?})");
+        super::skip(
+            test,
+            &format!("no cgroup2 mount lets us create a cgroup ({mounts:?})"),
+        );
         None
     }
 }

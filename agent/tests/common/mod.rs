@@ -240,6 +240,16 @@ pub fn ok(v: &Value) -> &Value {
         .unwrap_or_else(|| panic!("expected an ok answer, got {v}"))
 }
 
+/// A test that cannot run here: a SKIP line on a developer's machine, a failure in CI (`CI`
+/// set, as `.ci/run` does), where the machine is meant to offer what the test needs.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").map_or(true, |v| v.is_empty()),
+        "{test} cannot run in CI: {why}"
+    );
+    eprintln!("SKIP {test}: {why}");
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
