@@ -32,6 +32,16 @@ pub fn serve(data: &Path, hint: &str) -> (Serve, String) {
 /// reach its Redis the way a command on the same host would.
 pub fn serve_queue(data: &Path, hint: &str) -> (Serve, String, queue::QueueConfig) {
     let cfg = testing::config(hint);
+    let (srv, url) = serve_with(data, &cfg, &[]);
+    (srv, url, cfg)
+}
+
+/// `npanel serve` on the queue `cfg` (a restart uses the same one) with `extra` environment.
+pub fn serve_with(
+    data: &Path,
+    cfg: &queue::QueueConfig,
+    extra: &[(&str, &str)],
+) -> (Serve, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -43,6 +53,7 @@ pub fn serve_queue(data: &Path, hint: &str) -> (Serve, String, queue::QueueConfi
         .env("NPANEL_LOG", "info")
         .env_remove("NPANEL_API__JWT_SECRET")
         .env_remove("DATABASE_URL")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -64,5 +75,5 @@ pub fn serve_queue(data: &Path, hint: &str) -> (Serve, String, queue::QueueConfi
     let url = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("serve logged its address");
-    (Serve(child), url, cfg)
+    (Serve(child), url)
 }
