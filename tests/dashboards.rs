@@ -60,3 +60,50 @@ fn dashboard_metrics_exist_in_code() {
         "defined but not in dashboards/README.md: {undocumented:?}"
     );
 }
+
+/// `promtool check rules` on the alert rules, and `promtool test rules` on their unit tests
+/// (`dashboards/alerts_test.yml`: every alert fires on what should raise it, not before its
+/// `for`, and not on a healthy neighbour). Without promtool: a SKIP line, or a failure in CI
+/// (`.ci/run` installs it, from Debian's `prometheus` package).
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(promtool) = promtool else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v.is_empty()),
+            "promtool is required in CI (apt-get install prometheus)"
+        );
+        eprintln!("SKIP alert rules: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    for args in [
+        ["check", "rules", "dashboards/alerts.yml"],
+        ["test", "rules", "dashboards/alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new(promtool)
+            .args(args)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every alert has a unit test.
+    let rules = std::fs::read_to_string(format!("{root}/dashboards/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(format!("{root}/dashboards/alerts_test.yml")).unwrap();
+    for line in rules.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            assert!(
+                tests.contains(&format!("alertname: {name}\n")),
+                "alert {name} has no test in alerts_test.yml"
+            );
+        }
+    }
+}
