@@ -458,15 +458,64 @@ impl Config {
         p
     }
 
-    /// The configuration as TOML, with the Redis password (if any) hidden.
-    pub fn to_redacted_toml(&self) -> String {
+    /// Every setting whose value differs from the built-in default, as (dotted key, value,
+    /// default) in TOML syntax, secrets hidden; a default that is unset reads `unset`.
+    pub fn diff_from_defaults(&self) -> Vec<(String, String, String)> {
+        fn flat(
+            prefix: &str,
+            v: &toml::Value,
+            out: &mut std::collections::BTreeMap<String, String>,
+        ) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        flat(&key, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_string(), other.to_string());
+                }
+            }
+        }
+        let table = |c: &Config| {
+            let mut out = std::collections::BTreeMap::new();
+            if let Ok(v) = toml::Value::try_from(c.redacted()) {
+                flat("", &v, &mut out);
+            }
+            out
+        };
+        let (now, defaults) = (table(self), table(&Config::default()));
+        now.iter()
+            .filter(|(k, v)| defaults.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.clone(),
+                    defaults.get(k).cloned().unwrap_or_else(|| "unset".into()),
+                )
+            })
+            .collect()
+    }
+
+    fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.queue.redis_url = redact_url(&c.queue.redis_url);
         c.store.url = c.store.url.as_deref().map(redact_url);
+        c.databases.url = c.databases.url.as_deref().map(redact_url);
         if c.api.jwt_secret.is_some() {
             c.api.jwt_secret = Some("**REDACTED**".into());
         }
-        toml::to_string_pretty(&c).unwrap_or_default()
+        c
+    }
+
+    /// The configuration as TOML, with the Redis password (if any) hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(&self.redacted()).unwrap_or_default()
     }
 }
 

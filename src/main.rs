@@ -23,6 +23,16 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `npanel config …`.
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load and validate the configuration (`--config FILE`, the environment) without running
+    /// anything: exit 0 and one line when it is usable, else each problem and exit 1.
+    Check,
+    /// Only the settings that differ from the built-in defaults, each with its default.
+    Diff,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run everything in one process: API + WebSocket, workers and scheduler.
@@ -42,8 +52,11 @@ enum Cmd {
     },
     /// Show the schedules with their last and next runs.
     Schedules,
-    /// Print the effective configuration (secrets hidden).
-    Config,
+    /// Print the effective configuration (secrets hidden); `check` and `diff`.
+    Config {
+        #[command(subcommand)]
+        cmd: Option<ConfigCmd>,
+    },
     /// Print a token signed with the configured secret (or the data dir's, created if missing).
     Token {
         /// admin, reseller or customer.
@@ -497,8 +510,33 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 }
                 Ok(true)
             }
-            Cmd::Config => {
+            Cmd::Config { cmd: None } => {
                 print!("{}", cfg.to_redacted_toml());
+                Ok(true)
+            }
+            Cmd::Config {
+                cmd: Some(ConfigCmd::Check),
+            } => {
+                // Loading validated it already (an invalid one never gets here).
+                println!(
+                    "configuration OK: built-in defaults < {} < NPANEL_* environment",
+                    cli.config
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "no file".into())
+                );
+                Ok(true)
+            }
+            Cmd::Config {
+                cmd: Some(ConfigCmd::Diff),
+            } => {
+                let diff = cfg.diff_from_defaults();
+                if diff.is_empty() {
+                    println!("# every setting is at its built-in default");
+                }
+                for (key, value, default) in diff {
+                    println!("{key} = {value}    # default: {default}");
+                }
                 Ok(true)
             }
             Cmd::Token {
