@@ -56,12 +56,6 @@ pub struct ReadOnlyReport {
     pub home_found: bool,
 }
 
-fn fragment_dir(host_root: &Path, account: &AccountName) -> Result<fsx::DirHandle> {
-    let base = fsx::ensure_base(&host_root.join("etc/npanel/accounts"), 0o755)?;
-    let (dir, _) = base.ensure_dir(account.as_str(), 0o755)?;
-    Ok(dir)
-}
-
 fn open_nofollow(dir: &File, name: &OsStr, flags: OFlag) -> nix::Result<File> {
     openat(
         dir,
@@ -87,7 +81,7 @@ pub fn set_read_only(
     let Some(home) = base.open_dir(account.as_str())? else {
         return Ok(no_home(account, read_only));
     };
-    let frag = fragment_dir(host_root, account)?;
+    let frag = crate::hostfiles::account_dir(host_root, account)?;
     if read_only {
         // Every entry is written to the list before its mode changes (a journal): a walk that
         // stops half-way (an error, a crash) leaves a list a lift can still give back. A home

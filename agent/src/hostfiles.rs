@@ -208,7 +208,7 @@ pub fn remove_zone(
 
 /// Opens (creating) `<host_root>/etc/npanel/accounts/<account>/`, the
 /// account component without following a symlink.
-fn account_dir(host_root: &Path, account: &AccountName) -> Result<DirHandle> {
+pub(crate) fn account_dir(host_root: &Path, account: &AccountName) -> Result<DirHandle> {
     let base = fsx::ensure_base(&accounts_dir(host_root), 0o755)?;
     let (dir, _) = base.ensure_dir(account.as_str(), 0o755)?;
     Ok(dir)

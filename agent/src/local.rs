@@ -38,29 +38,33 @@ impl LocalHost {
     /// answered [`Reply::Skipped`] and limits report their rlimit fallback.
     /// Creates `host_root` if missing. Never needs root.
     pub fn new(host_root: impl Into<PathBuf>) -> Result<Self, AgentError> {
-        let host_root = host_root.into();
-        let config = AgentConfig::embedded(absolute(&host_root)?);
-        config.validate()?;
-        std::fs::create_dir_all(&config.host.root)
-            .map_err(|e| AgentError::io(&config.host.root, e))?;
-        let cgroups = embedded_cgroups(&config);
-        Ok(Self::from_state(State::with_cgroups(config, cgroups)))
+        Self::embedded(host_root.into(), embedded_cgroups)
     }
 
     /// [`LocalHost::new`] without cgroups, whatever this process may write: for tests that
     /// must leave the machine's cgroup tree alone (cgroup operations are answered skipped and
     /// a restore's unpack runs outside any cgroup).
     pub fn without_cgroups(host_root: impl Into<PathBuf>) -> Result<Self, AgentError> {
-        let host_root = host_root.into();
+        Self::embedded(host_root.into(), |config| {
+            CgroupManager::disabled(
+                &config.cgroup_root,
+                "cgroups off for this host (tests)".into(),
+                config.fallback,
+            )
+        })
+    }
+
+    /// [`AgentConfig::embedded`] on `host_root` (created if missing), with the cgroup manager
+    /// `cgroups` makes for it.
+    fn embedded(
+        host_root: PathBuf,
+        cgroups: impl FnOnce(&AgentConfig) -> CgroupManager,
+    ) -> Result<Self, AgentError> {
         let config = AgentConfig::embedded(absolute(&host_root)?);
         config.validate()?;
         std::fs::create_dir_all(&config.host.root)
             .map_err(|e| AgentError::io(&config.host.root, e))?;
-        let cgroups = CgroupManager::disabled(
-            &config.cgroup_root,
-            "cgroups off for this host (tests)".into(),
-            config.fallback,
-        );
+        let cgroups = cgroups(&config);
         Ok(Self::from_state(State::with_cgroups(config, cgroups)))
     }
 

@@ -291,7 +291,6 @@ pub fn render_acl(policies: &BTreeMap<AccountName, PolicyEntry>) -> String {
     s.push_str("npanel_ratelimit_rcpt:\n");
     s.push_str("  warn    set acl_m_npanel_sender = ${lc:$authenticated_id}\n");
     for (account, e) in policies {
-        let p = &e.policy;
         let mut who = format!("{{eq{{$acl_m_npanel_sender}}{{{account}}}}}");
         if !e.domains.is_empty() {
             let list: Vec<&str> = e.domains.iter().map(|d| d.as_str()).collect();
@@ -300,56 +299,63 @@ pub fn render_acl(policies: &BTreeMap<AccountName, PolicyEntry>) -> String {
                 list.join(" : ")
             ));
         }
-        s.push_str(&format!(
-            "  warn    condition = ${{if and{{{{!def:acl_m_npanel_account}}{{or{{{who}}}}}}}}}\n\
-             \x20         set acl_m_npanel_account = {account}\n\
-             \x20         set acl_m_npanel_per_hour = {}\n\
-             \x20         set acl_m_npanel_burst = {}\n\
-             \x20         set acl_m_npanel_mb = {}\n",
-            p.per_hour, p.burst_per_15min, p.mb_per_hour
-        ));
+        set_account(&mut s, account, &e.policy, &format!("or{{{who}}}"));
     }
-    s.push_str(
-        "  accept  condition = ${if !def:acl_m_npanel_account}\n\
-         \x20 defer   ratelimit = $acl_m_npanel_per_hour / 1h / per_rcpt / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 Hourly sending limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 defer   ratelimit = $acl_m_npanel_burst / 15m / per_rcpt / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 15-minute sending limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 accept\n\n",
-    );
-    s.push_str(
-        "npanel_ratelimit_data:\n\
-         \x20 accept  condition = ${if !def:acl_m_npanel_account}\n\
-         \x20 defer   ratelimit = ${acl_m_npanel_mb}M / 1h / per_byte / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 Hourly volume limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 accept\n\n",
-    );
+    s.push_str(NO_ACCOUNT);
+    limit(&mut s, "defer", HOURLY);
+    limit(&mut s, "defer", BURST);
+    s.push_str("  accept\n\n");
+    s.push_str("npanel_ratelimit_data:\n");
+    s.push_str(NO_ACCOUNT);
+    limit(&mut s, "defer", VOLUME);
+    s.push_str("  accept\n\n");
     // Mail handed to Exim without SMTP (`sendmail -t`, PHP's mail()): `$authenticated_id` is
     // the calling user's login, so the account is known by its name; the message is whole
     // here, so recipients and bytes are counted at once, against the same budgets.
     s.push_str("npanel_ratelimit_not_smtp:\n");
     for (account, e) in policies {
-        let p = &e.policy;
-        s.push_str(&format!(
-            "  warn    condition = ${{if and{{{{!def:acl_m_npanel_account}}{{eq{{${{lc:$authenticated_id}}}}{{{account}}}}}}}}}\n\
-             \x20         set acl_m_npanel_account = {account}\n\
-             \x20         set acl_m_npanel_per_hour = {}\n\
-             \x20         set acl_m_npanel_burst = {}\n\
-             \x20         set acl_m_npanel_mb = {}\n",
-            p.per_hour, p.burst_per_15min, p.mb_per_hour
-        ));
+        let who = format!("eq{{${{lc:$authenticated_id}}}}{{{account}}}");
+        set_account(&mut s, account, &e.policy, &who);
     }
-    s.push_str(
-        "  accept  condition = ${if !def:acl_m_npanel_account}\n\
-         \x20 deny    ratelimit = $acl_m_npanel_per_hour / 1h / per_rcpt / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 Hourly sending limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 deny    ratelimit = $acl_m_npanel_burst / 15m / per_rcpt / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 15-minute sending limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 deny    ratelimit = ${acl_m_npanel_mb}M / 1h / per_byte / npanel_$acl_m_npanel_account\n\
-         \x20         message = 452 4.5.3 Hourly volume limit of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n\
-         \x20 accept\n",
-    );
+    s.push_str(NO_ACCOUNT);
+    limit(&mut s, "deny", HOURLY);
+    limit(&mut s, "deny", BURST);
+    limit(&mut s, "deny", VOLUME);
+    s.push_str("  accept\n");
     s
+}
+
+/// Leave an ACL at once when the sender is no account's.
+const NO_ACCOUNT: &str = "  accept  condition = ${if !def:acl_m_npanel_account}\n";
+/// The three limits: (ratelimit, what the 452 names).
+const HOURLY: (&str, &str) = (
+    "$acl_m_npanel_per_hour / 1h / per_rcpt",
+    "Hourly sending limit",
+);
+const BURST: (&str, &str) = (
+    "$acl_m_npanel_burst / 15m / per_rcpt",
+    "15-minute sending limit",
+);
+const VOLUME: (&str, &str) = ("${acl_m_npanel_mb}M / 1h / per_byte", "Hourly volume limit");
+
+/// One limit, `verb` (`defer` over SMTP, `deny` without) with its 452 message.
+fn limit(s: &mut String, verb: &str, (rate, what): (&str, &str)) {
+    s.push_str(&format!(
+        "  {verb:<7} ratelimit = {rate} / npanel_$acl_m_npanel_account\n\
+         \x20         message = 452 4.5.3 {what} of account $acl_m_npanel_account reached ($sender_rate/$sender_rate_period, max $sender_rate_limit)\n"
+    ));
+}
+
+/// The `warn` that names the account (the first whose `who` condition holds) and its limits.
+fn set_account(s: &mut String, account: &AccountName, p: &MailPolicy, who: &str) {
+    s.push_str(&format!(
+        "  warn    condition = ${{if and{{{{!def:acl_m_npanel_account}}{{{who}}}}}}}\n\
+         \x20         set acl_m_npanel_account = {account}\n\
+         \x20         set acl_m_npanel_per_hour = {}\n\
+         \x20         set acl_m_npanel_burst = {}\n\
+         \x20         set acl_m_npanel_mb = {}\n",
+        p.per_hour, p.burst_per_15min, p.mb_per_hour
+    ));
 }
 
 /// A minimal Exim main config that includes `acl` and calls its two ACLs the way a real

@@ -25,6 +25,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 use crate::account::AccountName;
 use crate::cgroup::CgroupManager;
 use crate::child::{self, ChildHandle, ChildRequest};
@@ -305,7 +309,11 @@ fn unpack_in_child(
     let outcome = outcome.map_err(|e| match e.raw_os_error() {
         // Out of processes (the account's `pids.max`), memory or descriptors right now:
         // worth another try.
-        Some(code) if [libc_eagain(), libc_enomem(), libc_emfile()].contains(&code) => {
+        Some(code)
+            if [Errno::EAGAIN, Errno::ENOMEM, Errno::EMFILE]
+                .iter()
+                .any(|e| *e as i32 == code) =>
+        {
             AgentError::Busy(format!("restore {restore_id}: {e}"))
         }
         // It died without answering (a kill under the account's `memory.max` is SIGKILL).
@@ -314,35 +322,15 @@ fn unpack_in_child(
     Ok((outcome.result, outcome.cgroup))
 }
 
-fn libc_eagain() -> i32 {
-    nix::errno::Errno::EAGAIN as i32
-}
-fn libc_enomem() -> i32 {
-    nix::errno::Errno::ENOMEM as i32
-}
-fn libc_emfile() -> i32 {
-    nix::errno::Errno::EMFILE as i32
-}
-
 /// Kills a running child: its whole job cgroup where it has one, else the process.
 fn kill_child(cgroups: &CgroupManager, h: &ChildHandle) {
-    match &h.cgroup {
-        Some(dir) => {
-            if let Err(e) = cgroups.kill_job(dir) {
-                tracing::warn!(pid = h.pid, "cannot kill job cgroup {}: {e}", dir.display());
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(h.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        None => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(h.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+    if let Some(dir) = &h.cgroup {
+        match cgroups.kill_job(dir) {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(pid = h.pid, "cannot kill job cgroup {}: {e}", dir.display()),
         }
     }
+    let _ = nix::sys::signal::kill(Pid::from_raw(h.pid), Signal::SIGKILL);
 }
 
 /// Bytes an unprivileged user may still write on the filesystem of `path`.

@@ -130,74 +130,57 @@ pub fn month_start_ms(ms: i64) -> i64 {
 impl Store {
     /// Write hourly samples (one transaction; an hour written again is replaced).
     pub async fn record_usage(&self, samples: &[UsageSample]) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        for s in samples {
-            sqlx::query(
-                "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (account, step, at) DO UPDATE SET disk_bytes = excluded.disk_bytes, disk_files = excluded.disk_files, \
-                 bandwidth_bytes = excluded.bandwidth_bytes, mail_sent = excluded.mail_sent, db_bytes = excluded.db_bytes, \
-                 addon_domains = excluded.addon_domains, measured_at = excluded.measured_at",
-            )
-            .bind(&s.account)
-            .bind(HOUR_MS)
-            .bind(s.at - s.at.rem_euclid(HOUR_MS))
-            .bind(s.disk_bytes)
-            .bind(s.disk_files)
-            .bind(s.bandwidth_bytes)
-            .bind(s.mail_sent)
-            .bind(s.db_bytes)
-            .bind(s.addon_domains)
-            .bind(s.measured_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write_samples(samples, false).await
     }
 
     /// Write hourly samples the sweep measured, each taking the traffic counted for its account
     /// since its last sample ([`Store::add_pending_usage`]) in the same transaction: an hour
     /// written again keeps the traffic it had and adds what was counted since.
     pub async fn record_usage_taking_pending(&self, samples: &[UsageSample]) -> Result<()> {
+        self.write_samples(samples, true).await
+    }
+
+    async fn write_samples(&self, samples: &[UsageSample], take_pending: bool) -> Result<()> {
+        // Traffic replaced (a sample as given) or added to (the sweep's, with its pending share).
+        let traffic = if take_pending {
+            "bandwidth_bytes = usage_samples.bandwidth_bytes + excluded.bandwidth_bytes, \
+             mail_sent = usage_samples.mail_sent + excluded.mail_sent"
+        } else {
+            "bandwidth_bytes = excluded.bandwidth_bytes, mail_sent = excluded.mail_sent"
+        };
+        let sql = format!(
+            "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (account, step, at) DO UPDATE SET disk_bytes = excluded.disk_bytes, disk_files = excluded.disk_files, \
+             {traffic}, db_bytes = excluded.db_bytes, addon_domains = excluded.addon_domains, measured_at = excluded.measured_at"
+        );
         let mut tx = self.write_tx().await?;
         for s in samples {
-            let pending = sqlx::query(
-                "SELECT bandwidth_bytes, mail_sent FROM usage_pending WHERE account = $1",
-            )
-            .bind(&s.account)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (bw, mail) = match pending {
-                Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?),
-                None => (0, 0),
-            };
-            if pending_seen(bw, mail) {
-                sqlx::query("DELETE FROM usage_pending WHERE account = $1")
-                    .bind(&s.account)
-                    .execute(&mut *tx)
-                    .await?;
+            let (mut bw, mut mail) = (0, 0);
+            if take_pending {
+                let pending = sqlx::query(
+                    "DELETE FROM usage_pending WHERE account = $1 RETURNING bandwidth_bytes, mail_sent",
+                )
+                .bind(&s.account)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = pending {
+                    (bw, mail) = (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?);
+                }
             }
-            sqlx::query(
-                "INSERT INTO usage_samples (account, step, at, disk_bytes, disk_files, bandwidth_bytes, mail_sent, db_bytes, addon_domains, measured_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (account, step, at) DO UPDATE SET disk_bytes = excluded.disk_bytes, disk_files = excluded.disk_files, \
-                 bandwidth_bytes = usage_samples.bandwidth_bytes + excluded.bandwidth_bytes, \
-                 mail_sent = usage_samples.mail_sent + excluded.mail_sent, db_bytes = excluded.db_bytes, \
-                 addon_domains = excluded.addon_domains, measured_at = excluded.measured_at",
-            )
-            .bind(&s.account)
-            .bind(HOUR_MS)
-            .bind(s.at - s.at.rem_euclid(HOUR_MS))
-            .bind(s.disk_bytes)
-            .bind(s.disk_files)
-            .bind(s.bandwidth_bytes + bw)
-            .bind(s.mail_sent + mail)
-            .bind(s.db_bytes)
-            .bind(s.addon_domains)
-            .bind(s.measured_at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&sql)
+                .bind(&s.account)
+                .bind(HOUR_MS)
+                .bind(s.at - s.at.rem_euclid(HOUR_MS))
+                .bind(s.disk_bytes)
+                .bind(s.disk_files)
+                .bind(s.bandwidth_bytes + bw)
+                .bind(s.mail_sent + mail)
+                .bind(s.db_bytes)
+                .bind(s.addon_domains)
+                .bind(s.measured_at)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -976,6 +976,23 @@ async fn usage_series_roll_up_and_cursors() {
         assert!(dropped > 0);
         assert!(s.usage_now(None).await.unwrap().is_empty());
 
+        // Traffic counted from the logs waits for the account's next sample, which takes it
+        // once; the logs' cursor moved with it.
+        s.add_pending_usage(&[("carl".into(), 700, 3)], &[("access:p".into(), 9, 90)])
+            .await
+            .unwrap();
+        let mut c = sample("carl", hour, 10, 0);
+        c.mail_sent = 0;
+        s.record_usage_taking_pending(&[c.clone()]).await.unwrap();
+        s.record_usage_taking_pending(&[c]).await.unwrap();
+        let carl = s.usage_now(Some(&["carl".to_string()])).await.unwrap();
+        assert_eq!(
+            (carl["carl"].bandwidth_month_bytes, carl["carl"].mail_month),
+            (700, 3),
+            "taken once"
+        );
+        assert_eq!(s.usage_cursor("access:p").await.unwrap(), Some((9, 90)));
+
         // Cursors.
         assert_eq!(s.usage_cursor("access:x").await.unwrap(), None);
         s.set_usage_cursors(&[("access:x".into(), 7, 100)])

@@ -29,6 +29,7 @@
 //! - Addon domains are not counted: the store records one domain per account.
 
 use crate::provision::{host_err, store_err, HostOps};
+use crate::restore::human;
 use crate::{JobContext, JobError};
 use agent::{AccountName, Reply, Request};
 use futures::StreamExt;
@@ -445,6 +446,8 @@ async fn hold_to_limits(
                 ov.and_then(|o| o.bandwidth_mb).or(limits.bandwidth_mb),
             ),
         ];
+        let name = AccountName::parse(&a.id)
+            .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
         let mut over = false;
         for (resource, used, limit_mb) in checks {
             let (percent, level) = match limit_mb.filter(|l| *l > 0) {
@@ -459,67 +462,47 @@ async fn hold_to_limits(
             let prev = levels.get(&(a.id.clone(), resource.to_string()));
             let (prev_level, prev_enforced) = prev.map_or((0, false), |p| (p.level, p.enforced));
             let unchanged = prev_level == level && prev_enforced == enforce;
-            // Disk over its limit is enforced again every sweep, not only when it starts: the
-            // owner may have given write bits back (chmod) since the last one.
-            if resource == "disk" && (prev_enforced != enforce || (enforce && unchanged)) {
-                let account = AccountName::parse(&a.id)
-                    .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
-                match s
-                    .host
-                    .call(Request::SetReadOnly {
-                        account,
+            // Disk over its limit is enforced again every sweep, not only when it starts (the
+            // owner may have given write bits back since); bandwidth by the account's
+            // `throttled` flag, for the web server, when that changes.
+            let call = match resource {
+                "disk" if prev_enforced != enforce || (enforce && unchanged) => {
+                    Some(Request::SetReadOnly {
+                        account: name.clone(),
                         read_only: enforce,
                     })
-                    .await
-                {
-                    Ok(Reply::ReadOnlySet(r)) if unchanged => {
-                        if r.changed > 0 {
-                            ctx.log(format!(
-                                "{}: {} entries of its read-only home had been made writable again: read-only again",
-                                a.id, r.changed
-                            ));
-                        }
-                    }
+                }
+                "bandwidth" if prev_enforced != enforce => Some(Request::SetThrottled {
+                    account: name.clone(),
+                    throttled: enforce,
+                }),
+                _ => None,
+            };
+            if let Some(req) = call {
+                let op = req.op();
+                match s.host.call(req).await {
+                    Ok(Reply::ReadOnlySet(r)) if unchanged && r.changed > 0 => ctx.log(format!(
+                        "{}: {} entries of its read-only home had been made writable again: read-only again",
+                        a.id, r.changed
+                    )),
+                    Ok(_) if unchanged => {}
                     Ok(_) => ctx.log(format!(
-                        "{}: home {}",
+                        "{}: {}",
                         a.id,
-                        if enforce {
-                            "made read-only (disk over its limit)"
-                        } else {
-                            "writable again"
+                        match (resource, enforce) {
+                            ("disk", true) => "home made read-only (disk over its limit)",
+                            ("disk", false) => "home writable again",
+                            (_, true) => "sites throttled (bandwidth over its limit)",
+                            (_, false) => "sites no longer throttled",
                         }
                     )),
                     Err(
                         e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_)),
-                    ) => return Err(host_err("set_read_only", e)),
-                    // This account's home could not be changed: its level is not recorded, so
-                    // the next sweep tries again; the others go on.
+                    ) => return Err(host_err(op, e)),
+                    // This account's enforcement could not be changed: its level is not
+                    // recorded, so the next sweep tries again; the others go on.
                     Err(e) => {
-                        ctx.log(format!("{}: set_read_only failed: {e}", a.id));
-                        held.failed
-                            .push(json!({"account": a.id, "reason": e.to_string()}));
-                        continue;
-                    }
-                }
-            }
-            // Bandwidth over its limit: the account's `throttled` flag, for the web server.
-            if resource == "bandwidth" && prev_enforced != enforce {
-                let account = AccountName::parse(&a.id)
-                    .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
-                match s
-                    .host
-                    .call(Request::SetThrottled {
-                        account,
-                        throttled: enforce,
-                    })
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(
-                        e @ (agent::AgentError::Connect { .. } | agent::AgentError::Protocol(_)),
-                    ) => return Err(host_err("set_throttled", e)),
-                    Err(e) => {
-                        ctx.log(format!("{}: set_throttled failed: {e}", a.id));
+                        ctx.log(format!("{}: {op} failed: {e}", a.id));
                         held.failed
                             .push(json!({"account": a.id, "reason": e.to_string()}));
                         continue;
@@ -622,21 +605,6 @@ async fn hold_to_limits(
         }
     }
     Ok(held)
-}
-
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 /// What counting one kind of log found.

@@ -112,7 +112,8 @@ pub fn account_from_archive_name(path: &str) -> Option<String> {
 }
 
 /// Human bytes for log lines.
-fn human(n: u64) -> String {
+/// Bytes for people: `512 B`, `12 KB`, `4.0 MB`, `1.5 GB` (log lines of restores and sweeps).
+pub(crate) fn human(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / (1u64 << 20) as f64),
