@@ -32,6 +32,7 @@
 //! [mail]                      # per-account Exim limits (write_mail_policy)
 //! exim = "auto"               # "auto": exim4/exim on PATH; "none": never validate; or a path
 //! exim_pid_file = "/run/exim4/exim.pid"   # default: <host.root>/run/exim4/exim.pid
+//! conn_socket = "/run/npanel/smtp-conns.sock" # default: <host.root>/run/npanel/smtp-conns.sock
 //! exim_config = "/etc/exim4/exim4.conf"   # optional: validate this main config (with the candidate ACL)
 //! ```
 
@@ -102,6 +103,9 @@ pub struct MailConfig {
     /// path is replaced by the candidate's; unset, a minimal harness that includes the
     /// candidate the same way.
     pub exim_config: Option<PathBuf>,
+    /// The socket of the SMTP connection counter the ACL asks (`max_connections`,
+    /// [`crate::smtpconns`]); `None`: `<host.root>/run/npanel/smtp-conns.sock`.
+    pub conn_socket: Option<PathBuf>,
 }
 
 impl Default for MailConfig {
@@ -110,6 +114,7 @@ impl Default for MailConfig {
             exim: "auto".into(),
             exim_pid_file: None,
             exim_config: None,
+            conn_socket: None,
         }
     }
 }
@@ -276,6 +281,15 @@ impl AgentConfig {
         match &self.home_root {
             Some(h) => h.clone(),
             None => self.host.root.join("home"),
+        }
+    }
+
+    /// The SMTP connection counter's socket: `mail.conn_socket`, else
+    /// `<host.root>/run/npanel/smtp-conns.sock`.
+    pub fn conn_socket(&self) -> PathBuf {
+        match &self.mail.conn_socket {
+            Some(p) => p.clone(),
+            None => self.host.root.join("run/npanel/smtp-conns.sock"),
         }
     }
 

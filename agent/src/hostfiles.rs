@@ -558,7 +558,7 @@ pub fn set_suspended(
     account: &AccountName,
     suspended: bool,
 ) -> Result<(PathBuf, bool)> {
-    set_flag(host_root, account, "suspended", suspended, "")
+    set_flag(host_root, account, SUSPENDED_FLAG, suspended, "")
 }
 
 /// Creates or removes `<host_root>/etc/npanel/accounts/<account>/throttled`: the account is
@@ -577,6 +577,28 @@ pub fn set_throttled(
         "reason=over its monthly bandwidth limit\n",
     )
 }
+
+/// Creates or removes `<host_root>/etc/npanel/accounts/<account>/mail_held`: the account sent
+/// more mail in the last hour than its policy allows, so the mail policy ACL defers its
+/// outgoing mail until the next quota sweep finds it under the limit ([`crate::mailpolicy`]).
+pub fn set_mail_held(
+    host_root: &Path,
+    account: &AccountName,
+    held: bool,
+) -> Result<(PathBuf, bool)> {
+    set_flag(
+        host_root,
+        account,
+        MAIL_HELD_FLAG,
+        held,
+        "reason=over its hourly sending limit\n",
+    )
+}
+
+/// The flag file of [`set_mail_held`].
+pub const MAIL_HELD_FLAG: &str = "mail_held";
+/// The flag file of [`set_suspended`].
+pub const SUSPENDED_FLAG: &str = "suspended";
 
 /// A flag file `name` in the account's fragment directory (`<name>_at=<UTC>` and `extra`),
 /// created or removed; whether that changed anything.

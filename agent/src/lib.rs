@@ -59,6 +59,7 @@ pub mod quota;
 pub mod restore;
 pub mod rlimit;
 pub mod server;
+pub mod smtpconns;
 pub mod unpack;
 pub mod users;
 pub mod watchdog;

@@ -181,6 +181,9 @@ pub enum Request {
         account: AccountName,
         throttled: bool,
     },
+    /// Create or remove the account's `mail_held` flag file: its outgoing mail is deferred by
+    /// the mail policy ACL (it sent over its hourly limit; [`crate::mailpolicy`]).
+    SetMailHeld { account: AccountName, held: bool },
     /// Make the account's home read-only (its modes recorded) or give them back: a disk limit
     /// enforced where the filesystem has no quotas ([`crate::enforce`]).
     SetReadOnly {
@@ -307,6 +310,7 @@ impl Request {
             Request::SetSuspended { .. } => "set_suspended",
             Request::SetReadOnly { .. } => "set_read_only",
             Request::SetThrottled { .. } => "set_throttled",
+            Request::SetMailHeld { .. } => "set_mail_held",
             Request::SetQuota { .. } => "set_quota",
             Request::QuotaUsage => "quota_usage",
             Request::BackupHome { .. } => "backup_home",
@@ -557,6 +561,13 @@ pub enum Reply {
     ThrottleSet {
         account: AccountName,
         throttled: bool,
+        changed: bool,
+        path: String,
+    },
+    /// The `mail_held` flag set or removed.
+    MailHeldSet {
+        account: AccountName,
+        held: bool,
         changed: bool,
         path: String,
     },

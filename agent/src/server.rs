@@ -559,6 +559,15 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 path: path.display().to_string(),
             })
         }
+        Request::SetMailHeld { account, held } => {
+            let (path, changed) = hostfiles::set_mail_held(&cfg.host.root, &account, held)?;
+            Ok(Reply::MailHeldSet {
+                account,
+                held,
+                changed,
+                path: path.display().to_string(),
+            })
+        }
         Request::SetReadOnly { account, read_only } => Ok(Reply::ReadOnlySet(
             crate::enforce::set_read_only(&cfg.host.root, &cfg.home_root(), &account, read_only)?,
         )),

@@ -751,3 +751,213 @@ fn the_agent_binary_serves_the_ops_over_its_socket() {
     assert_eq!(v["ok"]["changed"], true);
     assert!(!root.join("etc/exim4/npanel/policies/alice.conf").exists());
 }
+
+/// An `exim -bh` session kept open: the test writes lines and reads answers one at a time.
+struct OpenSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OpenSession {
+    fn start(exim: &Path, config: &Path, auth_id: &str) -> Self {
+        let mut child = Command::new(exim)
+            .arg("-C")
+            .arg(config)
+            .args(["-oMai", auth_id, "-bh", "203.0.113.9"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends `line` and returns the final line of its answer (`NNN ` …).
+    fn say(&mut self, line: &str) -> String {
+        self.stdin
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+        self.stdin.flush().unwrap();
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("no answer to {line}: {e}"));
+            if l.len() >= 4 && l.as_bytes()[3] == b' ' && l[..3].parse::<u16>().is_ok() {
+                return l;
+            }
+        }
+    }
+
+    fn quit(mut self) {
+        let _ = self.stdin.write_all(b"QUIT\r\n");
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+// Multi-threaded: the test blocks on Exim while the counter answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_exim_connections_over_the_maximum_and_held_or_suspended_accounts_are_refused() {
+    let Some(exim) = exim_or_skip("with_exim_connections_over_the_maximum") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = host(tmp.path(), "auto");
+    let one_conn = MailPolicy {
+        max_connections: 1,
+        ..MailPolicy::default()
+    };
+    let r = h
+        .write_mail_policy(&acct("erin"), one_conn, vec![dom("erin.example")])
+        .await
+        .unwrap();
+    assert!(r.validated, "{r:?}");
+
+    // The agent's connection counter, on the socket the ACL names.
+    let cfg = h.state().config.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let counter = agent::smtpconns::spawn(&cfg, shutdown.clone()).expect("counter bound");
+    assert!(cfg.conn_socket().starts_with(tmp.path()));
+
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = tmp.path().join("exim.conf");
+    std::fs::write(
+        &config,
+        mailpolicy::harness_config(
+            &mailpolicy::acl_path(&tmp.path().join("root")),
+            Some(&spool),
+        ),
+    )
+    .unwrap();
+
+    // Connection A, logged in as one of erin's mailboxes, holds erin's only slot.
+    let mut a = OpenSession::start(&exim, &config, "info@erin.example");
+    a.say("EHLO a.example");
+    a.say("MAIL FROM:<info@erin.example>");
+    let first = a.say("RCPT TO:<one@remote.example>");
+    assert!(first.starts_with("250"), "{first}");
+    // While A is open, connection B as erin is deferred at RCPT…
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    let answers = rcpt_answers(&out);
+    assert_eq!(answers.len(), 1, "{out}");
+    assert!(
+        answers[0].starts_with("452 4.5.3 Too many simultaneous connections of account erin"),
+        "{out}"
+    );
+    // …A itself goes on…
+    let again = a.say("RCPT TO:<two@remote.example>");
+    assert!(again.starts_with("250"), "{again}");
+    // …and once A has gone, B's retry is accepted: nothing had to release the slot.
+    a.quit();
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    assert!(rcpt_answers(&out)[0].starts_with("250"), "{out}");
+
+    // The quota sweep held erin's mail (over its hourly limit for a whole hour): deferred.
+    let held = h
+        .call(agent::Request::SetMailHeld {
+            account: acct("erin"),
+            held: true,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(held, agent::Reply::MailHeldSet { changed: true, .. }),
+        "{held:?}"
+    );
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    let answers = rcpt_answers(&out);
+    assert!(
+        answers[0].starts_with("452 4.5.3 Outgoing mail of account erin is paused"),
+        "{out}"
+    );
+    h.call(agent::Request::SetMailHeld {
+        account: acct("erin"),
+        held: false,
+    })
+    .await
+    .unwrap();
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    assert!(rcpt_answers(&out)[0].starts_with("250"), "lifted: {out}");
+
+    // A suspended account's outgoing mail is refused outright.
+    h.call(agent::Request::SetSuspended {
+        account: acct("erin"),
+        suspended: true,
+    })
+    .await
+    .unwrap();
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    assert!(
+        rcpt_answers(&out)[0].starts_with("550 5.7.1 Account erin is suspended"),
+        "{out}"
+    );
+
+    // Without the counter, mail goes on (fail open).
+    shutdown.cancel();
+    counter.await.unwrap();
+    h.call(agent::Request::SetSuspended {
+        account: acct("erin"),
+        suspended: false,
+    })
+    .await
+    .unwrap();
+    std::fs::remove_file(cfg.conn_socket()).ok();
+    let mut a = OpenSession::start(&exim, &config, "erin");
+    a.say("EHLO a.example");
+    a.say("MAIL FROM:<erin@erin.example>");
+    assert!(a.say("RCPT TO:<x@remote.example>").starts_with("250"));
+    let out = smtp_session(
+        &exim,
+        &config,
+        Some("erin"),
+        &messages("erin@erin.example", 1),
+    );
+    assert!(rcpt_answers(&out)[0].starts_with("250"), "{out}");
+    a.quit();
+}

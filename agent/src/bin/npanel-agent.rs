@@ -186,6 +186,8 @@ async fn run(config: AgentConfig, path: PathBuf, explicit: bool) -> anyhow::Resu
     let mut int = signal(SignalKind::interrupt())?;
 
     let server = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
+    // The mail policy ACL's connection counter (max_connections); mail goes on without it.
+    let conns = agent::smtpconns::spawn(&config, shutdown.clone());
 
     // systemd: READY=1 once listening; WATCHDOG=1 at half of WATCHDOG_USEC.
     // Both are no-ops when NOTIFY_SOCKET is unset.
@@ -227,6 +229,9 @@ async fn run(config: AgentConfig, path: PathBuf, explicit: bool) -> anyhow::Resu
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     server.await?;
+    if let Some(c) = conns {
+        let _ = c.await;
+    }
     Ok(())
 }
 
