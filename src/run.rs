@@ -25,6 +25,16 @@ pub fn queue(cfg: &Config, url: String) -> anyhow::Result<Queue> {
     Ok(Queue::new(qc)?.with_available_kinds(registry.kinds()))
 }
 
+/// The accounts' database server (`databases.url`), if one is configured; opened on first use.
+fn hosted_databases(cfg: &Config) -> anyhow::Result<Option<store::HostedDatabases>> {
+    cfg.databases
+        .url
+        .as_deref()
+        .map(store::HostedDatabases::new)
+        .transpose()
+        .context("databases.url")
+}
+
 /// The host operations: the privileged agent when `host.agent_socket` is set, else the same
 /// operations in-process under `host.root` (the embedded default, DESIGN §11).
 fn host(cfg: &Config) -> anyhow::Result<agent::Host> {
@@ -104,10 +114,11 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         let host: std::sync::Arc<agent::Host> = std::sync::Arc::new(host(&cfg)?);
         registry = registry
             .with_store(s.clone(), cfg.store.days())
-            .with_provisioning(workers::provision::Provisioner::new(
+            .with_provisioning(workers::provision::Provisioner::with_databases(
                 s.clone(),
                 host.clone(),
                 cfg.host.provision(),
+                hosted_databases(&cfg)?,
             ))
             .with_backup(workers::backup::BackupMaker::new(s.clone(), host.clone()))
             .with_quota_sweep(workers::quota::QuotaSweeper::new(
@@ -122,11 +133,19 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                     cfg.host.provision().security_profile,
                 ),
             ))
-            .with_restore(workers::restore::Restorer::new(
+            .with_restore(workers::restore::Restorer::with_host(
                 s.clone(),
-                host,
+                host.clone(),
                 cfg.host.root_for(&cfg.data_dir).join("backups"),
+                cfg.host.provision().ipv4,
+                cfg.host.provision().security_profile,
+                cfg.databases.url.clone(),
             ));
+        let health =
+            workers::health::HealthChecker::new(s.clone(), host, cfg.databases.url.clone());
+        registry = registry.register(queue::JobKind::HealthCheck, move |ctx| {
+            workers::health::run(ctx, health.clone())
+        });
     }
     let q = q.with_available_kinds(registry.kinds());
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
@@ -144,7 +163,8 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
             cfg.api.clone(),
             api::metrics::install_prometheus(),
         )
-        .with_security_default(cfg.host.provision().security_profile);
+        .with_security_default(cfg.host.provision().security_profile)
+        .with_databases(hosted_databases(&cfg)?);
         for h in state.spawn_background(shutdown.clone()) {
             tasks.spawn(async move {
                 h.await?;

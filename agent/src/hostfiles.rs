@@ -29,7 +29,7 @@ pub fn accounts_dir(host_root: &Path) -> PathBuf {
 }
 
 /// The first line of every zone the agent writes: who it belongs to.
-const ZONE_OWNER_PREFIX: &str = "; npanel-account: ";
+pub(crate) const ZONE_OWNER_PREFIX: &str = "; npanel-account: ";
 /// Biggest zone file the agent reads back.
 const MAX_ZONE_BYTES: u64 = 1 << 20;
 
@@ -38,7 +38,7 @@ fn zone_file_name(domain: &Domain) -> String {
 }
 
 /// The account named on a zone's first line.
-fn zone_owner(text: &str) -> Option<&str> {
+pub(crate) fn zone_owner(text: &str) -> Option<&str> {
     text.lines()
         .next()
         .and_then(|l| l.strip_prefix(ZONE_OWNER_PREFIX))

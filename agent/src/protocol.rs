@@ -283,6 +283,32 @@ pub enum Request {
     },
     /// Remove the account's mail policy and its stanza from the ACL; absent is fine.
     RemoveMailPolicy { account: AccountName },
+    /// The facts a post-migration health check compares: the archive's (one read) and the
+    /// account's as it is now ([`crate::inspect`]). Read-only.
+    InspectMigration {
+        account: AccountName,
+        archive: std::path::PathBuf,
+    },
+    /// After a restore's home is installed: its archive's DNS zones (of `domains`, the
+    /// account's, old address → `ipv4`) and crontab (when `cron`) from the staging
+    /// ([`crate::restore_meta`]).
+    ApplyRestoreMeta {
+        account: AccountName,
+        restore_id: String,
+        domains: Vec<Domain>,
+        ipv4: Ipv4Addr,
+        cron: bool,
+    },
+    /// The regular files of `meta/<dir>` in a restore's staging (the database dumps, for the
+    /// workers' import).
+    ListRestoreMeta { restore_id: String, dir: String },
+    /// Up to `len` bytes (≤ 1 MiB) of `meta/<path>` in a restore's staging from `offset`.
+    ReadRestoreFile {
+        restore_id: String,
+        path: String,
+        offset: u64,
+        len: u32,
+    },
 }
 
 impl Request {
@@ -311,6 +337,10 @@ impl Request {
             Request::SetReadOnly { .. } => "set_read_only",
             Request::SetThrottled { .. } => "set_throttled",
             Request::SetMailHeld { .. } => "set_mail_held",
+            Request::InspectMigration { .. } => "inspect_migration",
+            Request::ApplyRestoreMeta { .. } => "apply_restore_meta",
+            Request::ListRestoreMeta { .. } => "list_restore_meta",
+            Request::ReadRestoreFile { .. } => "read_restore_file",
             Request::SetQuota { .. } => "set_quota",
             Request::QuotaUsage => "quota_usage",
             Request::BackupHome { .. } => "backup_home",
@@ -564,6 +594,19 @@ pub enum Reply {
         changed: bool,
         path: String,
     },
+    /// [`Request::ListRestoreMeta`]'s files.
+    RestoreMetaList {
+        files: Vec<crate::restore_meta::MetaFile>,
+    },
+    /// A chunk of a staging file (base64) and the file's size.
+    RestoreFileChunk {
+        data: String,
+        size: u64,
+    },
+    /// What [`Request::ApplyRestoreMeta`] applied.
+    RestoreMetaApplied(crate::restore_meta::MetaApplied),
+    /// What [`Request::InspectMigration`] found.
+    MigrationInspected(Box<crate::inspect::MigrationFacts>),
     /// The `mail_held` flag set or removed.
     MailHeldSet {
         account: AccountName,

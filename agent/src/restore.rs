@@ -120,7 +120,7 @@ fn running() -> &'static Mutex<HashMap<String, Running>> {
 }
 
 /// A restore id is a job id: letters and digits, at most 64.
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(AgentError::InvalidRequest(format!(
             "restore id {id:?}: letters and digits, 1 to 64"

@@ -559,6 +559,42 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 path: path.display().to_string(),
             })
         }
+        Request::ApplyRestoreMeta {
+            account,
+            restore_id,
+            domains,
+            ipv4,
+            cron,
+        } => Ok(Reply::RestoreMetaApplied(
+            crate::restore_meta::apply_restore_meta(
+                cfg,
+                &account,
+                &restore_id,
+                &domains,
+                ipv4,
+                cron,
+            )?,
+        )),
+        Request::ListRestoreMeta { restore_id, dir } => Ok(Reply::RestoreMetaList {
+            files: crate::restore_meta::list_restore_meta(cfg, &restore_id, &dir)?,
+        }),
+        Request::ReadRestoreFile {
+            restore_id,
+            path,
+            offset,
+            len,
+        } => {
+            use base64::Engine;
+            let (data, size) =
+                crate::restore_meta::read_restore_file(cfg, &restore_id, &path, offset, len)?;
+            Ok(Reply::RestoreFileChunk {
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+                size,
+            })
+        }
+        Request::InspectMigration { account, archive } => Ok(Reply::MigrationInspected(Box::new(
+            crate::inspect::inspect_migration(cfg, &account, &archive)?,
+        ))),
         Request::SetMailHeld { account, held } => {
             let (path, changed) = hostfiles::set_mail_held(&cfg.host.root, &account, held)?;
             Ok(Reply::MailHeldSet {

@@ -419,6 +419,93 @@ fn scan(
     Ok(())
 }
 
+/// One entry of an archive, as [`walk_archive`] shows it.
+#[derive(Debug)]
+pub struct Listed<'a> {
+    /// The home's (`homedir/…` or inside `homedir.tar`), else metadata (`cp/USER`, `mysql/…`).
+    pub home: bool,
+    /// Its path below its tree, `/`-separated (a wrapper directory dropped).
+    pub path: &'a str,
+    pub kind: EntryType,
+    /// Content bytes.
+    pub size: u64,
+    /// A symlink's target.
+    pub link: Option<String>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Reads every entry of `archive` in the layout [`unpack`] uses (wrapper dropped, `homedir/`
+/// and a `homedir.tar` inside are the home's), writing nothing: `visit` sees each entry with a
+/// reader of its content (what it does not read is skipped). Entries with absolute or climbing
+/// paths are not shown. At most `max_bytes` are decompressed (a bomb stops early).
+pub fn walk_archive(
+    archive: &Path,
+    max_bytes: u64,
+    visit: &mut dyn FnMut(&Listed<'_>, &mut dyn Read) -> io::Result<()>,
+) -> Result<Compression, UnpackError> {
+    fn walk(
+        stream: &mut dyn Read,
+        place: Place,
+        opts: &UnpackOptions,
+        visit: &mut dyn FnMut(&Listed<'_>, &mut dyn Read) -> io::Result<()>,
+    ) -> Result<(), UnpackError> {
+        let mut ar = tar::Archive::new(stream);
+        for entry in ar.entries().map_err(|e| read_err(e, opts))? {
+            let mut entry = entry.map_err(|e| read_err(e, opts))?;
+            let Some(parts) = entry.path().ok().as_deref().and_then(plain_parts) else {
+                continue;
+            };
+            let (home, rel) = match place {
+                Place::Home => (true, parts),
+                Place::Top => match split_top(parts) {
+                    Top::Home(rel) => (true, rel),
+                    Top::HomeTar => {
+                        if entry.header().entry_type().is_file() {
+                            walk(&mut entry, Place::Home, opts, visit)?;
+                        }
+                        continue;
+                    }
+                    Top::Meta(rel) => (false, rel),
+                    Top::Nothing => continue,
+                },
+            };
+            if rel.is_empty() {
+                continue;
+            }
+            let path = rel
+                .iter()
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let link = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|l| l.display().to_string());
+            let listed = Listed {
+                home,
+                path: &path,
+                kind: entry.header().entry_type(),
+                size: entry.size(),
+                link,
+                mode: entry.header().mode().unwrap_or(0) & 0o7777,
+            };
+            visit(&listed, &mut entry).map_err(|e| read_err(e, opts))?;
+        }
+        Ok(())
+    }
+    let file = open_archive(archive)?;
+    let opts = UnpackOptions {
+        max_bytes,
+        ..UnpackOptions::default()
+    };
+    let read = AtomicU64::new(0);
+    let (compression, mut stream) = open(&file, archive, &opts, &read)?;
+    walk(&mut stream, Place::Top, &opts, visit)?;
+    Ok(compression)
+}
+
 /// Counts the bytes read through it.
 struct Counting<'a, R> {
     inner: R,

@@ -251,6 +251,7 @@ async fn create_inner(
             reason: None,
             password: req.password,
             package_version: None,
+            database: None,
         },
     )
     .await;
@@ -458,6 +459,7 @@ pub(crate) fn base(act: ProvisionAction) -> Provision {
         reason: None,
         password: None,
         package_version: None,
+        database: None,
     }
 }
 

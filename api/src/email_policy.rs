@@ -231,6 +231,7 @@ async fn put_inner(
             reason: Some(reason.to_string()),
             password: None,
             package_version: None,
+            database: None,
         };
         match provision(st, &ctx.caller, a, p).await {
             Ok(job) => job,

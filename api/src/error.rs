@@ -13,6 +13,7 @@
 //! | `Unprocessable` | `invalid_request` | 422 | well-formed but invalid: unknown job type, payload mismatch, bad values |
 //! | `Conflict` | `conflict` | 409 | job not in a state that allows the action; a name taken |
 //! | `AllowanceExceeded` | `allowance_exceeded` | 409 | a reseller's allowance would be exceeded; nothing written |
+//! | `LimitReached` | `limit_reached` | 409 | the account's package limit (`addon_domains`, `databases`) is reached; nothing created |
 //! | `FeatureDisabled` | `feature_disabled` | 403 | the account's package does not grant the feature |
 //! | `PayloadTooLarge` | `payload_too_large` | 413 | body over `api.body_limit_bytes` |
 //! | `RateLimited` | `rate_limited` | 429 | `Retry-After` |
@@ -59,6 +60,10 @@ pub enum ApiError {
     /// A reseller's allowance would be exceeded.
     #[error("{0}")]
     AllowanceExceeded(String),
+    /// The account already has as many of something (addon domains, databases) as its
+    /// package allows.
+    #[error("{0}")]
+    LimitReached(String),
     /// The account's package does not grant a feature.
     #[error("{0}")]
     FeatureDisabled(String),
@@ -127,6 +132,7 @@ impl ApiError {
             Unprocessable(_) => ("invalid_request", StatusCode::UNPROCESSABLE_ENTITY),
             Conflict(_) => ("conflict", StatusCode::CONFLICT),
             AllowanceExceeded(_) => ("allowance_exceeded", StatusCode::CONFLICT),
+            LimitReached(_) => ("limit_reached", StatusCode::CONFLICT),
             FeatureDisabled(_) => ("feature_disabled", StatusCode::FORBIDDEN),
             PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),

@@ -11,7 +11,8 @@
 //!   `/api/whmcs/*`, which takes signed requests instead ([`whmcs::authenticate`], its own
 //!   per-key limit). `POST /api/auth/login` is an `/api` route like the others: without a token
 //!   it is limited per client IP. `GET /login` and `/login.js` are the page of one-time login
-//!   links ([`login`]), static and unauthenticated like the operations routes.
+//!   links ([`login`]), static and unauthenticated like the operations routes; so are the web
+//!   dashboard's `/`, `/dashboard.js` and `/dashboard.css` ([`dashboard`]).
 //! - [`error`] holds the one error type and its table of stable codes.
 //! - Every route is registered through `utoipa-axum`, so `/api/openapi.json` is generated from
 //!   the same annotations that mount the handlers and cannot drift from them.
@@ -27,6 +28,9 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod dashboard;
+pub mod databases;
+pub mod domains;
 pub mod email_policy;
 pub mod error;
 pub mod extract;
@@ -84,6 +88,9 @@ pub struct ApiConfig {
     /// one-time login links. Unset: `http://` and the Host header of the request asking for
     /// the link (`npanel token --login-link`: `http://` and `listen`).
     pub public_url: Option<String>,
+    /// Seconds after a restore its post-migration health check runs (queued with the restore;
+    /// DESIGN §12). Default 30; 0: as soon as the restore has finished.
+    pub health_check_after_restore_secs: u64,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -98,6 +105,10 @@ impl std::fmt::Debug for ApiConfig {
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("whmcs", &self.whmcs)
             .field("public_url", &self.public_url)
+            .field(
+                "health_check_after_restore_secs",
+                &self.health_check_after_restore_secs,
+            )
             .finish()
     }
 }
@@ -111,6 +122,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 1024 * 1024,
             whmcs: whmcs::WhmcsConfig::default(),
             public_url: None,
+            health_check_after_restore_secs: restore::HEALTH_AFTER_RESTORE_SECS,
         }
     }
 }
@@ -164,6 +176,8 @@ pub struct AppState {
     pub(crate) openapi: Arc<OnceLock<String>>,
     /// Template of accounts that chose none (`host.security_profile`).
     pub(crate) security_default: store::SecurityPolicy,
+    /// The accounts' database server (`databases.url`; [`AppState::with_databases`]).
+    pub(crate) databases: Option<store::HostedDatabases>,
 }
 
 impl AppState {
@@ -195,6 +209,7 @@ impl AppState {
             cfg: Arc::new(cfg),
             openapi: Arc::new(OnceLock::new()),
             security_default: store::SecurityPolicy::default(),
+            databases: None,
         }
     }
 
@@ -288,6 +303,9 @@ fn routes() -> Routes {
         .routes(routes!(accounts::terminate))
         .routes(routes!(accounts::change_package))
         .routes(routes!(accounts::password))
+        .routes(routes!(domains::list, domains::add))
+        .routes(routes!(domains::remove))
+        .routes(routes!(databases::list, databases::create))
         .routes(routes!(security::get_policy, security::set_policy))
         .routes(routes!(email_policy::get_policy, email_policy::put_policy))
         .routes(routes!(accounts::feature))
@@ -314,6 +332,9 @@ fn routes() -> Routes {
         .routes(routes!(ops::openapi))
         .routes(routes!(login::page))
         .routes(routes!(login::script))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
         .split_for_parts();
     let (whmcs, whmcs_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(whmcs::create_account))

@@ -12,7 +12,7 @@
 //! proxies and `Referer` headers. The page at `GET /login` ([`page`], [`script`]) reads it,
 //! removes it from the address bar and the history (`history.replaceState`), posts it to
 //! `POST /api/auth/login` ([`exchange`]) and keeps the token it gets in `sessionStorage`, never
-//! in a URL. The page loads nothing from elsewhere and runs no inline script (its
+//! in a URL, then opens the dashboard at `/` ([`crate::dashboard`]), which reads it. The page loads nothing from elsewhere and runs no inline script (its
 //! `Content-Security-Policy` allows only its own `/login.js` and one inline style by hash).
 //!
 //! # The exchange

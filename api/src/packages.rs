@@ -245,6 +245,7 @@ pub async fn update(
                 reason: None,
                 password: None,
                 package_version: Some(after.version),
+                database: None,
             });
             job.reseller = after.owner.clone();
             job.idempotency_key = Some(format!("reapply:{id}:{}", after.version));

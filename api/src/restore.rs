@@ -1,5 +1,7 @@
-//! Restore and post-migration health routes. They enqueue `restore` and `health_check` jobs;
-//! until a build ships their handlers, those enqueues answer 501 `not_available`.
+//! Restore and post-migration health routes. They enqueue `restore` and `health_check` jobs
+//! (a build without their handlers answers 501 `not_available`). A restore queues its health
+//! check with it, to run 30 s after it ([`HEALTH_AFTER_RESTORE_SECS`]); the report is read
+//! from the store (kept 30 days), else from the check's job while it runs or if it failed.
 //!
 //! Which account a job concerns: a customer's own (a different `account` is 403); a reseller
 //! names one of its own customers (checked against the store; another's is 404, like a missing
@@ -13,7 +15,7 @@ use crate::extract::ApiJson;
 use crate::jobs::{accept, audit_started, job_id_of, visible_job, Accepted};
 use crate::AppState;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use queue::{HealthCheck, Job, JobKind, JobStatus, ListFilter, NewJob, Restore};
 use serde::{Deserialize, Serialize};
@@ -135,11 +137,45 @@ async fn start_inner(
         archive: req.archive,
         account: account.clone(),
     });
-    job.account = account;
-    job.reseller = reseller;
+    job.account = account.clone();
+    job.reseller = reseller.clone();
     job.idempotency_key = req.idempotency_key;
-    accept(st, caller, job, "/api/restore").await
+    let mut body = crate::jobs::accept_json(st, caller, job, "/api/restore").await?;
+    // The post-migration health check, queued behind the restore (jobs of one account run in
+    // order) and told to wait until 30 s after it (DESIGN §12). Keyed by the restore, so a
+    // repeated request does not queue a second one. A build without the handler, or a full
+    // queue, costs the check, never the restore.
+    if let Some(id) = body["id"].as_str().map(str::to_string) {
+        let mut check = NewJob::typed(&HealthCheck {
+            migration_id: id.clone(),
+            wait_secs: st.cfg.health_check_after_restore_secs,
+        });
+        check.account = account;
+        check.reseller = reseller;
+        check.idempotency_key = Some(format!("health-after-restore|{id}"));
+        match st.queue.enqueue(check).await {
+            Ok(e) => {
+                body["health_check"] = serde_json::json!({"id": e.id, "wait_secs": st.cfg.health_check_after_restore_secs})
+            }
+            Err(e) => {
+                tracing::warn!(restore = %id, "the health check after this restore was not queued: {e}")
+            }
+        }
+    }
+    let location = body["links"]["self"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
 }
+
+/// How long after a restore its health check runs, by default (`api.health_check_after_restore_secs`).
+pub const HEALTH_AFTER_RESTORE_SECS: u64 = 30;
 
 /// The restore progress shape (field names are the product spec's).
 #[derive(Debug, Serialize, ToSchema)]
@@ -275,7 +311,10 @@ async fn run_health_inner(
         })?
     };
     let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
-    let mut job = NewJob::typed(&HealthCheck { migration_id: id });
+    let mut job = NewJob::typed(&HealthCheck {
+        migration_id: id,
+        wait_secs: 0,
+    });
     job.account = account;
     job.reseller = reseller;
     accept(st, caller, job, "/api/jobs").await
@@ -305,9 +344,26 @@ pub struct HealthReport {
     responses((status = 200, body = HealthReport), (status = 404, body = ErrorBody)))]
 pub async fn get_health(
     State(st): State<AppState>,
-    Caller(viewer): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<HealthReport>, ApiError> {
+    // The stored report (kept 30 days), if the caller may see its account.
+    if let Some(r) = st.store.latest_health_report(&id).await? {
+        if crate::accounts::visible_account(&st, &caller, &r.account)
+            .await
+            .is_ok()
+        {
+            return Ok(Json(HealthReport {
+                migration_id: id,
+                job_id: r.id,
+                status: JobStatus::Succeeded.to_string(),
+                report: Some(r.report),
+                error: None,
+                finished_at: Some(r.created_at.to_rfc3339()),
+            }));
+        }
+    }
+    let viewer = caller.0;
     let f = ListFilter {
         kind: Some(JobKind::HealthCheck),
         limit: Some(1000),

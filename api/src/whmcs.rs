@@ -683,6 +683,7 @@ fn base_payload(act: Act, account: &Account, service_id: ServiceId) -> Provision
         reason: None,
         password: None,
         package_version: None,
+        database: None,
     }
 }
 

@@ -839,9 +839,17 @@ async fn openapi_lists_every_route() {
         "PUT /api/accounts/{id}/usage-override",
         "DELETE /api/accounts/{id}/usage-override",
         "GET /api/accounts/{id}/notifications",
+        "GET /api/accounts/{id}/domains",
+        "POST /api/accounts/{id}/domains",
+        "DELETE /api/accounts/{id}/domains/{domain}",
+        "GET /api/accounts/{id}/databases",
+        "POST /api/accounts/{id}/databases",
         "POST /api/auth/login",
         "GET /login",
         "GET /login.js",
+        "GET /",
+        "GET /dashboard.js",
+        "GET /dashboard.css",
     ]
     .into_iter()
     .map(String::from)
@@ -854,7 +862,8 @@ async fn openapi_lists_every_route() {
         let p = p
             .replace("{id}", "01NOSUCHJOB")
             .replace("{kind}", "diagnostic")
-            .replace("{service_id}", "1");
+            .replace("{service_id}", "1")
+            .replace("{domain}", "x.example");
         let r = srv.req(m, &p, Some(&admin), Some("{}")).await;
         assert_ne!(r.json["message"], "no such route", "{route}");
     }

@@ -472,7 +472,22 @@ async fn database_sizes_come_from_the_servers_information_schema() {
         .unwrap()
         .as_nanos();
     let user = format!("qdb{}", n % 1_000_000_000);
-    provisioned(&srv, root, &user, "basic").await;
+    srv.store
+        .create_package(store::NewPackage {
+            id: "onedb".into(),
+            limits: store::Limits {
+                databases: Some(1),
+                ..store::Limits::default()
+            },
+            ..store::NewPackage::default()
+        })
+        .await
+        .unwrap();
+    srv.store
+        .set_package_status("onedb", store::PackageStatus::Active)
+        .await
+        .unwrap();
+    provisioned(&srv, root, &user, "onedb").await;
     let db = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -534,4 +549,115 @@ async fn database_sizes_come_from_the_servers_information_schema() {
     let bytes = u.json["now"]["db_bytes"].as_i64().unwrap_or(0);
     // 2 000 rows of 200 bytes: far more than an empty table's first 16 KiB page.
     assert!(bytes >= 256 * 1024, "{}", u.json);
+    // One database of one allowed: at the limit, said once (the creation path refuses more).
+    let n = notifications(&srv, &user).await;
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["resource"], "databases");
+    assert_eq!(n[0]["level"], 100);
+    assert!(
+        n[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(1 of 1): no new databases can be created"),
+        "{n:?}"
+    );
+}
+
+#[tokio::test]
+async fn mail_sent_addon_domains_and_databases_are_held_to_their_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let srv = server(root).await;
+    srv.store
+        .create_package(store::NewPackage {
+            id: "mailer".into(),
+            limits: store::Limits {
+                email_per_hour: Some(5),
+                email_burst_per_15min: Some(5),
+                addon_domains: Some(1),
+                ..store::Limits::default()
+            },
+            ..store::NewPackage::default()
+        })
+        .await
+        .unwrap();
+    srv.store
+        .set_package_status("mailer", store::PackageStatus::Active)
+        .await
+        .unwrap();
+    provisioned(&srv, root, "dave", "mailer").await;
+    provisioned(&srv, root, "erin", "mailer").await;
+    srv.store
+        .add_addon_domain("dave", "dave-shop.example", Some(1))
+        .await
+        .unwrap();
+    let hour = store::month_start_ms(store::now_ms()) / 1000 + 3600;
+    // dave sent 5 messages in the hour (his limit), erin 4 (80 %).
+    let mainlog = root.join("var/log/exim4/mainlog");
+    for (who, n) in [("dave", 5), ("erin", 4)] {
+        for i in 0..n {
+            append(
+                &mainlog,
+                &format!("2026-12-01 04:00:0{i} 1a-00000{i}-AB <= {who}@{who}.example U={who} P=local S=300\n"),
+            );
+        }
+    }
+    let held = root.join("etc/npanel/accounts/dave/mail_held");
+    let r = sweep(&srv, hour).await;
+    assert_eq!(r["addon_domains"], "the store's addon domains", "{r}");
+    assert!(held.exists(), "dave's outgoing mail is paused: {r}");
+    assert!(!root.join("etc/npanel/accounts/erin/mail_held").exists());
+    let n = notifications(&srv, "dave").await;
+    let by = |resource: &str| {
+        n.iter()
+            .find(|x| x["resource"] == resource)
+            .unwrap_or_else(|| panic!("no {resource} notice: {n:?}"))
+            .clone()
+    };
+    let mail = by("email");
+    assert_eq!(mail["kind"], "usage_over");
+    assert!(
+        mail["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 messages in the last hour of 5 per hour): its outgoing mail is paused"),
+        "{mail}"
+    );
+    let addon = by("addon_domains");
+    assert_eq!(addon["level"], 100);
+    assert!(
+        addon["message"]
+            .as_str()
+            .unwrap()
+            .contains("no new addon domains can be added"),
+        "{addon}"
+    );
+    let erin = notifications(&srv, "erin").await;
+    assert_eq!(erin.len(), 1, "{erin:?}");
+    assert_eq!(erin[0]["kind"], "usage_warning");
+    assert_eq!(erin[0]["level"], 80);
+    let audit = srv
+        .store
+        .search_audit(&store::AuditFilter {
+            action: Some("usage_over".into()),
+            account: Some("dave".into()),
+            limit: 100,
+            ..store::AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 2, "email and addon_domains, once each");
+
+    // The next hour dave sent nothing: the pause is lifted, said once; the addon domains stay.
+    let r = sweep(&srv, hour + 3600).await;
+    assert!(!held.exists(), "lifted: {r}");
+    let n = notifications(&srv, "dave").await;
+    assert!(
+        n.iter()
+            .any(|x| x["resource"] == "email" && x["kind"] == "usage_normal"),
+        "{n:?}"
+    );
+    assert_eq!(n.len(), 3, "nothing new for the addon domains: {n:?}");
+    let r = sweep(&srv, hour + 7200).await;
+    assert_eq!(r["levels_changed"], json!([]), "{r}");
 }

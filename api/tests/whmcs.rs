@@ -98,7 +98,10 @@ async fn provision(ctx: JobContext, h: Arc<Host>) -> Result<Value, JobError> {
         }
         ProvisionAction::ReapplyPackage => json!({}),
         ProvisionAction::ApplySecurity => json!({}),
-        ProvisionAction::ApplyEmailPolicy => json!({}),
+        ProvisionAction::ApplyEmailPolicy
+        | ProvisionAction::AddDomain
+        | ProvisionAction::RemoveDomain
+        | ProvisionAction::CreateDatabase => json!({}),
     })
 }
 

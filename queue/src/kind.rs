@@ -230,6 +230,14 @@ pub enum ProvisionAction {
     /// account's override) to the host and reload Exim, after
     /// `PUT /api/accounts/{id}/email-policy` changed it.
     ApplyEmailPolicy,
+    /// Give the account the addon domain `domain`: the store's row (within the package's
+    /// `addon_domains`), its zone file, and its mailbox logins counted as the account's.
+    AddDomain,
+    /// Take the addon domain `domain` away again (zone, row, mail policy).
+    RemoveDomain,
+    /// Create the MariaDB/MySQL database `<account>_<database>` (within the package's
+    /// `databases`).
+    CreateDatabase,
 }
 
 /// `provision`: one action on one account.
@@ -244,9 +252,12 @@ pub struct Provision {
     /// Package name, for create and change_package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
-    /// Primary domain, for create.
+    /// Primary domain, for create; the addon domain, for add_domain and remove_domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The database's name without the `<account>_` prefix, for create_database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// WHMCS service id, when WHMCS asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_id: Option<u64>,
@@ -310,8 +321,16 @@ impl JobPayload for Restore {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Migration id.
+    /// Migration id (the restore job's id).
     pub migration_id: String,
+    /// Wait until this long after the restore finished (the check enqueued with a restore
+    /// waits 30 s); 0: at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wait_secs: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 impl JobPayload for HealthCheck {
     const KIND: JobKind = JobKind::HealthCheck;

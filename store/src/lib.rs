@@ -1,5 +1,7 @@
 //! nPanel's system of record (DESIGN §7, §10): accounts and the reseller hierarchy, packages, job
-//! history, the audit log, WHMCS API keys and per-account security and email policies, over sqlx.
+//! history, the audit log, WHMCS API keys, per-account security and email policies and the
+//! accounts' extra domains, over sqlx; and, apart from those, the accounts' own MariaDB/MySQL
+//! databases ([`HostedDatabases`]), which the API and the workers both need.
 //!
 //! # Why this shape
 //! - **One code path for two databases.** SQLite is the default (`<data_dir>/npanel.db`, WAL,
@@ -17,9 +19,12 @@
 mod accounts;
 mod audit;
 mod cursor;
+mod domains;
 mod email_policy;
 mod error;
+mod health;
 mod history;
+mod hosted_databases;
 mod packages;
 mod security;
 #[cfg(feature = "test-support")]
@@ -33,13 +38,21 @@ pub use accounts::{
 };
 pub use audit::{ms_time, Actor, AuditFilter, AuditRecord, NewAudit, Verification};
 pub use cursor::Cursor;
+pub use domains::{
+    normalize_domain, AccountDomain, DomainError, DomainKind, MAX_DOMAIN_LABEL_LEN, MAX_DOMAIN_LEN,
+};
 pub use email_policy::{
     effective_email_policy, EffectiveEmailPolicy, EmailIncident, EmailPolicy, EmailPolicyOverride,
     PolicySource, DEFAULT_EMAIL_POLICY, EMAIL_POLICY_FIELDS, MAX_EMAIL_CONNECTIONS,
     MAX_EMAIL_MB_PER_HOUR, MAX_EMAIL_PER_HOUR,
 };
 pub use error::{Result, StoreError};
+pub use health::{HealthReportRow, Migration, HEALTH_KEEP_DAYS};
 pub use history::{HistoryFilter, HistoryRow};
+pub use hosted_databases::{
+    hosted_database_name, CreatedDatabase, DatabaseError, HostedDatabase, HostedDatabases,
+    MAX_DATABASE_NAME_LEN,
+};
 pub use packages::{
     parse_package_yaml, Limits, NewPackage, Package, PackageStatus, PackageUpdate, FEATURES,
     MAX_PACKAGES, MAX_PACKAGE_BYTES,

@@ -74,6 +74,8 @@ pub struct UsageNow {
     pub bandwidth_month_bytes: i64,
     /// Messages sent since the start of the month (UTC).
     pub mail_month: i64,
+    /// Messages counted in the last measurement (sent since the one before it: about an hour).
+    pub mail_last: i64,
     /// When the last measurement was made.
     pub measured_at: chrono::DateTime<chrono::Utc>,
 }
@@ -280,7 +282,7 @@ impl Store {
             return Ok(HashMap::new());
         }
         let sql = format!(
-            "SELECT u.account, u.disk_bytes, u.disk_files, u.db_bytes, u.addon_domains, u.measured_at \
+            "SELECT u.account, u.disk_bytes, u.disk_files, u.db_bytes, u.addon_domains, u.measured_at, u.mail_sent \
              FROM usage_samples u JOIN (SELECT account, MAX(at) AS at FROM usage_samples WHERE step = $1{} GROUP BY account) m \
              ON m.account = u.account AND m.at = u.at WHERE u.step = $2",
             filter("account", 3)
@@ -300,6 +302,7 @@ impl Store {
                     addon_domains: r.try_get::<i64, _>(4)?,
                     bandwidth_month_bytes: 0,
                     mail_month: 0,
+                    mail_last: r.try_get::<i64, _>(6)?,
                     measured_at: ms_to_time(r.try_get::<i64, _>(5)?),
                 },
             );

@@ -77,3 +77,5 @@ pub fn serve_with(
         .expect("serve logged its address");
     (Serve(child), url)
 }
+
+pub mod browser;

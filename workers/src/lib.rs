@@ -1,18 +1,22 @@
 //! nPanel's worker pool and its job handlers.
 //!
-//! A [`Pool`] claims jobs from [`queue::Queue`] for the kinds its [`Registry`] has handlers for,
-//! runs each under a tracing span with a timeout and panic capture, reports progress through the
-//! queue (which renews the lease), renews leases of everything it runs, stops a job within
-//! moments of a cancel from any process (child processes included, see [`JobContext::run_command`]),
+//! A [`Pool`] claims jobs from [`queue::Queue`] for the kinds its [`Registry`] has handlers for
+//! and hands each to its kind's apalis 1.0 `Worker` (one per kind, under one `Monitor`) through
+//! a small channel backend of ours. Handlers run as apalis handlers taking `Data<JobContext>`,
+//! under tower layers for the tracing span, the timeout and panic capture; the backend's layer
+//! decides every queue transition and frees the slot. Progress goes through the queue (which
+//! renews the lease); the pool renews leases of everything it runs, stops a job within moments
+//! of a cancel from any process (child processes included, see [`JobContext::run_command`]),
 //! and on shutdown stops claiming, gives running jobs a soft deadline, then requeues the rest
 //! without using an attempt. Idle, it blocks on Redis pub/sub: no polling loop.
 //!
-//! See `README.md` for why the pool is written on tokio directly rather than on apalis's worker.
+//! See `README.md` for the shape and why each part is apalis's or ours.
 
 mod backoff;
 pub mod backup;
 mod context;
 pub mod diagnostic;
+pub mod health;
 pub mod mail_incidents;
 pub mod metrics;
 mod pool;
@@ -20,7 +24,9 @@ pub mod provision;
 pub mod quota;
 mod registry;
 pub mod restore;
+pub mod restore_db;
 pub mod retention;
+mod runtime;
 
 pub use backoff::backoff;
 pub use context::{JobContext, JobError};

@@ -1,29 +1,39 @@
-//! The worker pool.
+//! The worker pool: our dispatcher and queue maintenance around apalis workers.
 //!
-//! Four loops share one process-local table of running jobs:
-//! - **dispatcher**: claims as many jobs as there are free local slots, in one script call,
-//!   for the kinds this pool handles (rotated for fairness); when nothing is claimable it
-//!   blocks until a pub/sub wake-up, a local slot frees, the next retry falls due, or a long
-//!   safety interval passes. No busy loop.
+//! - **dispatcher** (in [`Pool::run`]): claims as many jobs as there are free local slots, in
+//!   one script call, for the kinds this pool handles (rotated for fairness), and hands each
+//!   to its kind's apalis worker (see `runtime.rs`: one worker per kind under one `Monitor`,
+//!   fed through our channel backend). When nothing is claimable it blocks until a pub/sub
+//!   wake-up, a local slot frees, the next retry falls due, or a long safety interval passes.
+//!   No busy loop.
 //! - **listener**: one pub/sub connection; `wake` messages wake the dispatcher, `cancel`
 //!   messages cancel the local job at once. Reconnects by itself.
 //! - **renewer**: renews all local leases every third of the lease, in one script call; learns
 //!   of cancels and lost leases there too (the fallback if a pub/sub message was missed).
 //! - **reaper**: returns expired leases of dead workers to the queue. Every process runs one;
 //!   the script is atomic, so several reapers are harmless.
+//! - **completer**: records outcomes, batching what piles up.
+//!
+//! These stay ours because they are queue transitions and cross-process concerns apalis 1.0
+//! does not model (claims sized across kinds, leases, per-job cancel from any process).
+//!
+//! Shutdown: stop claiming; the Monitor stops its workers pulling; running jobs get
+//! `shutdown_grace`; then each is cancelled with the shutdown reason, so its attempt records a
+//! requeue that uses no attempt (jobs claimed but not started are requeued the same way). The
+//! Monitor's own timeout, which drops whatever still runs, is only a last resort after that.
 
-use crate::{backoff, metrics as m, JobContext, JobError, Registry};
-use futures::FutureExt;
-use queue::{Claimed, Completion, Flusher, JobStatus, Outcome, Queue};
+use crate::runtime::{self, Pending, Rt, Rx};
+use crate::Registry;
+use apalis::prelude::Monitor;
+use queue::{Completion, Queue};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// Pool settings.
 #[derive(Clone, Debug)]
@@ -32,7 +42,8 @@ pub struct PoolConfig {
     /// Redis). Default 64.
     pub concurrency: usize,
     /// On shutdown, how long running jobs may take to finish before they are stopped and
-    /// requeued. Default 30 s.
+    /// requeued. Default 30 s. The apalis Monitor's own timeout, which drops what still runs,
+    /// is set `cancel_grace` + 10 s beyond it, as a last resort only.
     pub shutdown_grace: Duration,
     /// After a cancel, how long a handler may take to stop by itself before it is dropped.
     /// Default 1 s.
@@ -45,7 +56,8 @@ pub struct PoolConfig {
     pub reap_interval: Duration,
     /// Longest an idle dispatcher sleeps without any wake-up (a safety net only). Default 30 s.
     pub idle_poll: Duration,
-    /// Longest one attempt may run. Default 1 h.
+    /// Longest one attempt may run (the workers' tower timeout layer); past it the handler is
+    /// dropped and the attempt retried. Default 1 h.
     pub job_timeout: Duration,
     /// Most jobs claimed per script call. Default 50.
     pub claim_batch: usize,
@@ -67,21 +79,23 @@ impl Default for PoolConfig {
     }
 }
 
-const STOP_NONE: u8 = 0;
-const STOP_CANCEL: u8 = 1;
-const STOP_SHUTDOWN: u8 = 2;
-const STOP_LOST: u8 = 3;
+/// Why a job is being stopped (kept per attempt; decides its transition).
+pub(crate) const STOP_NONE: u8 = 0;
+pub(crate) const STOP_CANCEL: u8 = 1;
+pub(crate) const STOP_SHUTDOWN: u8 = 2;
+pub(crate) const STOP_LOST: u8 = 3;
 
-struct Local {
-    id: String,
-    cancel: CancellationToken,
-    why: Arc<AtomicU8>,
+/// A lease of this process: what the listener and renewer need to stop its attempt.
+pub(crate) struct Local {
+    pub(crate) id: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) why: Arc<AtomicU8>,
 }
 
 impl Local {
     /// Record why the job is being stopped; the first reason wins, except that a lost lease
     /// overrides everything (nothing may be recorded for it any more).
-    fn stop(&self, why: u8) {
+    pub(crate) fn stop(&self, why: u8) {
         if why == STOP_LOST {
             self.why.store(STOP_LOST, Ordering::SeqCst);
         } else {
@@ -93,22 +107,9 @@ impl Local {
     }
 }
 
-/// Running attempts of this process, keyed by (job id, lease token): the same job may briefly
+/// Admitted attempts of this process, keyed by (job id, lease token): the same job may briefly
 /// have an old attempt that lost its lease and a new one.
-type Table = Arc<Mutex<HashMap<(String, String), Local>>>;
-
-/// How the handler ended.
-enum Ended {
-    /// It returned.
-    Returned(Result<serde_json::Value, JobError>),
-    /// It did not stop within `cancel_grace` of a cancel and was dropped.
-    Dropped,
-    /// It ran past `job_timeout` and was dropped.
-    TimedOut(Duration),
-}
-
-/// An outcome waiting to be recorded, and who waits for the answer.
-type Pending = (Completion, oneshot::Sender<Option<Option<JobStatus>>>);
+pub(crate) type Table = Arc<Mutex<HashMap<(String, String), Local>>>;
 
 /// Error that stops the pool.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,6 @@ impl Pool {
         let table: Table = Arc::default();
         let wake = Arc::new(Notify::new());
         let bg = CancellationToken::new();
-        let tracker = TaskTracker::new();
         let background = TaskTracker::new();
         background.spawn(listener(
             self.queue.clone(),
@@ -172,253 +172,182 @@ impl Pool {
             bg.clone(),
         ));
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Pending>();
-        background.spawn(completer(self.queue.clone(), done_rx));
+        let completer_stop = CancellationToken::new();
+        let completer_task = tokio::spawn(completer(
+            self.queue.clone(),
+            done_rx,
+            completer_stop.clone(),
+        ));
+        let rt = Rt::new(self.queue.clone(), self.cfg.clone(), table.clone(), done_tx);
+
+        // One apalis worker per kind, each behind its own channel, all under one Monitor.
+        let mut senders = HashMap::new();
+        let mut receivers: Vec<Rx> = Vec::new();
+        let mut monitor = Monitor::new();
+        for &kind in &kinds {
+            let Some(handler) = self.registry.apalis_handler(kind) else {
+                continue;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx: Rx = Arc::new(Mutex::new(rx));
+            senders.insert(kind, tx);
+            receivers.push(rx.clone());
+            monitor = runtime::register(
+                monitor,
+                format!("{}:{kind}", self.worker_id),
+                rx,
+                self.cfg.job_timeout,
+                handler,
+            );
+        }
+        // Last resort only: by then every job was cancelled and had `cancel_grace` to stop.
+        let last_resort = self.cfg.shutdown_grace + self.cfg.cancel_grace + LAST_RESORT_MARGIN;
+        let monitor = monitor
+            .should_restart(|w, e| {
+                warn!(worker = w.name(), error = %e, "Job worker failed; restarting it.");
+                !w.is_shutting_down()
+            })
+            // An async block, so the deadline counts from the shutdown signal, not from now.
+            .with_terminator(async move { tokio::time::sleep(last_resort).await });
+        let monitor_stop = CancellationToken::new();
+        let monitor_done = CancellationToken::new();
+        let signal = monitor_stop.clone();
+        let done = monitor_done.clone();
+        let workers = async move {
+            let stopped = async move {
+                signal.cancelled().await;
+                Ok(())
+            };
+            if let Err(e) = monitor.run_with_signal(stopped).await {
+                warn!(error = %e, "Job workers ended with an error.");
+            }
+            done.cancel();
+        };
         info!(worker = %self.worker_id, kinds = ?kinds, concurrency = self.cfg.concurrency, "Worker pool started.");
 
-        let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.cfg.concurrency));
-        let freed = Arc::new(Notify::new());
-        let mut order = kinds.clone();
-        let mut err_backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = freed.notified() => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            order.rotate_left(1);
-            let n = free.min(this.cfg.claim_batch);
-            let batch = match this.queue.claim(&this.worker_id, &order, n).await {
-                Ok(b) => {
-                    err_backoff = Duration::from_millis(100);
-                    b
-                }
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?err_backoff, "Claim failed; retrying.");
+        let dispatcher = async {
+            let mut order = kinds.clone();
+            let mut err_backoff = Duration::from_millis(100);
+            while !shutdown.is_cancelled() {
+                let free = rt.free_slots();
+                if free == 0 {
                     tokio::select! {
-                        _ = tokio::time::sleep(err_backoff) => {}
+                        _ = rt.freed.notified() => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    err_backoff = (err_backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            };
-            if batch.jobs.is_empty() {
-                let mut sleep = this.cfg.idle_poll;
-                if let Some(due) = batch.next_due_ms {
-                    // Both times are Redis's clock: skew between hosts does not matter.
-                    let wait = (due - batch.redis_now_ms).max(1) as u64;
-                    sleep = sleep.min(Duration::from_millis(wait));
+                order.rotate_left(1);
+                let n = free.min(self.cfg.claim_batch);
+                let batch = match self.queue.claim(&self.worker_id, &order, n).await {
+                    Ok(b) => {
+                        err_backoff = Duration::from_millis(100);
+                        b
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?err_backoff, "Claim failed; retrying.");
+                        tokio::select! {
+                            _ = tokio::time::sleep(err_backoff) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        err_backoff = (err_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                if batch.jobs.is_empty() {
+                    let mut sleep = self.cfg.idle_poll;
+                    if let Some(due) = batch.next_due_ms {
+                        // Both times are Redis's clock: skew between hosts does not matter.
+                        let wait = (due - batch.redis_now_ms).max(1) as u64;
+                        sleep = sleep.min(Duration::from_millis(wait));
+                    }
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = rt.freed.notified() => {}
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
                 }
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = freed.notified() => {}
-                    _ = tokio::time::sleep(sleep) => {}
-                    _ = shutdown.cancelled() => break,
+                for job in batch.jobs {
+                    let kind = job.kind;
+                    let task = rt.admit(job);
+                    // The receivers live as long as this function, so a send cannot fail; if
+                    // it did, the task would drop, freeing its slot and lease entry (the reaper
+                    // then returns the job).
+                    if let Some(tx) = senders.get(&kind) {
+                        let _ = tx.send(task);
+                    }
                 }
-                continue;
             }
-            for job in batch.jobs {
-                let permit = slots
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("claimed within free slots");
-                let this = this.clone();
-                let table = table.clone();
-                let freed = freed.clone();
-                let done = done_tx.clone();
-                tracker.spawn(async move {
-                    this.run_job(job, table, done).await;
-                    drop(permit);
-                    freed.notify_one();
-                });
-            }
-        }
 
-        // Shutdown: no more claims. Soft deadline, then stop and requeue what is left.
-        tracker.close();
-        let running = table.lock().expect("table").len();
-        info!(running, grace = ?this.cfg.shutdown_grace, "Worker pool stopping: no new claims.");
-        if tokio::time::timeout(this.cfg.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            let left: Vec<_> = {
-                let t = table.lock().expect("table");
-                t.values()
-                    .map(|l| {
-                        l.stop(STOP_SHUTDOWN);
-                        l.id.clone()
-                    })
-                    .collect()
-            };
-            warn!(jobs = ?left, "Shutdown grace over: stopping and requeueing running jobs.");
-            tracker.wait().await;
-        }
-        drop(done_tx); // the completer ends once every outcome is recorded
+            // Shutdown: no more claims; the workers stop pulling. Soft deadline, then stop and
+            // requeue what is left.
+            drop(senders);
+            monitor_stop.cancel();
+            info!(running = rt.running(), grace = ?self.cfg.shutdown_grace, "Worker pool stopping: no new claims.");
+            tokio::select! {
+                _ = monitor_done.cancelled() => {}
+                _ = tokio::time::sleep(self.cfg.shutdown_grace) => {
+                    let left: Vec<_> = {
+                        let t = table.lock().expect("table");
+                        t.values()
+                            .map(|l| {
+                                l.stop(STOP_SHUTDOWN);
+                                l.id.clone()
+                            })
+                            .collect()
+                    };
+                    warn!(jobs = ?left, "Shutdown grace over: stopping and requeueing running jobs.");
+                }
+            }
+        };
+        // The Monitor (it polls every worker in one future) runs in the dispatcher's task: handing
+        // a claimed job to its worker is then a channel push and a poll in the same task, with no
+        // wake-up of another task on the way to the handler.
+        tokio::join!(dispatcher, workers);
+
+        // Anything a worker never took (it is normally requeued by the worker's backend on close).
+        let left: Vec<_> = receivers.iter().flat_map(runtime::drain).collect();
+        runtime::requeue_unstarted(left).await;
+        completer_stop.cancel(); // it records what is queued, then ends
+        let _ = completer_task.await;
         bg.cancel();
         background.close();
         background.wait().await;
         info!("Worker pool stopped.");
         Ok(())
     }
-
-    async fn run_job(&self, job: Claimed, table: Table, done: mpsc::UnboundedSender<Pending>) {
-        let span = info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempt);
-        async {
-            let started = Instant::now();
-            let cancel = CancellationToken::new();
-            let why = Arc::new(AtomicU8::new(STOP_NONE));
-            {
-                let mut t = table.lock().expect("table");
-                // An older attempt of this job still running here has lost its lease.
-                for l in t.values().filter(|l| l.id == job.id) {
-                    l.stop(STOP_LOST);
-                }
-                t.insert(
-                    (job.id.clone(), job.token.clone()),
-                    Local {
-                        id: job.id.clone(),
-                        cancel: cancel.clone(),
-                        why: why.clone(),
-                    },
-                );
-            }
-            metrics::gauge!(m::JOBS_RUNNING).increment(1.0);
-            let (progress, flusher) = Flusher::new(
-                self.queue.clone(),
-                job.id.clone(),
-                job.token.clone(),
-                job.kind,
-                cancel.clone(),
-            );
-            let stop_flush = CancellationToken::new();
-            let flush_task = tokio::spawn(flusher.run(stop_flush.clone()));
-            let ctx = JobContext {
-                id: job.id.clone(),
-                kind: job.kind,
-                raw_payload: job.payload.clone(),
-                attempt: job.attempt,
-                max_attempts: job.max_attempts,
-                account: job.account.clone(),
-                progress,
-                cancel: cancel.clone(),
-            };
-            debug!("Job started.");
-            let ended = self.execute(ctx, &cancel).await;
-            stop_flush.cancel();
-            let _ = flush_task.await;
-            metrics::gauge!(m::JOBS_RUNNING).decrement(1.0);
-            let why = why.load(Ordering::SeqCst);
-            let retry = |e: String| Outcome::Retry {
-                error: e,
-                delay: backoff(job.attempt, self.cfg.backoff_base, self.cfg.backoff_max),
-            };
-            // A result the handler returned wins over a cancel or shutdown that came too late
-            // to stop it: the work is done and must not run again.
-            let outcome = match (why, ended) {
-                (STOP_LOST, _) => None,
-                (_, Ended::Returned(Ok(v))) => Some(Outcome::Succeeded(v)),
-                (STOP_SHUTDOWN, _) => Some(Outcome::Requeue),
-                (STOP_CANCEL, _)
-                | (_, Ended::Returned(Err(JobError::Cancelled)))
-                | (_, Ended::Dropped) => Some(Outcome::Cancelled("cancelled by request".into())),
-                (_, Ended::Returned(Err(JobError::Permanent(e)))) => Some(Outcome::Failed(e)),
-                (_, Ended::Returned(Err(JobError::RetryAfter(d, e)))) => {
-                    Some(Outcome::Retry { error: e, delay: d })
-                }
-                (_, Ended::Returned(Err(JobError::Transient(e)))) => Some(retry(e)),
-                (_, Ended::TimedOut(t)) => Some(retry(format!("timed out after {t:?}"))),
-            };
-            let label = match &outcome {
-                None => "lost",
-                Some(Outcome::Succeeded(_)) => "succeeded",
-                Some(Outcome::Failed(_)) => "failed",
-                Some(Outcome::Retry { .. }) => "retry",
-                Some(Outcome::Cancelled(_)) => "cancelled",
-                Some(Outcome::Requeue) => "requeued",
-            };
-            metrics::counter!(m::JOB_ATTEMPTS_TOTAL, "kind" => job.kind.as_str(), "outcome" => label)
-                .increment(1);
-            metrics::histogram!(m::JOB_DURATION_SECONDS, "kind" => job.kind.as_str())
-                .record(started.elapsed().as_secs_f64());
-            let Some(outcome) = outcome else {
-                table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
-                warn!("Lease lost while running; another attempt owns the job now.");
-                return;
-            };
-            if let Some(Outcome::Retry { error, .. } | Outcome::Failed(error)) = Some(&outcome) {
-                warn!(error = %error, "Attempt failed.");
-            }
-            let (tx, rx) = oneshot::channel();
-            let c = Completion {
-                id: job.id.clone(),
-                token: job.token.clone(),
-                kind: job.kind,
-                outcome,
-            };
-            // The lease keeps being renewed (the entry stays in the table) until the outcome
-            // is recorded, so a slow Redis cannot make a finished job run again.
-            if done.send((c, tx)).is_err() {
-                table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
-                return;
-            }
-            let recorded = rx.await;
-            table.lock().expect("table").remove(&(job.id.clone(), job.token.clone()));
-            match recorded {
-                Ok(Some(Some(st))) => debug!(status = %st, "Job attempt recorded."),
-                Ok(Some(None)) => warn!("Outcome not recorded: the lease had moved on."),
-                _ => warn!("Outcome not recorded (redis unreachable); the lease will expire and the job run again."),
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Run the handler with a timeout, catching panics; on cancel, give it `cancel_grace` to
-    /// return by itself, then drop it (which kills its process groups).
-    async fn execute(&self, ctx: JobContext, cancel: &CancellationToken) -> Ended {
-        let Some(handler) = self.registry.get(ctx.kind) else {
-            return Ended::Returned(Err(JobError::Permanent(format!(
-                "no handler for job type {} in this worker",
-                ctx.kind
-            ))));
-        };
-        let timeout = self.cfg.job_timeout;
-        let fut = AssertUnwindSafe(handler(ctx)).catch_unwind();
-        tokio::pin!(fut);
-        let joined = tokio::select! {
-            r = tokio::time::timeout(timeout, &mut fut) => r.ok(),
-            _ = cancel.cancelled() => {
-                tokio::time::timeout(self.cfg.cancel_grace, &mut fut).await.ok()
-            }
-        };
-        match joined {
-            None if cancel.is_cancelled() => Ended::Dropped,
-            None => Ended::TimedOut(timeout),
-            Some(Ok(r)) => Ended::Returned(r),
-            Some(Err(panic)) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Ended::Returned(Err(JobError::Transient(format!("handler panicked: {msg}"))))
-            }
-        }
-    }
 }
+
+/// After shutdown grace and cancel grace, how long the Monitor still waits before it drops
+/// whatever runs (the lease then expires and the reaper returns the job, using an attempt).
+const LAST_RESORT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Records outcomes, batching whatever has piled up while the previous batch was in flight
 /// (one script call for many jobs under load, one per job when quiet). Retries while Redis is
 /// unreachable; if it stays so, the leases expire and the reaper of some process reruns the
 /// jobs: at least once.
-async fn completer(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
+///
+/// Ends once `stop` fires and nothing is waiting (the pool fires it after its workers ended).
+pub(crate) async fn completer(
+    queue: Queue,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    stop: CancellationToken,
+) {
     const MAX_BATCH: usize = 128;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+            _ = stop.cancelled() => match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

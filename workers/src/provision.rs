@@ -1,6 +1,6 @@
 //! The `provision` handler (DESIGN §10, §11): create, suspend, unsuspend, change_package,
-//! terminate, change_password, reapply_package and apply_security, each a sequence of idempotent
-//! steps.
+//! terminate, change_password, reapply_package, apply_security, apply_email_policy,
+//! add_domain, remove_domain and create_database, each a sequence of idempotent steps.
 //!
 //! # Why it is shaped like this
 //! - **Every step is idempotent**, on the host (the agent's operations answer "already so"
@@ -19,6 +19,14 @@
 //!   payload, so a retried or late job writes what the store says now and the host cannot end
 //!   up behind the record. `apply_security` is how `POST /api/accounts/{id}/security-policy`
 //!   reaches the host: the same queue, worker and host access as every other account action.
+//! - **Addon domains and databases hold the package's limits twice.** The API refuses at the
+//!   limit before it enqueues (409 `limit_reached`); the job counts again where it writes
+//!   (the store's transaction for a domain, a named lock on the database server for a
+//!   database), because two requests may pass the API's check together. A job refused there
+//!   fails permanently with nothing created. A domain's zone and the account's mail policy
+//!   (which maps every domain's mailbox logins to the account: primary and addon) follow the
+//!   store's row; `terminate` removes the addon domains' zones and rows too, so the names are
+//!   free again.
 //! - **Audit**: the job's own completion is recorded by the archiver (`provision_succeeded`,
 //!   `provision_failed`); the routes that enqueue it record who asked.
 
@@ -29,7 +37,10 @@ use queue::{Provision, ProvisionAction};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use store::{Account, AccountStatus, Limits, SecurityPolicy, Store, StoreError};
+use store::{
+    Account, AccountStatus, DatabaseError, DomainError, HostedDatabases, Limits, SecurityPolicy,
+    Store, StoreError,
+};
 
 /// What provisioning needs from the host: one typed agent request at a time.
 pub trait HostOps: Send + Sync + 'static {
@@ -60,12 +71,31 @@ pub struct Provisioner {
     store: Store,
     host: Arc<dyn HostOps>,
     cfg: ProvisionConfig,
+    /// The accounts' database server (`databases.url`); `None`: `create_database` fails,
+    /// saying so.
+    databases: Option<HostedDatabases>,
 }
 
 impl Provisioner {
-    /// A provisioner over `store` and `host`.
+    /// A provisioner over `store` and `host`, without a database server.
     pub fn new(store: Store, host: Arc<dyn HostOps>, cfg: ProvisionConfig) -> Arc<Provisioner> {
-        Arc::new(Provisioner { store, host, cfg })
+        Provisioner::with_databases(store, host, cfg, None)
+    }
+
+    /// A provisioner that also creates the accounts' databases on `databases`
+    /// (`databases.url`; see [`HostedDatabases::new`]).
+    pub fn with_databases(
+        store: Store,
+        host: Arc<dyn HostOps>,
+        cfg: ProvisionConfig,
+        databases: Option<HostedDatabases>,
+    ) -> Arc<Provisioner> {
+        Arc::new(Provisioner {
+            store,
+            host,
+            cfg,
+            databases,
+        })
     }
 }
 
@@ -257,6 +287,9 @@ pub async fn run(ctx: JobContext, p: Arc<Provisioner>) -> Result<Value, JobError
         ProvisionAction::ChangePassword => change_password(&ctx, &p, &job).await,
         ProvisionAction::ApplySecurity => apply_security(&ctx, &p, &job).await,
         ProvisionAction::ApplyEmailPolicy => apply_email_policy(&ctx, &p, &job).await,
+        ProvisionAction::AddDomain => add_domain(&ctx, &p, &job).await,
+        ProvisionAction::RemoveDomain => remove_domain(&ctx, &p, &job).await,
+        ProvisionAction::CreateDatabase => create_database(&ctx, &p, &job).await,
     }
 }
 
@@ -484,7 +517,8 @@ async fn apply_security(
 
 /// The `write_mail_policy` request of `a`: its effective email policy (defaults < package <
 /// its override; `package` instead of its current package's limits when it is moving to
-/// another), its main domain's mailbox logins counted as its own.
+/// another), the mailbox logins of all its domains (primary and addon, the store's
+/// [`Store::all_domains`]) counted as its own.
 pub async fn email_policy_request(
     store: &Store,
     a: &Account,
@@ -501,7 +535,13 @@ pub async fn email_policy_request(
             p.join("; ")
         ))
     })?;
-    let domains: Vec<&str> = a.domain.iter().map(String::as_str).collect();
+    let mut domains = store.all_domains(&a.id).await.map_err(store_err)?;
+    if let Some(d) = a.domain.as_ref().map(|d| d.to_ascii_lowercase()) {
+        // The account as the caller has it (a create whose row is being written).
+        if !domains.contains(&d) {
+            domains.insert(0, d);
+        }
+    }
     Ok(
         json!({"op": "write_mail_policy", "account": a.id, "policy": eff.policy,
         "domains": domains}),
@@ -533,7 +573,8 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
             json!({"account_id": a.id, "status": "terminated", "backup_location": Value::Null}),
         );
     }
-    let mut r = Run::new(ctx, p, 9);
+    let extra = p.store.account_domains(&a.id).await.map_err(store_err)?;
+    let mut r = Run::new(ctx, p, 9 + extra.len() as u64);
     r.host_or(
         "processes",
         json!({"op": "kill", "account": a.id}),
@@ -560,6 +601,13 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
         )
         .await?;
     }
+    for d in &extra {
+        r.host(
+            "dns",
+            json!({"op": "remove_zone", "domain": d.domain, "account": a.id}),
+        )
+        .await?;
+    }
     r.host(
         "mail_policy",
         json!({"op": "remove_mail_policy", "account": a.id}),
@@ -576,13 +624,140 @@ async fn terminate(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result
     r.host("home", json!({"op": "remove_home", "account": a.id}))
         .await?;
     r.step("record");
+    // The addon domains are free for others again (before the status: a terminated account
+    // is not terminated twice, so this would not run again).
+    for d in &extra {
+        p.store
+            .remove_account_domain(&a.id, &d.domain)
+            .await
+            .map_err(store_err)?;
+    }
     p.store
         .set_account_status(&a.id, AccountStatus::Terminated, job.reason.as_deref())
         .await
         .map_err(store_err)?;
     Ok(
         json!({"account_id": a.id, "status": "terminated", "backup_location": location,
-        "backup_bytes": backup["bytes"]}),
+        "backup_bytes": backup["bytes"],
+        "domains_removed": extra.iter().map(|d| d.domain.as_str()).collect::<Vec<_>>()}),
+    )
+}
+
+fn domain_err(e: DomainError) -> JobError {
+    match e {
+        DomainError::Store(e) => store_err(e),
+        e => JobError::Permanent(e.to_string()),
+    }
+}
+
+/// The payload's domain, validated.
+fn job_domain(job: &Provision) -> Result<String, JobError> {
+    let d = job
+        .domain
+        .as_deref()
+        .ok_or_else(|| JobError::Permanent(format!("{:?} needs a domain", job.action)))?;
+    store::normalize_domain(d).map_err(|e| JobError::Permanent(e.to_string()))
+}
+
+/// `add_domain`: the store's row (within the package's `addon_domains`), the zone, the mail
+/// policy with the new domain's mailbox logins. A retry finds each step done and goes on.
+async fn add_domain(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+    let a = live_account(p, &job.account).await?;
+    let domain = job_domain(job)?;
+    let limit = package_limits(p, &a).await?.addon_domains;
+    let mut r = Run::new(ctx, p, 3);
+    r.step("record");
+    let row = p
+        .store
+        .add_addon_domain(&a.id, &domain, limit)
+        .await
+        .map_err(domain_err)?;
+    let zone = r
+        .host(
+            "dns",
+            json!({"op": "write_zone", "account": a.id, "domain": domain, "ipv4": p.cfg.ipv4}),
+        )
+        .await?;
+    let mail = email_policy_request(&p.store, &a, None).await?;
+    let domains = mail["domains"].clone();
+    r.host("mail_policy", mail).await?;
+    ctx.progress("mail_policy", r.total, r.total);
+    Ok(
+        json!({"account_id": a.id, "domain": domain, "kind": row.kind,
+        "zone": zone["path"], "domains": domains, "addon_domain_limit": limit}),
+    )
+}
+
+/// `remove_domain`: the zone (only if written for this account), the row, the mail policy
+/// without the domain. A retry after the row went still finishes the other steps.
+async fn remove_domain(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = account(p, &job.account).await?;
+    let domain = job_domain(job)?;
+    if a.domain.as_deref().map(str::to_ascii_lowercase) == Some(domain.clone()) {
+        return Err(JobError::Permanent(format!(
+            "{domain} is the primary domain of account {}; only addon domains are removed this way",
+            a.id
+        )));
+    }
+    let mut r = Run::new(ctx, p, 3);
+    r.host(
+        "dns",
+        json!({"op": "remove_zone", "domain": domain, "account": a.id}),
+    )
+    .await?;
+    r.step("record");
+    let removed = p
+        .store
+        .remove_account_domain(&a.id, &domain)
+        .await
+        .map_err(store_err)?;
+    let mut domains = Value::Null;
+    if a.status != AccountStatus::Terminated {
+        let mail = email_policy_request(&p.store, &a, None).await?;
+        domains = mail["domains"].clone();
+        r.host("mail_policy", mail).await?;
+    }
+    ctx.progress("mail_policy", r.total, r.total);
+    Ok(json!({"account_id": a.id, "domain": domain, "removed": removed, "domains": domains}))
+}
+
+/// `create_database`: `<account>_<name>` on the database server, within the package's
+/// `databases` (counted again under the server's per-account lock).
+async fn create_database(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
+    let a = live_account(p, &job.account).await?;
+    let name = job
+        .database
+        .as_deref()
+        .ok_or_else(|| JobError::Permanent("create_database needs a database name".into()))?;
+    let Some(dbs) = &p.databases else {
+        return Err(JobError::Permanent(
+            "databases are not configured on this server (set databases.url to a mysql:// URL)"
+                .into(),
+        ));
+    };
+    let limit = package_limits(p, &a).await?.databases;
+    ctx.progress("database", 0, 1);
+    let made = dbs.create(&a.id, name, limit).await.map_err(|e| match e {
+        DatabaseError::Unavailable(m) => JobError::Transient(m),
+        e => JobError::Permanent(e.to_string()),
+    })?;
+    ctx.log(if made.created {
+        format!("created database {}", made.name)
+    } else {
+        format!("database {} exists already", made.name)
+    });
+    ctx.progress("database", 1, 1);
+    Ok(
+        json!({"account_id": a.id, "database": made.name, "created": made.created,
+        "database_limit": limit}),
     )
 }
 
@@ -666,6 +841,44 @@ impl HostOps for agent::Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store validates addon domains itself (the API has no agent); it must take exactly
+    /// what the agent's `Domain` takes, or a row would be written for a zone the host refuses.
+    #[test]
+    fn store_domains_are_the_agents() {
+        for d in [
+            "example.com",
+            "Shop.Example",
+            "a-b.example",
+            "xn--bcher-kva.example",
+            "",
+            "localhost",
+            ".example",
+            "a..example",
+            "-a.example",
+            "a-.example",
+            "a_b.example",
+            "1.2.3.4",
+            "a.example.",
+            "a.b.c.d.e.f.example",
+            "ex ample.com",
+            "exämple.com",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            format!("{}.example", "a".repeat(63)),
+            format!("{}.example", "a".repeat(64)),
+            format!("{}.ex", "a.".repeat(125)),
+            format!("{}.ex", "a.".repeat(126)),
+        ]) {
+            let store = store::normalize_domain(&d).ok();
+            let agent = agent::Domain::parse(&d)
+                .ok()
+                .map(|x| x.as_str().to_string());
+            assert_eq!(store, agent, "{d:?}");
+        }
+    }
 
     /// The store's templates (what the panel shows and sends) and the agent's (what it writes
     /// for a caller that sends no settings) are the same values.

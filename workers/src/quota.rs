@@ -16,17 +16,27 @@
 //! - **Resume**: samples are written in batches as accounts finish; a retried sweep of the
 //!   same hour skips the accounts that have one. A vanished account, a missing home or an
 //!   unreadable log is a recorded skip, never a failed sweep for everyone.
-//! - **Limits** (`hold_to_limits`): each account's disk and this month's bandwidth against its
-//!   limits (an admin's override first, then the package's). A level that moves — 80 %, 95 %,
-//!   100 %, or back under 80 % — is stored, notified (`notifications`) and audited once, not
-//!   every hour. At 100 % outside a grace period the disk limit is enforced by making the home
-//!   read-only through the host (`set_read_only`, modes recorded and given back when the use
-//!   drops); bandwidth by the account's `throttled` flag file, which the web server reads as it
-//!   reads `suspended` (this build drives no web server itself). Mail over its hourly limits
-//!   is Exim's to defer (the mail policy).
-//! - **Databases**: `information_schema` sizes of `<account>_<name>` schemas on the server at
-//!   `databases.url` (not measured, and said so, without one or when it does not answer).
-//! - Addon domains are not counted: the store records one domain per account.
+//! - **Limits** (`hold_to_limits`): each account's disk, this month's bandwidth, the mail it
+//!   sent in the last hour, its databases and its addon domains against its limits (an admin's
+//!   override first, then the package's; for mail the account's effective email policy). A
+//!   level that moves — 80 %, 95 %, 100 %, or back under 80 % — is stored, notified
+//!   (`notifications`) and audited once, not every hour. At 100 % outside a grace period:
+//!   - disk: the home made read-only through the host (`set_read_only`, modes recorded and
+//!     given back when the use drops);
+//!   - bandwidth: the account's `throttled` flag file, which the web server reads as it reads
+//!     `suspended` (this build drives no web server itself);
+//!   - mail: the account's `mail_held` flag (`set_mail_held`), which the mail policy ACL reads
+//!     at run time: its outgoing mail is deferred with 452 until a sweep finds the last hour
+//!     under the limit. Exim's own rate limits defer within the hour; this pause is for an
+//!     account that kept sending at its limit for a whole hour (a compromised one, likely).
+//!     The log counts messages while the rate limit counts recipients, so the figure is a
+//!     floor;
+//!   - databases and addon domains: their creation paths refuse a new one at the limit
+//!     (409 `limit_reached`); the sweep records and says the level.
+//! - **Databases**: `information_schema` sizes and number of `<account>_<name>` schemas on the
+//!   server at `databases.url` (not measured, and said so, without one or when it does not
+//!   answer).
+//! - **Addon domains**: counted from the store.
 
 use crate::provision::{host_err, store_err, HostOps};
 use crate::restore::human;
@@ -151,6 +161,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
             Err(e) => (None, format!("not measured: {e}")),
         },
     };
+    let addon: HashMap<String, i64> = s.store.addon_domain_counts().await.map_err(store_err)?;
     // What the logs added, by account, waits in the store for each account's next sample; the
     // logs' cursors move in the same transaction (counted once, lost never).
     let mut traffic: HashMap<String, (i64, i64)> = HashMap::new();
@@ -251,10 +262,8 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
                     // The traffic counted for it since its last sample is added by the store.
                     bandwidth_bytes: 0,
                     mail_sent: 0,
-                    db_bytes: db_sizes
-                        .as_ref()
-                        .map(|m| m.get(&a.id).copied().unwrap_or(0)),
-                    addon_domains: 0,
+                    db_bytes: db_sizes.as_ref().map(|m| m.get(&a.id).map_or(0, |d| d.0)),
+                    addon_domains: addon.get(&a.id).copied().unwrap_or(0),
                     measured_at: store::now_ms(),
                 });
             }
@@ -293,7 +302,17 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
             .await
             .map_err(store_err)?;
     }
-    let held = hold_to_limits(&ctx, &s, &accounts).await?;
+    let counts: HashMap<String, Counts> = accounts
+        .iter()
+        .map(|a| {
+            let c = Counts {
+                databases: db_sizes.as_ref().map(|m| m.get(&a.id).map_or(0, |d| d.1)),
+                addon_domains: addon.get(&a.id).copied().unwrap_or(0),
+            };
+            (a.id.clone(), c)
+        })
+        .collect();
+    let held = hold_to_limits(&ctx, &s, &accounts, &counts).await?;
     // Mail deferred over its hourly limits: one audit record per account, limit and window.
     let incidents = match crate::mail_incidents::scan_mail_log(&s.store, &s.cfg.mail_log).await {
         Ok(sum) => {
@@ -329,7 +348,7 @@ pub async fn run(ctx: JobContext, s: Arc<QuotaSweeper>) -> Result<Value, JobErro
         "bandwidth_source": web.source,
         "mail_source": mail.source,
         "databases": db_source,
-        "addon_domains": "not measured: the store records one domain per account",
+        "addon_domains": "the store's addon domains",
         "log_notes": notes,
         "unattributed_log_bytes": unattributed,
         "mail_incidents": incidents,
@@ -348,12 +367,13 @@ fn names_of(accounts: &[store::Account]) -> std::collections::HashSet<String> {
     accounts.iter().map(|a| a.id.clone()).collect()
 }
 
-/// Bytes of every account's databases (`<account>_<name>`, DESIGN §11), from the server's
-/// `information_schema` (data and indexes, as the server accounts them).
+/// Bytes and number of every account's databases (`<account>_<name>`, DESIGN §11), from the
+/// server's `information_schema` (data and indexes, as the server accounts them; a database
+/// without tables counts, with 0 bytes).
 async fn database_sizes(
     url: &str,
     accounts: &std::collections::HashSet<String>,
-) -> Result<HashMap<String, i64>, String> {
+) -> Result<HashMap<String, (i64, i64)>, String> {
     use sqlx::Row;
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
@@ -362,20 +382,23 @@ async fn database_sizes(
         .await
         .map_err(|e| format!("cannot reach the database server: {e}"))?;
     let rows = sqlx::query(
-        "SELECT table_schema, CAST(SUM(data_length + index_length) AS SIGNED) \
-         FROM information_schema.tables GROUP BY table_schema",
+        "SELECT s.schema_name, CAST(COALESCE(SUM(t.data_length + t.index_length), 0) AS SIGNED) \
+         FROM information_schema.schemata s LEFT JOIN information_schema.tables t \
+         ON t.table_schema = s.schema_name GROUP BY s.schema_name",
     )
     .fetch_all(&pool)
     .await
     .map_err(|e| format!("information_schema: {e}"));
     pool.close().await;
-    let mut out: HashMap<String, i64> = HashMap::new();
+    let mut out: HashMap<String, (i64, i64)> = HashMap::new();
     for r in rows? {
         let schema: String = r.try_get(0).map_err(|e| e.to_string())?;
         let bytes: Option<i64> = r.try_get(1).map_err(|e| e.to_string())?;
         if let Some((owner, _)) = schema.split_once('_') {
             if accounts.contains(owner) {
-                *out.entry(owner.to_string()).or_default() += bytes.unwrap_or(0);
+                let e = out.entry(owner.to_string()).or_default();
+                e.0 += bytes.unwrap_or(0);
+                e.1 += 1;
             }
         }
     }
@@ -407,15 +430,64 @@ pub fn level_of(percent: u64) -> i64 {
     }
 }
 
+/// Counts the sweep takes from elsewhere than the samples, by account.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Databases (`<account>_<name>` schemas); `None` when not measured.
+    databases: Option<i64>,
+    /// Addon domains in the store.
+    addon_domains: i64,
+}
+
+/// One resource held to a limit: its name, what is used and the limit, in one unit (`unit`
+/// bytes per limit unit: MB for disk and bandwidth, 1 for counts).
+struct Check {
+    resource: &'static str,
+    used: i64,
+    limit: Option<u64>,
+    unit: u64,
+}
+
+impl Check {
+    fn used_text(&self) -> String {
+        match self.resource {
+            "disk" | "bandwidth" => human(self.used.max(0) as u64),
+            "email" => format!("{} messages in the last hour", self.used),
+            _ => self.used.to_string(),
+        }
+    }
+    fn limit_text(&self) -> String {
+        match (self.limit, self.resource) {
+            (None, _) => "unlimited".into(),
+            (Some(l), "disk" | "bandwidth") => format!("{l} MB"),
+            (Some(l), "email") => format!("{l} per hour"),
+            (Some(l), _) => l.to_string(),
+        }
+    }
+    /// What 100 % means for the account, said in its notification.
+    fn enforced_text(&self) -> &'static str {
+        match self.resource {
+            "disk" => "its home is read-only until it uses less",
+            "bandwidth" => "its sites are throttled (its `throttled` flag for the web server) until the month ends or the limit rises",
+            "email" => "its outgoing mail is paused (deferred with 452) until a usage check finds it under its hourly limit",
+            "databases" => "no new databases can be created until it has fewer",
+            _ => "no new addon domains can be added until it has fewer",
+        }
+    }
+}
+
 /// Compares each measured account's use with its limits (an admin's override first, then the
 /// package's): at 80 % and 95 % a warning, at 100 % the limit enforced — the home made
-/// read-only for disk, the `throttled` flag for the web server for bandwidth — and
-/// lifted when the use drops back. Only changes are written: a level that moved is stored,
-/// notified and audited once, not every hour.
+/// read-only for disk, the `throttled` flag for the web server for bandwidth, the `mail_held`
+/// flag the mail policy ACL reads for mail sent in the last hour; databases and addon domains
+/// are refused by their creation paths at their limits, so there the level is recorded and
+/// said — and lifted when the use drops back. Only changes are written: a level that moved
+/// is stored, notified and audited once, not every hour.
 async fn hold_to_limits(
     ctx: &JobContext,
     s: &QuotaSweeper,
     accounts: &[store::Account],
+    counts: &HashMap<String, Counts>,
 ) -> Result<Held, JobError> {
     let usage = s.store.usage_now(None).await.map_err(store_err)?;
     let overrides = s.store.usage_overrides().await.map_err(store_err)?;
@@ -434,28 +506,71 @@ async fn hold_to_limits(
         let ov = overrides.get(&a.id);
         let limits = a.limits.clone().unwrap_or_default();
         let grace = ov.and_then(|o| o.grace_until).filter(|g| *g > now);
-        let checks = [
-            (
-                "disk",
-                u.disk_bytes,
-                ov.and_then(|o| o.disk_mb).or(limits.disk_mb),
-            ),
-            (
-                "bandwidth",
-                u.bandwidth_month_bytes,
-                ov.and_then(|o| o.bandwidth_mb).or(limits.bandwidth_mb),
-            ),
+        let count = counts.get(&a.id).copied().unwrap_or_default();
+        let mb = 1 << 20;
+        let mut checks = vec![
+            Check {
+                resource: "disk",
+                used: u.disk_bytes,
+                limit: ov.and_then(|o| o.disk_mb).or(limits.disk_mb),
+                unit: mb,
+            },
+            Check {
+                resource: "bandwidth",
+                used: u.bandwidth_month_bytes,
+                limit: ov.and_then(|o| o.bandwidth_mb).or(limits.bandwidth_mb),
+                unit: mb,
+            },
+            Check {
+                resource: "addon_domains",
+                used: count.addon_domains,
+                limit: limits.addon_domains,
+                unit: 1,
+            },
         ];
+        if let Some(n) = count.databases {
+            checks.push(Check {
+                resource: "databases",
+                used: n,
+                limit: limits.databases,
+                unit: 1,
+            });
+        }
+        // Mail: the messages of the last hour against the hourly limit of the account's
+        // effective email policy (read only for an account that sent any, or is held).
+        let mail_prev = levels.get(&(a.id.clone(), "email".to_string()));
+        if u.mail_last > 0 || mail_prev.is_some_and(|l| l.level > 0 || l.enforced) {
+            let ov = s
+                .store
+                .email_policy_override(&a.id)
+                .await
+                .map_err(store_err)?;
+            let per_hour = store::effective_email_policy(a.limits.as_ref(), &ov)
+                .map(|e| e.policy.per_hour as u64)
+                .unwrap_or(store::DEFAULT_EMAIL_POLICY.per_hour as u64);
+            checks.push(Check {
+                resource: "email",
+                used: u.mail_last,
+                limit: Some(per_hour),
+                unit: 1,
+            });
+        }
         let name = AccountName::parse(&a.id)
             .map_err(|e| JobError::Permanent(format!("account {}: {e}", a.id)))?;
         let mut over = false;
-        for (resource, used, limit_mb) in checks {
-            let (percent, level) = match limit_mb.filter(|l| *l > 0) {
-                Some(l) => {
-                    let p = (used.max(0) as u128 * 100 / (l as u128 * (1 << 20))) as u64;
+        for c in &checks {
+            let resource = c.resource;
+            let limit_mb = c.limit;
+            let used = c.used;
+            let (percent, level) = match c.limit {
+                Some(l) if l > 0 => {
+                    let p = (used.max(0) as u128 * 100 / (l as u128 * c.unit as u128)) as u64;
                     (p, level_of(p))
                 }
-                None => (0, 0),
+                // A count limit of 0 allows none: any use is over it (a size of 0 MB is
+                // unlimited, as everywhere else).
+                Some(_) if used > 0 && c.unit == 1 => (100, 100),
+                _ => (0, 0),
             };
             over |= level == 100;
             let enforce = level == 100 && grace.is_none();
@@ -464,7 +579,8 @@ async fn hold_to_limits(
             let unchanged = prev_level == level && prev_enforced == enforce;
             // Disk over its limit is enforced again every sweep, not only when it starts (the
             // owner may have given write bits back since); bandwidth by the account's
-            // `throttled` flag, for the web server, when that changes.
+            // `throttled` flag, for the web server, and mail by its `mail_held` flag, for the
+            // ACL, when that changes.
             let call = match resource {
                 "disk" if prev_enforced != enforce || (enforce && unchanged) => {
                     Some(Request::SetReadOnly {
@@ -475,6 +591,10 @@ async fn hold_to_limits(
                 "bandwidth" if prev_enforced != enforce => Some(Request::SetThrottled {
                     account: name.clone(),
                     throttled: enforce,
+                }),
+                "email" if prev_enforced != enforce => Some(Request::SetMailHeld {
+                    account: name.clone(),
+                    held: enforce,
                 }),
                 _ => None,
             };
@@ -492,6 +612,8 @@ async fn hold_to_limits(
                         match (resource, enforce) {
                             ("disk", true) => "home made read-only (disk over its limit)",
                             ("disk", false) => "home writable again",
+                            ("email", true) => "outgoing mail paused (over its hourly limit)",
+                            ("email", false) => "outgoing mail no longer paused",
                             (_, true) => "sites throttled (bandwidth over its limit)",
                             (_, false) => "sites no longer throttled",
                         }
@@ -526,8 +648,7 @@ async fn hold_to_limits(
                     Err(e) => ctx.log(format!("{}: security request: {e}", a.id)),
                 }
             }
-            let limit_txt = limit_mb.map_or("unlimited".to_string(), |l| format!("{l} MB"));
-            let used_txt = human(used.max(0) as u64);
+            let (used_txt, limit_txt) = (c.used_text(), c.limit_text());
             let (kind, message) = match level {
                 0 => (
                     "usage_normal",
@@ -544,9 +665,9 @@ async fn hold_to_limits(
                 100 => (
                     "usage_over",
                     format!(
-                        "{} is over its {resource} limit ({used_txt} of {limit_txt}): {}",
+                        "{} is at or over its {resource} limit ({used_txt} of {limit_txt}): {}",
                         a.id,
-                        if resource == "disk" { "its home is read-only until it uses less" } else { "its sites are throttled (its `throttled` flag for the web server) until the month ends or the limit rises" }
+                        c.enforced_text()
                     ),
                 ),
                 l => (
@@ -583,7 +704,7 @@ async fn hold_to_limits(
             r.resource = json!({"type": "account", "id": a.id, "name": resource});
             r.changes = json!({
                 "before": {"level": prev_level, "enforced": prev_enforced},
-                "after": {"level": level, "percent": percent, "enforced": enforce, "used_bytes": used, "limit_mb": limit_mb},
+                "after": {"level": level, "percent": percent, "enforced": enforce, "used": used, "limit": limit_mb, "unit": if c.unit == 1 { "count" } else { "MB" }},
             });
             r.source = json!({"method": "JOB", "endpoint": "quota_sweep"});
             r.job_id = Some(ctx.id.clone());

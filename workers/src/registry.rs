@@ -1,6 +1,11 @@
 //! Handlers by job kind.
+//!
+//! A handler is a function of the job's [`JobContext`]. The pool runs each kind's handler as an
+//! apalis handler taking `Data<JobContext>` (see `Registry::apalis_handler` and `runtime.rs`),
+//! so registration sites need not know about apalis.
 
 use crate::{JobContext, JobError};
+use apalis::prelude::Data;
 use futures::future::BoxFuture;
 use queue::JobKind;
 use std::collections::BTreeMap;
@@ -11,6 +16,9 @@ use std::sync::Arc;
 pub type HandlerFn = Arc<
     dyn Fn(JobContext) -> BoxFuture<'static, Result<serde_json::Value, JobError>> + Send + Sync,
 >;
+
+/// What a running handler is.
+type HandlerFuture = BoxFuture<'static, Result<serde_json::Value, JobError>>;
 
 /// The handlers of this build. Kinds without one are refused at enqueue
 /// (see [`queue::Queue::with_available_kinds`]).
@@ -84,5 +92,18 @@ impl Registry {
     /// The handler of `kind`.
     pub fn get(&self, kind: JobKind) -> Option<HandlerFn> {
         self.handlers.get(&kind).cloned()
+    }
+
+    /// The handler of `kind` as an apalis handler: the task's argument is its kind, and the job
+    /// itself comes as `Data<JobContext>`, which the pool's dispatcher put in the task's data.
+    /// Registered functions keep their `Fn(JobContext)` shape; this is the one adapter.
+    pub(crate) fn apalis_handler(
+        &self,
+        kind: JobKind,
+    ) -> Option<
+        impl FnMut(JobKind, Data<JobContext>) -> HandlerFuture + Send + Sync + Clone + 'static,
+    > {
+        let f = self.get(kind)?;
+        Some(move |_: JobKind, Data(ctx): Data<JobContext>| f(ctx))
     }
 }

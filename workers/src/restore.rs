@@ -19,11 +19,16 @@
 //! - **Retries** (a killed worker) start the pass again from an empty staging, unless the
 //!   staged home was installed already: then they go on from there, so nothing is doubled.
 //!
+//! - **Databases** (`creating_accounts`, with `databases.url`): `restore_db` imports each dump
+//!   through a temporary user that may touch only its database, before the home is installed;
+//!   a cancel or a failure drops what it created. **Zones and the crontab** (`finalizing`,
+//!   after the install): `apply_restore_meta` on the host.
+//! - **Afterwards**: the restore records itself as a migration (`store::Migration`) for the
+//!   `health_check` the API queued with it.
+//!
 //! # Not in this build (listed in the result's `skipped`)
-//! Databases, mail accounts and mailboxes, DNS zones, cron and TLS are read into the staging
-//! (`meta/`) but not yet applied; an account missing from the store is not created (create it
-//! through `POST /api/accounts` or WHMCS first); the unpack does not run inside the account's
-//! cgroup yet.
+//! TLS certificates are read into the staging but not installed; an account missing from the
+//! store is not created (create it through `POST /api/accounts` or WHMCS first).
 
 use crate::{JobContext, JobError};
 use agent::restore::{ArchiveUnpacked, UnpackStatus};
@@ -47,15 +52,45 @@ pub struct Restorer {
     /// Where nPanel backups are (`<host_root>/backups`): a bare archive name is looked up
     /// here, and must be one of the account's (`<account>-…`).
     backups: PathBuf,
+    /// This server's address: a restored zone's records of the old server point here.
+    ipv4: std::net::Ipv4Addr,
+    /// The host's security template (whether a restored crontab may be installed).
+    security_default: store::SecurityPolicy,
+    /// The database server the archive's databases are restored into (`databases.url`).
+    databases_url: Option<String>,
 }
 
 impl Restorer {
-    /// A restorer over `store` and `host`, finding backups in `backups`.
+    /// A restorer over `store` and `host`, finding backups in `backups` (zones restored to
+    /// 127.0.0.1, the strict template's cron setting).
     pub fn new(store: Store, host: Arc<dyn HostOps>, backups: PathBuf) -> Arc<Restorer> {
+        Self::with_host(
+            store,
+            host,
+            backups,
+            std::net::Ipv4Addr::LOCALHOST,
+            store::SecurityPolicy::Strict,
+            None,
+        )
+    }
+
+    /// A restorer with this server's address and security template (`host.*` settings) and
+    /// the database server the archive's databases go to.
+    pub fn with_host(
+        store: Store,
+        host: Arc<dyn HostOps>,
+        backups: PathBuf,
+        ipv4: std::net::Ipv4Addr,
+        security_default: store::SecurityPolicy,
+        databases_url: Option<String>,
+    ) -> Arc<Restorer> {
         Arc::new(Restorer {
             store,
             host,
             backups,
+            ipv4,
+            security_default,
+            databases_url,
         })
     }
 }
@@ -217,22 +252,30 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     }
     // creating_accounts: this build restores into an existing account only.
     step("creating_accounts");
-    for what in [
-        "databases",
-        "mail accounts",
-        "dns zones",
-        "cron",
-        "tls certificates",
-    ] {
-        skipped.push(
-            json!({"what": what, "reason": "kept in the archive; not restored by this build yet"}),
-        );
-    }
+    skipped.push(
+        json!({"what": "tls certificates", "reason": "kept in the archive; not restored by this build yet"}),
+    );
+    let dbs = databases(&ctx, &r, &account, &restore_id, &a, &mut skipped).await;
+    let dbs = match dbs {
+        Ok(d) => d,
+        Err(e) => {
+            if unpacked.is_some() {
+                discard(&r, &restore_id).await;
+            }
+            return Err(e);
+        }
+    };
+    let undo_dbs = || async {
+        if let (Some(url), Some(d)) = (&r.databases_url, &dbs) {
+            crate::restore_db::drop_created(url, d).await;
+        }
+    };
     if ctx.is_cancelled() {
         // An earlier attempt may have installed already: undo that too.
         if unpacked.is_none() {
             revert(&r, &account, &restore_id).await?;
         }
+        undo_dbs().await;
         discard(&r, &restore_id).await;
         return Err(JobError::Cancelled);
     }
@@ -250,18 +293,24 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         if let Err(e) = r.host.call(req).await {
             // The install may have stopped between its renames: put the home back first.
             revert(&r, &account, &restore_id).await?;
+            undo_dbs().await;
             discard(&r, &restore_id).await;
             return Err(host_err("install_home", e));
         }
     }
     if ctx.is_cancelled() {
         revert(&r, &account, &restore_id).await?;
+        undo_dbs().await;
         discard(&r, &restore_id).await;
         return Err(JobError::Cancelled);
     }
 
-    // finalizing: the staging and the replaced home go.
+    // finalizing: the archive's zones and crontab, then the staging and the replaced home go.
     step("finalizing");
+    let meta = apply_meta(&ctx, &r, &account, &restore_id, &mut skipped).await?;
+    if let (Some(url), Some(d)) = (&r.databases_url, &dbs) {
+        crate::restore_db::finish(url, d).await?;
+    }
     discard(&r, &restore_id).await;
     let (files, bytes, dirs, links) = unpacked
         .as_ref()
@@ -279,7 +328,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "Restored {files} files ({}) into {account_id}",
         human(bytes)
     ));
-    Ok(json!({
+    let result = json!({
         "account": account_id,
         "archive": archive,
         "compression": unpacked.as_ref().and_then(|u| u.unpacked.compression),
@@ -291,10 +340,153 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "files": files,
         "directories": dirs,
         "links": links,
-        "databases": 0,
+        "databases": dbs.as_ref().map_or(0, |d| d.created.len()),
+        "database_users": dbs.as_ref().map_or(0, |d| d.users.len()),
+        "database_imports": dbs.as_ref().map(|d| d.report.clone()),
         "mailboxes": 0,
+        "zones": meta.as_ref().map(|m| m.zones.iter().filter(|z| z.installed).count()),
+        "cron_jobs": meta.as_ref().map(|m| if m.cron.installed { m.cron.jobs } else { 0 }),
         "skipped": skipped,
-    }))
+    });
+    // The migration a health check compares with its archive later (DESIGN §12).
+    r.store
+        .record_migration(
+            &ctx.id,
+            &account_id,
+            &archive.display().to_string(),
+            &result,
+        )
+        .await
+        .map_err(store_err)?;
+    Ok(result)
+}
+
+/// The archive's databases into the account's (`restore_db`); `None` when the staging is gone
+/// (an earlier attempt finished this step and discarded it). Without a database server, or
+/// over the package's limit, the dumps are listed in `skipped`.
+async fn databases(
+    ctx: &JobContext,
+    r: &Restorer,
+    account: &AccountName,
+    restore_id: &str,
+    a: &store::Account,
+    skipped: &mut Vec<Value>,
+) -> Result<Option<crate::restore_db::DbRestored>, JobError> {
+    let list = |dir: &str| Request::ListRestoreMeta {
+        restore_id: restore_id.to_string(),
+        dir: dir.to_string(),
+    };
+    let names = |reply| match reply {
+        Ok(Reply::RestoreMetaList { files }) => Ok(files),
+        Ok(other) => Err(JobError::Permanent(format!(
+            "list_restore_meta: unexpected answer {other:?}"
+        ))),
+        Err(e) if agent::AgentError::code(&e) == ErrorCode::NotFound => Ok(Vec::new()),
+        Err(e) => Err(host_err("list_restore_meta", e)),
+    };
+    let dumps = names(r.host.call(list("mysql")).await)?;
+    if !dumps.iter().any(|f| f.name.ends_with(".sql")) {
+        return Ok(None);
+    }
+    let Some(url) = &r.databases_url else {
+        skipped.push(json!({"what": "databases", "reason": "no database server is configured (databases.url): the dumps are kept in the archive"}));
+        return Ok(None);
+    };
+    let archive_user = names(r.host.call(list("cp")).await)?
+        .into_iter()
+        .map(|f| f.name)
+        .next();
+    let limit = match &a.package {
+        Some(p) => {
+            r.store
+                .package(p)
+                .await
+                .map_err(store_err)?
+                .limits
+                .databases
+        }
+        None => None,
+    };
+    let d = crate::restore_db::restore_databases(
+        ctx,
+        r.host.as_ref(),
+        url,
+        account,
+        restore_id,
+        archive_user.as_deref(),
+        limit,
+        skipped,
+    )
+    .await?;
+    Ok(Some(d))
+}
+
+/// The archive's DNS zones (of the account's domains) and crontab (when its security policy
+/// allows cron), applied from the staging after the home is installed. What was not applied
+/// is listed in `skipped` with the reason; `None` when the staging has no metadata (an
+/// earlier attempt applied it and discarded the staging).
+async fn apply_meta(
+    ctx: &JobContext,
+    r: &Restorer,
+    account: &AccountName,
+    restore_id: &str,
+    skipped: &mut Vec<Value>,
+) -> Result<Option<agent::restore_meta::MetaApplied>, JobError> {
+    let domains: Vec<agent::Domain> = r
+        .store
+        .all_domains(account.as_str())
+        .await
+        .map_err(store_err)?
+        .iter()
+        .filter_map(|d| agent::Domain::parse(d).ok())
+        .collect();
+    let cron = r
+        .store
+        .account_security(account.as_str())
+        .await
+        .map_err(store_err)?
+        .effective(r.security_default)
+        .settings
+        .cron;
+    let req = Request::ApplyRestoreMeta {
+        account: account.clone(),
+        restore_id: restore_id.to_string(),
+        domains,
+        ipv4: r.ipv4,
+        cron,
+    };
+    let m = match r.host.call(req).await {
+        Ok(Reply::RestoreMetaApplied(m)) => m,
+        Ok(other) => {
+            return Err(JobError::Permanent(format!(
+                "apply_restore_meta: unexpected answer {other:?}"
+            )))
+        }
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            ctx.log("the archive's zones and crontab were applied by an earlier attempt");
+            return Ok(None);
+        }
+        Err(e) => return Err(host_err("apply_restore_meta", e)),
+    };
+    for z in &m.zones {
+        match &z.reason {
+            None => ctx.log(format!("Restored the DNS zone of {}", z.domain)),
+            Some(why) => {
+                skipped.push(json!({"what": "dns zone", "domain": z.domain, "reason": why}))
+            }
+        }
+    }
+    match (&m.cron.reason, m.cron.installed) {
+        (_, true) => ctx.log(format!(
+            "Restored the crontab ({} jobs, {} lines rewritten for this server)",
+            m.cron.jobs, m.cron.rewritten
+        )),
+        (Some(why), false) if m.cron.jobs > 0 => {
+            skipped.push(json!({"what": "cron", "reason": why}));
+        }
+        _ => {}
+    }
+    Ok(Some(m))
 }
 
 async fn status(r: &Restorer, restore_id: &str) -> Result<UnpackStatus, JobError> {

@@ -1,5 +1,6 @@
 //! The `retention` handler: the store forgets finished jobs after `history_days` and audit
-//! records after `audit_days` (DESIGN §10: 90 days and 2 years by default). The scheduler
+//! records after `audit_days` (DESIGN §10: 90 days and 2 years by default), post-migration
+//! health reports after 30 days (DESIGN §12). The scheduler
 //! enqueues it daily; it is idempotent, so a repeat or a retry does no harm.
 
 use crate::{JobContext, JobError};
@@ -59,6 +60,16 @@ pub async fn run(
     ctx.log(format!(
         "removed {records} audit records older than {audit} days"
     ));
+    let reports = store
+        .prune_health_reports(now - store::HEALTH_KEEP_DAYS * day_ms)
+        .await
+        .map_err(store_err)?;
+    if reports > 0 {
+        ctx.log(format!(
+            "removed {reports} health reports older than {} days",
+            store::HEALTH_KEEP_DAYS
+        ));
+    }
     // Verify what came since yesterday, so the chain is checked daily and an admin's
     // `GET /api/audit/verify` only walks today's records.
     let v = store.verify_audit_incremental().await.map_err(store_err)?;
@@ -78,7 +89,7 @@ pub async fn run(
     }
     ctx.progress("audit", 2, 2);
     Ok(
-        json!({"jobs_removed": jobs, "audit_records_removed": records,
+        json!({"jobs_removed": jobs, "audit_records_removed": records, "health_reports_removed": reports,
         "history_days": history, "audit_days": audit,
         "audit_chain_ok": v.ok, "audit_broken_at": v.broken_at}),
     )

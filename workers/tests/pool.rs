@@ -472,6 +472,7 @@ async fn an_accounts_next_job_of_another_kind_starts_at_once() {
         .enqueue(
             NewJob::typed(&HealthCheck {
                 migration_id: "m".into(),
+                wait_secs: 0,
             })
             .account("acme"),
         )
@@ -579,4 +580,124 @@ async fn a_lost_attempt_reclaimed_by_the_same_pool_never_overlaps() {
         "no third attempt overlapped the second"
     );
     p.shutdown().await;
+}
+
+/// Sets its flag when dropped: shows a handler's future was dropped, not left running.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A restore handler that ignores cancels and never returns by itself.
+fn stubborn(dropped: Arc<std::sync::atomic::AtomicBool>) -> Registry {
+    Registry::new()
+        .register(JobKind::Restore, move |_ctx: JobContext| {
+            let flag = DropFlag(dropped.clone());
+            async move {
+                let _flag = flag;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                Ok(json!("never"))
+            }
+        })
+        .register(JobKind::Diagnostic, |_ctx: JobContext| async move {
+            Ok(json!("ran"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_fails_the_attempt_with_its_message_and_frees_the_slot() {
+    let q = Queue::new(testing::config("panic-slot")).unwrap();
+    let reg = Registry::new().register(JobKind::Diagnostic, |ctx: JobContext| async move {
+        if ctx.raw_payload["fail_attempts"].as_u64() == Some(1) {
+            panic!("boom for {}", ctx.id);
+        }
+        Ok(json!("fine"))
+    });
+    // One slot: the second job can only run if the panicking one gave its slot back.
+    let p = start(
+        &q,
+        reg,
+        PoolConfig {
+            concurrency: 1,
+            ..fast()
+        },
+    );
+    let bad = q.enqueue(diag(0, 0, 1).max_attempts(1)).await.unwrap().id;
+    let j = wait_status(&q, &bad, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 1);
+    assert_eq!(
+        j.error.as_deref(),
+        Some(format!("handler panicked: boom for {bad}").as_str())
+    );
+    let good = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    let j = wait_status(&q, &good, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    assert_eq!(j.result.unwrap(), "fine");
+    assert_eq!(q.stats().await.unwrap().kinds["diagnostic"].running, 0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_layer_drops_a_stuck_handler_and_frees_its_slot() {
+    let q = Queue::new(testing::config("timeout-slot")).unwrap();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = start(
+        &q,
+        stubborn(dropped.clone()),
+        PoolConfig {
+            concurrency: 1,
+            job_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    );
+    let id = q
+        .enqueue(NewJob::new(JobKind::Restore, json!({"archive": "/x"})).max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let j = wait_status(&q, &id, JobStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(j.attempts, 1);
+    assert_eq!(j.error.as_deref(), Some("timed out after 300ms"));
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    let next = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
+    wait_status(&q, &next, JobStatus::Succeeded, Duration::from_secs(10)).await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_requeues_a_handler_that_ignores_the_cancel_before_the_last_resort() {
+    let q = Queue::new(testing::config("shutdown-stubborn")).unwrap();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = start(
+        &q,
+        stubborn(dropped.clone()),
+        PoolConfig {
+            shutdown_grace: Duration::from_millis(200),
+            cancel_grace: Duration::from_millis(200),
+            ..fast()
+        },
+    );
+    let id = q
+        .enqueue(NewJob::new(JobKind::Restore, json!({"archive": "/x"})))
+        .await
+        .unwrap()
+        .id;
+    wait_status(&q, &id, JobStatus::Running, Duration::from_secs(5)).await;
+    let t = Instant::now();
+    p.shutdown().await;
+    // Grace, then cancel with the shutdown reason, then cancel grace: the Monitor's own
+    // timeout (10 s later still) never had to drop anything.
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    let j = q.get(&id).await.unwrap();
+    assert_eq!(j.status, JobStatus::Queued);
+    assert_eq!(j.attempts, 0, "the interrupted attempt was not counted");
+    assert_eq!(q.stats().await.unwrap().kinds["restore"].running, 0);
+    q.cancel(&id).await.unwrap();
 }

@@ -40,8 +40,10 @@
       sessionStorage.setItem('npanel.role', r.body.role || '');
       sessionStorage.setItem('npanel.account', r.body.account || '');
       sessionStorage.setItem('npanel.expires_at', String(Date.now() + 1000 * (r.body.expires_in || 0)));
-      show('Signed in as ' + (r.body.account || r.body.role) + '.', 'ok');
+      show('Signed in as ' + (r.body.account || r.body.role) + '. Opening the dashboard…', 'ok');
       next.hidden = false;
+      // The dashboard at / reads the same keys; replace() keeps this page out of the history.
+      window.location.replace('/');
     } else if (r.status === 401) {
       show('This login link was already used or has expired: ask for a new one.', 'error');
     } else if (r.status === 429) {

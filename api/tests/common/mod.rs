@@ -33,6 +33,9 @@ pub struct Opts {
     /// Register the real `provision` handler, running the host operations in-process under
     /// this root (the embedded default).
     pub provision_root: Option<std::path::PathBuf>,
+    /// The accounts' database server (`databases.url`) for the API and the `provision`
+    /// handler; `None`: not configured.
+    pub databases_url: Option<String>,
 }
 
 impl Default for Opts {
@@ -45,12 +48,15 @@ impl Default for Opts {
                     per_ip_per_minute: 0,
                     per_account_per_minute: 0,
                 },
+                // The health check after a restore runs as soon as the restore has finished.
+                health_check_after_restore_secs: 0,
                 ..ApiConfig::default()
             },
             hub: HubConfig::default(),
             queue: None,
             postgres: false,
             provision_root: None,
+            databases_url: None,
         }
     }
 }
@@ -105,13 +111,18 @@ pub async fn start(o: Opts) -> Server {
     };
     seed(&ts).await;
     let mut registry = o.registry;
+    let databases = o
+        .databases_url
+        .as_deref()
+        .map(|u| store::HostedDatabases::new(u).unwrap());
     if let Some(root) = &o.provision_root {
         let host: agent::Host = agent::LocalHost::without_cgroups(root).unwrap().into();
         let host = std::sync::Arc::new(host);
-        registry = registry.with_provisioning(workers::provision::Provisioner::new(
+        registry = registry.with_provisioning(workers::provision::Provisioner::with_databases(
             ts.store.clone(),
             host.clone(),
             workers::provision::ProvisionConfig::default(),
+            databases.clone(),
         ));
         registry = registry.with_backup(workers::backup::BackupMaker::new(
             ts.store.clone(),
@@ -130,11 +141,24 @@ pub async fn start(o: Opts) -> Server {
         ));
         // The real restore, unless the test brought its own.
         if !registry.kinds().contains(&queue::JobKind::Restore) {
-            registry = registry.with_restore(workers::restore::Restorer::new(
+            registry = registry.with_restore(workers::restore::Restorer::with_host(
+                ts.store.clone(),
+                host.clone(),
+                root.join("backups"),
+                std::net::Ipv4Addr::LOCALHOST,
+                store::SecurityPolicy::Strict,
+                o.databases_url.clone(),
+            ));
+        }
+        if !registry.kinds().contains(&queue::JobKind::HealthCheck) {
+            let health = workers::health::HealthChecker::new(
                 ts.store.clone(),
                 host,
-                root.join("backups"),
-            ));
+                o.databases_url.clone(),
+            );
+            registry = registry.register(queue::JobKind::HealthCheck, move |ctx| {
+                workers::health::run(ctx, health.clone())
+            });
         }
     }
     let queue = Queue::new(cfg)
@@ -159,7 +183,8 @@ pub async fn start(o: Opts) -> Server {
         SECRET,
         o.api,
         api::metrics::install_prometheus(),
-    );
+    )
+    .with_databases(databases);
     state.spawn_background(stop.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,420 @@
+//! A restore's metadata applied once its home is installed (DESIGN §12): the archive's DNS
+//! zones and the account's crontab, read from the staging's `meta/`
+//! ([`crate::restore::staging_dir`]).
+//!
+//! - **Zones** (`meta/dnszones/<domain>.db`): only for the account's own domains (the caller
+//!   names them; an archive cannot install a zone for someone else's domain). The old
+//!   server's address (`IP=` in `meta/cp/<user>`) is replaced by this server's in the
+//!   records; the zone must parse ([`crate::inspect::zone_problems`]) and must not belong to
+//!   another account; it gets the owner line every zone the agent writes has and is written
+//!   atomically to `var/named/<domain>.db`. A zone that fails any of this is listed with the
+//!   reason and the host's zone stays as it was.
+//! - **Crontab** (`meta/cron/<user>`): when the account may use cron, written to
+//!   `var/spool/cron/crontabs/<account>` (Debian's place, mode 0600, the account's when system
+//!   users are on), with the old home path made the account's and cPanel's PHP binaries
+//!   (`/opt/cpanel/ea-phpNN/root/usr/bin/php`, `/usr/local/bin/ea-phpNN`) made `/usr/bin/php`.
+//!
+//! Both are read with `O_NOFOLLOW` from directory descriptors: a symlink the archive placed in
+//! `meta/` is refused, never followed.
+//!
+//! The databases are the workers' (with sqlx, DESIGN §11): [`list_restore_meta`] and
+//! [`read_restore_file`] hand them the staging's dumps in chunks, so the staging stays the
+//! agent's (root's) while an unprivileged worker imports.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, Result};
+use crate::fsx;
+use crate::{AccountName, AgentConfig, Domain};
+
+const MAX_META: u64 = 1 << 20;
+
+/// One zone of the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneApplied {
+    pub domain: String,
+    pub installed: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The crontab.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronApplied {
+    pub installed: bool,
+    /// Jobs (non-comment, non-variable lines).
+    pub jobs: u64,
+    /// Lines whose paths were rewritten.
+    pub rewritten: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What [`apply_restore_meta`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaApplied {
+    pub zones: Vec<ZoneApplied>,
+    pub cron: CronApplied,
+}
+
+/// The crontab's place for `account`.
+pub fn crontab_path(host_root: &Path, account: &AccountName) -> std::path::PathBuf {
+    host_root
+        .join("var/spool/cron/crontabs")
+        .join(account.as_str())
+}
+
+/// Apply the zones and the crontab of restore `restore_id`'s staging to `account`.
+pub fn apply_restore_meta(
+    cfg: &AgentConfig,
+    account: &AccountName,
+    restore_id: &str,
+    domains: &[Domain],
+    ipv4: Ipv4Addr,
+    cron_allowed: bool,
+) -> Result<MetaApplied> {
+    let staging = crate::restore::staging_dir(&cfg.home_root(), restore_id);
+    let base = fsx::open_base(&staging)?;
+    let Some(meta) = base.open_dir("meta")? else {
+        return Err(AgentError::NotFound {
+            what: format!("{}/meta", staging.display()),
+        });
+    };
+    // The archive's user and its server's address, from `cp/<user>`.
+    let (mut old_user, mut old_ip) = (None, None);
+    if let Some(cp) = meta.open_dir("cp")? {
+        let names: Vec<String> = std::fs::read_dir(&cp.path)
+            .map_err(|e| AgentError::io(&cp.path, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        if let Some(user) = names.first() {
+            if let Ok(Some(text)) = cp.read_file(user, MAX_META) {
+                let text = String::from_utf8_lossy(&text);
+                old_ip = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("IP="))
+                    .and_then(|ip| ip.trim().parse::<Ipv4Addr>().ok());
+            }
+            old_user = Some(user.clone());
+        }
+    }
+    let mut out = MetaApplied::default();
+    if let Some(zones) = meta.open_dir("dnszones")? {
+        let mut names: Vec<String> = std::fs::read_dir(&zones.path)
+            .map_err(|e| AgentError::io(&zones.path, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".db"))
+            .collect();
+        names.sort();
+        for name in names {
+            let domain = name.trim_end_matches(".db").to_ascii_lowercase();
+            let applied = match zone(cfg, account, &zones, &name, &domain, domains, old_ip, ipv4) {
+                Ok(()) => ZoneApplied {
+                    domain,
+                    installed: true,
+                    reason: None,
+                },
+                Err(reason) => ZoneApplied {
+                    domain,
+                    installed: false,
+                    reason: Some(reason),
+                },
+            };
+            out.zones.push(applied);
+        }
+    }
+    out.cron = cron(cfg, account, &meta, old_user.as_deref(), cron_allowed)?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn zone(
+    cfg: &AgentConfig,
+    account: &AccountName,
+    zones: &fsx::DirHandle,
+    name: &str,
+    domain: &str,
+    domains: &[Domain],
+    old_ip: Option<Ipv4Addr>,
+    ipv4: Ipv4Addr,
+) -> std::result::Result<(), String> {
+    let d = Domain::parse(domain).map_err(|e| format!("not a domain name: {e}"))?;
+    if !domains.contains(&d) {
+        return Err("not one of the account's domains: left alone".into());
+    }
+    let text = match zones.read_file(name, MAX_META) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => return Err("gone from the staging".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    // The old server's address becomes this one's, token by token.
+    let text: String = match old_ip {
+        Some(old) if old != ipv4 => {
+            let (old, new) = (old.to_string(), ipv4.to_string());
+            text.lines()
+                .map(|l| {
+                    l.split_inclusive(char::is_whitespace)
+                        .map(|t| {
+                            if t.trim_end() == old {
+                                t.replacen(&old, &new, 1)
+                            } else {
+                                t.to_string()
+                            }
+                        })
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        }
+        _ => text,
+    };
+    let problems = crate::inspect::zone_problems(&text);
+    if !problems.is_empty() {
+        return Err(format!(
+            "does not parse ({}): the server's zone is kept",
+            problems.join("; ")
+        ));
+    }
+    let dir = fsx::ensure_base(&crate::hostfiles::zone_dir(&cfg.host.root), 0o755)
+        .map_err(|e| e.to_string())?;
+    let file = format!("{domain}.db");
+    if let Ok(Some(existing)) = dir.read_file(&file, MAX_META) {
+        let existing = String::from_utf8_lossy(&existing);
+        if let Some(owner) = crate::hostfiles::zone_owner(&existing) {
+            if owner != account.as_str() {
+                return Err(format!("the zone belongs to account {owner:?}"));
+            }
+        }
+    }
+    let body = format!(
+        "{}{account}\n; zone of {domain}, restored from the account's archive by npanel-agent\n{text}",
+        crate::hostfiles::ZONE_OWNER_PREFIX
+    );
+    dir.write_atomic(&file, body.as_bytes(), 0o644)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(account = %account, domain, "zone restored");
+    Ok(())
+}
+
+fn cron(
+    cfg: &AgentConfig,
+    account: &AccountName,
+    meta: &fsx::DirHandle,
+    old_user: Option<&str>,
+    allowed: bool,
+) -> Result<CronApplied> {
+    let mut c = CronApplied::default();
+    let Some(dir) = meta.open_dir("cron")? else {
+        c.reason = Some("the archive has no crontab".into());
+        return Ok(c);
+    };
+    let name = old_user.unwrap_or(account.as_str());
+    let text = match dir.read_file(name, MAX_META) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => {
+            c.reason = Some(format!("the archive has no crontab for {name}"));
+            return Ok(c);
+        }
+        Err(e) => {
+            c.reason = Some(e.to_string());
+            return Ok(c);
+        }
+    };
+    let home = cfg.home_root().join(account.as_str()).display().to_string();
+    let mut lines = Vec::new();
+    for l in text.lines() {
+        let mut line = l.to_string();
+        if let Some(old) = old_user {
+            let from = format!("/home/{old}/");
+            if line.contains(&from) {
+                line = line.replace(&from, &format!("{home}/"));
+            }
+        }
+        line = php_path(&line);
+        if line != l {
+            c.rewritten += 1;
+        }
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && !crate::inspect::is_cron_env(t) {
+            c.jobs += 1;
+        }
+        lines.push(line);
+    }
+    if !allowed {
+        c.reason =
+            Some("cron is not allowed for the account (its security policy or package)".into());
+        return Ok(c);
+    }
+    let path = crontab_path(&cfg.host.root, account);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let d = fsx::ensure_base(parent, 0o730)?;
+    let body = format!(
+        "# crontab of {account}, restored from its archive by npanel-agent\n{}\n",
+        lines.join("\n")
+    );
+    let owner = if cfg.host.system_users {
+        nix::unistd::User::from_name(account.as_str())
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    } else {
+        None
+    };
+    d.write_atomic_owned(account.as_str(), body.as_bytes(), 0o600, owner)?;
+    c.installed = true;
+    c.path = Some(path.display().to_string());
+    Ok(c)
+}
+
+/// cPanel's PHP binaries as this server's.
+fn php_path(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for (i, tok) in line.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let is_ea = (tok.starts_with("/opt/cpanel/ea-php") && tok.ends_with("/usr/bin/php"))
+            || (tok.starts_with("/usr/local/bin/ea-php")
+                && tok["/usr/local/bin/ea-php".len()..]
+                    .chars()
+                    .all(|c| c.is_ascii_digit()));
+        out.push_str(if is_ea { "/usr/bin/php" } else { tok });
+    }
+    out
+}
+
+/// A file of a staging's `meta/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Largest chunk [`read_restore_file`] returns.
+pub const MAX_CHUNK: u32 = 1 << 20;
+
+/// The staging's `meta/` walked to the directory of `rel` (plain components only, no symlink
+/// followed); `None` when a directory on the way is missing.
+fn meta_dir(cfg: &AgentConfig, restore_id: &str, rel: &[&str]) -> Result<Option<fsx::DirHandle>> {
+    crate::restore::check_id(restore_id)?;
+    let staging = crate::restore::staging_dir(&cfg.home_root(), restore_id);
+    let base = fsx::open_base(&staging)?;
+    let Some(mut dir) = base.open_dir("meta")? else {
+        return Ok(None);
+    };
+    for part in rel {
+        if part.is_empty() || *part == "." || *part == ".." || part.contains('\0') {
+            return Err(AgentError::InvalidRequest(format!(
+                "{:?} is not a plain path inside the staging",
+                rel.join("/")
+            )));
+        }
+        match dir.open_dir(*part)? {
+            Some(d) => dir = d,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// The regular files (not symlinks) in `meta/<dir>` of restore `restore_id`, by name.
+pub fn list_restore_meta(cfg: &AgentConfig, restore_id: &str, dir: &str) -> Result<Vec<MetaFile>> {
+    let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    let Some(d) = meta_dir(cfg, restore_id, &parts)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&d.path).map_err(|e| AgentError::io(&d.path, e))? {
+        let e = e.map_err(|e| AgentError::io(&d.path, e))?;
+        let Ok(m) = e.metadata() else { continue };
+        if m.file_type().is_file() {
+            if let Ok(name) = e.file_name().into_string() {
+                out.push(MetaFile {
+                    name,
+                    size: m.len(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Up to `len` bytes (at most [`MAX_CHUNK`]) of `meta/<path>` from `offset`, and the file's
+/// size. A symlink anywhere on the way is refused.
+pub fn read_restore_file(
+    cfg: &AgentConfig,
+    restore_id: &str,
+    path: &str,
+    offset: u64,
+    len: u32,
+) -> Result<(Vec<u8>, u64)> {
+    use nix::fcntl::{openat, OFlag};
+    use std::io::{Read, Seek, SeekFrom};
+    let parts: Vec<&str> = path.split('/').collect();
+    let (name, dirs) = parts.split_last().unwrap_or((&"", &[]));
+    let Some(d) = meta_dir(cfg, restore_id, dirs)? else {
+        return Err(AgentError::NotFound {
+            what: format!("meta/{path}"),
+        });
+    };
+    if name.is_empty() || *name == "." || *name == ".." {
+        return Err(AgentError::InvalidRequest(format!(
+            "{path:?} names no file"
+        )));
+    }
+    let fd = openat(
+        &d.file,
+        *name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ENOENT => AgentError::NotFound {
+            what: format!("meta/{path}"),
+        },
+        other => fsx::nofollow_err(&d.path.join(name), other),
+    })?;
+    let mut f = std::fs::File::from(fd);
+    let m = f.metadata().map_err(|e| AgentError::io(&d.path, e))?;
+    if !m.is_file() {
+        return Err(AgentError::InvalidRequest(format!(
+            "meta/{path} is not a file"
+        )));
+    }
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| AgentError::io(&d.path, e))?;
+    let mut buf = Vec::with_capacity(len.min(MAX_CHUNK) as usize);
+    f.take(u64::from(len.min(MAX_CHUNK)))
+        .read_to_end(&mut buf)
+        .map_err(|e| AgentError::io(&d.path, e))?;
+    Ok((buf, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpanel_php_paths_become_this_servers() {
+        assert_eq!(
+            php_path("*/5 * * * * /usr/local/bin/ea-php81 /home/a/cron.php"),
+            "*/5 * * * * /usr/bin/php /home/a/cron.php"
+        );
+        assert_eq!(
+            php_path("0 1 * * * /opt/cpanel/ea-php74/root/usr/bin/php x.php"),
+            "0 1 * * * /usr/bin/php x.php"
+        );
+        assert_eq!(
+            php_path("0 1 * * * /usr/local/bin/ea-phpx"),
+            "0 1 * * * /usr/local/bin/ea-phpx"
+        );
+    }
+}

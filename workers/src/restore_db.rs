@@ -1,0 +1,668 @@
+//! A restore's databases (DESIGN §11, §12): each `mysql/<db>.sql` of the archive imported into
+//! `<account>_<name>` on the server at `databases.url`, and its application users
+//! (`mysql.sql` grants with `mysql.sql-auth.json` hashes) created without `DROP`.
+//!
+//! # Safety
+//! A dump is text from somebody else's server: it could say `USE other_db` or `DROP DATABASE`.
+//! So the import does not run as the configured (administrative) user: each database gets a
+//! temporary user with privileges on that database only, the dump runs through it, and the
+//! user is dropped afterwards. A statement the server refuses (a broken `CREATE TABLE`, a
+//! privilege the temporary user lacks) is listed in `skipped` and the import goes on.
+//!
+//! # Never over somebody's data
+//! A database that exists already is left alone (listed as skipped) unless an earlier attempt
+//! of this same restore created it (a marker table names the restore until the restore
+//! finishes, [`finish`]): then it is dropped and imported again, so a retried restore doubles
+//! nothing. A cancelled or failed restore drops what it created ([`drop_created`]).
+//!
+//! # The dump's bytes
+//! The staging is the agent's (root's); the worker reads each dump through the host in 1 MiB
+//! chunks (`read_restore_file`) and splits it into statements as it streams (quotes, comments
+//! and `DELIMITER` respected), so memory stays bounded whatever the dump's size.
+
+use crate::provision::HostOps;
+use crate::{JobContext, JobError};
+use agent::{AccountName, Reply, Request};
+use serde_json::{json, Value};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The table that marks a database this restore is importing.
+const MARKER: &str = "_npanel_restore_in_progress";
+/// Statement errors listed per database (all are counted).
+const MAX_ERRORS: usize = 20;
+/// The privileges an application user gets: everything but `DROP` (and `GRANT`).
+const APP_PRIVILEGES: &str = "SELECT, INSERT, UPDATE, DELETE, CREATE, INDEX, ALTER, \
+    CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, \
+    ALTER ROUTINE, EVENT, TRIGGER, REFERENCES";
+
+/// What restoring the databases did.
+#[derive(Debug, Default)]
+pub struct DbRestored {
+    /// Databases created (and imported) by this restore.
+    pub created: Vec<String>,
+    /// Application users created.
+    pub users: Vec<String>,
+    /// Per database: statements run and refused.
+    pub report: Vec<Value>,
+}
+
+/// `<archive user>_<name>` → `<account>_<name>`; any other name → `<account>_<name>`.
+pub fn target_name(account: &str, archive_user: Option<&str>, db: &str) -> Option<String> {
+    let rest = match archive_user {
+        Some(u) if db.starts_with(&format!("{u}_")) => &db[u.len() + 1..],
+        _ => db,
+    };
+    store::hosted_database_name(account, rest).ok()
+}
+
+/// Splits a SQL stream into statements: the delimiter in force (`;`, or what a `DELIMITER`
+/// line sets) outside quotes and comments ends one. Fed line by line, so a `DELIMITER` line is
+/// seen whole. [`Splitter::finish`] gives what is left (a dump cut off mid-statement).
+pub struct Splitter {
+    /// The statement so far.
+    cur: Vec<u8>,
+    /// A line not ended yet.
+    line: Vec<u8>,
+    quote: Option<u8>,
+    escaped: bool,
+    block_comment: bool,
+    delimiter: Vec<u8>,
+}
+
+impl Default for Splitter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Splitter {
+    pub fn new() -> Self {
+        Splitter {
+            cur: Vec::new(),
+            line: Vec::new(),
+            quote: None,
+            escaped: false,
+            block_comment: false,
+            delimiter: b";".to_vec(),
+        }
+    }
+
+    /// The statements `bytes` completes.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &c in bytes {
+            self.line.push(c);
+            if c == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                self.feed_line(&line, &mut out);
+            }
+        }
+        out
+    }
+
+    fn feed_line(&mut self, line: &[u8], out: &mut Vec<String>) {
+        let idle = self.quote.is_none()
+            && !self.block_comment
+            && self.cur.iter().all(u8::is_ascii_whitespace);
+        if idle {
+            let t = String::from_utf8_lossy(line);
+            let t = t.trim();
+            if t.len() > 10 && t[..10].eq_ignore_ascii_case("DELIMITER ") {
+                self.delimiter = t[10..].trim().as_bytes().to_vec();
+                return;
+            }
+            // A comment line between statements is not part of the next one.
+            if t.starts_with("--") || t.starts_with('#') {
+                self.cur.clear();
+                return;
+            }
+        }
+        let mut line_comment = false;
+        for &c in line {
+            self.cur.push(c);
+            if line_comment {
+                continue;
+            }
+            if self.block_comment {
+                if self.cur.ends_with(b"*/") {
+                    self.block_comment = false;
+                }
+                continue;
+            }
+            if let Some(q) = self.quote {
+                if self.escaped {
+                    self.escaped = false;
+                } else if c == b'\\' && q != b'`' {
+                    self.escaped = true;
+                } else if c == q {
+                    self.quote = None;
+                }
+                continue;
+            }
+            match c {
+                b'\'' | b'"' | b'`' => self.quote = Some(c),
+                b'-' if self.cur.ends_with(b"--") => line_comment = true,
+                b'#' => line_comment = true,
+                // Also `/*!40101 … */`, MySQL's versioned code: kept in the statement (the
+                // server runs it), only never split inside.
+                b'*' if self.cur.ends_with(b"/*") => self.block_comment = true,
+                _ => {}
+            }
+            if !self.delimiter.is_empty() && self.cur.ends_with(&self.delimiter) {
+                let n = self.cur.len() - self.delimiter.len();
+                let stmt = String::from_utf8_lossy(&self.cur[..n]).trim().to_string();
+                self.cur.clear();
+                if !is_only_comments(&stmt) {
+                    out.push(stmt);
+                }
+            }
+        }
+    }
+
+    /// A statement left without its end (the dump was cut), if any.
+    pub fn finish(mut self) -> Option<String> {
+        let line = std::mem::take(&mut self.line);
+        let mut out = Vec::new();
+        self.feed_line(&line, &mut out);
+        if let Some(s) = out.pop() {
+            return Some(s);
+        }
+        let rest = String::from_utf8_lossy(&self.cur).trim().to_string();
+        (!is_only_comments(&rest)).then_some(rest)
+    }
+}
+
+fn is_only_comments(s: &str) -> bool {
+    let plain_block = s.starts_with("/*") && !s.starts_with("/*!") && s.ends_with("*/");
+    plain_block
+        || s.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with("--") || l.starts_with('#')
+        })
+}
+
+/// The statement's first words, for messages.
+fn head(stmt: &str) -> String {
+    let mut h: String = stmt.chars().take(60).collect();
+    if stmt.len() > 60 {
+        h.push('…');
+    }
+    h.replace('\n', " ")
+}
+
+/// `meta/<path>` of a restore, read through the host in chunks.
+struct Chunks<'a> {
+    host: &'a dyn HostOps,
+    restore_id: &'a str,
+    path: String,
+    offset: u64,
+    done: bool,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(host: &'a dyn HostOps, restore_id: &'a str, path: &str) -> Self {
+        Chunks {
+            host,
+            restore_id,
+            path: path.to_string(),
+            offset: 0,
+            done: false,
+        }
+    }
+
+    /// The next chunk; `None` at the end.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine;
+        if self.done {
+            return Ok(None);
+        }
+        let req = Request::ReadRestoreFile {
+            restore_id: self.restore_id.to_string(),
+            path: self.path.clone(),
+            offset: self.offset,
+            len: agent::restore_meta::MAX_CHUNK,
+        };
+        match self.host.call(req).await {
+            Ok(Reply::RestoreFileChunk { data, size }) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| format!("read_restore_file: {e}"))?;
+                self.offset += bytes.len() as u64;
+                if bytes.is_empty() || self.offset >= size {
+                    self.done = true;
+                }
+                Ok((!bytes.is_empty()).then_some(bytes))
+            }
+            Ok(other) => Err(format!("read_restore_file: unexpected answer {other:?}")),
+            Err(e) => Err(format!("read_restore_file {}: {e}", self.path)),
+        }
+    }
+
+    /// The whole file (small ones: `mysql.sql`, the auth JSON); `None` when missing.
+    async fn all(mut self) -> Option<String> {
+        let mut out = Vec::new();
+        while let Ok(Some(b)) = self.next().await {
+            out.extend_from_slice(&b);
+            if out.len() > 16 << 20 {
+                return None;
+            }
+        }
+        (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Restores the archive's databases into `account`'s (see the module docs). `limit` is the
+/// package's `databases`. What could not be restored goes to `skipped`.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_databases(
+    ctx: &JobContext,
+    host: &dyn HostOps,
+    url: &str,
+    account: &AccountName,
+    restore_id: &str,
+    archive_user: Option<&str>,
+    limit: Option<u64>,
+    skipped: &mut Vec<Value>,
+) -> Result<DbRestored, JobError> {
+    let mut out = DbRestored::default();
+    let files = match host
+        .call(Request::ListRestoreMeta {
+            restore_id: restore_id.to_string(),
+            dir: "mysql".into(),
+        })
+        .await
+    {
+        Ok(Reply::RestoreMetaList { files }) => files,
+        Ok(other) => {
+            return Err(JobError::Permanent(format!(
+                "list_restore_meta: unexpected answer {other:?}"
+            )))
+        }
+        Err(e) => return Err(JobError::Transient(format!("list_restore_meta: {e}"))),
+    };
+    let dumps: Vec<String> = files
+        .iter()
+        .filter(|f| f.name.ends_with(".sql"))
+        .map(|f| f.name.trim_end_matches(".sql").to_string())
+        .collect();
+    // The stage's units are the dumps' bytes, so a big import moves the bar and its MB/s.
+    let total: u64 = files
+        .iter()
+        .filter(|f| f.name.ends_with(".sql"))
+        .map(|f| f.size)
+        .sum::<u64>()
+        .max(1);
+    let mut done = 0u64;
+    if dumps.is_empty() {
+        return Ok(out);
+    }
+    let admin_opts = MySqlConnectOptions::from_str(url)
+        .map_err(|e| JobError::Permanent(format!("databases.url: {e}")))?;
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(admin_opts.clone())
+        .await
+        .map_err(|e| JobError::Transient(format!("the database server does not answer: {e}")))?;
+    let hosted = store::HostedDatabases::new(url)
+        .map_err(|e| JobError::Permanent(format!("databases.url: {e}")))?;
+    for db in &dumps {
+        let Some(target) = target_name(account.as_str(), archive_user, db) else {
+            skipped.push(json!({"what": "database", "database": db,
+                "reason": format!("{db}: no valid name for it under {account}_")}));
+            continue;
+        };
+        // Ours from an earlier attempt (its marker is there)? Then again from scratch.
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name = ?",
+        )
+        .bind(&target)
+        .fetch_optional(&admin)
+        .await
+        .map_err(|e| JobError::Transient(e.to_string()))?;
+        if exists.is_some() {
+            let marked: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT restore_id FROM `{target}`.`{MARKER}` LIMIT 1"
+            ))
+            .fetch_optional(&admin)
+            .await
+            .ok()
+            .flatten();
+            if marked.as_deref() == Some(restore_id) {
+                ctx.log(format!(
+                    "{target}: an earlier attempt's import is dropped and done again"
+                ));
+                admin
+                    .execute(format!("DROP DATABASE `{target}`").as_str())
+                    .await
+                    .map_err(|e| JobError::Transient(e.to_string()))?;
+            } else {
+                skipped.push(json!({"what": "database", "database": target,
+                    "reason": "it exists on the server already: left as it is, not overwritten"}));
+                continue;
+            }
+        }
+        let short = &target[account.as_str().len() + 1..];
+        match hosted.create(account.as_str(), short, limit).await {
+            Ok(_) => {}
+            Err(store::DatabaseError::LimitReached { .. }) => {
+                skipped.push(json!({"what": "database", "database": target,
+                    "reason": format!("over the package's databases limit ({})", limit.unwrap_or(0))}));
+                continue;
+            }
+            Err(e) => return Err(JobError::Transient(format!("create {target}: {e}"))),
+        }
+        out.created.push(target.clone());
+        for stmt in [
+            format!("CREATE TABLE `{target}`.`{MARKER}` (restore_id VARCHAR(128))"),
+            format!(
+                "INSERT INTO `{target}`.`{MARKER}` VALUES ('{}')",
+                restore_id.replace(['\'', '\\'], "")
+            ),
+        ] {
+            admin
+                .execute(stmt.as_str())
+                .await
+                .map_err(|e| JobError::Transient(e.to_string()))?;
+        }
+        // The marker stays until the restore finishes ([`finish`]): a retry of this restore
+        // redoes the import, anyone else's restore leaves the database alone.
+        let report = import(
+            ctx,
+            host,
+            &admin,
+            &admin_opts,
+            restore_id,
+            db,
+            &target,
+            (&mut done, total),
+            skipped,
+        )
+        .await?;
+        out.report.push(report);
+    }
+    grants(
+        ctx,
+        host,
+        &admin,
+        account,
+        restore_id,
+        archive_user,
+        &mut out,
+        skipped,
+    )
+    .await;
+    admin.close().await;
+    Ok(out)
+}
+
+/// One dump through a temporary user that may touch `target` only.
+#[allow(clippy::too_many_arguments)]
+async fn import(
+    ctx: &JobContext,
+    host: &dyn HostOps,
+    admin: &sqlx::MySqlPool,
+    admin_opts: &MySqlConnectOptions,
+    restore_id: &str,
+    db: &str,
+    target: &str,
+    (done, total): (&mut u64, u64),
+    skipped: &mut Vec<Value>,
+) -> Result<Value, JobError> {
+    let user = format!(
+        "npr_{}",
+        &ulid::Ulid::new().to_string().to_ascii_lowercase()[..12]
+    );
+    let password = ulid::Ulid::new().to_string();
+    for setup in [
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"),
+        format!("GRANT ALL PRIVILEGES ON `{target}`.* TO '{user}'@'%'"),
+    ] {
+        admin
+            .execute(setup.as_str())
+            .await
+            .map_err(|e| JobError::Transient(format!("temporary import user: {e}")))?;
+    }
+    let result = async {
+        let mut conn = admin_opts
+            .clone()
+            .username(&user)
+            .password(&password)
+            .database(target)
+            .connect()
+            .await
+            .map_err(|e| JobError::Transient(format!("connect as the import user: {e}")))?;
+        let (mut ran, mut refused) = (0u64, 0u64);
+        let mut errors: Vec<String> = Vec::new();
+        let mut splitter = Splitter::new();
+        let mut chunks = Chunks::new(host, restore_id, &format!("mysql/{db}.sql"));
+        while let Some(chunk) = chunks.next().await.map_err(JobError::Transient)? {
+            *done += chunk.len() as u64;
+            ctx.progress("creating_accounts", (*done).min(total), total);
+            for stmt in splitter.push(&chunk) {
+                if ctx.is_cancelled() {
+                    return Err(JobError::Cancelled);
+                }
+                match conn.execute(stmt.as_str()).await {
+                    Ok(_) => ran += 1,
+                    Err(e) => {
+                        refused += 1;
+                        if errors.len() < MAX_ERRORS {
+                            errors.push(format!("{}: {e}", head(&stmt)));
+                        }
+                    }
+                }
+            }
+        }
+        let cut = splitter.finish();
+        if let Some(rest) = &cut {
+            refused += 1;
+            errors.push(format!("the dump ends inside a statement: {}", head(rest)));
+        }
+        let _ = conn.close().await;
+        Ok::<_, JobError>((ran, refused, errors))
+    }
+    .await;
+    let _ = admin
+        .execute(format!("DROP USER IF EXISTS '{user}'@'%'").as_str())
+        .await;
+    let (ran, refused, errors) = result?;
+    ctx.log(format!(
+        "Restored database {target} from {db}.sql ({ran} statements{})",
+        if refused > 0 {
+            format!(", {refused} refused")
+        } else {
+            String::new()
+        }
+    ));
+    for e in &errors {
+        skipped.push(json!({"what": "sql statement", "database": target, "reason": e}));
+    }
+    Ok(
+        json!({"database": target, "from": format!("{db}.sql"), "statements": ran, "refused": refused}),
+    )
+}
+
+/// The archive's application users (`mysql.sql` grants on its databases, hashes from
+/// `mysql.sql-auth.json`), renamed to the account and granted everything but `DROP` on the
+/// databases this restore created.
+#[allow(clippy::too_many_arguments)]
+async fn grants(
+    ctx: &JobContext,
+    host: &dyn HostOps,
+    admin: &sqlx::MySqlPool,
+    account: &AccountName,
+    restore_id: &str,
+    archive_user: Option<&str>,
+    out: &mut DbRestored,
+    skipped: &mut Vec<Value>,
+) {
+    let Some(sql) = Chunks::new(host, restore_id, "mysql.sql").all().await else {
+        return;
+    };
+    let auth: Value = Chunks::new(host, restore_id, "mysql.sql-auth.json")
+        .all()
+        .await
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    for line in sql.lines() {
+        let Some((db, user)) = parse_grant(line) else {
+            continue;
+        };
+        let Some(target) = target_name(account.as_str(), archive_user, &db) else {
+            continue;
+        };
+        if !out.created.contains(&target) {
+            continue;
+        }
+        let Some(new_user) = target_name(account.as_str(), archive_user, &user) else {
+            continue;
+        };
+        if new_user.len() > 80 {
+            continue;
+        }
+        let hash = auth[&user]
+            .as_object()
+            .and_then(|hosts| hosts.values().next())
+            .filter(|h| h["auth_plugin"] == "mysql_native_password")
+            .and_then(|h| h["pass_hash"].as_str())
+            .filter(|h| {
+                h.len() == 41 && h.starts_with('*') && h[1..].chars().all(|c| c.is_ascii_hexdigit())
+            });
+        let Some(hash) = hash else {
+            skipped.push(json!({"what": "database user", "user": new_user,
+                "reason": "no mysql_native_password hash in mysql.sql-auth.json: set its password by hand"}));
+            continue;
+        };
+        let stmts = [
+            format!("CREATE USER IF NOT EXISTS '{new_user}'@'localhost' IDENTIFIED BY PASSWORD '{hash}'"),
+            format!("CREATE USER IF NOT EXISTS '{new_user}'@'127.0.0.1' IDENTIFIED BY PASSWORD '{hash}'"),
+            format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'localhost'"),
+            format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'127.0.0.1'"),
+        ];
+        let mut ok = true;
+        for s in &stmts {
+            if let Err(e) = admin.execute(s.as_str()).await {
+                skipped.push(
+                    json!({"what": "database user", "user": new_user, "reason": e.to_string()}),
+                );
+                ok = false;
+                break;
+            }
+        }
+        if ok && !out.users.contains(&new_user) {
+            ctx.log(format!(
+                "Restored database user {new_user} (on {target}, without DROP)"
+            ));
+            out.users.push(new_user);
+        }
+    }
+}
+
+/// `GRANT … ON `db`.* TO 'user'@'host'` → (db, user), `\_` unescaped.
+fn parse_grant(line: &str) -> Option<(String, String)> {
+    let l = line.trim();
+    if !l.to_ascii_uppercase().starts_with("GRANT ") {
+        return None;
+    }
+    let on = l.find(" ON `")? + 5;
+    let end = on + l[on..].find('`')?;
+    let db = l[on..end].replace("\\_", "_").replace("\\%", "%");
+    if db.contains('%') {
+        return None;
+    }
+    let to = l.find(" TO '")? + 5;
+    let uend = to + l[to..].find('\'')?;
+    Some((db, l[to..uend].to_string()))
+}
+
+/// The restore is done: the marker tables of the databases it created go.
+pub async fn finish(url: &str, created: &DbRestored) -> Result<(), JobError> {
+    if created.created.is_empty() {
+        return Ok(());
+    }
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| JobError::Transient(format!("the database server does not answer: {e}")))?;
+    for db in &created.created {
+        pool.execute(format!("DROP TABLE IF EXISTS `{db}`.`{MARKER}`").as_str())
+            .await
+            .map_err(|e| JobError::Transient(e.to_string()))?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// Drops the databases and users a cancelled or failed restore created (best effort).
+pub async fn drop_created(url: &str, created: &DbRestored) {
+    let Ok(pool) = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+    else {
+        return;
+    };
+    for db in &created.created {
+        let _ = pool
+            .execute(format!("DROP DATABASE IF EXISTS `{db}`").as_str())
+            .await;
+    }
+    for u in &created.users {
+        for h in ["localhost", "127.0.0.1"] {
+            let _ = pool
+                .execute(format!("DROP USER IF EXISTS '{u}'@'{h}'").as_str())
+                .await;
+        }
+    }
+    pool.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_outside_quotes_comments_and_with_delimiters() {
+        let mut s = Splitter::new();
+        let mut got = s.push(b"-- a; comment\nSET NAMES utf8mb4;\n/*!40101 SET x=1 */;\nINSERT INTO t VALUES ('a;b'),('it\\'s');\nDELIMITER ;;\nCREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET @a=1; END ;;\nDELIMITER ;\nCREATE TABLE `x;y` (id int);\nINSERT INTO t VAL");
+        got.extend(s.push(b"UES (1)"));
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[0], "SET NAMES utf8mb4");
+        assert_eq!(got[1], "/*!40101 SET x=1 */");
+        assert_eq!(got[2], "INSERT INTO t VALUES ('a;b'),('it\\'s')");
+        assert!(
+            got[3].starts_with("CREATE TRIGGER") && got[3].ends_with("END"),
+            "{got:?}"
+        );
+        assert_eq!(got[4], "CREATE TABLE `x;y` (id int)");
+        assert_eq!(s.finish().as_deref(), Some("INSERT INTO t VALUES (1)"));
+    }
+
+    #[test]
+    fn names_and_grants_map_to_the_account() {
+        assert_eq!(
+            target_name("bob", Some("alice"), "alice_wp").as_deref(),
+            Some("bob_wp")
+        );
+        assert_eq!(
+            target_name("bob", Some("alice"), "shop").as_deref(),
+            Some("bob_shop")
+        );
+        assert_eq!(target_name("bob", None, "Bad-Name"), None);
+        assert_eq!(
+            parse_grant("GRANT ALL PRIVILEGES ON `alice\\_wp`.* TO 'alice_wp'@'localhost';"),
+            Some(("alice_wp".into(), "alice_wp".into()))
+        );
+        assert_eq!(
+            parse_grant("GRANT USAGE ON *.* TO 'alice_wp'@'localhost';"),
+            None
+        );
+    }
+}
