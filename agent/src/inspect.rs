@@ -67,6 +67,9 @@ pub struct ArchiveFacts {
     /// Certificates (`sslcerts/*`) and keys (`sslkeys/*`).
     pub certs: u64,
     pub keys: u64,
+    /// Domains with a TLS bundle (`apache_tls/<domain>`).
+    #[serde(default)]
+    pub tls: BTreeSet<String>,
     /// Non-comment lines of the account's crontab (`cron/<user>`).
     pub cron_lines: u64,
 }
@@ -103,6 +106,15 @@ pub struct ZoneFacts {
     pub present: bool,
     /// Why it does not parse (empty: it does).
     pub problems: Vec<String>,
+}
+
+/// One TLS bundle the archive has, as the host has it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    pub domain: String,
+    pub present: bool,
+    /// Why the installed bundle cannot serve the domain (`None`: it can, or it is absent).
+    pub problem: Option<String>,
 }
 
 /// The system user, when system users are on.
@@ -202,6 +214,9 @@ pub struct MigrationFacts {
     pub user: Option<UserFacts>,
     /// `None`: the account has no crontab.
     pub crontab: Option<CrontabFacts>,
+    /// The archive's TLS bundles, installed or not.
+    #[serde(default)]
+    pub tls: Vec<TlsFacts>,
 }
 
 /// The archive's facts and the account's, for a health check.
@@ -245,6 +260,18 @@ pub fn inspect_migration(
                     .count() as u64,
             }
         });
+    let tls = archive
+        .tls
+        .iter()
+        .map(|d| {
+            let text = read_small(&crate::restore_meta::tls_path(&cfg.host.root, d));
+            TlsFacts {
+                domain: d.clone(),
+                present: text.is_some(),
+                problem: text.and_then(|t| crate::tls::check(&crate::tls::split(&t), d).err()),
+            }
+        })
+        .collect();
     Ok(MigrationFacts {
         account: account.to_string(),
         archive,
@@ -252,6 +279,7 @@ pub fn inspect_migration(
         zones,
         user,
         crontab,
+        tls,
     })
 }
 
@@ -294,6 +322,9 @@ pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFac
                     .insert(name.trim_end_matches(".db").to_ascii_lowercase());
             }
             ["sslcerts", _] => f.certs += 1,
+            ["apache_tls", domain] => {
+                f.tls.insert(domain.to_ascii_lowercase());
+            }
             ["sslkeys", _] => f.keys += 1,
             ["cron", user] if *user == account.as_str() || parts.len() == 2 => {
                 let mut text = String::new();

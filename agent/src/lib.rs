@@ -62,6 +62,7 @@ pub mod restore_meta;
 pub mod rlimit;
 pub mod server;
 pub mod smtpconns;
+pub mod tls;
 pub mod unpack;
 pub mod users;
 pub mod watchdog;

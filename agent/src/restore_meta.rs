@@ -9,6 +9,10 @@
 //!   another account; it gets the owner line every zone the agent writes has and is written
 //!   atomically to `var/named/<domain>.db`. A zone that fails any of this is listed with the
 //!   reason and the host's zone stays as it was.
+//! - **TLS** (`meta/apache_tls/<domain>`: key, certificate, chain in one PEM): for the
+//!   account's domains, when the certificate matches its key, has not expired and names the
+//!   domain ([`crate::tls`]), installed to `etc/ssl/npanel/<domain>.pem` (0600); else listed
+//!   with the reason.
 //! - **Crontab** (`meta/cron/<user>`): when the account may use cron, written to
 //!   `var/spool/cron/crontabs/<account>` (Debian's place, mode 0600, the account's when system
 //!   users are on), with the old home path made the account's and cPanel's PHP binaries
@@ -56,11 +60,27 @@ pub struct CronApplied {
     pub reason: Option<String>,
 }
 
+/// One TLS bundle of the archive (`apache_tls/<domain>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsApplied {
+    pub domain: String,
+    pub installed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// What [`apply_restore_meta`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaApplied {
     pub zones: Vec<ZoneApplied>,
     pub cron: CronApplied,
+    #[serde(default)]
+    pub tls: Vec<TlsApplied>,
+}
+
+/// Where a restored TLS bundle (key, certificate, chain) of `domain` is installed.
+pub fn tls_path(host_root: &Path, domain: &str) -> std::path::PathBuf {
+    host_root.join("etc/ssl/npanel").join(format!("{domain}.pem"))
 }
 
 /// The crontab's place for `account`.
@@ -130,7 +150,56 @@ pub fn apply_restore_meta(
         }
     }
     out.cron = cron(cfg, account, &meta, old_user.as_deref(), cron_allowed)?;
+    if let Some(dir) = meta.open_dir("apache_tls")? {
+        let mut names: Vec<String> = std::fs::read_dir(&dir.path)
+            .map_err(|e| AgentError::io(&dir.path, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            let domain = name.to_ascii_lowercase();
+            let r = tls(cfg, &dir, &name, &domain, domains);
+            out.tls.push(TlsApplied {
+                domain,
+                installed: r.is_ok(),
+                reason: r.err(),
+            });
+        }
+    }
     Ok(out)
+}
+
+/// `apache_tls/<domain>`: checked ([`crate::tls::check`]) and installed (mode 0600) for one
+/// of the account's domains.
+fn tls(
+    cfg: &AgentConfig,
+    dir: &fsx::DirHandle,
+    name: &str,
+    domain: &str,
+    domains: &[Domain],
+) -> std::result::Result<(), String> {
+    let d = Domain::parse(domain).map_err(|e| format!("not a domain name: {e}"))?;
+    if !domains.contains(&d) {
+        return Err("not one of the account's domains: left alone".into());
+    }
+    let text = match dir.read_file(name, MAX_META) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => return Err("gone from the staging".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let bundle = crate::tls::split(&text);
+    crate::tls::check(&bundle, domain)?;
+    let path = tls_path(&cfg.host.root, domain);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let out = fsx::ensure_base(parent, 0o700).map_err(|e| e.to_string())?;
+    let mut body = bundle.key.unwrap_or_default();
+    for c in &bundle.certs {
+        body.push_str(c);
+    }
+    out.write_atomic(&format!("{domain}.pem"), body.as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(domain, "TLS certificate restored");
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

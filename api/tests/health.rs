@@ -28,8 +28,8 @@ type AddEntry<'a> = dyn FnMut(&str, &[u8], EntryType, u32, Option<&str>) + 'a;
 
 /// A `cpmove-USER.tar.gz` with a site, two mail accounts with messages, a database dump and a
 /// zone, a crontab and an application's database credentials; `defects` from: `777`,
-/// `broken-symlink`, `missing-mailbox`, `bad-zone`, `dropped-table`, `truncated-rows`,
-/// `wrong-password`.
+/// `broken-symlink`, `missing-mailbox`, `bad-zone`, `bad-cert`, `dropped-table`,
+/// `truncated-rows`, `wrong-password`.
 fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
     let has = |d: &str| defects.contains(&d);
     let dom = format!("{user}.example");
@@ -172,12 +172,69 @@ fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
             );
         }
     }
+    file(
+        &mut add,
+        &format!("{top}/apache_tls/{dom}"),
+        tls_bundle(dir, &dom, has("bad-cert")).as_bytes(),
+    );
     let tar = b.into_inner().unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     let path = dir.join(format!("cpmove-{user}.tar.gz"));
     std::fs::write(&path, gz.finish().unwrap()).unwrap();
     path
+}
+
+/// cPanel's `apache_tls/<domain>`: a key, then a self-signed certificate for `domain` (made by
+/// `openssl`); with `mismatched`, the key is another one.
+fn tls_bundle(dir: &Path, domain: &str, mismatched: bool) -> String {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (installed by .ci/run)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key, cert) = (format!("{domain}.key"), format!("{domain}.crt"));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "30", "-subj"];
+    let subj = format!("/CN={domain}");
+    let san = format!("subjectAltName=DNS:{domain},DNS:www.{domain}");
+    args.extend([
+        subj.as_str(),
+        "-addext",
+        san.as_str(),
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ]);
+    args.extend(ec);
+    run(&args);
+    if mismatched {
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            &key,
+        ]);
+    }
+    std::fs::read_to_string(dir.join(&key)).unwrap()
+        + &std::fs::read_to_string(dir.join(&cert)).unwrap()
 }
 
 /// Restores `archive` into `user` and returns (restore id, the report its health check made).
@@ -253,7 +310,7 @@ async fn a_clean_migration_scores_100_and_explains_each_skip() {
         3
     );
     // What this build's restore does not restore is skipped, saying so, and left out.
-    for id in ["zones_present", "zones_parse", "cron"] {
+    for id in ["zones_present", "zones_parse", "tls", "cron"] {
         assert_eq!(check(&report, id)["status"], "pass", "{id}: {report}");
     }
     // The zone now points at this server, the crontab at this server's PHP and home.
@@ -273,7 +330,6 @@ async fn a_clean_migration_scores_100_and_explains_each_skip() {
     );
     for (id, why) in [
         ("databases", "the restore did not restore databases"),
-        ("tls", "the archive has no certificates"),
         ("system_user", "system users are off"),
         ("ownership", "system users are off"),
     ] {
@@ -365,11 +421,11 @@ async fn each_defect_lowers_exactly_its_check_and_low_scores_alert() {
     let root = tmp.path();
     let srv = server(root).await;
     // (defects, the checks they fail, the expected score): the checks that run here are
-    // filesystem 3 of 4 (ownership is skipped), email 3, domains 2 of 3 (tls is skipped),
-    // users 1 of 4 (cron; system users are off): 25 + 25 + 15 + 15 = 80 points.
+    // filesystem 3 of 4 (ownership is skipped), email 3, domains 3, users 1 of 4 (cron;
+    // system users are off): 25 + 25 + 15 + 15 = 80 points.
     let s =
         |fs: f64, mail: f64, dom: f64| 100.0 * (25.0 * fs + 25.0 * mail + 15.0 * dom + 15.0) / 80.0;
-    let cases: [(&str, &[&str], &[&str], f64); 5] = [
+    let cases: [(&str, &[&str], &[&str], f64); 6] = [
         ("mia", &["777"], &["permissions"], s(2.0 / 3.0, 1.0, 1.0)),
         (
             "noa",
@@ -383,12 +439,24 @@ async fn each_defect_lowers_exactly_its_check_and_low_scores_alert() {
             &["mailboxes"],
             s(1.0, 2.5 / 3.0, 1.0),
         ),
-        ("rae", &["bad-zone"], &["zones_parse"], s(1.0, 1.0, 0.5)),
+        (
+            "rae",
+            &["bad-zone"],
+            &["zones_parse"],
+            s(1.0, 1.0, 2.0 / 3.0),
+        ),
+        ("sue", &["bad-cert"], &["tls"], s(1.0, 1.0, 2.0 / 3.0)),
         (
             "pia",
-            &["777", "broken-symlink", "missing-mailbox", "bad-zone"],
-            &["permissions", "symlinks", "mailboxes", "zones_parse"],
-            s(1.0 / 3.0, 2.5 / 3.0, 0.5),
+            &[
+                "777",
+                "broken-symlink",
+                "missing-mailbox",
+                "bad-zone",
+                "bad-cert",
+            ],
+            &["permissions", "symlinks", "mailboxes", "tls", "zones_parse"],
+            s(1.0 / 3.0, 2.5 / 3.0, 1.0 / 3.0),
         ),
     ];
     for (user, defects, fails, expected) in cases {

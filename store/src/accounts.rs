@@ -561,6 +561,22 @@ impl Store {
                 }
             }
         }
+        // The primary domain must not be another account's addon domain (its zone is that
+        // account's: the create job could never write its own).
+        if let Some(domain) = new.domain.as_deref() {
+            let owner: Option<(String,)> =
+                sqlx::query_as("SELECT account FROM account_domains WHERE domain = $1")
+                    .bind(domain.to_ascii_lowercase())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((owner,)) = owner {
+                if owner != new.id {
+                    return Err(StoreError::Conflict(format!(
+                        "domain {domain} is an addon domain of another account"
+                    )));
+                }
+            }
+        }
         // The parent and the depth.
         let parent = match &new.parent {
             None => None,

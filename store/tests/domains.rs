@@ -203,3 +203,28 @@ async fn concurrent_adds_never_pass_the_limit() {
         assert_eq!(s.addon_domain_counts().await.unwrap()["alice"], 2);
     }
 }
+
+#[tokio::test]
+async fn a_new_account_cannot_take_another_accounts_addon_domain() {
+    for ts in testing::all().await {
+        let s = &ts.store;
+        seed(s).await;
+        s.add_addon_domain("alice", "shop.example", Some(2))
+            .await
+            .unwrap();
+        let e = s
+            .create_account(&NewAccount {
+                id: "carol".into(),
+                package: Some("two".into()),
+                domain: Some("Shop.example".into()),
+                ..NewAccount::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains("addon domain of another account")),
+            "{e}"
+        );
+        assert!(s.account("carol").await.is_err(), "nothing created");
+    }
+}

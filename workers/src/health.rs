@@ -487,15 +487,55 @@ pub fn host_checks(
             });
         }
     }
-    out.push(match (a.certs, not_restored(summary, "tls certificates")) {
-        (0, _) => Check::skipped("domains", "tls", "the archive has no certificates"),
-        (_, Some(why)) => Check::skipped("domains", "tls", why),
-        (_, None) => Check::skipped(
+    // TLS: the archive's bundles of the account's domains, installed and able to serve.
+    let certs: Vec<&agent::inspect::TlsFacts> = f
+        .tls
+        .iter()
+        .filter(|t| domains.iter().any(|d| d.eq_ignore_ascii_case(&t.domain)))
+        .collect();
+    if certs.is_empty() {
+        out.push(Check::skipped(
             "domains",
             "tls",
-            "comparing certificates with their keys is not built yet",
-        ),
-    });
+            "the archive has no TLS certificates (apache_tls/) of the account's domains",
+        ));
+    } else {
+        let bad: Vec<String> = certs
+            .iter()
+            .filter_map(|t| {
+                let refused = summary["skipped"].as_array().and_then(|v| {
+                    v.iter()
+                        .find(|s| s["what"] == "tls certificate" && s["domain"] == t.domain.as_str())
+                        .map(|s| s["reason"].as_str().unwrap_or("not restored").to_string())
+                });
+                match (refused, t.present, &t.problem) {
+                    (Some(why), _, _) => Some(format!("{}: not restored: {why}", t.domain)),
+                    (None, false, _) => Some(format!("{}: not installed", t.domain)),
+                    (None, true, Some(p)) => Some(format!("{}: {p}", t.domain)),
+                    (None, true, None) => None,
+                }
+            })
+            .collect();
+        out.push(Check {
+            category: "domains",
+            id: "tls",
+            score: Some(share(certs.len() - bad.len(), certs.len())),
+            message: if bad.is_empty() {
+                format!(
+                    "{} certificate(s) installed, matching their keys, valid and for their domains",
+                    certs.len()
+                )
+            } else {
+                bad.join(" | ")
+            },
+            expected: json!(certs.iter().map(|t| &t.domain).collect::<Vec<_>>()),
+            actual: json!(bad),
+            next_step: Some(
+                "Issue a new certificate for the listed domains (the archive's does not match its key, has expired or is for another name)."
+                    .into(),
+            ),
+        });
+    }
 
     // users
     match &f.user {

@@ -21,14 +21,15 @@
 //!
 //! - **Databases** (`creating_accounts`, with `databases.url`): `restore_db` imports each dump
 //!   through a temporary user that may touch only its database, before the home is installed;
-//!   a cancel or a failure drops what it created. **Zones and the crontab** (`finalizing`,
-//!   after the install): `apply_restore_meta` on the host.
+//!   a cancel or a failure drops what it created. **Zones, TLS and the crontab**
+//!   (`finalizing`, after the install): `apply_restore_meta` on the host.
 //! - **Afterwards**: the restore records itself as a migration (`store::Migration`) for the
 //!   `health_check` the API queued with it.
 //!
-//! # Not in this build (listed in the result's `skipped`)
-//! TLS certificates are read into the staging but not installed; an account missing from the
-//! store is not created (create it through `POST /api/accounts` or WHMCS first).
+//! # Not in this build
+//! An account missing from the store is not created (create it through `POST /api/accounts`
+//! or WHMCS first); TLS comes from `apache_tls/` only (the older `sslcerts/` + `sslkeys/` pairs
+//! are not matched up).
 
 use crate::{JobContext, JobError};
 use agent::restore::{ArchiveUnpacked, UnpackStatus};
@@ -252,9 +253,6 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     }
     // creating_accounts: this build restores into an existing account only.
     step("creating_accounts");
-    skipped.push(
-        json!({"what": "tls certificates", "reason": "kept in the archive; not restored by this build yet"}),
-    );
     let dbs = databases(&ctx, &r, &account, &restore_id, &a, &mut skipped).await;
     let dbs = match dbs {
         Ok(d) => d,
@@ -345,6 +343,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "database_imports": dbs.as_ref().map(|d| d.report.clone()),
         "mailboxes": 0,
         "zones": meta.as_ref().map(|m| m.zones.iter().filter(|z| z.installed).count()),
+        "tls_certificates": meta.as_ref().map(|m| m.tls.iter().filter(|t| t.installed).count()),
         "cron_jobs": meta.as_ref().map(|m| if m.cron.installed { m.cron.jobs } else { 0 }),
         "skipped": skipped,
     });
@@ -473,6 +472,14 @@ async fn apply_meta(
             None => ctx.log(format!("Restored the DNS zone of {}", z.domain)),
             Some(why) => {
                 skipped.push(json!({"what": "dns zone", "domain": z.domain, "reason": why}))
+            }
+        }
+    }
+    for t in &m.tls {
+        match &t.reason {
+            None => ctx.log(format!("Restored the TLS certificate of {}", t.domain)),
+            Some(why) => {
+                skipped.push(json!({"what": "tls certificate", "domain": t.domain, "reason": why}))
             }
         }
     }
