@@ -55,7 +55,7 @@ fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
         format!("USER={user}\nDNS={dom}\nIP=203.0.113.10\n").as_bytes(),
     );
     let mut dump = format!(
-        "-- MySQL dump\nSET NAMES utf8mb4;\nCREATE TABLE `a` (`id` int, `t` text);\n\
+        "-- MySQL dump\nSET NAMES utf8mb4;\nCREATE TABLE `a` (`id` int, `t` text COLLATE utf8mb4_0900_ai_ci);\n\
          INSERT INTO `a` VALUES (1,'x;y'),(2,'it\\'s');\n\
          CREATE DATABASE IF NOT EXISTS `{user}_evil`;\n"
     );

@@ -435,7 +435,7 @@ async fn import(
             .connect()
             .await
             .map_err(|e| JobError::Transient(format!("connect as the import user: {e}")))?;
-        let (mut ran, mut refused) = (0u64, 0u64);
+        let (mut ran, mut refused, mut rewritten) = (0u64, 0u64, 0u64);
         let mut errors: Vec<String> = Vec::new();
         let mut splitter = Splitter::new();
         let mut chunks = Chunks::new(host, restore_id, &format!("mysql/{db}.sql"));
@@ -446,8 +446,21 @@ async fn import(
                 if ctx.is_cancelled() {
                     return Err(JobError::Cancelled);
                 }
-                match conn.execute(stmt.as_str()).await {
-                    Ok(_) => ran += 1,
+                let mut r = conn.execute(stmt.as_str()).await.map(|_| ());
+                // MySQL 8's collations (`utf8mb4_0900_ai_ci`, …) are unknown to MariaDB: the
+                // statement again with the nearest one it has.
+                if let Err(e) = &r {
+                    if e.to_string().contains("Unknown collation") && stmt.contains("_0900_") {
+                        if let Some(fixed) = mariadb_collations(&stmt) {
+                            r = conn.execute(fixed.as_str()).await.map(|_| ());
+                            if r.is_ok() {
+                                rewritten += 1;
+                            }
+                        }
+                    }
+                }
+                match r {
+                    Ok(()) => ran += 1,
                     Err(e) => {
                         refused += 1;
                         if errors.len() < MAX_ERRORS {
@@ -463,6 +476,11 @@ async fn import(
             errors.push(format!("the dump ends inside a statement: {}", head(rest)));
         }
         let _ = conn.close().await;
+        if rewritten > 0 {
+            ctx.log(format!(
+                "{target}: {rewritten} statements used MySQL 8 collations; run with utf8mb4_unicode_ci"
+            ));
+        }
         Ok::<_, JobError>((ran, refused, errors))
     }
     .await;
@@ -562,6 +580,26 @@ async fn grants(
     }
 }
 
+/// `stmt` with MySQL 8's `utf8mb4_0900_*` collations as `utf8mb4_unicode_ci` (MariaDB has
+/// none of them); `None` when there is nothing to change.
+fn mariadb_collations(stmt: &str) -> Option<String> {
+    let mut out = String::with_capacity(stmt.len());
+    let mut rest = stmt;
+    let mut changed = false;
+    while let Some(i) = rest.find("utf8mb4_0900_") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push_str("utf8mb4_unicode_ci");
+        rest = &tail[end..];
+        changed = true;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
 /// `GRANT … ON `db`.* TO 'user'@'host'` → (db, user), `\_` unescaped.
 fn parse_grant(line: &str) -> Option<(String, String)> {
     let l = line.trim();
@@ -643,6 +681,15 @@ mod tests {
         );
         assert_eq!(got[4], "CREATE TABLE `x;y` (id int)");
         assert_eq!(s.finish().as_deref(), Some("INSERT INTO t VALUES (1)"));
+    }
+
+    #[test]
+    fn mysql8_collations_become_mariadbs() {
+        assert_eq!(
+            mariadb_collations("CREATE TABLE t (b longtext COLLATE utf8mb4_0900_ai_ci) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_as_cs").as_deref(),
+            Some("CREATE TABLE t (b longtext COLLATE utf8mb4_unicode_ci) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci")
+        );
+        assert_eq!(mariadb_collations("SELECT 1"), None);
     }
 
     #[test]
