@@ -112,14 +112,15 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
     let mut registry = workers::Registry::builtin();
     if let Some(s) = &store {
         let host: std::sync::Arc<agent::Host> = std::sync::Arc::new(host(&cfg)?);
+        let provisioner = workers::provision::Provisioner::with_databases(
+            s.clone(),
+            host.clone(),
+            cfg.host.provision(),
+            hosted_databases(&cfg)?,
+        );
         registry = registry
             .with_store(s.clone(), cfg.store.days())
-            .with_provisioning(workers::provision::Provisioner::with_databases(
-                s.clone(),
-                host.clone(),
-                cfg.host.provision(),
-                hosted_databases(&cfg)?,
-            ))
+            .with_provisioning(provisioner.clone())
             .with_backup(workers::backup::BackupMaker::new(s.clone(), host.clone()))
             .with_quota_sweep(workers::quota::QuotaSweeper::new(
                 s.clone(),
@@ -140,6 +141,7 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                 cfg.host.provision().ipv4,
                 cfg.host.provision().security_profile,
                 cfg.databases.url.clone(),
+                Some(provisioner),
             ));
         let health =
             workers::health::HealthChecker::new(s.clone(), host, cfg.databases.url.clone());

@@ -807,6 +807,14 @@ async fn figures_page_weight_first_render_and_a_hundred_live_jobs() {
     let e0 = page.js("npanelDebug.events.length").await.as_u64().unwrap();
     page.js("window.__frames = [performance.now()]; npanelDebug.flushes = 0; npanelDebug.flushMs = 0; npanelDebug.flushMaxMs = 0; true")
         .await;
+    // Chromium's own account of slow frames (Long Animation Frames): how long each took, and
+    // how much of it was style and layout, i.e. the page's DOM updates.
+    page.js(
+        "window.__loaf = []; new PerformanceObserver(l => l.getEntries().forEach(e => window.__loaf.push( \
+           [e.duration, e.renderStart && e.styleAndLayoutStart ? e.startTime + e.duration - e.styleAndLayoutStart : 0, \
+            e.scripts.reduce((s, x) => s + x.duration, 0)]))).observe({ type: 'long-animation-frame', buffered: false }); true",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let f: Vec<f64> = serde_json::from_value(page.js("window.__frames").await).unwrap();
     let e1 = page.js("npanelDebug.events.length").await.as_u64().unwrap();
@@ -828,6 +836,15 @@ async fn figures_page_weight_first_render_and_a_hundred_live_jobs() {
     figures.push(format!(
         "live_100_jobs_dom_updates: {} batched updates, {:.1} ms of script in all, the longest {:.1} ms",
         flush[0], flush[1].as_f64().unwrap_or(0.0), flush[2].as_f64().unwrap_or(0.0)
+    ));
+    let loaf: Vec<(f64, f64, f64)> =
+        serde_json::from_value(page.js("window.__loaf").await).unwrap_or_default();
+    figures.push(format!(
+        "live_100_jobs_long_animation_frames: {} over 50 ms; longest {:.0} ms, of which style+layout+paint {:.0} ms and script {:.0} ms",
+        loaf.len(),
+        loaf.iter().map(|x| x.0).fold(0.0, f64::max),
+        loaf.iter().max_by(|a, b| a.0.total_cmp(&b.0)).map_or(0.0, |x| x.1),
+        loaf.iter().max_by(|a, b| a.0.total_cmp(&b.0)).map_or(0.0, |x| x.2),
     ));
     assert!(e1 - e0 >= 500, "the page got {} events in 10 s", e1 - e0);
     page.wait_for(

@@ -283,6 +283,36 @@ pub fn inspect_migration(
     })
 }
 
+/// The first regular file of the archive's metadata directory `dir` (`cp` gives `cp/<user>`):
+/// its name and content (at most 64 KiB). The archive is read only as far as that entry.
+pub fn archive_meta_file(archive: &Path, dir: &str) -> Result<Option<(String, String)>> {
+    const FOUND: &str = "npanel: entry found";
+    let mut found = None;
+    let mut visit = |e: &crate::unpack::Listed<'_>, r: &mut dyn Read| -> io::Result<()> {
+        if e.home || !e.kind.is_file() {
+            return Ok(());
+        }
+        if let Some(name) = e.path.strip_prefix(dir).and_then(|p| p.strip_prefix('/')) {
+            if !name.is_empty() && !name.contains('/') {
+                let mut text = String::new();
+                r.take(64 << 10).read_to_string(&mut text).ok();
+                found = Some((name.to_string(), text));
+                return Err(io::Error::other(FOUND));
+            }
+        }
+        Ok(())
+    };
+    match walk_archive(archive, u64::MAX / 4, &mut visit) {
+        Ok(_) => Ok(found),
+        Err(_) if found.is_some() => Ok(found),
+        Err(UnpackError::Io { path, source }) => Err(AgentError::io(path, source)),
+        Err(other) => Err(AgentError::InvalidRequest(format!(
+            "cannot read the archive {}: {other}",
+            archive.display()
+        ))),
+    }
+}
+
 /// Reads the archive once.
 pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFacts> {
     let mut f = ArchiveFacts::default();

@@ -299,6 +299,12 @@ pub enum Request {
         ipv4: Ipv4Addr,
         cron: bool,
     },
+    /// The first file of the metadata directory `dir` of an archive (`cp`: the account's
+    /// `cp/<user>`), read without unpacking ([`crate::inspect::archive_meta_file`]).
+    ReadArchiveMeta {
+        archive: std::path::PathBuf,
+        dir: String,
+    },
     /// The regular files of `meta/<dir>` in a restore's staging (the database dumps, for the
     /// workers' import).
     ListRestoreMeta { restore_id: String, dir: String },
@@ -340,6 +346,7 @@ impl Request {
             Request::InspectMigration { .. } => "inspect_migration",
             Request::ApplyRestoreMeta { .. } => "apply_restore_meta",
             Request::ListRestoreMeta { .. } => "list_restore_meta",
+            Request::ReadArchiveMeta { .. } => "read_archive_meta",
             Request::ReadRestoreFile { .. } => "read_restore_file",
             Request::SetQuota { .. } => "set_quota",
             Request::QuotaUsage => "quota_usage",
@@ -593,6 +600,10 @@ pub enum Reply {
         throttled: bool,
         changed: bool,
         path: String,
+    },
+    /// [`Request::ReadArchiveMeta`]'s file: its name and text (`None`: the archive has none).
+    ArchiveMetaFile {
+        file: Option<(String, String)>,
     },
     /// [`Request::ListRestoreMeta`]'s files.
     RestoreMetaList {

@@ -575,6 +575,9 @@ pub fn handle_blocking(state: &State, request: Request) -> Result<Reply, AgentEr
                 cron,
             )?,
         )),
+        Request::ReadArchiveMeta { archive, dir } => Ok(Reply::ArchiveMetaFile {
+            file: crate::inspect::archive_meta_file(&archive, &dir)?,
+        }),
         Request::ListRestoreMeta { restore_id, dir } => Ok(Reply::RestoreMetaList {
             files: crate::restore_meta::list_restore_meta(cfg, &restore_id, &dir)?,
         }),

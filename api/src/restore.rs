@@ -33,6 +33,9 @@ pub struct RestoreRequest {
     pub reseller: Option<String>,
     /// Same key within its TTL returns the existing job.
     pub idempotency_key: Option<String>,
+    /// Admins: the package of the account, when the restore creates it (the account is not
+    /// in the store); default: the archive's plan, if a package of that name is active.
+    pub package: Option<String>,
 }
 
 /// Account and reseller of a job a caller starts, under the tenant rules.
@@ -133,9 +136,15 @@ async fn start_inner(
         ));
     }
     let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
+    if req.package.is_some() && caller.0.role != Role::Admin {
+        return Err(ApiError::Forbidden(
+            "only admins choose the package of an account a restore creates".into(),
+        ));
+    }
     let mut job = NewJob::typed(&Restore {
         archive: req.archive,
         account: account.clone(),
+        package: req.package,
     });
     job.account = account.clone();
     job.reseller = reseller.clone();

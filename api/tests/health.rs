@@ -33,6 +33,7 @@ type AddEntry<'a> = dyn FnMut(&str, &[u8], EntryType, u32, Option<&str>) + 'a;
 fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
     let has = |d: &str| defects.contains(&d);
     let dom = format!("{user}.example");
+    let plan = if has("unknown-plan") { "gold" } else { "basic" };
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |path: &str, body: &[u8], kind: EntryType, mode: u32, link: Option<&str>| {
         let mut h = Header::new_gnu();
@@ -52,7 +53,7 @@ fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
     file(
         &mut add,
         &format!("{top}/cp/{user}"),
-        format!("USER={user}\nDNS={dom}\nIP=203.0.113.10\n").as_bytes(),
+        format!("USER={user}\nDNS={dom}\nIP=203.0.113.10\nPLAN={plan}\nCONTACTEMAIL={user}@example.net\n").as_bytes(),
     );
     let mut dump = format!(
         "-- MySQL dump\nSET NAMES utf8mb4;\nCREATE TABLE `a` (`id` int, `t` text COLLATE utf8mb4_0900_ai_ci);\n\
@@ -707,4 +708,66 @@ async fn databases_are_restored_safely_and_each_defect_lowers_its_check() {
         "the row written after the first restore is still there"
     );
     db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_creates_an_account_that_is_not_there_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let srv = server(root).await;
+    // The archive's plan is a package here: the account is created with it, then restored.
+    let archive = cpmove(root, "tina", &[]);
+    let (id, report) = restored_and_checked(&srv, "tina", &archive).await;
+    let restore = srv.wait_final(&id).await.result.unwrap();
+    assert_eq!(restore["accounts_created"], 1, "{restore}");
+    let a = srv.store.account("tina").await.unwrap();
+    assert_eq!(a.status, store::AccountStatus::Active);
+    assert_eq!(a.package.as_deref(), Some("basic"));
+    assert_eq!(a.domain.as_deref(), Some("tina.example"));
+    assert_eq!(a.email.as_deref(), Some("tina@example.net"));
+    assert!(root.join("home/tina/public_html/index.php").is_file());
+    assert_eq!(report["score"], 100, "{report}");
+
+    // An unknown plan and no package named: a clear failure, nothing created.
+    let archive = cpmove(root, "uma", &["unknown-plan"]);
+    let admin = token(Role::Admin, None, None);
+    let r = srv
+        .req(
+            "POST",
+            "/api/restore",
+            Some(&admin),
+            Some(&json!({"archive": archive, "account": "uma"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let job = srv.wait_final(r.json["id"].as_str().unwrap()).await;
+    assert_eq!(job.status, queue::JobStatus::Failed);
+    let err = job.error.unwrap_or_default();
+    assert!(err.contains("plan gold is no active package here"), "{err}");
+    assert!(srv.store.account("uma").await.is_err(), "nothing created");
+    // Naming the package makes it work; customers may not name one.
+    let own = token(Role::Customer, Some("tina"), None);
+    let r = srv
+        .req(
+            "POST",
+            "/api/restore",
+            Some(&own),
+            Some(&json!({"archive": "x.tar.gz", "package": "basic"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    let r = srv
+        .req(
+            "POST",
+            "/api/restore",
+            Some(&admin),
+            Some(&json!({"archive": archive, "account": "uma", "package": "basic"}).to_string()),
+        )
+        .await;
+    let job = srv.wait_final(r.json["id"].as_str().unwrap()).await;
+    assert_eq!(job.status, queue::JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(
+        srv.store.account("uma").await.unwrap().status,
+        store::AccountStatus::Active
+    );
 }

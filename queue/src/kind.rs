@@ -312,6 +312,10 @@ pub struct Restore {
     /// Account to restore into (defaults to the one in the archive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The package of an account the restore creates (when it is not in the store); default:
+    /// the archive's `PLAN` when a package of that id is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
 }
 impl JobPayload for Restore {
     const KIND: JobKind = JobKind::Restore;

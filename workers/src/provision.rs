@@ -293,7 +293,11 @@ pub async fn run(ctx: JobContext, p: Arc<Provisioner>) -> Result<Value, JobError
     }
 }
 
-async fn create(ctx: &JobContext, p: &Provisioner, job: &Provision) -> Result<Value, JobError> {
+pub(crate) async fn create(
+    ctx: &JobContext,
+    p: &Provisioner,
+    job: &Provision,
+) -> Result<Value, JobError> {
     let a = account(p, &job.account).await?;
     match a.status {
         AccountStatus::Terminated => {

@@ -26,10 +26,13 @@
 //! - **Afterwards**: the restore records itself as a migration (`store::Migration`) for the
 //!   `health_check` the API queued with it.
 //!
+//! - **A missing account** is created first from the archive's `cp/<user>` (read without
+//!   unpacking) and provisioned with provisioning's own `create` steps; a retry finds it.
+//!
 //! # Not in this build
-//! An account missing from the store is not created (create it through `POST /api/accounts`
-//! or WHMCS first); TLS comes from `apache_tls/` only (the older `sslcerts/` + `sslkeys/` pairs
-//! are not matched up).
+//! TLS comes from `apache_tls/` only (the older `sslcerts/` + `sslkeys/` pairs are not matched
+//! up); an account the restore created stays when the restore then fails (its retry goes on
+//! from it).
 
 use crate::{JobContext, JobError};
 use agent::restore::{ArchiveUnpacked, UnpackStatus};
@@ -59,6 +62,8 @@ pub struct Restorer {
     security_default: store::SecurityPolicy,
     /// The database server the archive's databases are restored into (`databases.url`).
     databases_url: Option<String>,
+    /// Creates an account that is not in the store yet, with provisioning's own steps.
+    provisioner: Option<Arc<crate::provision::Provisioner>>,
 }
 
 impl Restorer {
@@ -72,11 +77,13 @@ impl Restorer {
             std::net::Ipv4Addr::LOCALHOST,
             store::SecurityPolicy::Strict,
             None,
+            None,
         )
     }
 
-    /// A restorer with this server's address and security template (`host.*` settings) and
-    /// the database server the archive's databases go to.
+    /// A restorer with this server's address and security template (`host.*` settings), the
+    /// database server the archive's databases go to, and the provisioner that creates an
+    /// account missing from the store.
     pub fn with_host(
         store: Store,
         host: Arc<dyn HostOps>,
@@ -84,6 +91,7 @@ impl Restorer {
         ipv4: std::net::Ipv4Addr,
         security_default: store::SecurityPolicy,
         databases_url: Option<String>,
+        provisioner: Option<Arc<crate::provision::Provisioner>>,
     ) -> Arc<Restorer> {
         Arc::new(Restorer {
             store,
@@ -92,6 +100,7 @@ impl Restorer {
             ipv4,
             security_default,
             databases_url,
+            provisioner,
         })
     }
 }
@@ -190,12 +199,26 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         r.backups.join(&job.archive)
     };
     ctx.progress("extracting", 0, 1);
-    let a = r.store.account(&account_id).await.map_err(|e| match e {
-        StoreError::NotFound(_) => JobError::Permanent(format!(
-            "account {account_id} is not in the store: create it (POST /api/accounts or WHMCS), then restore into it"
-        )),
-        e => store_err(e),
-    })?;
+    let mut created = false;
+    let a = match r.store.account(&account_id).await {
+        Ok(a) if a.status == AccountStatus::Pending && r.provisioner.is_some() => {
+            // An earlier attempt created it and stopped before its host was ready.
+            created = true;
+            create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), false)
+                .await?
+        }
+        Ok(a) => a,
+        Err(StoreError::NotFound(_)) if r.provisioner.is_some() => {
+            created = true;
+            create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), true).await?
+        }
+        Err(StoreError::NotFound(_)) => {
+            return Err(JobError::Permanent(format!(
+                "account {account_id} is not in the store: create it (POST /api/accounts or WHMCS), then restore into it"
+            )))
+        }
+        Err(e) => return Err(store_err(e)),
+    };
     if a.status == AccountStatus::Terminated {
         return Err(JobError::Permanent(format!(
             "account {account_id} is terminated"
@@ -334,7 +357,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "total_time": started.elapsed().as_secs_f64(),
         "data_restored": bytes,
         "data_restored_human": human(bytes),
-        "accounts_created": 0,
+        "accounts_created": u64::from(created),
         "files": files,
         "directories": dirs,
         "links": links,
@@ -358,6 +381,101 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         .await
         .map_err(store_err)?;
     Ok(result)
+}
+
+/// Creates `account_id` from the archive's `cp/<user>` (domain `DNS=`, contact
+/// `CONTACTEMAIL=`, package: `package`, else the archive's `PLAN=` when such a package is
+/// active) and provisions it with provisioning's own `create` steps (system user, home, zone,
+/// limits, security, mail policy). With `record: false` the store's row exists already (a
+/// retried attempt): only the steps run again.
+async fn create_account(
+    ctx: &JobContext,
+    r: &Restorer,
+    account_id: &str,
+    archive: &Path,
+    package: Option<&str>,
+    record: bool,
+) -> Result<store::Account, JobError> {
+    let p = r.provisioner.as_ref().expect("checked by the caller");
+    let cp = match r
+        .host
+        .call(Request::ReadArchiveMeta {
+            archive: archive.to_path_buf(),
+            dir: "cp".into(),
+        })
+        .await
+    {
+        Ok(Reply::ArchiveMetaFile { file }) => file,
+        Ok(other) => {
+            return Err(JobError::Permanent(format!(
+                "read_archive_meta: unexpected answer {other:?}"
+            )))
+        }
+        Err(e) => return Err(host_err("read_archive_meta", e)),
+    };
+    let fields: std::collections::HashMap<String, String> = cp
+        .as_ref()
+        .map(|(_, text)| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if record {
+        let plan = fields.get("PLAN").cloned();
+        let package = match (package, plan) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(plan)) if r
+                .store
+                .package(&plan)
+                .await
+                .is_ok_and(|p| p.status == store::PackageStatus::Active) =>
+            {
+                plan
+            }
+            (None, plan) => {
+                return Err(JobError::Permanent(format!(
+                    "account {account_id} is not in the store and the archive's plan {} is no active package here: name one (\"package\" in POST /api/restore) or create the account first",
+                    plan.as_deref().unwrap_or("(none)")
+                )))
+            }
+        };
+        let new = store::NewAccount {
+            id: account_id.to_string(),
+            package: Some(package.clone()),
+            domain: fields.get("DNS").cloned(),
+            email: fields.get("CONTACTEMAIL").cloned(),
+            ..store::NewAccount::default()
+        };
+        r.store.create_account(&new).await.map_err(|e| match e {
+            StoreError::Unavailable(m) => JobError::Transient(m),
+            other => JobError::Permanent(format!("creating account {account_id}: {other}")),
+        })?;
+        ctx.log(format!(
+            "Created account {account_id} from the archive (package {package}, domain {})",
+            fields.get("DNS").map_or("none", String::as_str)
+        ));
+    }
+    let a = r.store.account(account_id).await.map_err(store_err)?;
+    let job = queue::Provision {
+        action: queue::ProvisionAction::Create,
+        account: account_id.to_string(),
+        package: a.package.clone(),
+        domain: a.domain.clone(),
+        database: None,
+        service_id: None,
+        reason: None,
+        password: None,
+        package_version: None,
+    };
+    crate::provision::create(ctx, p, &job).await?;
+    if fields.get("SUSPENDED").is_some_and(|v| v == "1") {
+        ctx.log(format!(
+            "the archive says {account_id} was suspended on the old server; it is restored active here"
+        ));
+    }
+    r.store.account(account_id).await.map_err(store_err)
 }
 
 /// The archive's databases into the account's (`restore_db`); `None` when the staging is gone

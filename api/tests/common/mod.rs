@@ -118,12 +118,13 @@ pub async fn start(o: Opts) -> Server {
     if let Some(root) = &o.provision_root {
         let host: agent::Host = agent::LocalHost::without_cgroups(root).unwrap().into();
         let host = std::sync::Arc::new(host);
-        registry = registry.with_provisioning(workers::provision::Provisioner::with_databases(
+        let provisioner = workers::provision::Provisioner::with_databases(
             ts.store.clone(),
             host.clone(),
             workers::provision::ProvisionConfig::default(),
             databases.clone(),
-        ));
+        );
+        registry = registry.with_provisioning(provisioner.clone());
         registry = registry.with_backup(workers::backup::BackupMaker::new(
             ts.store.clone(),
             host.clone(),
@@ -148,6 +149,7 @@ pub async fn start(o: Opts) -> Server {
                 std::net::Ipv4Addr::LOCALHOST,
                 store::SecurityPolicy::Strict,
                 o.databases_url.clone(),
+                Some(provisioner),
             ));
         }
         if !registry.kinds().contains(&queue::JobKind::HealthCheck) {
