@@ -76,11 +76,17 @@ pub struct MetaApplied {
     pub cron: CronApplied,
     #[serde(default)]
     pub tls: Vec<TlsApplied>,
+    /// Mail accounts the installed home has (`etc/<domain>/passwd` lines): they came back
+    /// with the home.
+    #[serde(default)]
+    pub mailboxes: u64,
 }
 
 /// Where a restored TLS bundle (key, certificate, chain) of `domain` is installed.
 pub fn tls_path(host_root: &Path, domain: &str) -> std::path::PathBuf {
-    host_root.join("etc/ssl/npanel").join(format!("{domain}.pem"))
+    host_root
+        .join("etc/ssl/npanel")
+        .join(format!("{domain}.pem"))
 }
 
 /// The crontab's place for `account`.
@@ -150,6 +156,20 @@ pub fn apply_restore_meta(
         }
     }
     out.cron = cron(cfg, account, &meta, old_user.as_deref(), cron_allowed)?;
+    let etc = cfg.home_root().join(account.as_str()).join("etc");
+    if let Ok(domains) = std::fs::read_dir(&etc) {
+        for d in domains.flatten() {
+            let passwd = d.path().join("passwd");
+            if std::fs::symlink_metadata(&passwd).is_ok_and(|m| m.is_file()) {
+                if let Ok(text) = std::fs::read_to_string(&passwd) {
+                    out.mailboxes += text
+                        .lines()
+                        .filter(|l| l.split(':').next().is_some_and(|n| !n.trim().is_empty()))
+                        .count() as u64;
+                }
+            }
+        }
+    }
     if let Some(dir) = meta.open_dir("apache_tls")? {
         let mut names: Vec<String> = std::fs::read_dir(&dir.path)
             .map_err(|e| AgentError::io(&dir.path, e))?

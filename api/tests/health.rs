@@ -720,6 +720,10 @@ async fn a_restore_creates_an_account_that_is_not_there_yet() {
     let (id, report) = restored_and_checked(&srv, "tina", &archive).await;
     let restore = srv.wait_final(&id).await.result.unwrap();
     assert_eq!(restore["accounts_created"], 1, "{restore}");
+    assert_eq!(restore["mailboxes"], 2, "{restore}");
+    assert_eq!(restore["zones"], 1, "{restore}");
+    assert_eq!(restore["cron_jobs"], 1, "{restore}");
+    assert_eq!(restore["tls_certificates"], 1, "{restore}");
     let a = srv.store.account("tina").await.unwrap();
     assert_eq!(a.status, store::AccountStatus::Active);
     assert_eq!(a.package.as_deref(), Some("basic"));

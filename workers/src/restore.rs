@@ -364,7 +364,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "databases": dbs.as_ref().map_or(0, |d| d.created.len()),
         "database_users": dbs.as_ref().map_or(0, |d| d.users.len()),
         "database_imports": dbs.as_ref().map(|d| d.report.clone()),
-        "mailboxes": 0,
+        "mailboxes": meta.as_ref().map_or(0, |m| m.mailboxes),
         "zones": meta.as_ref().map(|m| m.zones.iter().filter(|z| z.installed).count()),
         "tls_certificates": meta.as_ref().map(|m| m.tls.iter().filter(|t| t.installed).count()),
         "cron_jobs": meta.as_ref().map(|m| if m.cron.installed { m.cron.jobs } else { 0 }),
