@@ -10,23 +10,61 @@
 //!
 //! ```text
 //! npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] [--size 100M]
-//!     [--format tar.gz|tar|homedir-tar] [--defect NAME]... [--seed N]
+//!     [--format tar.gz|tar|homedir-tar] [--variant NAME]... [--defect NAME]... [--seed N]
 //! ```
-//! Defects: `missing-mailbox`, `dropped-table`, `truncated-rows`, `777-tree`,
-//! `broken-symlink`, `bad-zone`, `suspended`, `hostile`. Prints the archive's path and a JSON
-//! summary (files, bytes, mailboxes, messages, tables, rows, defects) on stdout.
+//!
+//! Variants (shapes real archives have, §1.5–§1.7 of the research; a clean archive stays
+//! clean with any of them):
+//! - `mdbox`: the mailbox `sales` is Dovecot mdbox, as cPanel stores it after a conversion
+//!   (`mail/<domain>/sales/storage/m.1` holding its messages, `storage/dovecot.map.index` and
+//!   `.log`, `mailboxes/INBOX/dbox-Mails/dovecot.index` and `.log`; no `cur/`/`new/`), and
+//!   `mail/mailbox_format.cpanel` and `MAILBOX_FORMAT` say `mdbox`; `info` is still Maildir,
+//!   as while cPanel converts an account.
+//! - `gzip-message`: the first message of `info` is gzipped (Dovecot's zlib plugin reads it by
+//!   its magic; the name carries the `Z` flag, `…:2,SZ`, as the Dovecot wiki's compression
+//!   procedure marks compressed files; `S=` stays the uncompressed size).
+//! - `utf8-folder`: `info` has a Maildir++ folder with a UTF-8 name, `.Entwürfe/{cur,new,tmp}`,
+//!   holding 3 messages, listed in `info/subscriptions` (`UTF8MAILBOX=1` in `cp/USER`).
+//! - `no-prefix-db`: a second database, `blog` (no `<user>_` prefix: `mysql/blog.{create,sql}`,
+//!   2 tables, 70 rows), granted to `<user>_wp`.
+//! - `mysql8-collation`: the dumps' columns use MySQL 8's `utf8mb4_0900_ai_ci` (MariaDB has
+//!   no such collation); without it they use `utf8mb4_unicode_ci`.
+//! - `tls`: `apache_tls/<domain>`, cPanel's bundle: a P-256 key, then a self-signed
+//!   certificate for `<domain>` and `www.<domain>` valid 30 days, made with the `openssl` CLI.
+//!
+//! Defects (each breaks exactly one thing a health check looks at): `missing-mailbox` (`sales`
+//! is in `etc/<domain>/passwd` but has no mail directory), `dropped-table` (a `CREATE TABLE`
+//! the server refuses), `truncated-rows` (the dump ends inside its last `INSERT`), `777-tree`
+//! (world-writable site files), `broken-symlink`, `bad-zone` (an SOA never closed, no NS),
+//! `suspended` (`SUSPENDED=1`), `hostile` (a `../../etc/cron.d/…` entry), `bad-cert` (the TLS
+//! bundle's key is another key than the certificate's; implies the bundle), `wrong-password`
+//! (`wp-config.php` holds another password than the one `mysql.sql-auth.json` hashes).
+//!
+//! The database user's hash in `mysql.sql-auth.json`, `*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19`,
+//! is `mysql_native_password` of `password`, and `wp-config.php` says `password`: a restored
+//! site logs in to its database.
+//!
+//! Prints the archive's path, then a JSON summary on stdout: `variants`, `defects`, and what a
+//! restore should find: `home_files` and `home_bytes` (regular files and their bytes under
+//! `homedir/`, as stored: the gzipped message counts its compressed size), `mail_accounts`,
+//! `mailboxes` (mail accounts with their mail in the archive), `messages` (all messages),
+//! `maildir_messages` (message files in `cur/`/`new/`, folders included), `mdbox_messages`
+//! (inside `storage/m.*`), `mailbox_messages` (per `box@domain`), `databases` (per database:
+//! `tables` and `rows` as the dump holds them), and their sums `tables` and `rows`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use loadtests::Rng;
 use tar::{EntryType, Header};
 
 const USAGE: &str = "npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] \
-[--size 100M] [--format tar.gz|tar|homedir-tar] [--defect NAME]... [--seed N]
-defects: missing-mailbox dropped-table truncated-rows 777-tree broken-symlink bad-zone suspended hostile";
+[--size 100M] [--format tar.gz|tar|homedir-tar] [--variant NAME]... [--defect NAME]... [--seed N]
+variants: mdbox gzip-message utf8-folder no-prefix-db mysql8-collation tls
+defects: missing-mailbox dropped-table truncated-rows 777-tree broken-symlink bad-zone suspended hostile bad-cert wrong-password";
 
 const DEFECTS: &[&str] = &[
     "missing-mailbox",
@@ -37,6 +75,17 @@ const DEFECTS: &[&str] = &[
     "bad-zone",
     "suspended",
     "hostile",
+    "bad-cert",
+    "wrong-password",
+];
+
+const VARIANTS: &[&str] = &[
+    "mdbox",
+    "gzip-message",
+    "utf8-folder",
+    "no-prefix-db",
+    "mysql8-collation",
+    "tls",
 ];
 
 struct Opts {
@@ -46,7 +95,17 @@ struct Opts {
     size: u64,
     format: String,
     defects: Vec<String>,
+    variants: Vec<String>,
     seed: u64,
+}
+
+impl Opts {
+    fn defect(&self, d: &str) -> bool {
+        self.defects.iter().any(|x| x == d)
+    }
+    fn variant(&self, v: &str) -> bool {
+        self.variants.iter().any(|x| x == v)
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -73,6 +132,7 @@ fn opts() -> Result<Opts> {
         size: 100 << 20,
         format: "tar.gz".into(),
         defects: Vec::new(),
+        variants: Vec::new(),
         seed: 1,
     };
     let mut args = std::env::args().skip(1);
@@ -89,7 +149,18 @@ fn opts() -> Result<Opts> {
                 if !DEFECTS.contains(&d.as_str()) {
                     bail!("unknown defect {d:?}; known: {}", DEFECTS.join(", "));
                 }
-                o.defects.push(d);
+                if !o.defects.contains(&d) {
+                    o.defects.push(d);
+                }
+            }
+            "--variant" => {
+                let v = val()?;
+                if !VARIANTS.contains(&v.as_str()) {
+                    bail!("unknown variant {v:?}; known: {}", VARIANTS.join(", "));
+                }
+                if !o.variants.contains(&v) {
+                    o.variants.push(v);
+                }
             }
             "--seed" => o.seed = val()?.parse()?,
             "-h" | "--help" => {
@@ -181,8 +252,27 @@ impl Content for Rng {
 struct Summary {
     home_files: u64,
     home_bytes: u64,
-    messages: u64,
-    rows: u64,
+    /// Message files in `cur/`/`new/` (Maildir, folders included).
+    maildir_messages: u64,
+    /// Messages inside mdbox storage files.
+    mdbox_messages: u64,
+    /// Messages per `box@domain`, however stored.
+    mailbox_messages: BTreeMap<String, u64>,
+    /// Per database: tables and rows of its dump.
+    databases: BTreeMap<String, (u64, u64)>,
+}
+
+impl Summary {
+    fn merge(&mut self, o: Summary) {
+        self.home_files += o.home_files;
+        self.home_bytes += o.home_bytes;
+        self.maildir_messages += o.maildir_messages;
+        self.mdbox_messages += o.mdbox_messages;
+        for (k, v) in o.mailbox_messages {
+            *self.mailbox_messages.entry(k).or_default() += v;
+        }
+        self.databases.extend(o.databases);
+    }
 }
 
 struct Writer<W: Write> {
@@ -250,6 +340,11 @@ fn main() -> Result<()> {
     };
     let size = std::fs::metadata(&path)?.len();
     println!("{}", path.display());
+    let databases: serde_json::Map<String, serde_json::Value> = sum
+        .databases
+        .iter()
+        .map(|(d, (t, r))| (d.clone(), serde_json::json!({"tables": t, "rows": r})))
+        .collect();
     println!(
         "{}",
         serde_json::json!({
@@ -258,13 +353,19 @@ fn main() -> Result<()> {
             "format": o.format,
             "user": o.user,
             "domain": o.domain,
+            "variants": o.variants,
+            "defects": o.defects,
             "home_files": sum.home_files,
             "home_bytes": sum.home_bytes,
-            "mailboxes": 2 - u64::from(o.defects.iter().any(|d| d == "missing-mailbox")),
-            "messages": sum.messages,
-            "tables": 3,
-            "rows": sum.rows,
-            "defects": o.defects,
+            "mail_accounts": 2,
+            "mailboxes": sum.mailbox_messages.len(),
+            "messages": sum.maildir_messages + sum.mdbox_messages,
+            "maildir_messages": sum.maildir_messages,
+            "mdbox_messages": sum.mdbox_messages,
+            "mailbox_messages": sum.mailbox_messages,
+            "databases": databases,
+            "tables": sum.databases.values().map(|x| x.0).sum::<u64>(),
+            "rows": sum.databases.values().map(|x| x.1).sum::<u64>(),
         })
     );
     Ok(())
@@ -299,7 +400,7 @@ fn new_writer<W: Write>(o: &Opts, w: W) -> Writer<W> {
 /// `homedir.tar` written into it afterwards.
 fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
     let (u, d) = (o.user.as_str(), o.domain.as_str());
-    let has = |x: &str| o.defects.iter().any(|d| d == x);
+    let has = |x: &str| o.defect(x);
     let mut rng = Rng(o.seed.max(1) * 0x9e37_79b9_7f4a_7c15);
     wr.entry(
         &format!("{}/", wr.top.clone()),
@@ -329,7 +430,8 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
             "USER={u}\nDNS={d}\nPLAN=basic\nCONTACTEMAIL={u}@example.net\nIP=203.0.113.10\n\
              STARTDATE=1700000000\nMAXPOP=10\nMAXSQL=5\nMAXFTP=2\nMAXSUB=10\nMAXPARK=2\n\
              MAXADDON=1\nBWLIMIT=10737418240\nHASCGI=0\nMAX_EMAILACCT_QUOTA=1024\n\
-             MAILBOX_FORMAT=maildir\nUTF8MAILBOX=1\nFEATURELIST=default\nOWNER=root\n{suspended}"
+             MAILBOX_FORMAT={format}\nUTF8MAILBOX=1\nFEATURELIST=default\nOWNER=root\n{suspended}",
+            format = if o.variant("mdbox") { "mdbox" } else { "maildir" }
         )
         .as_bytes(),
     )?;
@@ -345,54 +447,79 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
     wr.meta("sds2", format!("blog_{d}=public_html/blog\n").as_bytes())?;
     wr.meta("pds", b"")?;
     wr.meta("addons", b"")?;
-    // Databases: three tables, rows as the size allows (at least 200).
+    // Databases: three tables, rows as the size allows (at least 200); with `no-prefix-db` a
+    // second database whose name lacks the `<user>_` prefix.
     let db = format!("{u}_wp");
+    let collation = if o.variant("mysql8-collation") {
+        "utf8mb4_0900_ai_ci"
+    } else {
+        "utf8mb4_unicode_ci"
+    };
     let rows = (o.size / 20_000).clamp(200, 200_000);
-    let mut sql = String::from("-- MySQL dump (fixture)\nSET NAMES utf8mb4;\n");
-    let tables = [("wp_posts", rows), ("wp_options", 120), ("wp_users", 3)];
-    for (t, n) in tables {
-        if has("dropped-table") && t == "wp_options" {
-            // A CREATE the server refuses: the table never comes back.
-            sql.push_str(&format!(
-                "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT,, PRIMARY KEY (`id`));\n"
-            ));
-        } else {
-            sql.push_str(&format!(
-                "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT, `body` longtext COLLATE utf8mb4_0900_ai_ci, PRIMARY KEY (`id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;\n"
-            ));
-        }
-        for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
-            let values: Vec<String> = chunk
-                .iter()
-                .map(|i| {
-                    format!(
-                        "({i},'{}')",
-                        String::from_utf8_lossy(&rng.text(40)).replace(['\'', '\\', '\n'], " ")
-                    )
-                })
-                .collect();
-            sql.push_str(&format!("INSERT INTO `{t}` VALUES {};\n", values.join(",")));
-            wr.sum.rows += chunk.len() as u64;
-        }
+    let mut dbs = vec![(
+        db.clone(),
+        vec![("wp_posts", rows), ("wp_options", 120), ("wp_users", 3)],
+    )];
+    if o.variant("no-prefix-db") {
+        dbs.push(("blog".to_string(), vec![("posts", 50), ("comments", 20)]));
     }
-    if has("truncated-rows") {
-        // The dump ends in the middle of its last INSERT.
-        let cut = sql.rfind("INSERT INTO").unwrap_or(sql.len()) + 30;
-        sql.truncate(cut);
+    let mut grants = String::from("-- cPanel mysql backup\n");
+    grants.push_str(&format!("GRANT USAGE ON *.* TO '{u}_wp'@'localhost' IDENTIFIED BY PASSWORD '*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19';\n"));
+    for (name, tables) in &dbs {
+        let mut sql = String::from("-- MySQL dump (fixture)\nSET NAMES utf8mb4;\n");
+        let mut written = 0u64;
+        for &(t, n) in tables {
+            if has("dropped-table") && t == "wp_options" {
+                // A CREATE the server refuses: the table never comes back.
+                sql.push_str(&format!(
+                    "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT,, PRIMARY KEY (`id`));\n"
+                ));
+            } else {
+                sql.push_str(&format!(
+                    "CREATE TABLE `{t}` (`id` bigint NOT NULL AUTO_INCREMENT, `body` longtext COLLATE {collation}, PRIMARY KEY (`id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation};\n"
+                ));
+            }
+            for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
+                let values: Vec<String> = chunk
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "({i},'{}')",
+                            String::from_utf8_lossy(&rng.text(40)).replace(['\'', '\\', '\n'], " ")
+                        )
+                    })
+                    .collect();
+                sql.push_str(&format!("INSERT INTO `{t}` VALUES {};\n", values.join(",")));
+                written += chunk.len() as u64;
+            }
+        }
+        if has("truncated-rows") && *name == db {
+            // The dump ends in the middle of its last INSERT.
+            let cut = sql.rfind("INSERT INTO").unwrap_or(sql.len()) + 30;
+            sql.truncate(cut);
+        }
+        wr.sum
+            .databases
+            .insert(name.clone(), (tables.len() as u64, written));
+        wr.meta(
+            &format!("mysql/{name}.create"),
+            format!("CREATE DATABASE `{name}` /*!40100 DEFAULT CHARACTER SET utf8mb4 COLLATE {collation} */;\n").as_bytes(),
+        )?;
+        wr.meta(&format!("mysql/{name}.sql"), sql.as_bytes())?;
+        grants.push_str(&format!(
+            "GRANT ALL PRIVILEGES ON `{}`.* TO '{u}_wp'@'localhost';\n",
+            name.replace('_', "\\_")
+        ));
     }
-    wr.meta(
-        &format!("mysql/{db}.create"),
-        format!("CREATE DATABASE `{db}`;\n").as_bytes(),
-    )?;
-    wr.meta(&format!("mysql/{db}.sql"), sql.as_bytes())?;
-    wr.meta(
-        "mysql.sql",
-        format!("GRANT USAGE ON *.* TO '{u}_wp'@'localhost';\nGRANT ALL PRIVILEGES ON `{u}\\_wp`.* TO '{u}_wp'@'localhost';\n").as_bytes(),
-    )?;
+    wr.meta("mysql.sql", grants.as_bytes())?;
+    // The hash of `password` (mysql_native_password), which wp-config.php holds.
     wr.meta(
         "mysql.sql-auth.json",
         format!("{{\"{u}_wp\":{{\"localhost\":{{\"auth_plugin\":\"mysql_native_password\",\"pass_hash\":\"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\"}}}}}}").as_bytes(),
     )?;
+    if o.variant("tls") || has("bad-cert") {
+        wr.meta(&format!("apache_tls/{d}"), tls_bundle(d, has("bad-cert"))?.as_bytes())?;
+    }
     let zone = if has("bad-zone") {
         format!("$TTL 14400\n{d}. IN SOA ns1.{d}. (broken\n")
     } else {
@@ -451,7 +578,7 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
 
 fn home<W: Write>(o: &Opts, wr: &mut Writer<W>, rng: &mut Rng, db: &str) -> Result<()> {
     let (u, d) = (o.user.as_str(), o.domain.as_str());
-    let has = |x: &str| o.defects.iter().any(|d| d == x);
+    let has = |x: &str| o.defect(x);
     let open = if has("777-tree") { 0o777 } else { 0o755 };
     let file_mode = if has("777-tree") { 0o777 } else { 0o644 };
     wr.home_dir("public_html", 0o750)?;
