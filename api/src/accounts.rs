@@ -269,6 +269,7 @@ async fn create_inner(
 
 /// `GET /api/accounts` filters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AccountQuery {
     /// Only this reseller's customers (admins; resellers always get their own).

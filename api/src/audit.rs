@@ -272,6 +272,7 @@ impl Ctx {
 
 /// `GET /api/audit` filters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// From (RFC 3339), inclusive.
@@ -463,6 +464,7 @@ pub async fn get_record(
 
 /// `GET /api/audit/verify` parameters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     /// Walk the whole chain instead of what came after the last verification.

@@ -255,6 +255,7 @@ async fn enqueue_inner(
 
 /// `GET /api/jobs` filters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this status.
@@ -363,6 +364,7 @@ pub const MAX_WAIT_SECS: u64 = 60;
 
 /// `GET /api/jobs/{id}/wait` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Seconds to wait for the job to end (0-60, default 25).

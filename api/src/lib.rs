@@ -363,7 +363,81 @@ fn routes() -> Routes {
          \"error\", \"error\", \"message\"})."
             .into(),
     );
+    document_common_errors(&mut doc);
     (api, whmcs, ops, doc)
+}
+
+/// The error answers every route can give whatever its handler does, added to each operation
+/// that does not list them already: the body and query extractors' 400 (malformed JSON, a body
+/// without `Content-Type: application/json`, a bad query string), 413 (`api.body_limit_bytes`)
+/// and 422 for routes that take a body; 401 and 429 (rate limits) for every `/api` route; 503
+/// (Redis or the store unreachable) for every route but the operations ones. The document then
+/// lists every status a client can meet, as a schema-driven tester checks.
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let error = |what: &str, whmcs: bool| {
+        let schema = if whmcs { "WhmcsErrorBody" } else { "ErrorBody" };
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let has_whmcs_schema = doc
+        .components
+        .as_ref()
+        .is_some_and(|c| c.schemas.contains_key("WhmcsErrorBody"));
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/") && path != "/api/openapi.json";
+        let whmcs = path.starts_with("/api/whmcs/") && has_whmcs_schema;
+        for op in [
+            item.get.as_mut(),
+            item.put.as_mut(),
+            item.post.as_mut(),
+            item.delete.as_mut(),
+            item.patch.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut add = |code: &str, what: &str| {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| error(what, whmcs));
+            };
+            let body = op.request_body.is_some();
+            let query = op.parameters.as_ref().is_some_and(|p| {
+                p.iter().any(|p| {
+                    matches!(p, RefOr::T(p) if p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                })
+            });
+            if body || query {
+                add("400", "invalid_request: malformed JSON or query, or a body that is not application/json");
+            }
+            if body {
+                add(
+                    "413",
+                    "payload_too_large: the body is over api.body_limit_bytes",
+                );
+                add("422", "invalid_request: the body does not match the schema");
+            }
+            if api {
+                add(
+                    "401",
+                    "unauthorized: missing, invalid or expired credentials",
+                );
+                add("429", "rate_limited, with Retry-After");
+                add("503", "unavailable (Redis or the store), with Retry-After");
+            }
+        }
+    }
 }
 
 /// The OpenAPI document (as served at `/api/openapi.json`).

@@ -18,6 +18,7 @@ use ws::{parse_seq, Scope};
 
 /// Query of the live routes.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LiveQuery {
     /// Replay everything after this `seq` (a previous message's), then continue live.
     pub since: Option<String>,

@@ -71,6 +71,7 @@ async fn managed(st: &AppState, caller: &Caller, id: &str) -> Result<Package, Ap
 
 /// `GET /api/packages` paging.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PackageQuery {
     /// Page size (1-1000, default 100).

@@ -23,6 +23,7 @@ const MAX_POINTS: i64 = 20_000;
 
 /// `GET /api/accounts/{id}/usage` parameters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// From (RFC 3339), inclusive. Default: `to` minus 7 days.
@@ -245,6 +246,7 @@ pub async fn remove_override(
 
 /// `GET /api/accounts/{id}/notifications` parameters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationQuery {
     /// At most this many, newest first (default 50, at most 500).

@@ -50,12 +50,15 @@
 //! `mailboxes` (mail accounts with their mail in the archive), `messages` (all messages),
 //! `maildir_messages` (message files in `cur/`/`new/`, folders included), `mdbox_messages`
 //! (inside `storage/m.*`), `mailbox_messages` (per `box@domain`), `databases` (per database:
-//! `tables` and `rows` as the dump holds them), and their sums `tables` and `rows`.
+//! the `CREATE TABLE`s and rows generated; `dropped-table` keeps its broken `CREATE`, and
+//! `truncated-rows` cuts the last `INSERT` after counting), and their sums `tables` and `rows`.
+//! `loadtests/tests/fixture_variants.rs` restores each variant through `npanel serve` and
+//! checks its health report (`loadtests/RESTORE.md`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use loadtests::Rng;
@@ -401,7 +404,8 @@ fn new_writer<W: Write>(o: &Opts, w: W) -> Writer<W> {
 fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
     let (u, d) = (o.user.as_str(), o.domain.as_str());
     let has = |x: &str| o.defect(x);
-    let mut rng = Rng(o.seed.max(1) * 0x9e37_79b9_7f4a_7c15);
+    // Wrapping: any seed (a debug build panicked on overflow for seeds above 1).
+    let mut rng = Rng(o.seed.max(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     wr.entry(
         &format!("{}/", wr.top.clone()),
         EntryType::Directory,
@@ -431,7 +435,11 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
              STARTDATE=1700000000\nMAXPOP=10\nMAXSQL=5\nMAXFTP=2\nMAXSUB=10\nMAXPARK=2\n\
              MAXADDON=1\nBWLIMIT=10737418240\nHASCGI=0\nMAX_EMAILACCT_QUOTA=1024\n\
              MAILBOX_FORMAT={format}\nUTF8MAILBOX=1\nFEATURELIST=default\nOWNER=root\n{suspended}",
-            format = if o.variant("mdbox") { "mdbox" } else { "maildir" }
+            format = if o.variant("mdbox") {
+                "mdbox"
+            } else {
+                "maildir"
+            }
         )
         .as_bytes(),
     )?;
@@ -518,7 +526,10 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
         format!("{{\"{u}_wp\":{{\"localhost\":{{\"auth_plugin\":\"mysql_native_password\",\"pass_hash\":\"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\"}}}}}}").as_bytes(),
     )?;
     if o.variant("tls") || has("bad-cert") {
-        wr.meta(&format!("apache_tls/{d}"), tls_bundle(d, has("bad-cert"))?.as_bytes())?;
+        wr.meta(
+            &format!("apache_tls/{d}"),
+            tls_bundle(d, has("bad-cert"))?.as_bytes(),
+        )?;
     }
     let zone = if has("bad-zone") {
         format!("$TTL 14400\n{d}. IN SOA ns1.{d}. (broken\n")
@@ -565,9 +576,7 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
         };
         home(o, &mut inner, &mut rng, &db)?;
         let bytes = inner.tar.into_inner()?;
-        wr.sum.home_files += inner.sum.home_files;
-        wr.sum.home_bytes += inner.sum.home_bytes;
-        wr.sum.messages += inner.sum.messages;
+        wr.sum.merge(inner.sum);
         wr.meta("homedir.tar", &bytes)?;
         Ok(())
     } else {
@@ -582,9 +591,14 @@ fn home<W: Write>(o: &Opts, wr: &mut Writer<W>, rng: &mut Rng, db: &str) -> Resu
     let open = if has("777-tree") { 0o777 } else { 0o755 };
     let file_mode = if has("777-tree") { 0o777 } else { 0o644 };
     wr.home_dir("public_html", 0o750)?;
+    let password = if has("wrong-password") {
+        "not-it"
+    } else {
+        "password"
+    };
     wr.home_file(
         "public_html/wp-config.php",
-        format!("<?php\ndefine('DB_NAME', '{db}');\ndefine('DB_USER', '{u}_wp');\ndefine('DB_PASSWORD', 'fixture-Pa55word');\ndefine('DB_HOST', 'localhost');\n").as_bytes(),
+        format!("<?php\ndefine('DB_NAME', '{db}');\ndefine('DB_USER', '{u}_wp');\ndefine('DB_PASSWORD', '{password}');\ndefine('DB_HOST', 'localhost');\n").as_bytes(),
         0o600,
     )?;
     wr.home_file(
@@ -616,30 +630,68 @@ fn home<W: Write>(o: &Opts, wr: &mut Writer<W>, rng: &mut Rng, db: &str) -> Resu
     wr.home_file(&format!("etc/{d}/shadow"), shadow.as_bytes(), 0o640)?;
     wr.home_file(&format!("etc/{d}/quota"), quota.as_bytes(), 0o644)?;
     wr.home_dir("mail", 0o751)?;
-    wr.home_file("mail/mailbox_format.cpanel", b"maildir\n", 0o644)?;
+    let format = if o.variant("mdbox") {
+        "mdbox"
+    } else {
+        "maildir"
+    };
+    wr.home_file(
+        "mail/mailbox_format.cpanel",
+        format!("{format}\n").as_bytes(),
+        0o644,
+    )?;
     let messages = (o.size / (200 << 10)).clamp(20, 5000);
     for m in mailboxes {
         if m == "sales" && has("missing-mailbox") {
+            continue;
+        }
+        let key = format!("{m}@{d}");
+        if m == "sales" && o.variant("mdbox") {
+            let n = mdbox(wr, rng, &format!("mail/{d}/{m}"), m, d, messages / 2)?;
+            wr.sum.mdbox_messages += n;
+            *wr.sum.mailbox_messages.entry(key).or_default() += n;
             continue;
         }
         for sub in ["cur", "new", "tmp"] {
             wr.home_dir(&format!("mail/{d}/{m}/{sub}"), 0o700)?;
         }
         for i in 0..messages / 2 {
-            let len = 2048 + rng.below(10 << 10) as usize;
-            let body = rng.text(len);
-            let mut msg = format!(
-                "From: someone{i}@example.org\r\nTo: {m}@{d}\r\nSubject: message {i}\r\n\r\n"
-            )
-            .into_bytes();
-            msg.extend_from_slice(&body);
+            let msg = message(rng, i, m, d);
+            let gz = i == 0 && m == "info" && o.variant("gzip-message");
             let name = format!(
-                "mail/{d}/{m}/cur/{}.M{i}P1.host,S={}:2,S",
+                "mail/{d}/{m}/cur/{}.M{i}P1.host,S={}:2,S{}",
                 1_681_274_990 + i,
-                msg.len()
+                msg.len(),
+                if gz { "Z" } else { "" }
             );
-            wr.home_file(&name, &msg, 0o600)?;
-            wr.sum.messages += 1;
+            let body = if gz { gzip(&msg)? } else { msg };
+            wr.home_file(&name, &body, 0o600)?;
+            wr.sum.maildir_messages += 1;
+            *wr.sum.mailbox_messages.entry(key.clone()).or_default() += 1;
+        }
+        if m == "info" && o.variant("utf8-folder") {
+            // A Maildir++ folder with a UTF-8 name (UTF8MAILBOX=1), subscribed.
+            let folder = format!("mail/{d}/{m}/.Entwürfe");
+            for sub in ["cur", "new", "tmp"] {
+                wr.home_dir(&format!("{folder}/{sub}"), 0o700)?;
+            }
+            for i in 0..3 {
+                let msg = message(rng, 10_000 + i, m, d);
+                let name = format!(
+                    "{folder}/cur/{}.M{}P2.host,S={}:2,D",
+                    1_681_300_000 + i,
+                    10_000 + i,
+                    msg.len()
+                );
+                wr.home_file(&name, &msg, 0o600)?;
+                wr.sum.maildir_messages += 1;
+                *wr.sum.mailbox_messages.entry(key.clone()).or_default() += 1;
+            }
+            wr.home_file(
+                &format!("mail/{d}/{m}/subscriptions"),
+                "Entwürfe\n".as_bytes(),
+                0o600,
+            )?;
         }
     }
     // The rest of the size: site files (text, 1-64 KB) and uploads (incompressible, 64 KB-8 MB),
@@ -682,4 +734,122 @@ fn home<W: Write>(o: &Opts, wr: &mut Writer<W>, rng: &mut Rng, db: &str) -> Resu
         m += 1;
     }
     Ok(())
+}
+
+/// One message of 2-12 KB to `boxname@domain`.
+fn message(rng: &mut Rng, i: u64, boxname: &str, domain: &str) -> Vec<u8> {
+    let len = 2048 + rng.below(10 << 10) as usize;
+    let body = rng.text(len);
+    let mut msg = format!(
+        "From: someone{i}@example.org\r\nTo: {boxname}@{domain}\r\nSubject: message {i}\r\n\r\n"
+    )
+    .into_bytes();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data)?;
+    Ok(gz.finish()?)
+}
+
+/// A Dovecot mdbox mailbox at `dir` holding `n` messages: `storage/m.1` (dbox v2: a file
+/// header, then per message a header with its size, the message and its metadata), the map
+/// index and its log in `storage/`, and the INBOX's index and log under
+/// `mailboxes/INBOX/dbox-Mails/`. The indexes are opaque here (a restore copies them; Dovecot
+/// rebuilds them when they do not match). Returns `n`.
+fn mdbox<W: Write>(
+    wr: &mut Writer<W>,
+    rng: &mut Rng,
+    dir: &str,
+    boxname: &str,
+    domain: &str,
+    n: u64,
+) -> Result<u64> {
+    wr.home_dir(dir, 0o700)?;
+    wr.home_dir(&format!("{dir}/storage"), 0o700)?;
+    wr.home_dir(&format!("{dir}/mailboxes/INBOX/dbox-Mails"), 0o700)?;
+    let mut m1 = b"2 M1 C6553f100\n".to_vec();
+    for i in 0..n {
+        let msg = message(rng, i, boxname, domain);
+        m1.extend_from_slice(format!("\x01\x02N {:016x}\n", msg.len()).as_bytes());
+        m1.extend_from_slice(&msg);
+        m1.extend_from_slice(
+            format!(
+                "\n\x01\x03\nG{:032x}\nR{:x}\nZ{:x}\n\n",
+                rng.next() as u128 | ((rng.next() as u128) << 64),
+                1_681_274_990 + i,
+                msg.len()
+            )
+            .as_bytes(),
+        );
+    }
+    wr.home_file(&format!("{dir}/storage/m.1"), &m1, 0o600)?;
+    let mut index = |name: &str, records: u64| -> Result<()> {
+        // Dovecot's index files start with a version and header size; the rest is records.
+        let mut b = vec![7u8, 3, 120, 0];
+        b.extend_from_slice(&rng.noise(120 + 16 * records as usize));
+        wr.home_file(&format!("{dir}/{name}"), &b, 0o600)
+    };
+    index("storage/dovecot.map.index", n)?;
+    index("storage/dovecot.map.index.log", n)?;
+    index("mailboxes/INBOX/dbox-Mails/dovecot.index", n)?;
+    index("mailboxes/INBOX/dbox-Mails/dovecot.index.log", n)?;
+    Ok(n)
+}
+
+/// cPanel's `apache_tls/<domain>`: the key, then a self-signed certificate for `domain` and
+/// `www.domain` (the `openssl` CLI, in a temp dir); with `mismatched`, the key is another one.
+fn tls_bundle(domain: &str, mismatched: bool) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .context("run openssl (needed for the tls variant and the bad-cert defect)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let subj = format!("/CN={domain}");
+    let san = format!("subjectAltName=DNS:{domain},DNS:www.{domain}");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        &subj,
+        "-addext",
+        &san,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+    ])?;
+    if mismatched {
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            "key.pem",
+        ])?;
+    }
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p));
+    Ok(read("key.pem")? + &read("cert.pem")?)
 }
