@@ -82,7 +82,8 @@ pub struct HomeFacts {
     pub bytes: u64,
     pub mail_accounts: BTreeMap<String, BTreeSet<String>>,
     pub mailboxes: BTreeMap<String, u64>,
-    /// Mailboxes (`box@domain`) with a Maildir (`mail/<domain>/<box>/cur`).
+    /// Mailboxes (`box@domain`) with a store: a Maildir (`mail/<domain>/<box>/cur`) or Dovecot
+    /// mdbox (`mail/<domain>/<box>/storage`; its messages are not counted on either side).
     pub maildirs: BTreeSet<String>,
     /// Entries anyone may write (mode `o+w`, not a symlink, no sticky bit).
     pub world_writable: u64,
@@ -608,9 +609,10 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
                     }
                 }
             } else if ft.is_dir() {
-                if let [m, domain, boxname, cur] = parts.as_slice() {
+                // A mailbox's store: a Maildir (`cur/`) or Dovecot mdbox (`storage/`).
+                if let [m, domain, boxname, store] = parts.as_slice() {
                     if m == "mail"
-                        && cur == "cur"
+                        && (store == "cur" || store == "storage")
                         && domain.contains('.')
                         && !boxname.starts_with('.')
                     {

@@ -14,8 +14,8 @@
 //! builds before any test runs), or `NPANEL_BIN`. Running only this test:
 //! `cargo build --bin npanel && cargo test -p loadtests --test fixture_variants`.
 //!
-//! What the restore or the health check does not handle yet is asserted as it is today and
-//! marked `KNOWN GAP` (see each case), so the test fails when it changes.
+//! What the health check cannot compare (mdbox message counts) is asserted as it is today and
+//! explained in its case.
 
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -307,12 +307,10 @@ const CASES: &[Case] = &[
         tag: "md",
         variants: &["mdbox"],
         defects: &[],
-        // KNOWN GAP (agent/src/inspect.rs `home_facts`, workers/src/health.rs `mailboxes`):
-        // a mailbox is "with its Maildir" only when `mail/<domain>/<box>/cur` exists, so the
-        // restored mdbox mailbox `sales` (its `storage/m.1` in place) is reported as
-        // "without a Maildir (their mail was not in the archive)"; its 10 messages are not
-        // counted on either side (the `messages` check compares Maildir files only).
-        fails: &["mailboxes"],
+        // The mdbox mailbox's `storage/` counts as its store; its messages (several per
+        // `m.N` file) are not counted on either side (the `messages` check compares Maildir
+        // files only).
+        fails: &[],
         fails_with_db: &[],
     },
     Case {
@@ -337,11 +335,9 @@ const CASES: &[Case] = &[
         variants: &["no-prefix-db"],
         defects: &[],
         fails: &[],
-        // KNOWN GAP (workers/src/health.rs `measure_databases`): the restore imports the
-        // archive's `blog` as `<account>_blog` (workers/src/restore_db.rs `target_name`), but
-        // the health check looks for the archive's names and reads only `<account>_…` ones,
-        // so `blog` counts as missing: `databases` and `tables` 1 of 2.
-        fails_with_db: &["databases", "tables"],
+        // The restore imports the archive's `blog` as `<account>_blog`; the health check
+        // follows the restore's `database_imports` to find it.
+        fails_with_db: &[],
     },
     Case {
         format: "tar.gz",
@@ -389,8 +385,8 @@ const CASES: &[Case] = &[
             "tls",
         ],
         defects: &[],
-        fails: &["mailboxes"],
-        fails_with_db: &["databases", "tables"],
+        fails: &[],
+        fails_with_db: &[],
     },
 ];
 
@@ -480,6 +476,9 @@ fn each_variant_restores_and_its_health_check_explains_every_failure() {
             "{user} variants {:?} defects {:?}: score {} ({}), failing {got:?}, restore skipped {}",
             case.variants, case.defects, report["score"], report["grade"], result["skipped"]
         );
+        if !result["database_imports"].is_null() {
+            eprintln!("    database imports: {}", result["database_imports"]);
+        }
         for c in report["checks"].as_array().unwrap() {
             if c["status"] != "pass" {
                 eprintln!("    {} {}: {}", c["check"], c["status"], c["message"]);
@@ -546,8 +545,8 @@ fn each_variant_restores_and_its_health_check_explains_every_failure() {
         let messages = &check(report, "messages")["expected"];
         for (mailbox, n) in summary["mailbox_messages"].as_object().unwrap() {
             if case.variants.contains(&"mdbox") && mailbox.starts_with("sales@") {
-                // KNOWN GAP: mdbox messages are not counted (see the case); the restore
-                // copied the storage as it is.
+                // mdbox messages are not counted (see the case); the restore copied the
+                // storage as it is.
                 assert!(messages[mailbox].is_null(), "{user}: {messages}");
                 let storage = home.join(format!("mail/{user}.example/sales/storage/m.1"));
                 assert!(storage.is_file(), "{}", storage.display());

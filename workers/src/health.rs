@@ -505,7 +505,9 @@ pub fn host_checks(
             .filter_map(|t| {
                 let refused = summary["skipped"].as_array().and_then(|v| {
                     v.iter()
-                        .find(|s| s["what"] == "tls certificate" && s["domain"] == t.domain.as_str())
+                        .find(|s| {
+                            s["what"] == "tls certificate" && s["domain"] == t.domain.as_str()
+                        })
                         .map(|s| s["reason"].as_str().unwrap_or("not restored").to_string())
                 });
                 match (refused, t.present, &t.problem) {
@@ -655,19 +657,33 @@ async fn database_checks(
         }
         return;
     }
-    let measured = match measure_databases(url.unwrap_or_default(), &f.account, dumps).await {
-        Ok(m) => m,
-        Err(e) => {
-            for id in ["databases", "tables", "rows", "app_credentials"] {
-                out.push(Check::skipped(
-                    "databases",
-                    id,
-                    format!("the database server did not answer: {e}"),
-                ));
+    // The restore's own record of where each dump went (`<archive user>_x` or `x` became
+    // `<account>_x`); else the archive's name.
+    let renamed: BTreeMap<String, String> = summary["database_imports"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|i| {
+                    let from = i["from"].as_str()?.strip_suffix(".sql")?;
+                    Some((from.to_string(), i["database"].as_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let measured =
+        match measure_databases(url.unwrap_or_default(), &f.account, dumps, &renamed).await {
+            Ok(m) => m,
+            Err(e) => {
+                for id in ["databases", "tables", "rows", "app_credentials"] {
+                    out.push(Check::skipped(
+                        "databases",
+                        id,
+                        format!("the database server did not answer: {e}"),
+                    ));
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let present: Vec<&String> = dumps.keys().filter(|d| measured.contains_key(*d)).collect();
     out.push(Check {
         category: "databases",
@@ -835,6 +851,7 @@ async fn measure_databases(
     url: &str,
     account: &str,
     dumps: &BTreeMap<String, agent::inspect::DumpFacts>,
+    renamed: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, (u64, u64, BTreeMap<String, u64>)>, String> {
     use sqlx::Row;
     let pool = sqlx::mysql::MySqlPoolOptions::new()
@@ -844,7 +861,8 @@ async fn measure_databases(
         .await
         .map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
-    for db in dumps.keys() {
+    for name in dumps.keys() {
+        let db = renamed.get(name).unwrap_or(name);
         // Only the account's own databases are read (`<account>_…`).
         if !db.starts_with(&format!("{account}_")) {
             continue;
@@ -884,7 +902,7 @@ async fn measure_databases(
             rows += n.max(0) as u64;
             per_table.insert(t.clone(), n.max(0) as u64);
         }
-        out.insert(db.clone(), (tables.len() as u64, rows, per_table));
+        out.insert(name.clone(), (tables.len() as u64, rows, per_table));
     }
     pool.close().await;
     Ok(out)
