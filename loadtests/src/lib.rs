@@ -82,6 +82,68 @@ impl Rng {
     }
 }
 
+/// A `redis-server` of the benchmark's own, on a Unix socket in a temp dir, killed when
+/// dropped. (The benches used the test support's; a workspace build would then have carried
+/// the test support into the release binaries.)
+pub struct PrivateRedis {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    /// `redis+unix://` URL of the socket.
+    pub url: String,
+}
+
+impl PrivateRedis {
+    /// Starts one (`NPANEL_REDIS_SERVER` or `redis-server` from `PATH`) and waits until it
+    /// answers; panics with the reason when it cannot.
+    pub fn start() -> PrivateRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("redis.sock");
+        let bin = std::env::var("NPANEL_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--port",
+                "0",
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--unixsocket")
+            .arg(&sock)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (apt-get install redis-server)"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{bin} did not open {} within 10 s",
+                sock.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let url = format!("redis+unix://{}", sock.display());
+        PrivateRedis { dir, child, url }
+    }
+
+    /// The server's directory (its socket and files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

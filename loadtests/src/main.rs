@@ -15,8 +15,8 @@
 //! `../shared/bench/peers/run.sh` reads (`NPANEL_BENCH_CMD`). `REDIS_URL` selects the Redis;
 //! without it a private redis-server is started on a Unix socket.
 
+use loadtests::PrivateRedis;
 use loadtests::{cpu_ticks, env_u64, pct, phase_on};
-use queue::testing::PrivateRedis;
 use queue::{Diagnostic, JobKind, NewJob, Queue, QueueConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -264,7 +264,7 @@ async fn main() {
         Ok(u) if !u.is_empty() => (u, None),
         _ => {
             let r = PrivateRedis::start();
-            (r.url(), Some(r))
+            (r.url.clone(), Some(r))
         }
     };
     let n = env_u64("N", 20_000);

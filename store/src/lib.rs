@@ -227,6 +227,23 @@ pub(crate) fn ms_to_rfc3339(ms: Option<i64>) -> Option<chrono::DateTime<chrono::
     ms.and_then(chrono::DateTime::from_timestamp_millis)
 }
 
+/// `url` (a PostgreSQL URL) pointed at database `db`, its query string kept.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

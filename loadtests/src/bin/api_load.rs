@@ -40,11 +40,11 @@ use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use loadtests::PrivateRedis;
 use loadtests::{cpu_ticks, env_u64, free_port, npanel_bin, pct, phase_on};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use queue::testing::PrivateRedis;
 use queue::{Queue, QueueConfig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -1166,7 +1166,7 @@ async fn run() {
         Ok(u) if !u.is_empty() => (u, None),
         _ => {
             let r = PrivateRedis::start();
-            (r.url(), Some(r))
+            (r.url.clone(), Some(r))
         }
     };
     let redis = RedisSide::new(url).await;

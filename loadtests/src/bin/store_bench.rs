@@ -264,7 +264,7 @@ async fn open_db(o: &Opts, b: Backend) -> Db {
                 .lock()
                 .unwrap()
                 .push((o.pg_url.clone(), name.clone()));
-            let url = store::testing::with_database(&o.pg_url, &name);
+            let url = store::with_database(&o.pg_url, &name);
             let store = Store::connect(&url).await.expect("open PostgreSQL store");
             log(format!("PostgreSQL database {name}"));
             Db {
