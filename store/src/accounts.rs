@@ -576,6 +576,14 @@ impl Store {
                     )));
                 }
             }
+            if let Some((_, other)) =
+                crate::domains::foreign_relative(&mut tx, &domain.to_ascii_lowercase(), &new.id)
+                    .await?
+            {
+                return Err(StoreError::Conflict(format!(
+                    "domain {domain} is related to {other}, another account's domain (a subdomain or a parent of it)"
+                )));
+            }
         }
         // The parent and the depth.
         let parent = match &new.parent {

@@ -237,6 +237,15 @@ impl Store {
                 domain,
             });
         }
+        if foreign_relative(&mut conn, &domain, account)
+            .await?
+            .is_some()
+        {
+            return Err(DomainError::Taken {
+                same_account: false,
+                domain,
+            });
+        }
         check_limit(&mut conn, account, limit).await
     }
 
@@ -276,6 +285,12 @@ impl Store {
             }
             return Err(DomainError::Taken {
                 same_account: d.account == account,
+                domain,
+            });
+        }
+        if foreign_relative(&mut tx, &domain, account).await?.is_some() {
+            return Err(DomainError::Taken {
+                same_account: false,
                 domain,
             });
         }
@@ -327,6 +342,45 @@ impl Store {
 
 /// The account owning `domain` as an extra domain, or as the primary domain of an account
 /// that is not terminated.
+/// Another live account that owns a parent of `domain` (`victim.com` for `www.victim.com`) or
+/// a name under it (`www.victim.com` for `victim.com`), as a primary or an extra domain: the
+/// zone of one would answer for the other, so a domain related to another tenant's is refused
+/// (cPanel's default too). Returns that account and its domain.
+pub(crate) async fn foreign_relative(
+    conn: &mut sqlx::AnyConnection,
+    domain: &str,
+    account: &str,
+) -> Result<Option<(String, String)>> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    // Parents with at least two labels.
+    for i in 1..labels.len().saturating_sub(1) {
+        let parent = labels[i..].join(".");
+        if let Some(owner) = owner_on(conn, &parent).await? {
+            if owner != account {
+                return Ok(Some((owner, parent)));
+            }
+        }
+    }
+    let pattern = format!("%.{domain}");
+    let extra: Option<(String, String)> = sqlx::query_as(
+        "SELECT account, domain FROM account_domains WHERE domain LIKE $1 AND account <> $2 LIMIT 1",
+    )
+    .bind(&pattern)
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if extra.is_some() {
+        return Ok(extra);
+    }
+    Ok(sqlx::query_as(
+        "SELECT id, LOWER(domain) FROM accounts WHERE LOWER(domain) LIKE $1 AND id <> $2 AND status <> 'terminated' LIMIT 1",
+    )
+    .bind(&pattern)
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 async fn owner_on(conn: &mut sqlx::AnyConnection, domain: &str) -> Result<Option<String>> {
     let extra: Option<String> =
         sqlx::query_scalar("SELECT account FROM account_domains WHERE domain = $1")

@@ -228,3 +228,67 @@ async fn a_new_account_cannot_take_another_accounts_addon_domain() {
         assert!(s.account("carol").await.is_err(), "nothing created");
     }
 }
+
+#[tokio::test]
+async fn a_subdomain_or_parent_of_another_accounts_domain_is_refused() {
+    for ts in testing::all().await {
+        let s = &ts.store;
+        seed(s).await;
+        // alice may not claim names under bob's domain, nor its parent's other names.
+        for d in ["www.bob.example", "mail.www.bob.example"] {
+            let e = s.add_addon_domain("alice", d, Some(2)).await.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DomainError::Taken {
+                        same_account: false,
+                        ..
+                    }
+                ),
+                "{d}: {e}"
+            );
+            let e = s.check_addon_domain("alice", d, Some(2)).await.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DomainError::Taken {
+                        same_account: false,
+                        ..
+                    }
+                ),
+                "{d}"
+            );
+        }
+        // Her own domain's names are hers to add.
+        s.add_addon_domain("alice", "shop.alice.example", Some(2))
+            .await
+            .unwrap();
+        // bob may not then claim a parent that covers alice's addon domain.
+        s.add_addon_domain("bob", "shop2.example", Some(2))
+            .await
+            .unwrap();
+        let e = s
+            .create_account(&NewAccount {
+                id: "carol".into(),
+                package: Some("two".into()),
+                domain: Some("mail.bob.example".into()),
+                ..NewAccount::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains("related to bob.example")),
+            "{e}"
+        );
+        let e = s
+            .create_account(&NewAccount {
+                id: "dave".into(),
+                package: Some("two".into()),
+                domain: Some("x.shop.alice.example".into()),
+                ..NewAccount::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, StoreError::Conflict(_)), "{e}");
+    }
+}
