@@ -280,7 +280,12 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     let dbs = match dbs {
         Ok(d) => d,
         Err(e) => {
-            if unpacked.is_some() {
+            // What the import created is dropped already; a cancel also undoes an install
+            // an earlier attempt made.
+            if matches!(e, JobError::Cancelled) && unpacked.is_none() {
+                revert(&r, &account, &restore_id).await?;
+            }
+            if unpacked.is_some() || matches!(e, JobError::Cancelled) {
                 discard(&r, &restore_id).await;
             }
             return Err(e);
@@ -513,18 +518,10 @@ async fn databases(
         .into_iter()
         .map(|f| f.name)
         .next();
-    let limit = match &a.package {
-        Some(p) => {
-            r.store
-                .package(p)
-                .await
-                .map_err(store_err)?
-                .limits
-                .databases
-        }
-        None => None,
-    };
-    let d = crate::restore_db::restore_databases(
+    // The account's own limits, as the API and the quota sweep read them.
+    let limit = a.limits.as_ref().and_then(|l| l.databases);
+    let mut d = crate::restore_db::DbRestored::default();
+    let result = crate::restore_db::restore_databases(
         ctx,
         r.host.as_ref(),
         url,
@@ -532,9 +529,15 @@ async fn databases(
         restore_id,
         archive_user.as_deref(),
         limit,
+        &mut d,
         skipped,
     )
-    .await?;
+    .await;
+    if let Err(e) = result {
+        // A cancel or a failure mid-import: what this restore created goes again.
+        crate::restore_db::drop_created(url, &d).await;
+        return Err(e);
+    }
     Ok(Some(d))
 }
 

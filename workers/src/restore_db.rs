@@ -58,9 +58,18 @@ pub fn target_name(account: &str, archive_user: Option<&str>, db: &str) -> Optio
     store::hosted_database_name(account, rest).ok()
 }
 
+/// Longest statement (and line) imported: what is longer fails that dump's import.
+const MAX_STATEMENT: usize = 64 << 20;
+
+/// One statement of a dump: the SQL to run, or why it is not run (its bytes are not UTF-8:
+/// run through a `&str` they would be changed, so it is listed instead).
+pub type Statement = Result<String, String>;
+
 /// Splits a SQL stream into statements: the delimiter in force (`;`, or what a `DELIMITER`
 /// line sets) outside quotes and comments ends one. Fed line by line, so a `DELIMITER` line is
-/// seen whole. [`Splitter::finish`] gives what is left (a dump cut off mid-statement).
+/// seen whole. [`Splitter::finish`] gives what the last line completes and what is left (a
+/// dump cut off mid-statement). A line or a statement over [`MAX_STATEMENT`] stops it
+/// ([`Splitter::broken`]): memory stays bounded whatever the dump holds.
 pub struct Splitter {
     /// The statement so far.
     cur: Vec<u8>,
@@ -70,6 +79,7 @@ pub struct Splitter {
     escaped: bool,
     block_comment: bool,
     delimiter: Vec<u8>,
+    broken: Option<String>,
 }
 
 impl Default for Splitter {
@@ -87,35 +97,51 @@ impl Splitter {
             escaped: false,
             block_comment: false,
             delimiter: b";".to_vec(),
+            broken: None,
         }
     }
 
+    /// Why the rest of the dump cannot be split (a line or a statement too long).
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
     /// The statements `bytes` completes.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Statement> {
         let mut out = Vec::new();
         for &c in bytes {
+            if self.broken.is_some() {
+                break;
+            }
             self.line.push(c);
             if c == b'\n' {
                 let line = std::mem::take(&mut self.line);
                 self.feed_line(&line, &mut out);
+            } else if self.line.len() > MAX_STATEMENT {
+                self.broken = Some(format!(
+                    "a line of over {} MiB: the rest of the dump is not imported",
+                    MAX_STATEMENT >> 20
+                ));
             }
         }
         out
     }
 
-    fn feed_line(&mut self, line: &[u8], out: &mut Vec<String>) {
+    fn feed_line(&mut self, line: &[u8], out: &mut Vec<Statement>) {
         let idle = self.quote.is_none()
             && !self.block_comment
             && self.cur.iter().all(u8::is_ascii_whitespace);
         if idle {
-            let t = String::from_utf8_lossy(line);
-            let t = t.trim();
-            if t.len() > 10 && t[..10].eq_ignore_ascii_case("DELIMITER ") {
-                self.delimiter = t[10..].trim().as_bytes().to_vec();
+            let t = line.trim_ascii();
+            if t.len() > 10 && t[..10].eq_ignore_ascii_case(b"DELIMITER ") {
+                let d = t[10..].trim_ascii();
+                if !d.is_empty() {
+                    self.delimiter = d.to_vec();
+                }
                 return;
             }
             // A comment line between statements is not part of the next one.
-            if t.starts_with("--") || t.starts_with('#') {
+            if t.starts_with(b"--") || t.starts_with(b"#") {
                 self.cur.clear();
                 return;
             }
@@ -144,7 +170,12 @@ impl Splitter {
             }
             match c {
                 b'\'' | b'"' | b'`' => self.quote = Some(c),
-                b'-' if self.cur.ends_with(b"--") => line_comment = true,
+                // `-- ` (with its space) starts a comment in MySQL; `a--1` does not.
+                b' ' | b'\t'
+                    if self.cur.len() >= 3 && self.cur[..self.cur.len() - 1].ends_with(b"--") =>
+                {
+                    line_comment = true
+                }
                 b'#' => line_comment = true,
                 // Also `/*!40101 … */`, MySQL's versioned code: kept in the statement (the
                 // server runs it), only never split inside.
@@ -153,30 +184,45 @@ impl Splitter {
             }
             if !self.delimiter.is_empty() && self.cur.ends_with(&self.delimiter) {
                 let n = self.cur.len() - self.delimiter.len();
-                let stmt = String::from_utf8_lossy(&self.cur[..n]).trim().to_string();
+                let bytes = self.cur[..n].trim_ascii().to_vec();
                 self.cur.clear();
-                if !is_only_comments(&stmt) {
-                    out.push(stmt);
+                match String::from_utf8(bytes) {
+                    Ok(stmt) if is_only_comments(&stmt) => {}
+                    Ok(stmt) => out.push(Ok(stmt)),
+                    Err(e) => out.push(Err(format!(
+                        "{}: bytes that are not UTF-8 (binary or latin1 data; dump with --hex-blob and utf8mb4): not imported",
+                        head(&String::from_utf8_lossy(e.as_bytes()))
+                    ))),
                 }
             }
         }
+        if self.cur.len() > MAX_STATEMENT {
+            self.broken = Some(format!(
+                "a statement of over {} MiB: the rest of the dump is not imported",
+                MAX_STATEMENT >> 20
+            ));
+            self.cur.clear();
+        }
     }
 
-    /// A statement left without its end (the dump was cut), if any.
-    pub fn finish(mut self) -> Option<String> {
+    /// What the last line completes, and a statement left without its end (the dump was
+    /// cut), if any.
+    pub fn finish(mut self) -> (Vec<Statement>, Option<String>) {
         let line = std::mem::take(&mut self.line);
         let mut out = Vec::new();
-        self.feed_line(&line, &mut out);
-        if let Some(s) = out.pop() {
-            return Some(s);
+        if self.broken.is_none() {
+            self.feed_line(&line, &mut out);
         }
         let rest = String::from_utf8_lossy(&self.cur).trim().to_string();
-        (!is_only_comments(&rest)).then_some(rest)
+        let cut = (!rest.is_empty() && !is_only_comments(&rest)).then_some(rest);
+        (out, cut)
     }
 }
 
 fn is_only_comments(s: &str) -> bool {
-    let plain_block = s.starts_with("/*") && !s.starts_with("/*!") && s.ends_with("*/");
+    let plain_block = s.starts_with("/*")
+        && !s.starts_with("/*!")
+        && s.find("*/").is_some_and(|i| i + 2 == s.len());
     plain_block
         || s.lines().all(|l| {
             let l = l.trim();
@@ -184,13 +230,49 @@ fn is_only_comments(s: &str) -> bool {
         })
 }
 
-/// The statement's first words, for messages.
-fn head(stmt: &str) -> String {
-    let mut h: String = stmt.chars().take(60).collect();
-    if stmt.len() > 60 {
-        h.push('…');
+/// Runs one statement on the import connection: (ran, with a collation rewritten, why not).
+async fn run_statement(
+    conn: &mut sqlx::MySqlConnection,
+    stmt: Statement,
+) -> (bool, bool, Option<String>) {
+    let stmt = match stmt {
+        Ok(s) => s,
+        Err(why) => return (false, false, Some(why)),
+    };
+    let mut r = conn.execute(stmt.as_str()).await.map(|_| ());
+    let mut collation = false;
+    // MySQL 8's collations (`utf8mb4_0900_ai_ci`, …) are unknown to MariaDB: the statement
+    // again with the nearest one it has.
+    if let Err(e) = &r {
+        if e.to_string().contains("Unknown collation") && stmt.contains("_0900_") {
+            if let Some(fixed) = mariadb_collations(&stmt) {
+                r = conn.execute(fixed.as_str()).await.map(|_| ());
+                collation = r.is_ok();
+            }
+        }
     }
-    h.replace('\n', " ")
+    match r {
+        Ok(()) => (true, collation, None),
+        Err(e) => (false, false, Some(format!("{}: {e}", head(&stmt)))),
+    }
+}
+
+/// The statement's first words, for messages: its kind and object, never its data (cut at
+/// `VALUES`, a `(` or 48 characters).
+fn head(stmt: &str) -> String {
+    let upper = stmt.to_ascii_uppercase();
+    let mut end = stmt.len().min(48);
+    for stop in [upper.find("VALUES"), stmt.find('(')].into_iter().flatten() {
+        end = end.min(stop);
+    }
+    while !stmt.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut h = stmt[..end].trim_end().replace('\n', " ");
+    if end < stmt.len() {
+        h.push_str(" …");
+    }
+    h
 }
 
 /// `meta/<path>` of a restore, read through the host in chunks.
@@ -265,9 +347,9 @@ pub async fn restore_databases(
     restore_id: &str,
     archive_user: Option<&str>,
     limit: Option<u64>,
+    out: &mut DbRestored,
     skipped: &mut Vec<Value>,
-) -> Result<DbRestored, JobError> {
-    let mut out = DbRestored::default();
+) -> Result<(), JobError> {
     let files = match host
         .call(Request::ListRestoreMeta {
             restore_id: restore_id.to_string(),
@@ -297,10 +379,13 @@ pub async fn restore_databases(
         .max(1);
     let mut done = 0u64;
     if dumps.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
+    // No statement reaches the log: dumps are customer data, and the import user's password
+    // is in a statement.
     let admin_opts = MySqlConnectOptions::from_str(url)
-        .map_err(|e| JobError::Permanent(format!("databases.url: {e}")))?;
+        .map_err(|e| JobError::Permanent(format!("databases.url: {e}")))?
+        .disable_statement_logging();
     let admin = MySqlPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))
@@ -347,6 +432,12 @@ pub async fn restore_databases(
         }
         let short = &target[account.as_str().len() + 1..];
         match hosted.create(account.as_str(), short, limit).await {
+            Ok(c) if !c.created => {
+                // It appeared since the check above: somebody else's, left alone.
+                skipped.push(json!({"what": "database", "database": target,
+                    "reason": "it exists on the server already: left as it is, not overwritten"}));
+                continue;
+            }
             Ok(_) => {}
             Err(store::DatabaseError::LimitReached { .. }) => {
                 skipped.push(json!({"what": "database", "database": target,
@@ -391,12 +482,12 @@ pub async fn restore_databases(
         account,
         restore_id,
         archive_user,
-        &mut out,
+        out,
         skipped,
     )
     .await;
     admin.close().await;
-    Ok(out)
+    Ok(())
 }
 
 /// One dump through a temporary user that may touch `target` only.
@@ -439,6 +530,21 @@ async fn import(
         let mut errors: Vec<String> = Vec::new();
         let mut splitter = Splitter::new();
         let mut chunks = Chunks::new(host, restore_id, &format!("mysql/{db}.sql"));
+        let mut tally = |(ok, collation, error): (bool, bool, Option<String>)| {
+            if ok {
+                ran += 1;
+            } else {
+                refused += 1;
+            }
+            if collation {
+                rewritten += 1;
+            }
+            if let Some(e) = error {
+                if errors.len() < MAX_ERRORS {
+                    errors.push(e);
+                }
+            }
+        };
         while let Some(chunk) = chunks.next().await.map_err(JobError::Transient)? {
             *done += chunk.len() as u64;
             ctx.progress("creating_accounts", (*done).min(total), total);
@@ -446,34 +552,25 @@ async fn import(
                 if ctx.is_cancelled() {
                     return Err(JobError::Cancelled);
                 }
-                let mut r = conn.execute(stmt.as_str()).await.map(|_| ());
-                // MySQL 8's collations (`utf8mb4_0900_ai_ci`, …) are unknown to MariaDB: the
-                // statement again with the nearest one it has.
-                if let Err(e) = &r {
-                    if e.to_string().contains("Unknown collation") && stmt.contains("_0900_") {
-                        if let Some(fixed) = mariadb_collations(&stmt) {
-                            r = conn.execute(fixed.as_str()).await.map(|_| ());
-                            if r.is_ok() {
-                                rewritten += 1;
-                            }
-                        }
-                    }
-                }
-                match r {
-                    Ok(()) => ran += 1,
-                    Err(e) => {
-                        refused += 1;
-                        if errors.len() < MAX_ERRORS {
-                            errors.push(format!("{}: {e}", head(&stmt)));
-                        }
-                    }
-                }
+                tally(run_statement(&mut conn, stmt).await);
+            }
+            if splitter.broken().is_some() {
+                break;
             }
         }
-        let cut = splitter.finish();
+        if let Some(why) = splitter.broken() {
+            tally((false, false, Some(why.to_string())));
+        }
+        let (last, cut) = splitter.finish();
+        for stmt in last {
+            tally(run_statement(&mut conn, stmt).await);
+        }
         if let Some(rest) = &cut {
-            refused += 1;
-            errors.push(format!("the dump ends inside a statement: {}", head(rest)));
+            tally((
+                false,
+                false,
+                Some(format!("the dump ends inside a statement: {}", head(rest))),
+            ));
         }
         let _ = conn.close().await;
         if rewritten > 0 {
@@ -555,13 +652,35 @@ async fn grants(
                 "reason": "no mysql_native_password hash in mysql.sql-auth.json: set its password by hand"}));
             continue;
         };
+        let existed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE user = ?")
+            .bind(&new_user)
+            .fetch_one(admin)
+            .await
+            .unwrap_or(1);
+        if existed > 0 {
+            // Somebody's already (an earlier restore's, or one made by hand): its password is
+            // not ours to change; it only gets the grant on the restored database.
+            for h in ["localhost", "127.0.0.1"] {
+                let _ = admin
+                    .execute(
+                        format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'{h}'")
+                            .as_str(),
+                    )
+                    .await;
+            }
+            skipped.push(json!({"what": "database user", "user": new_user,
+                "reason": format!("it exists already: its password was kept, it was granted {target}")}));
+            continue;
+        }
         let stmts = [
-            format!("CREATE USER IF NOT EXISTS '{new_user}'@'localhost' IDENTIFIED BY PASSWORD '{hash}'"),
-            format!("CREATE USER IF NOT EXISTS '{new_user}'@'127.0.0.1' IDENTIFIED BY PASSWORD '{hash}'"),
+            format!("CREATE USER '{new_user}'@'localhost' IDENTIFIED BY PASSWORD '{hash}'"),
+            format!("CREATE USER '{new_user}'@'127.0.0.1' IDENTIFIED BY PASSWORD '{hash}'"),
             format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'localhost'"),
             format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'127.0.0.1'"),
         ];
         let mut ok = true;
+        // Created by this restore from here on (dropped again if it fails).
+        out.users.push(new_user.clone());
         for s in &stmts {
             if let Err(e) = admin.execute(s.as_str()).await {
                 skipped.push(
@@ -571,11 +690,10 @@ async fn grants(
                 break;
             }
         }
-        if ok && !out.users.contains(&new_user) {
+        if ok {
             ctx.log(format!(
                 "Restored database user {new_user} (on {target}, without DROP)"
             ));
-            out.users.push(new_user);
         }
     }
 }
@@ -669,8 +787,8 @@ mod tests {
     #[test]
     fn statements_split_outside_quotes_comments_and_with_delimiters() {
         let mut s = Splitter::new();
-        let mut got = s.push(b"-- a; comment\nSET NAMES utf8mb4;\n/*!40101 SET x=1 */;\nINSERT INTO t VALUES ('a;b'),('it\\'s');\nDELIMITER ;;\nCREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET @a=1; END ;;\nDELIMITER ;\nCREATE TABLE `x;y` (id int);\nINSERT INTO t VAL");
-        got.extend(s.push(b"UES (1)"));
+        let mut got: Vec<String> = s.push(b"-- a; comment\nSET NAMES utf8mb4;\n/*!40101 SET x=1 */;\nINSERT INTO t VALUES ('a;b'),('it\\'s');\nDELIMITER ;;\nCREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET @a=1; END ;;\nDELIMITER ;\nCREATE TABLE `x;y` (id int);\nINSERT INTO t VAL").into_iter().map(Result::unwrap).collect();
+        got.extend(s.push(b"UES (1)").into_iter().map(Result::unwrap));
         assert_eq!(got.len(), 5, "{got:?}");
         assert_eq!(got[0], "SET NAMES utf8mb4");
         assert_eq!(got[1], "/*!40101 SET x=1 */");
@@ -680,7 +798,47 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(got[4], "CREATE TABLE `x;y` (id int)");
-        assert_eq!(s.finish().as_deref(), Some("INSERT INTO t VALUES (1)"));
+        assert_eq!(
+            s.finish(),
+            (vec![], Some("INSERT INTO t VALUES (1)".to_string()))
+        );
+
+        // The last line without a newline: every statement on it runs, none is lost.
+        let mut s = Splitter::new();
+        assert!(s.push(b"SELECT 1; SELECT 2;").is_empty());
+        let (last, cut) = s.finish();
+        assert_eq!(
+            last,
+            vec![Ok("SELECT 1".to_string()), Ok("SELECT 2".to_string())]
+        );
+        assert_eq!(cut, None);
+        // A UTF-8 comment between statements, a comment inside one, `a--1`, bytes that are
+        // not UTF-8 (listed, not run), and a statement between block comments.
+        let mut s = Splitter::new();
+        let got = s.push(
+            "-- Структура таблицы\nSELECT 2--1;\nSELECT 'a' -- x;\n;\n/* a */ SELECT 3 /* b */;\n"
+                .as_bytes(),
+        );
+        assert_eq!(got[0], Ok("SELECT 2--1".to_string()));
+        assert!(
+            got[1].as_ref().unwrap().starts_with("SELECT 'a' -- x;"),
+            "{got:?}"
+        );
+        assert_eq!(got[2], Ok("/* a */ SELECT 3 /* b */".to_string()));
+        let got = s.push(b"INSERT INTO t VALUES ('\xe9t\xe9');\n");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("not UTF-8"),
+            "{got:?}"
+        );
+        assert!(
+            !got[0].as_ref().unwrap_err().contains("t\u{fffd}"),
+            "no data in the message"
+        );
+        // A line with no end is bounded.
+        let mut s = Splitter::new();
+        let big = vec![b'x'; MAX_STATEMENT + 2];
+        assert!(s.push(&big).is_empty());
+        assert!(s.broken().is_some());
     }
 
     #[test]
