@@ -20,8 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -287,6 +288,11 @@ pub fn inspect_migration(
 /// The first regular file of the archive's metadata directory `dir` (`cp` gives `cp/<user>`):
 /// its name and content (at most 64 KiB). The archive is read only as far as that entry.
 pub fn archive_meta_file(archive: &Path, dir: &str) -> Result<Option<(String, String)>> {
+    if dir != "cp" {
+        return Err(AgentError::InvalidRequest(format!(
+            "read_archive_meta reads the account's cp/ file only, not {dir:?}"
+        )));
+    }
     const FOUND: &str = "npanel: entry found";
     let mut found = None;
     let mut visit = |e: &crate::unpack::Listed<'_>, r: &mut dyn Read| -> io::Result<()> {
@@ -563,8 +569,16 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
     }
     let mut entries = 0u64;
     let mut stack = vec![(home.to_path_buf(), Vec::<String>::new(), meta)];
-    while let Some((dir, rel, _)) = stack.pop() {
-        let rd = match std::fs::read_dir(&dir) {
+    while let Some((dir, rel, seen)) = stack.pop() {
+        // The account may swap a directory for a symlink while the agent walks: each one is
+        // opened without following a link and must be the very directory seen (device and
+        // inode); its entries are then reached through that descriptor (`/proc/self/fd/N`),
+        // so nothing outside the home is walked or read.
+        let Some(fd) = open_seen_dir(&dir, &seen) else {
+            continue;
+        };
+        let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let rd = match std::fs::read_dir(&via) {
             Ok(rd) => rd,
             Err(e) => return Err(AgentError::io(&dir, e)),
         };
@@ -575,7 +589,8 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
                 h.truncated = true;
                 return Ok(h);
             }
-            let path = ent.path();
+            let path = via.join(ent.file_name());
+            let real = dir.join(ent.file_name());
             let name = ent.file_name().to_string_lossy().into_owned();
             let mut parts = rel.clone();
             parts.push(name);
@@ -609,6 +624,7 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
                     }
                 }
             } else if ft.is_dir() {
+                let path = real;
                 // A mailbox's store: a Maildir (`cur/`) or Dovecot mdbox (`storage/`).
                 if let [m, domain, boxname, store] = parts.as_slice() {
                     if m == "mail"
@@ -653,6 +669,19 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
     Ok(h)
 }
 
+/// `dir` opened as a directory without following a symlink, if it is still the one `seen`.
+fn open_seen_dir(dir: &Path, seen: &std::fs::Metadata) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    (st.st_dev as u64 == seen.dev() && st.st_ino as u64 == seen.ino()).then_some(fd)
+}
+
 /// Whether the symlink at `link` leads to something that exists inside `home`.
 fn symlink_resolves(home: &Path, link: &Path) -> bool {
     match (std::fs::canonicalize(link), std::fs::canonicalize(home)) {
@@ -661,11 +690,24 @@ fn symlink_resolves(home: &Path, link: &Path) -> bool {
     }
 }
 
-fn read_small(path: &Path) -> Option<String> {
-    let f = std::fs::File::open(path).ok()?;
-    let mut text = String::new();
-    f.take(SMALL).read_to_string(&mut text).ok()?;
-    Some(text)
+/// A small regular file's text (at most [`SMALL`] bytes): opened without following a symlink
+/// in its place and without blocking on a FIFO, and refused unless it is a regular file. The
+/// account can change its home while the agent reads it.
+pub(crate) fn read_small(path: &Path) -> Option<String> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let f = std::fs::File::from(fd);
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(SMALL).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The host's zone of `domain` (`var/named/<domain>.db`): present, and its problems.

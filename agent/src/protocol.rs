@@ -380,6 +380,9 @@ impl Request {
                 | Request::UnpackArchive { .. }
                 | Request::InstallHome { .. }
                 | Request::DiscardRestore { .. }
+                | Request::InspectMigration { .. }
+                | Request::ApplyRestoreMeta { .. }
+                | Request::ReadArchiveMeta { .. }
         )
     }
 }

@@ -105,6 +105,7 @@ pub fn apply_restore_meta(
     ipv4: Ipv4Addr,
     cron_allowed: bool,
 ) -> Result<MetaApplied> {
+    crate::restore::check_id(restore_id)?;
     let staging = crate::restore::staging_dir(&cfg.home_root(), restore_id);
     let base = fsx::open_base(&staging)?;
     let Some(meta) = base.open_dir("meta")? else {
@@ -156,16 +157,24 @@ pub fn apply_restore_meta(
         }
     }
     out.cron = cron(cfg, account, &meta, old_user.as_deref(), cron_allowed)?;
-    let etc = cfg.home_root().join(account.as_str()).join("etc");
-    if let Ok(domains) = std::fs::read_dir(&etc) {
-        for d in domains.flatten() {
-            let passwd = d.path().join("passwd");
-            if std::fs::symlink_metadata(&passwd).is_ok_and(|m| m.is_file()) {
-                if let Ok(text) = std::fs::read_to_string(&passwd) {
-                    out.mailboxes += text
-                        .lines()
-                        .filter(|l| l.split(':').next().is_some_and(|n| !n.trim().is_empty()))
-                        .count() as u64;
+    // The mail accounts the home brought, read from descriptors: no symlink followed, no
+    // FIFO waited on, at most 1 MiB a file (the account owns these files).
+    if let Ok(home) = fsx::open_base(&cfg.home_root().join(account.as_str())) {
+        if let Ok(Some(etc)) = home.open_dir("etc") {
+            if let Ok(domains) = std::fs::read_dir(&etc.path) {
+                for d in domains.flatten() {
+                    let Ok(name) = d.file_name().into_string() else {
+                        continue;
+                    };
+                    let Ok(Some(dir)) = etc.open_dir(name.as_str()) else {
+                        continue;
+                    };
+                    if let Ok(Some(text)) = dir.read_private_file("passwd", MAX_META) {
+                        out.mailboxes += String::from_utf8_lossy(&text)
+                            .lines()
+                            .filter(|l| l.split(':').next().is_some_and(|n| !n.trim().is_empty()))
+                            .count() as u64;
+                    }
                 }
             }
         }
@@ -349,10 +358,27 @@ fn cron(
         lines.join("\n")
     );
     let owner = if cfg.host.system_users {
-        nix::unistd::User::from_name(account.as_str())
+        match nix::unistd::User::from_name(account.as_str())
             .ok()
             .flatten()
-            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+        {
+            // Never a system account's crontab (root's, daemon's …): only a user the panel
+            // made (uid at or above min_account_uid).
+            Some(u) if u.uid.as_raw() >= cfg.min_account_uid => {
+                Some((u.uid.as_raw(), u.gid.as_raw()))
+            }
+            Some(u) => {
+                c.reason = Some(format!(
+                    "{account} is a system user (uid {}): its crontab is never written",
+                    u.uid
+                ));
+                return Ok(c);
+            }
+            None => {
+                c.reason = Some(format!("{account} has no system user"));
+                return Ok(c);
+            }
+        }
     } else {
         None
     };

@@ -70,16 +70,17 @@ fn openssl(args: &[&str], input: &str) -> Result<(bool, String), String> {
 
 /// Why `bundle` cannot serve `domain`, or `Ok` when it can.
 pub fn check(bundle: &Bundle, domain: &str) -> Result<(), String> {
-    let key = bundle.key.as_deref().ok_or("no private key in the bundle")?;
-    let cert = bundle
-        .certs
-        .first()
-        .ok_or("no certificate in the bundle")?;
+    let key = bundle
+        .key
+        .as_deref()
+        .ok_or("no private key in the bundle")?;
+    let cert = bundle.certs.first().ok_or("no certificate in the bundle")?;
     let (ok, cert_pub) = openssl(&["x509", "-noout", "-pubkey"], cert)?;
     if !ok {
         return Err("the certificate does not parse".into());
     }
-    let (ok, key_pub) = openssl(&["pkey", "-pubout"], key)?;
+    // `-passin pass:`: an encrypted key fails at once instead of asking on a terminal.
+    let (ok, key_pub) = openssl(&["pkey", "-pubout", "-passin", "pass:"], key)?;
     if !ok {
         return Err("the private key does not parse (or has a passphrase)".into());
     }

@@ -135,7 +135,13 @@ async fn start_inner(
             "archive must be the file name of one of your backups (no path)".into(),
         ));
     }
-    let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
+    // An admin who names no account restores into the one the archive's name names (as the
+    // worker would): the job is that account's, so its health check queues behind it.
+    let named = match (req.account, caller.0.role) {
+        (None, Role::Admin) => queue::account_from_archive_name(&req.archive),
+        (named, _) => named,
+    };
+    let (account, reseller) = owner(st, caller, named, req.reseller).await?;
     if req.package.is_some() && caller.0.role != Role::Admin {
         return Err(ApiError::Forbidden(
             "only admins choose the package of an account a restore creates".into(),
@@ -319,7 +325,15 @@ async fn run_health_inner(
             }
         })?
     };
-    let (account, reseller) = owner(st, caller, req.account, req.reseller).await?;
+    // A migration that exists is checked as its own account's, by whoever may see that
+    // account (another tenant's is 404, like a missing one).
+    let (account, reseller) = match st.store.migration(&id).await? {
+        Some(m) => {
+            let a = crate::accounts::visible_account(st, caller, &m.account).await?;
+            (Some(a.id), a.reseller)
+        }
+        None => owner(st, caller, req.account, req.reseller).await?,
+    };
     let mut job = NewJob::typed(&HealthCheck {
         migration_id: id,
         wait_secs: 0,

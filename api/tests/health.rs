@@ -370,6 +370,16 @@ async fn a_clean_migration_scores_100_and_explains_each_skip() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
+    // Nor can they run a check of it (its report would be theirs to read).
+    let r = srv
+        .req(
+            "POST",
+            &format!("/api/migration/{id}/health"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
 
     // A check asked for again by hand runs at once and is the newest report.
     let admin = token(Role::Admin, None, None);

@@ -62,8 +62,9 @@ pub use error::{QueueError, Result};
 pub use events::{Event, EventReader};
 pub use job::{Job, JobStatus, KindStats, QueueStats};
 pub use kind::{
-    Backup, Diagnostic, HealthCheck, JobKind, JobPayload, Provision, ProvisionAction, QuotaSweep,
-    Restore, Retention, StageWeight, UnknownKind, Upgrade, UpgradeStage,
+    account_from_archive_name, Backup, Diagnostic, HealthCheck, JobKind, JobPayload, Provision,
+    ProvisionAction, QuotaSweep, Restore, Retention, StageWeight, UnknownKind, Upgrade,
+    UpgradeStage,
 };
 pub use progress::{EtaEstimator, Flusher, Progress};
 pub use queue::{

@@ -76,6 +76,8 @@ pub struct UsageNow {
     pub mail_month: i64,
     /// Messages counted in the last measurement (sent since the one before it: about an hour).
     pub mail_last: i64,
+    /// The hour (Unix ms) of the last measurement.
+    pub measured_hour: i64,
     /// When the last measurement was made.
     pub measured_at: chrono::DateTime<chrono::Utc>,
 }
@@ -282,7 +284,7 @@ impl Store {
             return Ok(HashMap::new());
         }
         let sql = format!(
-            "SELECT u.account, u.disk_bytes, u.disk_files, u.db_bytes, u.addon_domains, u.measured_at, u.mail_sent \
+            "SELECT u.account, u.disk_bytes, u.disk_files, u.db_bytes, u.addon_domains, u.measured_at, u.mail_sent, u.at \
              FROM usage_samples u JOIN (SELECT account, MAX(at) AS at FROM usage_samples WHERE step = $1{} GROUP BY account) m \
              ON m.account = u.account AND m.at = u.at WHERE u.step = $2",
             filter("account", 3)
@@ -303,6 +305,7 @@ impl Store {
                     bandwidth_month_bytes: 0,
                     mail_month: 0,
                     mail_last: r.try_get::<i64, _>(6)?,
+                    measured_hour: r.try_get::<i64, _>(7)?,
                     measured_at: ms_to_time(r.try_get::<i64, _>(5)?),
                 },
             );
@@ -323,6 +326,18 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The hour (Unix ms) of `account`'s hourly sample before `at`, if any.
+    pub async fn previous_sample_at(&self, account: &str, at: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(at) FROM usage_samples WHERE account = $1 AND step = $2 AND at < $3",
+        )
+        .bind(account)
+        .bind(HOUR_MS)
+        .bind(at)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     /// Roll whole days of hourly rows older than 30 days (before `now`) into daily rows, and

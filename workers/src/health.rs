@@ -788,17 +788,21 @@ async fn database_checks(
 async fn credential_check(url: &str, f: &MigrationFacts, out: &mut Vec<Check>) {
     use sqlx::{ConnectOptions, Connection};
     use std::str::FromStr;
+    // Only the account's own users on its own databases are tried (anything else would let a
+    // home probe other logins of the server), and the answer is pass or fail, never the
+    // server's words.
+    let prefix = format!("{}_", f.account);
     let mine: Vec<&agent::inspect::AppCredentials> = f
         .home
         .app_credentials
         .iter()
-        .filter(|c| c.database.starts_with(&format!("{}_", f.account)))
+        .filter(|c| c.database.starts_with(&prefix) && c.user.starts_with(&prefix))
         .collect();
     if mine.is_empty() {
         out.push(Check::skipped(
             "databases",
             "app_credentials",
-            "no application in the home names one of the account's databases (wp-config.php, .env)",
+            "no application in the home names one of the account's databases with one of its users (wp-config.php, .env)",
         ));
         return;
     }
@@ -821,7 +825,10 @@ async fn credential_check(url: &str, f: &MigrationFacts, out: &mut Vec<Check>) {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
             }
-            Ok(Err(e)) => failed.push(format!("{} ({}@{}): {e}", c.file, c.user, c.database)),
+            Ok(Err(_)) => failed.push(format!(
+                "{} ({} on {}): the server refused the login",
+                c.file, c.user, c.database
+            )),
             Err(_) => failed.push(format!("{}: the server did not answer in 5 s", c.file)),
         }
     }
@@ -923,6 +930,15 @@ pub async fn run(ctx: JobContext, h: Arc<HealthChecker>) -> Result<Value, JobErr
                 job.migration_id
             ))
         })?;
+    // The job is the migration's account's: one queued under another account checks nothing.
+    if let Some(a) = ctx.account.as_deref() {
+        if a != migration.account {
+            return Err(JobError::Permanent(format!(
+                "migration {} is not account {a}'s",
+                job.migration_id
+            )));
+        }
+    }
     if job.wait_secs > 0 {
         let due = migration.restored_at + chrono::Duration::seconds(job.wait_secs as i64);
         let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();

@@ -452,7 +452,7 @@ impl Check {
     fn used_text(&self) -> String {
         match self.resource {
             "disk" | "bandwidth" => human(self.used.max(0) as u64),
-            "email" => format!("{} messages in the last hour", self.used),
+            "email" => format!("{} messages an hour", self.used),
             _ => self.used.to_string(),
         }
     }
@@ -548,9 +548,20 @@ async fn hold_to_limits(
             let per_hour = store::effective_email_policy(a.limits.as_ref(), &ov)
                 .map(|e| e.policy.per_hour as u64)
                 .unwrap_or(store::DEFAULT_EMAIL_POLICY.per_hour as u64);
+            // The last sample holds the mail since the one before it: after a sweep that did
+            // not run for hours, that is several hours of mail, held to that many hours' limit.
+            let hours = match s
+                .store
+                .previous_sample_at(&a.id, u.measured_hour)
+                .await
+                .map_err(store_err)?
+            {
+                Some(prev) => ((u.measured_hour - prev) / HOUR_MS).clamp(1, 24 * 31),
+                None => 1,
+            };
             checks.push(Check {
                 resource: "email",
-                used: u.mail_last,
+                used: u.mail_last / hours,
                 limit: Some(per_hour),
                 unit: 1,
             });
@@ -563,6 +574,19 @@ async fn hold_to_limits(
             let limit_mb = c.limit;
             let used = c.used;
             let (percent, level) = match c.limit {
+                // Mail is held only when over its hourly limit: sending exactly the allowance
+                // is what the limit allows (the ACL defers past it within the hour).
+                Some(l) if l > 0 && resource == "email" => {
+                    let p = (used.max(0) as u128 * 100 / l as u128) as u64;
+                    (
+                        p,
+                        if used.max(0) as u64 > l {
+                            100
+                        } else {
+                            level_of(p.min(99))
+                        },
+                    )
+                }
                 Some(l) if l > 0 => {
                     let p = (used.max(0) as u128 * 100 / (l as u128 * c.unit as u128)) as u64;
                     (p, level_of(p))

@@ -121,37 +121,11 @@ fn host_err(op: &str, e: AgentError) -> JobError {
     }
 }
 
-/// The account an archive's file name names: `cpmove-USER[.tar[.gz]]`, `USER.tar[.gz]`,
-/// `backup-…_USER.tar[.gz]`, or nPanel's `USER-<UTC>.tar.zst`.
+/// The account an archive's file name names ([`queue::account_from_archive_name`]), as the
+/// host's account name.
 pub fn account_from_archive_name(path: &str) -> Option<String> {
-    let name = Path::new(path).file_name()?.to_str()?;
-    let stem = [".tar.gz", ".tgz", ".tar.zst", ".tar"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(name);
-    // nPanel's `<account>-<YYYYMMDDTHHMMSSZ>[-N]`: the account is what comes before the stamp.
-    let npanel = || {
-        let mut parts: Vec<&str> = stem.split('-').collect();
-        if parts.len() > 2 && parts.last()?.bytes().all(|b| b.is_ascii_digit()) {
-            parts.pop();
-        }
-        let stamp = parts.pop()?;
-        let is_stamp = stamp.len() == 16
-            && stamp.as_bytes()[8] == b'T'
-            && stamp.ends_with('Z')
-            && stamp.bytes().filter(u8::is_ascii_digit).count() == 14;
-        (is_stamp && !parts.is_empty()).then(|| &stem[..parts.join("-").len()])
-    };
-    let user = if let Some(u) = stem.strip_prefix("cpmove-") {
-        u
-    } else if let Some(rest) = stem.strip_prefix("backup-") {
-        rest.rsplit_once('_')?.1
-    } else if let Some(u) = npanel() {
-        u
-    } else {
-        stem
-    };
-    AccountName::parse(user)
+    let user = queue::account_from_archive_name(path)?;
+    AccountName::parse(&user)
         .ok()
         .map(|a| a.as_str().to_string())
 }

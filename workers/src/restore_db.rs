@@ -657,6 +657,18 @@ async fn grants(
             .fetch_one(admin)
             .await
             .unwrap_or(1);
+        if existed > 0 && out.users.contains(&new_user) {
+            // This restore made it for an earlier database: the grant on this one too.
+            for h in ["localhost", "127.0.0.1"] {
+                let _ = admin
+                    .execute(
+                        format!("GRANT {APP_PRIVILEGES} ON `{target}`.* TO '{new_user}'@'{h}'")
+                            .as_str(),
+                    )
+                    .await;
+            }
+            continue;
+        }
         if existed > 0 {
             // Somebody's already (an earlier restore's, or one made by hand): its password is
             // not ours to change; it only gets the grant on the restored database.
