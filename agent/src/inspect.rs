@@ -438,8 +438,10 @@ pub fn dump_facts(r: &mut dyn Read) -> io::Result<DumpFacts> {
     let mut pending = false; // a statement has started and not ended
     let mut prev = 0u8;
     // The statement's table (its first backquoted name after CREATE TABLE / INSERT INTO).
-    let mut name: Option<String> = None;
+    let mut name: Option<Vec<u8>> = None;
     let mut naming = false;
+    let mut block_comment = false;
+    let mut before_prev = 0u8;
     let mut reader = BufReader::with_capacity(256 * 1024, r);
     loop {
         let buf = reader.fill_buf()?;
@@ -448,11 +450,23 @@ pub fn dump_facts(r: &mut dyn Read) -> io::Result<DumpFacts> {
         }
         let n = buf.len();
         for &c in buf {
+            // The byte two back (for `-- `).
+            let p2 = before_prev;
+            before_prev = prev;
             if line_comment {
                 if c == b'\n' {
                     line_comment = false;
                 }
                 prev = c;
+                continue;
+            }
+            if block_comment {
+                if prev == b'*' && c == b'/' {
+                    block_comment = false;
+                    prev = 0;
+                } else {
+                    prev = c;
+                }
                 continue;
             }
             if let Some(q) = quote {
@@ -465,8 +479,8 @@ pub fn dump_facts(r: &mut dyn Read) -> io::Result<DumpFacts> {
                     naming = false;
                 } else if naming {
                     if let Some(n) = name.as_mut() {
-                        if n.len() < 128 {
-                            n.push(c as char);
+                        if n.len() < 256 {
+                            n.push(c);
                         }
                     }
                 }
@@ -486,19 +500,39 @@ pub fn dump_facts(r: &mut dyn Read) -> io::Result<DumpFacts> {
                             || h == "INSERT IGNORE INTO"
                             || h == "REPLACE INTO")
                     {
-                        name = Some(String::new());
+                        name = Some(Vec::new());
                         naming = true;
                     }
+                }
+                // `-- ` and `#` start a comment anywhere outside quotes, `/* … */` too (the
+                // versioned `/*!…*/` holds no table or row of its own in a dump).
+                b' ' | b'\t' | b'\n' | b'\r' if prev == b'-' && p2 == b'-' => {
+                    line_comment = c != b'\n';
                 }
                 b'-' if prev == b'-' && !pending => {
                     line_comment = true;
                 }
-                b'#' if !pending => line_comment = true,
+                b'#' => line_comment = true,
+                b'*' if prev == b'/' => {
+                    // The `/` was taken for the statement's start: it was the comment's.
+                    if head.ends_with('/') {
+                        head.pop();
+                    }
+                    if head.trim().is_empty() {
+                        head.clear();
+                        pending = false;
+                    }
+                    block_comment = true;
+                    prev = 0;
+                    continue;
+                }
                 b';' => {
                     if head.starts_with("CREATE TABLE") {
                         f.tables += 1;
                         if let Some(n) = name.take() {
-                            f.table_rows.entry(n).or_default();
+                            f.table_rows
+                                .entry(String::from_utf8_lossy(&n).into_owned())
+                                .or_default();
                         }
                     }
                     name = None;
@@ -513,7 +547,9 @@ pub fn dump_facts(r: &mut dyn Read) -> io::Result<DumpFacts> {
                     if depth == 0 && after_values {
                         f.rows += 1;
                         if let Some(n) = &name {
-                            *f.table_rows.entry(n.clone()).or_default() += 1;
+                            *f.table_rows
+                                .entry(String::from_utf8_lossy(n).into_owned())
+                                .or_default() += 1;
                         }
                     }
                     depth += 1;
@@ -751,6 +787,17 @@ pub fn zone_problems(text: &str) -> Vec<String> {
         ("TLSA", 4),
         ("NAPTR", 6),
         ("SSHFP", 3),
+        ("HTTPS", 2),
+        ("SVCB", 2),
+        ("DNAME", 1),
+        ("HINFO", 2),
+        ("LOC", 6),
+        ("RP", 2),
+        ("URI", 3),
+        ("CDS", 4),
+        ("CDNSKEY", 4),
+        ("SMIMEA", 4),
+        ("OPENPGPKEY", 1),
     ];
     let mut problems = Vec::new();
     let (mut soa, mut ns) = (0, 0);
@@ -762,8 +809,19 @@ pub fn zone_problems(text: &str) -> Vec<String> {
     for (i, line) in text.lines().enumerate() {
         let mut code = String::new();
         let mut in_quote = false;
+        let mut escaped = false;
         for c in line.chars() {
+            if escaped {
+                escaped = false;
+                code.push(c);
+                continue;
+            }
             match c {
+                // `\"` and `\;` inside a string are the characters, not its end or a comment.
+                '\\' => {
+                    escaped = true;
+                    code.push(c);
+                }
                 '"' => {
                     in_quote = !in_quote;
                     code.push(c);
@@ -813,12 +871,10 @@ pub fn zone_problems(text: &str) -> Vec<String> {
         if owner_given && !tokens.is_empty() {
             tokens.remove(0);
         }
-        // TTL and class, in either order.
+        // TTL (seconds, or BIND's units: `1h`, `1d2h`, `1W`) and class, in either order.
         for _ in 0..2 {
             if let Some(t) = tokens.first() {
-                if t.chars().all(|c| c.is_ascii_digit())
-                    || matches!(t.to_ascii_uppercase().as_str(), "IN" | "CH" | "HS")
-                {
+                if is_ttl(t) || matches!(t.to_ascii_uppercase().as_str(), "IN" | "CH" | "HS") {
                     tokens.remove(0);
                 }
             }
@@ -827,7 +883,15 @@ pub fn zone_problems(text: &str) -> Vec<String> {
             problems.push(format!("line {line}: a record without a type"));
             continue;
         };
-        let Some((_, need)) = TYPES.iter().find(|(t, _)| *t == kind) else {
+        // RFC 3597's generic `TYPEnnn` takes `\\# <len> <hex>`.
+        let generic = kind
+            .strip_prefix("TYPE")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let Some((_, need)) = TYPES
+            .iter()
+            .find(|(t, _)| *t == kind)
+            .or(generic.then_some(&("TYPE", 1)))
+        else {
             problems.push(format!("line {line}: unknown record type {kind}"));
             continue;
         };
@@ -859,6 +923,16 @@ pub fn zone_problems(text: &str) -> Vec<String> {
         problems.push("no NS record".into());
     }
     problems
+}
+
+/// A TTL: seconds, or BIND's units (`1h`, `1d2h30m`, `2W`).
+fn is_ttl(t: &str) -> bool {
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_digit()
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || b"sSmMhHdDwW".contains(c))
+        && (b.last().is_some_and(u8::is_ascii_alphabetic) || b.iter().all(u8::is_ascii_digit))
 }
 
 /// The system user in `<host_root>/etc/passwd` and its admin groups in `etc/group`.
@@ -904,6 +978,14 @@ mod tests {
         let cut = &sql[..sql.len() - 8];
         let f = dump_facts(&mut cut.as_bytes()).unwrap();
         assert!(!f.complete);
+        // Comments anywhere, a UTF-8 table name.
+        let f = dump_facts(
+            &mut "/* don't; */ CREATE TABLE `tablé` (id int); -- a (1);\nINSERT INTO `tablé` VALUES (1) # (2)\n;\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((f.tables, f.rows, f.complete), (1, 1, true), "{f:?}");
+        assert_eq!(f.table_rows.get("tablé"), Some(&1), "{f:?}");
         // A broken CREATE still counts as one the archive has.
         let f = dump_facts(&mut "CREATE TABLE `x` (`id` int,, PRIMARY KEY (`id`));".as_bytes())
             .unwrap();
@@ -943,6 +1025,10 @@ mod tests {
             "ex.com. IN SOA a. b. 1 2 3 4 5\nex.com. IN NS a.\nx IN A 300.1.1.1\ny IN BOGUS z\n",
         );
         assert_eq!(p.len(), 2, "{p:?}");
+        // TTL units, newer types, a generic type, an escaped quote before a `;`.
+        let modern = "$ORIGIN ex.com.\n@ 1h IN SOA ns1 h 1 2 3 4 5\n@ 1D IN NS ns1\n@ 300 IN HTTPS 1 . alpn=h2\n\
+                      w 1h30m IN TXT \"say \\\"hi\\\"; ok\" \"two\"\nx IN TYPE65534 \\# 0\nd IN DNAME other.net.\n";
+        assert_eq!(zone_problems(modern), Vec::<String>::new());
     }
 
     #[test]

@@ -259,7 +259,9 @@ fn zone(
                 .map(|l| {
                     l.split_inclusive(char::is_whitespace)
                         .map(|t| {
-                            if t.trim_end() == old {
+                            let w = t.trim_end();
+                            // An A record's address, or an SPF `ip4:` mechanism.
+                            if w == old || w.trim_matches('"').ends_with(&format!("ip4:{old}")) {
                                 t.replacen(&old, &new, 1)
                             } else {
                                 t.to_string()
@@ -273,6 +275,16 @@ fn zone(
         }
         _ => text,
     };
+    // A restored zone may not make the name server read or generate anything else.
+    if text.lines().any(|l| {
+        let t = l.trim_start().to_ascii_uppercase();
+        t.starts_with("$INCLUDE") || t.starts_with("$GENERATE")
+    }) {
+        return Err(
+            "it uses $INCLUDE or $GENERATE, which a restored zone may not: the server's zone is kept"
+                .into(),
+        );
+    }
     let problems = crate::inspect::zone_problems(&text);
     if !problems.is_empty() {
         return Err(format!(

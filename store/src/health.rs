@@ -136,6 +136,16 @@ impl Store {
         .transpose()
     }
 
+    /// Drop migrations restored before `before` (Unix ms; the retention job passes the job
+    /// history's horizon): their health can no longer be checked. How many.
+    pub async fn prune_migrations(&self, before: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM migrations WHERE restored_at < $1")
+            .bind(before)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Drop health reports made before `before` (Unix ms); how many.
     pub async fn prune_health_reports(&self, before: i64) -> Result<u64> {
         let r = sqlx::query("DELETE FROM health_reports WHERE created_at < $1")
@@ -182,6 +192,8 @@ mod tests {
             let gone = store.prune_health_reports(now_ms() + 1).await.unwrap();
             assert_eq!(gone, 2);
             assert!(store.latest_health_report("r1").await.unwrap().is_none());
+            assert_eq!(store.prune_migrations(now_ms() + 1).await.unwrap(), 1);
+            assert!(store.migration("r1").await.unwrap().is_none());
         }
     }
 }

@@ -176,8 +176,8 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
     let mut created = false;
     let a = match r.store.account(&account_id).await {
         Ok(a) if a.status == AccountStatus::Pending && r.provisioner.is_some() => {
-            // An earlier attempt created it and stopped before its host was ready.
-            created = true;
+            // An earlier attempt created it and stopped before its host was ready (or it
+            // waits for its own create job): the steps again, nothing counted as created.
             create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), false)
                 .await?
         }

@@ -64,6 +64,16 @@ pub async fn run(
         .prune_health_reports(now - store::HEALTH_KEEP_DAYS * day_ms)
         .await
         .map_err(store_err)?;
+    // Migrations as long as job history (a restore's record goes with its job).
+    let migrations = store
+        .prune_migrations(now - i64::from(history) * day_ms)
+        .await
+        .map_err(store_err)?;
+    if migrations > 0 {
+        ctx.log(format!(
+            "removed {migrations} migrations restored over {history} days ago"
+        ));
+    }
     if reports > 0 {
         ctx.log(format!(
             "removed {reports} health reports older than {} days",
