@@ -351,12 +351,14 @@ pub fn account_from_archive_name(path: &str) -> Option<String> {
     } else {
         stem
     };
-    // An account name (DESIGN §10): `^[a-z][a-z0-9]{0,15}$`.
-    let ok = (1..=16).contains(&user.len())
+    // A host account name, as the agent takes it (lower-case letter first, then letters,
+    // digits, `_` and `-`, at most 32); the store's rules are stricter and are checked where
+    // the account is looked up.
+    let ok = (1..=32).contains(&user.len())
         && user.as_bytes()[0].is_ascii_lowercase()
         && user
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     ok.then(|| user.to_string())
 }
 
