@@ -373,8 +373,8 @@ async fn schemas(url: &str, account: &str) -> Vec<String> {
 }
 
 /// Drops the account's databases however the test ends (its own connection and runtime).
-struct DropDbs(String, String);
-impl Drop for DropDbs {
+struct DropAccountDbs(String, String);
+impl Drop for DropAccountDbs {
     fn drop(&mut self) {
         let (url, account) = (self.0.clone(), self.1.clone());
         let _ = std::thread::spawn(move || {
@@ -412,7 +412,7 @@ async fn databases_are_created_listed_and_limited() {
     let srv = server(root, false, Some(url.clone())).await;
     package(&srv, "onedb", None, Some(1)).await;
     let user = unique("db");
-    let _cleanup = DropDbs(url.clone(), user.clone());
+    let _cleanup = DropAccountDbs(url.clone(), user.clone());
     provisioned(&srv, root, &user, "onedb").await;
     let own = token(Role::Customer, Some(&user), None);
     let other = token(Role::Customer, Some("a1"), Some("r1"));

@@ -551,37 +551,6 @@ async fn each_defect_lowers_exactly_its_check_and_low_scores_alert() {
     assert_eq!(audit.len(), 1);
 }
 
-/// Drops a test's databases and database users however the test ends (a runtime of its own).
-struct DropDbs(String, Vec<String>);
-impl Drop for DropDbs {
-    fn drop(&mut self) {
-        let (url, names) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(async move {
-                    if let Ok(pool) = sqlx::mysql::MySqlPoolOptions::new()
-                        .max_connections(1)
-                        .connect(&url)
-                        .await
-                    {
-                        for n in names {
-                            for sql in [
-                                format!("DROP DATABASE IF EXISTS `{n}`"),
-                                format!("DROP USER IF EXISTS '{n}'@'localhost'"),
-                                format!("DROP USER IF EXISTS '{n}'@'127.0.0.1'"),
-                            ] {
-                                let _ = sqlx::query(&sql).execute(&pool).await;
-                            }
-                        }
-                        pool.close().await;
-                    }
-                })
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn databases_are_restored_safely_and_each_defect_lowers_its_check() {
     let Ok(url) = std::env::var("NPANEL_TEST_MYSQL_URL") else {

@@ -493,33 +493,8 @@ async fn database_sizes_come_from_the_servers_information_schema() {
         .connect(&url)
         .await
         .expect("the test MariaDB answers");
-    /// Drops the test database however the test ends (a connection of its own, on a runtime
-    /// of its own: the test's may be gone).
-    struct DropDb(String, String);
-    impl Drop for DropDb {
-        fn drop(&mut self) {
-            let (url, name) = (self.0.clone(), self.1.clone());
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(async move {
-                        if let Ok(pool) = sqlx::mysql::MySqlPoolOptions::new()
-                            .max_connections(1)
-                            .connect(&url)
-                            .await
-                        {
-                            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                                .execute(&pool)
-                                .await;
-                            pool.close().await;
-                        }
-                    })
-            })
-            .join();
-        }
-    }
     let schema = format!("{user}_wp");
-    let _cleanup = DropDb(url.clone(), schema.clone());
+    let _cleanup = DropDbs(url.clone(), vec![schema.clone()]);
     sqlx::query(&format!("CREATE DATABASE `{schema}`"))
         .execute(&db)
         .await

@@ -486,3 +486,34 @@ pub async fn active_package(
         .await
         .unwrap();
 }
+
+/// Drops a test's databases and database users however the test ends (a runtime of its own).
+pub struct DropDbs(pub String, pub Vec<String>);
+impl Drop for DropDbs {
+    fn drop(&mut self) {
+        let (url, names) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move {
+                    if let Ok(pool) = sqlx::mysql::MySqlPoolOptions::new()
+                        .max_connections(1)
+                        .connect(&url)
+                        .await
+                    {
+                        for n in names {
+                            for sql in [
+                                format!("DROP DATABASE IF EXISTS `{n}`"),
+                                format!("DROP USER IF EXISTS '{n}'@'localhost'"),
+                                format!("DROP USER IF EXISTS '{n}'@'127.0.0.1'"),
+                            ] {
+                                let _ = sqlx::query(&sql).execute(&pool).await;
+                            }
+                        }
+                        pool.close().await;
+                    }
+                })
+        })
+        .join();
+    }
+}
