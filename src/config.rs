@@ -1,9 +1,31 @@
-//! The binary's configuration: built-in defaults < config file < `NPANEL_*` environment <
-//! flags, validated after merging with one plain sentence per problem (STYLE.md §4).
+//! The binary's configuration: built-in defaults < config file < `config.env` < `NPANEL_*`
+//! environment < flags, validated after merging with one plain sentence per problem (STYLE.md §4).
 //!
 //! Environment keys nest with `__`: `NPANEL_QUEUE__MAX_PENDING=200`,
 //! `NPANEL_QUEUE__LIMITS__RESTORE=5`, `NPANEL_WORKERS__CONCURRENCY=32`. `REDIS_URL` keeps its
 //! usual name and sets `queue.redis_url`.
+//!
+//! # `config.env`
+//! `KEY=VALUE` lines with the same keys as the environment (`NPANEL_*`, `REDIS_URL`,
+//! `DATABASE_URL`; `#` comments, an optional `export `, optional quotes), between the file and
+//! the real environment: the place for secrets (mode 0600) and for what a package's defaults
+//! file would hold, so the TOML file itself can be versioned verbatim. It is
+//! `$NPANEL_CONFIG_ENV` when set (empty: none), else `config.env` next to the config file when
+//! there is one (`/etc/npanel/config.env` beside `/etc/npanel/npanel.toml`). A key that the real
+//! environment also sets is taken from the environment. Any other key is refused: a typo there
+//! would otherwise be ignored silently.
+//!
+//! # Versions, and defaults that change between versions
+//! `npanel serve` records each configuration it applies (start, SIGHUP) in the store when it
+//! differs from the newest recorded one (`store::NewConfigVersion`): the **file's text with
+//! secrets redacted** ([`redact_file_text`]; verbatim when it holds no secret, else re-serialised
+//! without comments), the effective merged configuration redacted, and the binary's own
+//! **built-in defaults** ([`defaults_flat`]). Secrets are never stored in clear: `npanel config
+//! rollback` puts them back from the live file ([`restore_secrets`]). Because every version
+//! carries the defaults of the binary that applied it, `npanel config diff` on a newer binary
+//! compares its defaults with those and says which changed since ([`default_changes`]): a
+//! setting left at its default silently takes the new value, one set explicitly does not. This
+//! needs no hand-kept table of past releases that could drift from the code.
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -46,6 +68,8 @@ pub struct Config {
     /// `npanel worker` only: serve `GET /metrics` (Prometheus) on this address. Unset by
     /// default (several workers may share a host); `serve` has `/metrics` on `listen`.
     pub metrics_listen: Option<String>,
+    /// The `upgrade` job: install root, release signing key, restarts, validation (DESIGN §14).
+    pub upgrade: workers::upgrade::UpgradeConfig,
 }
 
 /// Worker pool settings (see `workers::PoolConfig`).
@@ -303,6 +327,7 @@ impl Default for Config {
             databases: DatabasesConfig::default(),
             log: "info".into(),
             metrics_listen: None,
+            upgrade: workers::upgrade::UpgradeConfig::default(),
         }
     }
 }
@@ -330,6 +355,253 @@ pub enum ConfigError {
     /// Values that parse but make no sense together.
     #[error("invalid configuration: {}", .0.join(" "))]
     Invalid(Vec<String>),
+    /// A `config.env` line that is not `NPANEL_*=value` (or `REDIS_URL`, `DATABASE_URL`).
+    #[error("{}:{}: {}", .0.display(), .1, .2)]
+    EnvFile(PathBuf, usize, String),
+}
+
+/// Keys of the environment that are not service settings (the CLI client's, the test suite's,
+/// the config file's own name). Lower case, without `NPANEL_`.
+const IGNORED_ENV: &[&str] = &[
+    "config",
+    "config_env",
+    "redis_server",
+    "bench_cmd",
+    // The CLI client's settings, not the service's.
+    "url",
+    "token",
+    // Test-suite settings (DESIGN §8), often exported in the same shell.
+    "test_postgres_url",
+    "test_mysql_url",
+    // The version a packaged wrapper stamps at run time (`npanel --version`, upgrades).
+    "build_version",
+];
+
+/// The `config.env` that [`Config::load`] reads for `file` (see the module docs), if any.
+pub fn env_file_for(file: Option<&Path>) -> Option<PathBuf> {
+    match std::env::var_os("NPANEL_CONFIG_ENV") {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => file
+            .and_then(|f| f.parent())
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".").join("config.env")
+                } else {
+                    d.join("config.env")
+                }
+            })
+            .filter(|p| p.exists()),
+    }
+}
+
+/// The `KEY=VALUE` pairs of a `config.env` text, in order; a bad line is an error naming it.
+pub fn parse_env_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let bad = |m: String| ConfigError::EnvFile(path.to_path_buf(), i + 1, m);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(bad(format!("{line:?} is not KEY=VALUE")));
+        };
+        let k = k.trim();
+        if !(k.starts_with("NPANEL_") || k == "REDIS_URL" || k == "DATABASE_URL") {
+            return Err(bad(format!(
+                "{k} is not an nPanel setting (NPANEL_*, REDIS_URL or DATABASE_URL)"
+            )));
+        }
+        let v = v.trim();
+        let v = match (v.chars().next(), v.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if v.len() >= 2 && q == e => &v[1..v.len() - 1],
+            _ => v,
+        };
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Merge `config.env` pairs the way the environment is merged (keys the real environment
+/// sets are left to it).
+fn merge_env_pairs(mut fig: Figment, pairs: &[(String, String)]) -> Figment {
+    for (k, v) in pairs {
+        if std::env::var_os(k).is_some_and(|e| !e.is_empty()) {
+            continue;
+        }
+        match k.as_str() {
+            "REDIS_URL" if !v.is_empty() => fig = fig.merge(("queue.redis_url", v.clone())),
+            "DATABASE_URL" if !v.is_empty() => fig = fig.merge(("store.url", v.clone())),
+            "NPANEL_API__JWT_SECRET" if !v.is_empty() => {
+                fig = fig.merge(("api.jwt_secret", v.clone()))
+            }
+            _ => {
+                let Some(key) = k.strip_prefix("NPANEL_").map(str::to_lowercase) else {
+                    continue;
+                };
+                if key.is_empty() || IGNORED_ENV.contains(&key.as_str()) || v.is_empty() {
+                    continue;
+                }
+                let value: figment::value::Value = v.parse().expect("infallible");
+                fig = fig.merge((key.replace("__", "."), value));
+            }
+        }
+    }
+    fig
+}
+
+/// Dotted keys whose values are secrets or URLs that may carry one.
+const SECRET_KEYS: &[&str] = &["api.jwt_secret"];
+const URL_KEYS: &[&str] = &["queue.redis_url", "store.url", "databases.url"];
+/// What a redacted secret reads in stored text.
+pub const REDACTED: &str = "**REDACTED**";
+
+fn table_get<'a>(t: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut cur = t.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
+}
+
+fn table_get_mut<'a>(t: &'a mut toml::Table, dotted: &str) -> Option<&'a mut toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut cur = t.get_mut(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table_mut()?.get_mut(p)?;
+    }
+    Some(cur)
+}
+
+/// A config file's text as it may be stored: verbatim when it holds no secret; else parsed,
+/// its secrets replaced by [`REDACTED`] (URLs: their password by `***`) and written out again
+/// (comments are then lost). Text that is not TOML is returned as an error.
+pub fn redact_file_text(text: &str) -> Result<String, ConfigError> {
+    let mut t: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let mut changed = false;
+    for k in SECRET_KEYS {
+        if let Some(v) = table_get_mut(&mut t, k) {
+            *v = toml::Value::String(REDACTED.into());
+            changed = true;
+        }
+    }
+    for k in URL_KEYS {
+        if let Some(toml::Value::String(u)) = table_get_mut(&mut t, k) {
+            let r = redact_url(u);
+            if r != *u {
+                *u = r;
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(text.to_string());
+    }
+    Ok(format!(
+        "# Secrets redacted by npanel (comments of the original were not kept).\n{}",
+        toml::to_string_pretty(&t).map_err(|e| ConfigError::Parse(e.to_string()))?
+    ))
+}
+
+/// Put back into `stored` (a text from [`redact_file_text`]) the secrets it had redacted,
+/// taking them from `live` (the file's text now) where the redacted forms match. A redacted
+/// secret that `live` no longer holds is an error naming the key: writing the placeholder
+/// would break the service.
+pub fn restore_secrets(stored: &str, live: Option<&str>) -> Result<String, ConfigError> {
+    if !stored.contains(REDACTED) && !stored.contains(":***@") {
+        return Ok(stored.to_string());
+    }
+    let mut t: toml::Table = stored
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let live: toml::Table = match live {
+        Some(l) => l
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?,
+        None => toml::Table::new(),
+    };
+    let mut missing = Vec::new();
+    for k in SECRET_KEYS.iter().chain(URL_KEYS) {
+        let Some(toml::Value::String(v)) = table_get_mut(&mut t, k) else {
+            continue;
+        };
+        let redacted = v == REDACTED || v.contains(":***@");
+        if !redacted {
+            continue;
+        }
+        match table_get(&live, k).and_then(|x| x.as_str()) {
+            Some(l) if SECRET_KEYS.contains(k) || redact_url(l) == *v => *v = l.to_string(),
+            _ => missing.push(format!(
+                "{k} was a secret in that version and the live file does not hold the same one; set it in the file (or config.env) by hand."
+            )),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ConfigError::Invalid(missing));
+    }
+    let body = toml::to_string_pretty(&t).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    Ok(body)
+}
+
+/// A configuration flattened to dotted keys and TOML values (`queue.max_pending` → `100`),
+/// secrets redacted; a value that is unset is absent.
+pub fn flatten(c: &Config) -> std::collections::BTreeMap<String, String> {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flat(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(c.redacted()) {
+        flat("", &v, &mut out);
+    }
+    out
+}
+
+/// This binary's built-in defaults, flattened ([`flatten`]).
+pub fn defaults_flat() -> std::collections::BTreeMap<String, String> {
+    flatten(&Config::default())
+}
+
+/// Defaults that differ between `recorded` (the defaults of the binary that applied a stored
+/// version) and this binary's: (key, then, now), `unset` for a default that has none (or a
+/// setting that is gone).
+pub fn default_changes(
+    recorded: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String, String)> {
+    let now = defaults_flat();
+    let mut keys: std::collections::BTreeSet<&String> = now.keys().collect();
+    keys.extend(recorded.keys());
+    keys.into_iter()
+        .filter_map(|k| {
+            let then = recorded.get(k);
+            let cur = now.get(k);
+            (then != cur).then(|| {
+                (
+                    k.clone(),
+                    then.cloned().unwrap_or_else(|| "unset".into()),
+                    cur.cloned().unwrap_or_else(|| "unset".into()),
+                )
+            })
+        })
+        .collect()
 }
 
 impl Config {
@@ -340,23 +612,18 @@ impl Config {
             std::fs::metadata(f).map_err(|e| ConfigError::File(f.to_path_buf(), e.to_string()))?;
             fig = fig.merge(Toml::file(f));
         }
+        if let Some(env_file) = env_file_for(file) {
+            let text = std::fs::read_to_string(&env_file)
+                .map_err(|e| ConfigError::File(env_file.clone(), e.to_string()))?;
+            fig = merge_env_pairs(fig, &parse_env_file(&env_file, &text)?);
+        }
         fig = fig.merge(
             Env::prefixed("NPANEL_")
                 // Secrets are taken verbatim below: parsed as TOML, a numeric secret would be
                 // refused with the secret quoted in the error.
                 .filter(|k| k != "api__jwt_secret")
                 .split("__")
-                .ignore(&[
-                    "config",
-                    "redis_server",
-                    "bench_cmd",
-                    // The CLI client's settings, not the service's.
-                    "url",
-                    "token",
-                    // Test-suite settings (DESIGN §8), often exported in the same shell.
-                    "test_postgres_url",
-                    "test_mysql_url",
-                ]),
+                .ignore(IGNORED_ENV),
         );
         if let Ok(secret) = std::env::var("NPANEL_API__JWT_SECRET") {
             if !secret.is_empty() {
@@ -452,6 +719,7 @@ impl Config {
         if self.workers.reap_interval_ms == 0 {
             p.push("workers.reap_interval_ms must be at least 1.".into());
         }
+        p.extend(self.upgrade.validate());
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             p.push(format!("log {:?} is not a valid log filter.", self.log));
         }
@@ -461,35 +729,7 @@ impl Config {
     /// Every setting whose value differs from the built-in default, as (dotted key, value,
     /// default) in TOML syntax, secrets hidden; a default that is unset reads `unset`.
     pub fn diff_from_defaults(&self) -> Vec<(String, String, String)> {
-        fn flat(
-            prefix: &str,
-            v: &toml::Value,
-            out: &mut std::collections::BTreeMap<String, String>,
-        ) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let key = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        flat(&key, v, out);
-                    }
-                }
-                other => {
-                    out.insert(prefix.to_string(), other.to_string());
-                }
-            }
-        }
-        let table = |c: &Config| {
-            let mut out = std::collections::BTreeMap::new();
-            if let Ok(v) = toml::Value::try_from(c.redacted()) {
-                flat("", &v, &mut out);
-            }
-            out
-        };
-        let (now, defaults) = (table(self), table(&Config::default()));
+        let (now, defaults) = (flatten(self), defaults_flat());
         now.iter()
             .filter(|(k, v)| defaults.get(*k) != Some(*v))
             .map(|(k, v)| {
@@ -539,6 +779,60 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn secrets_are_redacted_for_storage_and_restored_from_the_live_file() {
+        let plain = "# comment kept\n[queue]\nmax_pending = 5\n";
+        assert_eq!(redact_file_text(plain).unwrap(), plain);
+        let live = "[api]\njwt_secret = \"0123456789abcdefXYZ\"\n[store]\nurl = \"postgres://np:pw@db/np\"\n";
+        let stored = redact_file_text(live).unwrap();
+        assert!(!stored.contains("0123456789abcdefXYZ") && !stored.contains(":pw@"));
+        assert!(stored.contains(REDACTED) && stored.contains("postgres://np:***@db/np"));
+        let back = restore_secrets(&stored, Some(live)).unwrap();
+        assert!(back.contains("0123456789abcdefXYZ") && back.contains("postgres://np:pw@db/np"));
+        // The live file lost the database password: refused, naming the key.
+        let e = restore_secrets(
+            &stored,
+            Some("[api]\njwt_secret = \"x123456789abcdefXYZ\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn env_file_lines_are_parsed_or_named() {
+        let p = Path::new("/etc/npanel/config.env");
+        let v = parse_env_file(
+            p,
+            "# c\n\nexport NPANEL_LOG=debug\nREDIS_URL='redis://h'\nNPANEL_X=\"a b\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            vec![
+                ("NPANEL_LOG".into(), "debug".into()),
+                ("REDIS_URL".into(), "redis://h".into()),
+                ("NPANEL_X".into(), "a b".into())
+            ]
+        );
+        let e = parse_env_file(p, "NPANEL_LOG=info\nHOME=/root\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/npanel/config.env:2: HOME is not an nPanel setting (NPANEL_*, REDIS_URL or DATABASE_URL)"
+        );
+        assert!(parse_env_file(p, "just words\n").is_err());
+    }
+
+    #[test]
+    fn changed_defaults_are_listed() {
+        let mut then = defaults_flat();
+        then.insert("ws.buffer".into(), "512".into());
+        then.insert("gone.key".into(), "1".into());
+        let c = default_changes(&then);
+        assert!(c.contains(&("ws.buffer".into(), "512".into(), "1024".into())));
+        assert!(c.contains(&("gone.key".into(), "1".into(), "unset".into())));
+        assert_eq!(c.len(), 2);
     }
 
     #[test]

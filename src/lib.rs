@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_cli;
 pub mod local_redis;
+pub mod reload;
 pub mod run;
 
 pub use config::{Config, Overrides};

@@ -1,7 +1,7 @@
 //! `npanel`: the one CLI binary. Thin: flags → config → tracing → run (see `src/lib.rs`).
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use npanel::cli::{self, client::Api};
 use npanel::config::{Config, Overrides};
 use npanel::run::{self, Mode};
@@ -26,11 +26,36 @@ struct Cli {
 /// `npanel config …`.
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Load and validate the configuration (`--config FILE`, the environment) without running
-    /// anything: exit 0 and one line when it is usable, else each problem and exit 1.
+    /// Load and validate the configuration (`--config FILE`, its `config.env`, the environment)
+    /// without running anything: exit 0 and one line when it is usable, else each problem and
+    /// exit 1. The upgrade preflight runs it with the new binary on the live file.
     Check,
-    /// Only the settings that differ from the built-in defaults, each with its default.
+    /// Only the settings that differ from the built-in defaults, each with its default; then a
+    /// warning for each default that changed since the version that wrote the newest stored
+    /// configuration.
     Diff,
+    /// The configuration versions `serve` recorded in the store, newest first.
+    Versions {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Data directory (where the store is), as for `rollback`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write an earlier configuration version back to the config file (the current one kept as
+    /// `<file>.bak-<time>`) and make the running `serve` reload it.
+    Rollback {
+        /// The version (default: the one before the newest).
+        #[arg(long)]
+        to: Option<i64>,
+        /// Do not send SIGHUP to the running serve; only say how.
+        #[arg(long)]
+        no_signal: bool,
+        /// Data directory (where the store and serve's pid file are).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +176,40 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Upgrade to a signed release tarball (admin): verify, preflight, backup, deploy,
+    /// validate, rollback on failure; watched like `watch`. `--dry-run`: verify and preflight
+    /// only, and print the PASS/WARN/FAIL/SKIP report.
+    Upgrade {
+        /// The release tarball (`npanel-<version>.tar.gz`), a path on the server.
+        tarball: PathBuf,
+        /// Its minisign signature (default `<tarball>.minisig`).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Allow a downgrade or reinstalling the running version.
+        #[arg(long)]
+        force: bool,
+        /// Verify and preflight only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the job and return instead of watching it.
+        #[arg(long)]
+        no_watch: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Internal: the detached deploy/validate/rollback half of an upgrade job.
+    #[command(hide = true)]
+    UpgradeApply {
+        /// The job's plan.json.
+        #[arg(long)]
+        plan: PathBuf,
+    },
+    /// Internal: the store's migrations as this binary knows them (the upgrade asks the new one).
+    #[command(hide = true)]
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// WHMCS API keys (opens the store like `serve`: same --data-dir or DATABASE_URL).
     Whmcs {
         #[command(subcommand)]
@@ -159,6 +218,14 @@ enum Cmd {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// The migrations this binary carries that the store has not applied (JSON).
+    Pending,
+    /// Apply this binary's migrations.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -423,7 +490,16 @@ enum AuditCmd {
 fn main() -> ExitCode {
     // The embedded host runs a restore's unpack as this binary again, in the account's cgroup.
     agent::child::run_if_asked();
-    let cli = Cli::parse();
+    // `--version` says what `GET /api/admin/upgrade` says (an upgrade checks both).
+    let version: &'static str = Box::leak(queue::Upgrade::running_version().into_boxed_str());
+    let cli = match Cli::command()
+        .version(version)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match real_main(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -444,23 +520,23 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             listen: listen.clone(),
             data_dir: data_dir.clone(),
         },
-        Cmd::Worker { data_dir } | Cmd::Token { data_dir, .. } | Cmd::Whmcs { data_dir, .. } => {
-            Overrides {
-                listen: None,
-                data_dir: data_dir.clone(),
-            }
+        Cmd::Worker { data_dir }
+        | Cmd::Token { data_dir, .. }
+        | Cmd::Whmcs { data_dir, .. }
+        | Cmd::Config {
+            cmd: Some(ConfigCmd::Rollback { data_dir, .. }),
         }
+        | Cmd::Config {
+            cmd: Some(ConfigCmd::Versions { data_dir, .. }),
+        } => Overrides {
+            listen: None,
+            data_dir: data_dir.clone(),
+        },
         _ => Overrides::default(),
     };
     let cfg = Config::load(cli.config.as_deref(), &flags)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // RUST_LOG wins over `log`; the handle lets SIGHUP change `log` (src/reload.rs).
+    let logging = npanel::reload::Logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -475,7 +551,12 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 };
                 let token = CancellationToken::new();
                 run::on_signals(token.clone());
-                run::run(cfg, mode, token).await?;
+                let from = run::Reloading {
+                    file: cli.config.clone(),
+                    flags,
+                    logging: Some(logging),
+                };
+                run::run_with(cfg, mode, token, from).await?;
                 Ok(true)
             }
             Cmd::Schedules => {
@@ -518,25 +599,27 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 cmd: Some(ConfigCmd::Check),
             } => {
                 // Loading validated it already (an invalid one never gets here).
-                println!(
-                    "configuration OK: built-in defaults < {} < NPANEL_* environment",
-                    cli.config
-                        .as_deref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "no file".into())
-                );
+                println!("{}", npanel::config_cli::check(cli.config.as_deref()));
                 Ok(true)
             }
             Cmd::Config {
                 cmd: Some(ConfigCmd::Diff),
             } => {
-                let diff = cfg.diff_from_defaults();
-                if diff.is_empty() {
-                    println!("# every setting is at its built-in default");
-                }
-                for (key, value, default) in diff {
-                    println!("{key} = {value}    # default: {default}");
-                }
+                print!("{}", npanel::config_cli::diff(&cfg).await?);
+                Ok(true)
+            }
+            Cmd::Config {
+                cmd: Some(ConfigCmd::Versions { limit, .. }),
+            } => {
+                print!("{}", npanel::config_cli::versions(&cfg, limit).await?);
+                Ok(true)
+            }
+            Cmd::Config {
+                cmd: Some(ConfigCmd::Rollback { to, no_signal, .. }),
+            } => {
+                let out = npanel::config_cli::rollback(&cfg, cli.config.as_deref(), to, !no_signal)
+                    .await?;
+                print!("{out}");
                 Ok(true)
             }
             Cmd::Token {
@@ -719,6 +802,33 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                             .await?
                     }
                     AuditCmd::Verify { full } => return cli::audit::verify(&api, full).await,
+                }
+                Ok(true)
+            }
+            Cmd::Upgrade {
+                tarball,
+                signature,
+                force,
+                dry_run,
+                no_watch,
+                remote,
+            } => {
+                let api = Api::new(&remote.url, remote.token)?;
+                cli::upgrade::upgrade(
+                    &api,
+                    &tarball,
+                    signature.as_deref(),
+                    force,
+                    dry_run,
+                    no_watch,
+                )
+                .await
+            }
+            Cmd::UpgradeApply { plan } => cli::upgrade::apply(&cfg, &plan).await,
+            Cmd::Store { cmd } => {
+                match cmd {
+                    StoreCmd::Pending => cli::upgrade::store_pending(&cfg).await?,
+                    StoreCmd::Migrate => cli::upgrade::store_migrate(&cfg).await?,
                 }
                 Ok(true)
             }

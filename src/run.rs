@@ -1,5 +1,9 @@
 //! `npanel serve` and `npanel worker`: wire the queue, the pool, the scheduler and (serve only)
 //! the HTTP API with its WebSocket hub together and run them against a shutdown token.
+//!
+//! `serve` accepts on the socket systemd passes when there is one (`npanel.socket`), else binds
+//! `listen`; SIGHUP reloads the configuration, SIGTERM stops accepting and drains (see
+//! [`crate::reload`]).
 
 use crate::config::Config;
 use crate::local_redis;
@@ -62,14 +66,38 @@ fn host(cfg: &Config) -> anyhow::Result<agent::Host> {
     }
 }
 
-/// Run until `shutdown` fires.
+/// Where the running configuration came from, so SIGHUP can read it again the same way.
+#[derive(Debug, Default)]
+pub struct Reloading {
+    /// `--config`.
+    pub file: Option<std::path::PathBuf>,
+    /// The flags given.
+    pub flags: crate::config::Overrides,
+    /// The log filter's reload handle (`None`: the log level is not changed on reload).
+    pub logging: Option<crate::reload::Logging>,
+}
+
+/// Run until `shutdown` fires (no SIGHUP source: reloads re-read the environment only).
 pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(cfg, mode, shutdown, Reloading::default()).await
+}
+
+/// Run until `shutdown` fires; SIGHUP reloads from `from`.
+pub async fn run_with(
+    cfg: Config,
+    mode: Mode,
+    shutdown: CancellationToken,
+    from: Reloading,
+) -> anyhow::Result<()> {
+    let hup = crate::reload::catch_sighup()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    // Bind first: a busy port fails fast, before a private Redis is started.
+    // Bind first: a busy port fails fast, before a private Redis is started. Under systemd
+    // socket activation the socket is already open and outlives this process.
     let listener = match mode {
-        Mode::Serve => Some(
-            tokio::net::TcpListener::bind(&cfg.listen)
+        Mode::Serve => Some(match crate::reload::inherited_listener()? {
+            Some(l) => tokio::net::TcpListener::from_std(l)?,
+            None => tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .with_context(|| {
                     format!(
@@ -77,6 +105,13 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                         cfg.listen
                     )
                 })?,
+        }),
+        Mode::Worker => None,
+    };
+    let _pid_file = match mode {
+        Mode::Serve => Some(
+            crate::reload::PidFile::write(crate::reload::pid_file(&cfg.data_dir))
+                .context("cannot write the pid file in the data dir")?,
         ),
         Mode::Worker => None,
     };
@@ -148,10 +183,34 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
         registry = registry.register(queue::JobKind::HealthCheck, move |ctx| {
             workers::health::run(ctx, health.clone())
         });
+        // The upgrade job (DESIGN §14) hands its deploy to `npanel upgrade-apply` (this binary).
+        // A `worker` takes upgrades only when configured for them (`upgrade.public_key`), so a
+        // worker on another host never claims the upgrade of the panel's own host.
+        if mode == Mode::Serve || !cfg.upgrade.public_key.is_empty() {
+            // Where validate reaches the service: the address actually listened on (a socket
+            // systemd passed may not be `listen`), else `listen`.
+            let listen = listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| cfg.listen.clone());
+            registry = registry.with_upgrade(workers::upgrade::Upgrader::new(
+                cfg.upgrade.clone(),
+                s.clone(),
+                cfg.store.url_for(&cfg.data_dir),
+                url.clone(),
+                q.clone(),
+                std::env::current_exe().context("cannot find this binary's path")?,
+                &listen,
+                cfg.data_dir.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
     let q = q.with_available_kinds(registry.kinds());
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
     let mut tasks = tokio::task::JoinSet::new();
+    let mut app_state = None;
     if mode == Mode::Serve {
         let listener = listener.expect("bound in serve mode");
         let secret = api::auth::load_or_create_secret(cfg.api.jwt_secret.as_deref(), &cfg.data_dir)
@@ -173,6 +232,7 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
                 Ok(())
             });
         }
+        app_state = Some(state.clone());
         let addr = listener.local_addr()?;
         info!(%addr, "API listening on http://{addr} (WebSocket on the same port)");
         let s = shutdown.clone();
@@ -199,6 +259,19 @@ pub async fn run(cfg: Config, mode: Mode, shutdown: CancellationToken) -> anyhow
             Ok(())
         });
     }
+    let live = std::sync::Arc::new(crate::reload::Live::new(
+        cfg.clone(),
+        from.file,
+        from.flags,
+        from.logging,
+        q.clone(),
+        app_state,
+        store.clone(),
+    ));
+    if mode == Mode::Serve {
+        live.record("start").await;
+    }
+    crate::reload::on_sighup(live, hup, shutdown.clone());
     let s = shutdown.clone();
     tasks.spawn(async move { Ok(pool.run(s).await?) });
     if mode == Mode::Serve && cfg.scheduler.enabled {

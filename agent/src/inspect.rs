@@ -8,8 +8,12 @@
 //! (never following a symlink, bounded in entries and depth):
 //!
 //! - files and bytes of the home;
-//! - mail accounts (`etc/<domain>/passwd`) and messages per mailbox (files in `cur/` and `new/`
-//!   under `mail/<domain>/<box>/`, Maildir++ folders included);
+//! - mail accounts (`etc/<domain>/passwd`) and messages per mailbox: for Maildir the files in
+//!   `cur/` and `new/` under `mail/<domain>/<box>/`, Maildir++ folders included; for Dovecot
+//!   mdbox the messages inside `mail/<domain>/<box>/storage/m.*` ([`count_dbox`]). An mdbox
+//!   account's folders share those files and which folder a message is in is written only in
+//!   the binary index (`mailboxes/<name>/dbox-Mails/dovecot.index`), so both sides count the
+//!   mail account's total, the same granularity as a Maildir's sum over its folders;
 //! - databases in the archive (`mysql/<db>.sql`: `CREATE TABLE` statements, rows in `INSERT`s,
 //!   and whether the dump ends with a whole statement);
 //! - zones: the archive's `dnszones/<domain>.db` names, and for each the host's
@@ -39,6 +43,12 @@ const MAX_DEPTH: usize = 200;
 const EXAMPLES: usize = 10;
 /// Largest small file read whole (passwd files, zones).
 const SMALL: u64 = 4 << 20;
+/// Most messages counted in one mdbox storage file (Dovecot rotates them at 2 MiB by default:
+/// a few hundred messages); past it the file's count stops, marked incomplete.
+const MAX_DBOX_MESSAGES: u64 = 1_000_000;
+/// Longest dbox header or metadata line read (bytes), and most metadata lines of a message.
+const MAX_DBOX_LINE: u64 = 64 << 10;
+const MAX_DBOX_META_LINES: u32 = 1024;
 
 /// A database dump in the archive.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +69,14 @@ pub struct ArchiveFacts {
     pub home_bytes: u64,
     /// Mail accounts by domain (`etc/<domain>/passwd`).
     pub mail_accounts: BTreeMap<String, BTreeSet<String>>,
-    /// Messages by mailbox (`box@domain`).
+    /// Messages by mailbox (`box@domain`): Maildir files, and messages in mdbox storage files.
     pub mailboxes: BTreeMap<String, u64>,
+    /// Mailboxes whose messages were counted in mdbox storage files (`storage/m.*`).
+    #[serde(default)]
+    pub mdbox: BTreeSet<String>,
+    /// mdbox storage files that did not read to their end as dbox (`box@domain: path: why`).
+    #[serde(default)]
+    pub mdbox_damaged: Vec<String>,
     /// Database dumps by database name.
     pub databases: BTreeMap<String, DumpFacts>,
     /// Domains with a zone file (`dnszones/<domain>.db`).
@@ -68,7 +84,8 @@ pub struct ArchiveFacts {
     /// Certificates (`sslcerts/*`) and keys (`sslkeys/*`).
     pub certs: u64,
     pub keys: u64,
-    /// Domains with a TLS bundle (`apache_tls/<domain>`).
+    /// Domains with a TLS certificate: `apache_tls/<domain>`, and the names the certificates of
+    /// `sslcerts/` are for (wildcards left out: they name no one domain).
     #[serde(default)]
     pub tls: BTreeSet<String>,
     /// Non-comment lines of the account's crontab (`cron/<user>`).
@@ -82,10 +99,17 @@ pub struct HomeFacts {
     pub files: u64,
     pub bytes: u64,
     pub mail_accounts: BTreeMap<String, BTreeSet<String>>,
+    /// Messages by mailbox, counted as the archive's ([`ArchiveFacts::mailboxes`]).
     pub mailboxes: BTreeMap<String, u64>,
     /// Mailboxes (`box@domain`) with a store: a Maildir (`mail/<domain>/<box>/cur`) or Dovecot
-    /// mdbox (`mail/<domain>/<box>/storage`; its messages are not counted on either side).
+    /// mdbox (`mail/<domain>/<box>/storage`).
     pub maildirs: BTreeSet<String>,
+    /// Mailboxes whose messages were counted in mdbox storage files.
+    #[serde(default)]
+    pub mdbox: BTreeSet<String>,
+    /// mdbox storage files that did not read to their end as dbox.
+    #[serde(default)]
+    pub mdbox_damaged: Vec<String>,
     /// Entries anyone may write (mode `o+w`, not a symlink, no sticky bit).
     pub world_writable: u64,
     pub world_writable_examples: Vec<String>,
@@ -323,6 +347,9 @@ pub fn archive_meta_file(archive: &Path, dir: &str) -> Result<Option<(String, St
 /// Reads the archive once.
 pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFacts> {
     let mut f = ArchiveFacts::default();
+    // `sslcerts/` certificates, read whole (small), whose names are asked of `openssl` after
+    // the pass.
+    let mut certs: Vec<String> = Vec::new();
     let mut visit = |e: &crate::unpack::Listed<'_>, r: &mut dyn Read| -> io::Result<()> {
         let parts: Vec<&str> = e.path.split('/').collect();
         let regular = e.kind.is_file();
@@ -336,6 +363,15 @@ pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFac
                 *f.mailboxes
                     .entry(format!("{boxname}@{domain}"))
                     .or_default() += 1;
+            } else if let Some(key) = dbox_file_of(&parts) {
+                let mut br = BufReader::with_capacity(64 << 10, r);
+                let c = count_dbox(&mut br, |br, n| io::copy(&mut br.take(n), &mut io::sink()))?;
+                *f.mailboxes.entry(key.clone()).or_default() += c.messages;
+                if let Some(why) = c.problem {
+                    f.mdbox_damaged
+                        .push(format!("{key}: {}: {why}", parts[3..].join("/")));
+                }
+                f.mdbox.insert(key);
             } else if let ["etc", domain, "passwd"] = parts.as_slice() {
                 if e.size <= SMALL {
                     let mut text = String::new();
@@ -358,7 +394,15 @@ pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFac
                 f.zones
                     .insert(name.trim_end_matches(".db").to_ascii_lowercase());
             }
-            ["sslcerts", _] => f.certs += 1,
+            ["sslcerts", name] => {
+                f.certs += 1;
+                let pem = [".crt", ".pem", ".cert"].iter().any(|x| name.ends_with(x));
+                if pem && certs.len() < 256 && e.size <= 64 << 10 {
+                    let mut text = String::new();
+                    r.take(64 << 10).read_to_string(&mut text).ok();
+                    certs.push(text);
+                }
+            }
             ["apache_tls", domain] => {
                 f.tls.insert(domain.to_ascii_lowercase());
             }
@@ -383,6 +427,16 @@ pub fn archive_facts(archive: &Path, account: &AccountName) -> Result<ArchiveFac
             archive.display()
         )),
     })?;
+    for text in &certs {
+        if let Some(Ok(names)) = crate::tls::split(text)
+            .certs
+            .first()
+            .map(|c| crate::tls::dns_names(c))
+        {
+            f.tls
+                .extend(names.into_iter().filter(|n| !n.starts_with("*.")));
+        }
+    }
     Ok(f)
 }
 
@@ -405,6 +459,140 @@ fn message_of<'a>(parts: &[&'a str]) -> Option<(&'a str, &'a str)> {
         return None;
     }
     Some((boxname, domain))
+}
+
+/// `mail/<domain>/<box>/storage/m.<N>` (a Dovecot mdbox storage file) → `box@domain`.
+fn dbox_file_of(parts: &[&str]) -> Option<String> {
+    let ["mail", domain, boxname, "storage", file] = parts else {
+        return None;
+    };
+    let n = file.strip_prefix("m.")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if boxname.starts_with('.') || !domain.contains('.') {
+        return None;
+    }
+    Some(format!("{boxname}@{domain}"))
+}
+
+/// What [`count_dbox`] found in one storage file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DboxCount {
+    /// Whole messages (header, body and metadata block all there).
+    pub messages: u64,
+    /// Why the file did not read to its end as dbox (`None`: it did).
+    pub problem: Option<String>,
+}
+
+/// Counts the messages of a Dovecot dbox (v2, as mdbox writes it) storage file in one
+/// streaming pass, reading only headers and metadata: a file header line (`2 M<hex> C<hex>…`),
+/// then per message a header line starting with `0x01 0x02`, its type (`N`, or `E` for
+/// external parts) and, as its last field, the message's size in 16 hex digits; the message
+/// (skipped with `skip`, which returns the bytes it skipped); the metadata block
+/// (`LF 0x01 0x03 LF`) and its `<key><value>` lines up to an empty one. Lines are read up to
+/// [`MAX_DBOX_LINE`], at most [`MAX_DBOX_MESSAGES`] messages are counted: memory is bounded,
+/// and time is one header per message (plus the skips). A file that stops being dbox stops
+/// the count there, saying where.
+pub fn count_dbox<R: BufRead>(
+    r: &mut R,
+    mut skip: impl FnMut(&mut R, u64) -> io::Result<u64>,
+) -> io::Result<DboxCount> {
+    let mut c = DboxCount::default();
+    let mut line = Vec::new();
+    let read_line = |r: &mut R, line: &mut Vec<u8>| -> io::Result<bool> {
+        line.clear();
+        let n = r.take(MAX_DBOX_LINE).read_until(b'\n', line)?;
+        Ok(n > 0 && line.last() == Some(&b'\n'))
+    };
+    if !read_line(r, &mut line)? || !line.starts_with(b"2 ") {
+        c.problem = Some("no dbox v2 file header".into());
+        return Ok(c);
+    }
+    loop {
+        // The message header, or the end of the file.
+        if r.fill_buf()?.is_empty() {
+            return Ok(c);
+        }
+        if c.messages >= MAX_DBOX_MESSAGES {
+            c.problem = Some(format!(
+                "more than {MAX_DBOX_MESSAGES} messages: not counted further"
+            ));
+            return Ok(c);
+        }
+        let at = c.messages + 1;
+        if !read_line(r, &mut line)? || !line.starts_with(b"\x01\x02") || line.len() < 4 {
+            c.problem = Some(format!("message {at}: no dbox message header"));
+            return Ok(c);
+        }
+        let size = std::str::from_utf8(&line[3..line.len() - 1])
+            .ok()
+            .and_then(|f| f.split_ascii_whitespace().last())
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        let Some(size) = size else {
+            c.problem = Some(format!("message {at}: no size in its header"));
+            return Ok(c);
+        };
+        if skip(r, size)? < size {
+            c.problem = Some(format!("message {at}: cut off"));
+            return Ok(c);
+        }
+        let mut magic = [0u8; 4];
+        if r.read_exact(&mut magic).is_err() || &magic != b"\n\x01\x03\n" {
+            c.problem = Some(format!("message {at}: no metadata block after it"));
+            return Ok(c);
+        }
+        let mut ended = false;
+        for _ in 0..MAX_DBOX_META_LINES {
+            if !read_line(r, &mut line)? {
+                break;
+            }
+            // An empty line (or, as dbox v1 wrote it, spaces) ends the block.
+            if line.iter().all(|&b| b == b' ' || b == b'\n') {
+                ended = true;
+                break;
+            }
+        }
+        if !ended {
+            c.problem = Some(format!("message {at}: its metadata block does not end"));
+            return Ok(c);
+        }
+        c.messages += 1;
+    }
+}
+
+/// [`count_dbox`] of a storage file in the home: opened without following a symlink or
+/// blocking on a FIFO, the messages skipped by seeking (one header read per message).
+fn count_dbox_file(path: &Path) -> DboxCount {
+    use nix::fcntl::OFlag;
+    use std::io::Seek;
+    let fail = |why: String| DboxCount {
+        messages: 0,
+        problem: Some(why),
+    };
+    let fd = match nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("cannot open it: {e}")),
+    };
+    let f = std::fs::File::from(fd);
+    let len = match f.metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return fail("not a regular file".into()),
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut br = BufReader::with_capacity(16 << 10, f);
+    let skip = |br: &mut BufReader<std::fs::File>, n: u64| -> io::Result<u64> {
+        let pos = br.stream_position()?;
+        let k = n.min(len.saturating_sub(pos));
+        br.seek_relative(k as i64)?;
+        Ok(k)
+    };
+    count_dbox(&mut br, skip).unwrap_or_else(|e| fail(e.to_string()))
 }
 
 /// The account names of a cPanel `etc/<domain>/passwd`.
@@ -694,6 +882,14 @@ pub fn home_facts(home: &Path, uid: Option<u32>, system_users: bool) -> Result<H
                     *h.mailboxes
                         .entry(format!("{boxname}@{domain}"))
                         .or_default() += 1;
+                } else if let Some(key) = dbox_file_of(&refs) {
+                    let c = count_dbox_file(&path);
+                    *h.mailboxes.entry(key.clone()).or_default() += c.messages;
+                    if let Some(why) = c.problem {
+                        h.mdbox_damaged
+                            .push(format!("{key}: {}: {why}", refs[3..].join("/")));
+                    }
+                    h.mdbox.insert(key);
                 } else if let ["etc", domain, "passwd"] = refs.as_slice() {
                     let text = read_small(&path).unwrap_or_default();
                     h.mail_accounts
@@ -1045,5 +1241,73 @@ mod tests {
         assert_eq!(m("mail/ex.com/info/tmp/1.x"), None);
         assert_eq!(m("mail/cur/x/cur/1"), None);
         assert_eq!(m("mail/ex.com/info/a/b/cur/1"), None);
+    }
+
+    /// A dbox v2 storage file as Dovecot writes it: `2 M1e C<time>`, then per message the
+    /// 30-byte header (`0x01 0x02`, type, space, 8 hex of the v1 UID, space, 16 hex of the
+    /// size, LF), the message, `LF 0x01 0x03 LF`, metadata lines and an empty line.
+    fn dbox(messages: &[&[u8]], short_header: bool) -> Vec<u8> {
+        let mut f = b"2 M1e C6553f100\n".to_vec();
+        for (i, m) in messages.iter().enumerate() {
+            if short_header {
+                f.extend_from_slice(format!("\x01\x02N {:016x}\n", m.len()).as_bytes());
+            } else {
+                f.extend_from_slice(format!("\x01\x02N 00000000 {:016x}\n", m.len()).as_bytes());
+            }
+            f.extend_from_slice(m);
+            f.extend_from_slice(
+                format!("\n\x01\x03\nG{i:032x}\nR6553f1{i:02x}\nZ{:x}\n\n", m.len()).as_bytes(),
+            );
+        }
+        f
+    }
+
+    fn count(bytes: &[u8]) -> DboxCount {
+        let mut r = io::Cursor::new(bytes);
+        count_dbox(&mut r, |r, n| io::copy(&mut r.take(n), &mut io::sink())).unwrap()
+    }
+
+    #[test]
+    fn dbox_files_count_whole_messages_and_say_where_they_stop() {
+        // Bodies that look like headers and metadata are skipped by their size, not parsed.
+        let tricky: &[u8] = b"From: a\r\n\r\n\x01\x02N 00000000 0000000000000001\n\n\x01\x03\n\n";
+        let msgs: Vec<&[u8]> = vec![b"From: a\r\n\r\nhi", tricky, b""];
+        for short in [false, true] {
+            let f = dbox(&msgs, short);
+            assert_eq!(
+                count(&f),
+                DboxCount {
+                    messages: 3,
+                    problem: None
+                }
+            );
+            // Cut inside the last message: the two before it count.
+            let c = count(&f[..f.len() - 20]);
+            assert_eq!(c.messages, 2, "{c:?}");
+            assert!(c.problem.unwrap().contains("message 3"));
+        }
+        assert_eq!(count(b"2 M1e C1\n"), DboxCount::default());
+        let c = count(b"not dbox at all");
+        assert_eq!(c.messages, 0);
+        assert!(c.problem.unwrap().contains("file header"));
+        // A file (seeking over the bodies) counts as the stream does.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.1");
+        std::fs::write(&path, dbox(&msgs, false)).unwrap();
+        assert_eq!(count_dbox_file(&path).messages, 3);
+        std::os::unix::fs::symlink(&path, dir.path().join("m.2")).unwrap();
+        assert!(count_dbox_file(&dir.path().join("m.2")).problem.is_some());
+        assert_eq!(
+            dbox_file_of(&["mail", "ex.com", "sales", "storage", "m.12"]),
+            Some("sales@ex.com".into())
+        );
+        assert_eq!(
+            dbox_file_of(&["mail", "ex.com", "sales", "storage", "dovecot.map.index"]),
+            None
+        );
+        assert_eq!(
+            dbox_file_of(&["mail", "ex.com", "sales", "storage", "m."]),
+            None
+        );
     }
 }

@@ -12,6 +12,11 @@
 //! - **TLS** (`meta/apache_tls/<domain>`: key, certificate, chain in one PEM): for the
 //!   account's domains, when the certificate matches its key, has not expired and names the
 //!   domain ([`crate::tls`]), installed to `etc/ssl/npanel/<domain>.pem` (0600); else listed
+//!   with the reason. Older archives' `meta/sslcerts/<name>.crt` and `meta/sslkeys/<name>.key`
+//!   are matched by public key ([`crate::tls::pair`]; the names do not say which key is
+//!   whose), each certificate installed the same way, with the same checks, for every
+//!   account domain it names (a `sslcerts/<name>.cabundle` beside it is its chain), unless
+//!   `apache_tls/` brought that domain's already; every file that could not be used is listed
 //!   with the reason.
 //! - **Crontab** (`meta/cron/<user>`): when the account may use cron, written to
 //!   `var/spool/cron/crontabs/<account>` (Debian's place, mode 0600, the account's when system
@@ -60,13 +65,18 @@ pub struct CronApplied {
     pub reason: Option<String>,
 }
 
-/// One TLS bundle of the archive (`apache_tls/<domain>`).
+/// One TLS certificate of the archive (`apache_tls/<domain>`, or a `sslcerts/` file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsApplied {
+    /// The domain it serves (for a file that serves none: the file, `sslcerts/<name>`).
     pub domain: String,
     pub installed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The archive's files it came from, when not `apache_tls/<domain>`
+    /// (`sslcerts/<name> + sslkeys/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What [`apply_restore_meta`] did.
@@ -192,10 +202,197 @@ pub fn apply_restore_meta(
                 domain,
                 installed: r.is_ok(),
                 reason: r.err(),
+                source: None,
+            });
+        }
+    }
+    let done: Vec<String> = out
+        .tls
+        .iter()
+        .filter(|t| t.installed)
+        .map(|t| t.domain.clone())
+        .collect();
+    out.tls.extend(legacy_tls(cfg, &meta, domains, &done)?);
+    Ok(out)
+}
+
+/// Most files read from each of `sslcerts/` and `sslkeys/`.
+const MAX_TLS_FILES: usize = 256;
+
+/// The regular files of `meta/<dir>` whose names end in one of `ends`, with their text
+/// (sorted by name, at most [`MAX_TLS_FILES`], each at most [`MAX_META`]).
+fn pem_files(
+    meta: &fsx::DirHandle,
+    dir: &str,
+    ends: &[&str],
+    skipped: &mut Vec<TlsApplied>,
+) -> Result<Vec<(String, String)>> {
+    let Some(d) = meta.open_dir(dir)? else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&d.path)
+        .map_err(|e| AgentError::io(&d.path, e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| ends.iter().any(|e| n.ends_with(e)))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        let reason = if i >= MAX_TLS_FILES {
+            Some(format!(
+                "more than {MAX_TLS_FILES} files in {dir}/: not read"
+            ))
+        } else {
+            match d.read_file(&name, MAX_META) {
+                Ok(Some(b)) => {
+                    out.push((name.clone(), String::from_utf8_lossy(&b).into_owned()));
+                    None
+                }
+                Ok(None) => Some("gone from the staging".into()),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        if let Some(reason) = reason {
+            skipped.push(TlsApplied {
+                domain: format!("{dir}/{name}"),
+                installed: false,
+                reason: Some(reason),
+                source: Some(format!("{dir}/{name}")),
             });
         }
     }
     Ok(out)
+}
+
+/// The older `sslcerts/` + `sslkeys/` of an archive (module docs): each certificate paired
+/// with its key by public key, then checked and installed as `apache_tls/` bundles are, for
+/// each of the account's domains it names that `done` (installed from `apache_tls/`) lacks.
+fn legacy_tls(
+    cfg: &AgentConfig,
+    meta: &fsx::DirHandle,
+    domains: &[Domain],
+    done: &[String],
+) -> Result<Vec<TlsApplied>> {
+    let mut out = Vec::new();
+    let certs = pem_files(meta, "sslcerts", &[".crt", ".pem", ".cert"], &mut out)?;
+    let keys = pem_files(meta, "sslkeys", &[".key", ".pem"], &mut out)?;
+    if certs.is_empty() && keys.is_empty() {
+        return Ok(out);
+    }
+    let chains = pem_files(meta, "sslcerts", &[".cabundle"], &mut out)?;
+    let text = |list: &[(String, String)], name: &str| -> String {
+        list.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    let mine = |names: &[String]| -> Vec<String> {
+        domains
+            .iter()
+            .map(|d| d.as_str().to_ascii_lowercase())
+            .filter(|d| names.iter().any(|n| crate::tls::covers(n, d)))
+            .collect()
+    };
+    let pairing = crate::tls::pair(&certs, &keys);
+    let mut installed: Vec<String> = done.to_vec();
+    for p in &pairing.pairs {
+        let source = format!("sslcerts/{} + sslkeys/{}", p.cert, p.key);
+        let cert = crate::tls::split(&text(&certs, &p.cert));
+        let mut bundle = crate::tls::Bundle {
+            key: crate::tls::split(&text(&keys, &p.key)).key,
+            certs: cert.certs,
+        };
+        let stem = p.cert.rsplit_once('.').map_or(p.cert.as_str(), |(s, _)| s);
+        bundle
+            .certs
+            .extend(crate::tls::split(&text(&chains, &format!("{stem}.cabundle"))).certs);
+        let names = match bundle.certs.first().map(|c| crate::tls::dns_names(c)) {
+            Some(Ok(n)) => n,
+            Some(Err(why)) => {
+                out.push(TlsApplied {
+                    domain: format!("sslcerts/{}", p.cert),
+                    installed: false,
+                    reason: Some(why),
+                    source: Some(source),
+                });
+                continue;
+            }
+            None => continue,
+        };
+        let targets: Vec<String> = mine(&names)
+            .into_iter()
+            .filter(|d| !installed.contains(d))
+            .collect();
+        if targets.is_empty() && !mine(&names).is_empty() {
+            // Its domains' certificates came from `apache_tls/` (or an earlier pair).
+            continue;
+        }
+        if targets.is_empty() {
+            out.push(TlsApplied {
+                domain: names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| format!("sslcerts/{}", p.cert)),
+                installed: false,
+                reason: Some(format!(
+                    "names none of the account's domains ({}): left alone",
+                    names.join(", ")
+                )),
+                source: Some(source),
+            });
+            continue;
+        }
+        for d in targets {
+            let r = crate::tls::check(&bundle, &d).and_then(|()| install_tls(cfg, &d, &bundle));
+            if r.is_ok() {
+                installed.push(d.clone());
+            }
+            out.push(TlsApplied {
+                domain: d,
+                installed: r.is_ok(),
+                reason: r.err(),
+                source: Some(source.clone()),
+            });
+        }
+    }
+    for (file, why) in pairing.unused {
+        // A certificate without its key is listed under the account domain it names, so the
+        // health check sees the domain's certificate was not restored.
+        let domain = match file.strip_prefix("sslcerts/") {
+            Some(name) => crate::tls::split(&text(&certs, name))
+                .certs
+                .first()
+                .and_then(|c| crate::tls::dns_names(c).ok())
+                .and_then(|n| mine(&n).into_iter().find(|d| !installed.contains(d))),
+            None => None,
+        };
+        out.push(TlsApplied {
+            domain: domain.unwrap_or_else(|| file.clone()),
+            installed: false,
+            reason: Some(why),
+            source: Some(file),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `bundle` (key, certificate, chain) for `domain` to [`tls_path`], mode 0600.
+fn install_tls(
+    cfg: &AgentConfig,
+    domain: &str,
+    bundle: &crate::tls::Bundle,
+) -> std::result::Result<(), String> {
+    let path = tls_path(&cfg.host.root, domain);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let out = fsx::ensure_base(parent, 0o700).map_err(|e| e.to_string())?;
+    let mut body = bundle.key.clone().unwrap_or_default();
+    for c in &bundle.certs {
+        body.push_str(c);
+    }
+    out.write_atomic(&format!("{domain}.pem"), body.as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(domain, "TLS certificate restored");
+    Ok(())
 }
 
 /// `apache_tls/<domain>`: checked ([`crate::tls::check`]) and installed (mode 0600) for one
@@ -218,17 +415,7 @@ fn tls(
     };
     let bundle = crate::tls::split(&text);
     crate::tls::check(&bundle, domain)?;
-    let path = tls_path(&cfg.host.root, domain);
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let out = fsx::ensure_base(parent, 0o700).map_err(|e| e.to_string())?;
-    let mut body = bundle.key.unwrap_or_default();
-    for c in &bundle.certs {
-        body.push_str(c);
-    }
-    out.write_atomic(&format!("{domain}.pem"), body.as_bytes(), 0o600)
-        .map_err(|e| e.to_string())?;
-    tracing::info!(domain, "TLS certificate restored");
-    Ok(())
+    install_tls(cfg, domain, &bundle)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -364,7 +551,11 @@ fn cron(
     }
     let path = crontab_path(&cfg.host.root, account);
     let parent = path.parent().unwrap_or(Path::new("/"));
+    let made = !parent.is_dir();
     let d = fsx::ensure_base(parent, 0o730)?;
+    if made {
+        spool_mode(parent);
+    }
     let body = format!(
         "# crontab of {account}, restored from its archive by npanel-agent\n{}\n",
         lines.join("\n")
@@ -398,6 +589,21 @@ fn cron(
     c.installed = true;
     c.path = Some(path.display().to_string());
     Ok(c)
+}
+
+/// A crontab spool directory the restore had to create gets what Debian's `cron` package gives
+/// it: group `crontab` (the `crontab` command is setgid to it) and mode 1730, so users can
+/// still edit their own crontab afterwards. Best effort: without the group, 1730 and root's.
+fn spool_mode(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name("crontab") {
+        if let Err(e) = nix::unistd::chown(dir, None, Some(g.gid)) {
+            tracing::warn!(dir = %dir.display(), "crontab spool group: {e}");
+        }
+    }
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1730)) {
+        tracing::warn!(dir = %dir.display(), "crontab spool mode: {e}");
+    }
 }
 
 /// cPanel's PHP binaries as this server's.

@@ -13,10 +13,11 @@ use std::process::Command;
 
 use common::*;
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 4] = [
     "npanel-agent.service",
     "npanel-watchdog.service",
     "npanel.service",
+    "npanel.socket",
 ];
 
 fn units_dir() -> PathBuf {

@@ -39,7 +39,7 @@ pub struct CreateAccount {
     pub id: String,
     /// `customer` (default), `reseller` or `admin`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, schema_with = account_type)]
     pub kind: Option<AccountType>,
     /// Parent account (resellers: always themselves).
     pub parent: Option<String>,
@@ -54,7 +54,7 @@ pub struct CreateAccount {
     /// three character classes).
     pub password: Option<String>,
     /// Reseller allowance `{max_accounts, disk_mb, bandwidth_mb}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::openapi::allowance_or_null)]
     pub allowance: Option<Allowance>,
 }
 
@@ -64,9 +64,41 @@ pub struct AccountAccepted {
     /// The account as recorded now.
     #[schema(value_type = Object)]
     pub account: Account,
-    /// The `provision` job doing the work.
-    #[schema(value_type = Object)]
+    /// The `provision` job doing the work (null for an admin login, which has nothing to
+    /// build on the host and is answered 201).
+    #[schema(value_type = Option<Object>)]
     pub job: Value,
+}
+
+fn account_status() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(
+            [
+                AccountStatus::Pending,
+                AccountStatus::Active,
+                AccountStatus::Suspended,
+                AccountStatus::Terminated,
+            ]
+            .map(|s| s.as_str()),
+        ))
+        .build()
+}
+
+fn account_type() -> utoipa::openapi::schema::Object {
+    crate::openapi::nullable(
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(
+                [
+                    AccountType::Customer,
+                    AccountType::Reseller,
+                    AccountType::Admin,
+                ]
+                .map(|t| t.as_str()),
+            ))
+            .build(),
+    )
 }
 
 fn can_see(v: &ws::Viewer, a: &Account) -> bool {
@@ -137,7 +169,8 @@ pub(crate) fn require_provision(st: &AppState) -> Result<(), ApiError> {
 
 /// Create an account (a `provision/create` job builds it on the host).
 #[utoipa::path(post, path = "/api/accounts", tag = "accounts", request_body = CreateAccount,
-    responses((status = 202, body = AccountAccepted), (status = 403, body = ErrorBody),
+    responses((status = 202, body = AccountAccepted),
+        (status = 201, body = AccountAccepted, description = "An admin login: recorded, nothing to build (job null)"), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "conflict (name taken) or allowance_exceeded"),
         (status = 422, body = ErrorBody), (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create(
@@ -275,6 +308,7 @@ pub struct AccountQuery {
     /// Only this reseller's customers (admins; resellers always get their own).
     pub reseller: Option<String>,
     /// Only this status.
+    #[param(schema_with = account_status)]
     pub status: Option<String>,
     /// Page size (1-1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -559,7 +593,8 @@ pub async fn change_package(
 /// Set an account's password (customers: their own).
 #[utoipa::path(post, path = "/api/accounts/{id}/password", tag = "accounts", params(("id" = String, Path, description = "Username")),
     request_body = PasswordBody, responses((status = 202, body = AccountAccepted), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 501, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "conflict: the account is terminated"),
+        (status = 422, body = ErrorBody), (status = 501, body = ErrorBody)))]
 pub async fn password(
     State(st): State<AppState>,
     ctx: Ctx,
@@ -590,7 +625,7 @@ pub struct FeatureAnswer {
 
 /// Whether an account's package grants a feature.
 #[utoipa::path(get, path = "/api/accounts/{id}/features/{feature}", tag = "accounts",
-    params(("id" = String, Path, description = "Username"), ("feature" = String, Path, description = "Feature name")),
+    params(("id" = String, Path, description = "Username"), ("feature" = inline(crate::openapi::FeatureName), Path, description = "Feature name")),
     responses((status = 200, body = FeatureAnswer), (status = 403, body = ErrorBody, description = "feature_disabled"),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn feature(
@@ -620,7 +655,7 @@ pub async fn feature(
 
 /// Replace a reseller's allowance (admins).
 #[utoipa::path(put, path = "/api/resellers/{id}/allowance", tag = "resellers", params(("id" = String, Path, description = "Reseller id")),
-    request_body(content = Object, description = "{max_accounts (≤ 1000), disk_mb, bandwidth_mb}; null = unlimited"),
+    request_body(content = inline(crate::openapi::AllowanceBody)),
     responses((status = 200, body = Object, description = "The reseller account"), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_allowance(

@@ -28,7 +28,9 @@ pub async fn queue_view(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
-    /// Jobs of this kind that may run at once across every worker (0 stops claiming it).
+    /// Jobs of this kind that may run at once across every worker (0 stops claiming it; at
+    /// most 10000).
+    #[schema(maximum = 10000)]
     pub limit: u32,
 }
 
@@ -43,7 +45,7 @@ pub struct LimitSet {
 
 /// Set a kind's concurrency limit at runtime.
 #[utoipa::path(put, path = "/api/admin/concurrency/{kind}", tag = "admin",
-    params(("kind" = String, Path, description = "Job type")), request_body = LimitBody,
+    params(("kind" = inline(crate::openapi::KindName), Path, description = "Job type")), request_body = LimitBody,
     responses((status = 200, body = LimitSet), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_concurrency(
     State(st): State<AppState>,

@@ -276,8 +276,10 @@ impl Ctx {
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// From (RFC 3339), inclusive.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// To (RFC 3339), exclusive.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Action prefix (`account_` matches every account action).
     pub action: Option<String>,
@@ -286,6 +288,7 @@ pub struct AuditQuery {
     /// Actor id.
     pub actor: Option<String>,
     /// `success`, `failure` or `denied`.
+    #[param(schema_with = audit_result)]
     pub result: Option<String>,
     /// Resource type (`account`, `package`, `job`, `queue`, ...).
     pub resource_type: Option<String>,
@@ -298,8 +301,25 @@ pub struct AuditQuery {
     /// From a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Export only: `csv` or `json` (default).
+    #[param(schema_with = export_format)]
     pub format: Option<String>,
 }
+
+fn audit_result() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(AUDIT_RESULTS))
+        .build()
+}
+
+fn export_format() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["csv", "json"]))
+        .build()
+}
+
+const AUDIT_RESULTS: [&str; 3] = ["success", "failure", "denied"];
 
 pub(crate) fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
@@ -339,8 +359,13 @@ fn filter(caller: &Caller, q: &AuditQuery) -> Result<AuditFilter, ApiError> {
         Some((ts, seq)) => (ts, Some(seq)),
         None => (None, None),
     };
+    if let Some(f) = q.format.as_deref().filter(|f| !["csv", "json"].contains(f)) {
+        return Err(ApiError::BadRequest(format!(
+            "format {f:?} is not csv or json"
+        )));
+    }
     if let Some(r) = &q.result {
-        if !["success", "failure", "denied"].contains(&r.as_str()) {
+        if !AUDIT_RESULTS.contains(&r.as_str()) {
             return Err(ApiError::BadRequest(
                 "result must be success, failure or denied".into(),
             ));
@@ -358,7 +383,7 @@ fn filter(caller: &Caller, q: &AuditQuery) -> Result<AuditFilter, ApiError> {
         text: q.q.clone().filter(|t| !t.is_empty()),
         before_seq,
         before_ts,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit: crate::extract::PageRequest::parse(q.limit, None, "audit")?.limit,
     };
     let v = &caller.0;
     match v.role {
@@ -543,7 +568,8 @@ fn csv_row(w: &mut csv::Writer<Vec<u8>>, r: &AuditRecord) -> csv::Result<()> {
 
 /// Stream the matching records as CSV or JSON lines... as one JSON array, newest first.
 #[utoipa::path(get, path = "/api/audit/export", tag = "audit", params(AuditQuery),
-    responses((status = 200, content_type = "text/csv", body = String, description = "CSV with a header row, or a JSON array (format=json)"),
+    responses((status = 200, description = "CSV with a header row (format=csv), or a JSON array of records (format=json, the default)",
+            content((String = "text/csv"), (Vec<Object> = "application/json"))),
         (status = 400, body = ErrorBody)))]
 pub async fn export(
     State(st): State<AppState>,

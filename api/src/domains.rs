@@ -61,7 +61,13 @@ pub struct DomainList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDomain {
-    /// The addon domain, e.g. `shop.example.com` (stored lower case).
+    /// The addon domain, e.g. `shop.example.com` (stored lower case): labels of letters,
+    /// digits and inner hyphens (at most 63 each, 253 in all), the last one starting with a
+    /// letter.
+    #[schema(
+        max_length = 253,
+        pattern = r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+    )]
     pub domain: String,
 }
 

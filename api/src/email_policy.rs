@@ -79,9 +79,10 @@ impl EmailPolicyView {
 #[serde(deny_unknown_fields)]
 pub struct EmailPolicyChange {
     /// Fields to change: a number overrides, `null` drops the override, absent is unchanged.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = policy_fields)]
     pub policy: Map<String, Value>,
-    /// Why (kept in the audit log; 1-500 characters).
+    /// Why (kept in the audit log; 1-500 characters, not blank).
+    #[schema(pattern = r"\S", min_length = 1, max_length = 500)]
     pub reason: String,
 }
 
@@ -269,6 +270,34 @@ async fn put_inner(
         },
         audit,
     ))
+}
+
+/// The `policy` object of a change: each field of [`EMAIL_POLICY_FIELDS`], a number within its
+/// bound or null (drop the override), nothing else.
+fn policy_fields() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let mut b = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .min_properties(Some(1))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    for f in EMAIL_POLICY_FIELDS {
+        let max = match f {
+            "mb_per_hour" => store::MAX_EMAIL_MB_PER_HOUR,
+            "max_connections" => store::MAX_EMAIL_CONNECTIONS,
+            _ => store::MAX_EMAIL_PER_HOUR,
+        };
+        b = b.property(
+            f,
+            crate::openapi::nullable(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(max))
+                    .build(),
+            ),
+        );
+    }
+    b.build()
 }
 
 #[cfg(test)]

@@ -19,8 +19,31 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .get::<BodyLimit>()
             .map(|b| b.0)
             .unwrap_or_default();
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| (req.method().clone(), m.as_str().to_string()));
+        // Read as a JSON value first: a number written `5.0` is the integer 5 (JSON, and the
+        // JSON Schema our document states, make no difference), which serde would refuse for
+        // an integer field.
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(mut v)) => {
+                if let Some((method, path)) = &route {
+                    crate::openapi::check_body_shape(method, path, &v).map_err(|m| {
+                        ApiError::Unprocessable(format!("the JSON body does not match: {m}"))
+                    })?;
+                }
+                integral_floats_to_ints(&mut v);
+                if let Some(n) = too_large_integer(&v) {
+                    return Err(ApiError::Unprocessable(format!(
+                        "the JSON body does not match: {n} is larger than the largest whole number accepted, {}",
+                        i64::MAX
+                    )));
+                }
+                serde_json::from_value(v).map(ApiJson).map_err(|e| {
+                    ApiError::Unprocessable(format!("the JSON body does not match: {e}"))
+                })
+            }
             Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge(limit))
             }
@@ -36,6 +59,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 r.body_text()
             ))),
         }
+    }
+}
+
+/// Turn every number with no fractional part that fits an `i64`/`u64` (`5.0`, `-2.0`) into
+/// that integer, in place.
+fn integral_floats_to_ints(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                if f >= 0.0 && f < u64::MAX as f64 {
+                    *v = Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_ints),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_to_ints),
+        _ => {}
+    }
+}
+
+/// The first whole number above `i64::MAX` in `v`: the document declares every integer
+/// `int64`, so none is accepted, even where the field is unsigned.
+fn too_large_integer(v: &serde_json::Value) -> Option<u64> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n.as_u64().filter(|&n| n > i64::MAX as u64),
+        Value::Array(a) => a.iter().find_map(too_large_integer),
+        Value::Object(o) => o.values().find_map(too_large_integer),
+        _ => None,
     }
 }
 

@@ -19,19 +19,22 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
-    /// Job type: provision, restore, health_check, quota_sweep, upgrade, diagnostic, retention.
+    /// Job type.
+    #[schema(schema_with = crate::openapi::job_kind)]
     pub kind: String,
     /// The kind's payload (checked against its type).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: Value,
     /// The account the job concerns.
+    #[schema(min_length = 1, max_length = 64)]
     pub account: Option<String>,
     /// That account's reseller.
     pub reseller: Option<String>,
     /// Same key within its TTL returns the existing job.
     pub idempotency_key: Option<String>,
-    /// Overrides the kind's default attempts.
+    /// Overrides the kind's default attempts (1-100).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
 }
 
@@ -259,8 +262,10 @@ async fn enqueue_inner(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this status.
+    #[param(schema_with = crate::openapi::job_status)]
     pub status: Option<String>,
     /// Only this kind.
+    #[param(schema_with = crate::openapi::job_kind)]
     pub kind: Option<String>,
     /// Only this account.
     pub account: Option<String>,
@@ -470,6 +475,7 @@ async fn transition_audit(
 /// Run a failed or cancelled job again.
 #[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 202, body = Transition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 501, body = ErrorBody, description = "not_available: the job's type has no handler in this build"),
         (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn retry(
     State(st): State<AppState>,

@@ -40,10 +40,12 @@ pub mod limit;
 pub mod live;
 pub mod login;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod packages;
 pub mod restore;
 pub mod security;
+pub mod upgrade;
 pub mod usage;
 pub mod whmcs;
 
@@ -234,6 +236,11 @@ impl AppState {
         ]
     }
 
+    /// Apply new rate limits while serving (`npanel serve` on SIGHUP); whether they changed.
+    pub fn set_rate_limits(&self, cfg: &limit::RateLimitConfig) -> bool {
+        self.limits.reconfigure(cfg)
+    }
+
     /// The token signer (tests and `npanel token` use the same keys).
     pub fn auth(&self) -> &auth::Auth {
         &self.auth
@@ -293,6 +300,8 @@ fn routes() -> Routes {
         .routes(routes!(admin::set_concurrency))
         .routes(routes!(admin::pause))
         .routes(routes!(admin::resume))
+        .routes(routes!(upgrade::running, upgrade::start))
+        .routes(routes!(upgrade::preflight))
         .routes(routes!(accounts::list, accounts::create))
         .routes(routes!(accounts::get_account))
         .routes(routes!(usage::account_usage))
@@ -364,6 +373,8 @@ fn routes() -> Routes {
             .into(),
     );
     document_common_errors(&mut doc);
+    openapi::document_links(&mut doc);
+    openapi::document_rules(&mut doc);
     (api, whmcs, ops, doc)
 }
 
@@ -501,15 +512,63 @@ fn make_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
         role = tracing::field::Empty)
 }
 
+/// How long connections accepted just before shutdown keep being served after accepting
+/// stops. hyper's graceful shutdown closes a connection whose first request it has not read
+/// yet, which would drop a request that was already accepted; in this window it is read and
+/// answered (then graceful shutdown finishes whatever is still in flight).
+const ACCEPTED_GRACE: Duration = Duration::from_secs(1);
+
+/// A listener that stops accepting, and closes its descriptor, when `stop` fires: with a socket
+/// that outlives the process (systemd socket activation), new connections then wait in the
+/// socket's backlog for the next process instead of being accepted by this one.
+struct StopAccepting {
+    inner: Option<tokio::net::TcpListener>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl axum::serve::Listener for StopAccepting {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(l) = self.inner.as_mut() else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => self.inner = None,
+                c = axum::serve::Listener::accept(l) => return c,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
 /// Serve `state` on `listener` until `shutdown` fires (open WebSockets are closed by the hub
-/// on the same token).
+/// on the same token): accepting stops at once, requests in flight and on connections already
+/// accepted are answered ([`ACCEPTED_GRACE`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = StopAccepting {
+        addr: listener.local_addr()?,
+        inner: Some(listener),
+        stop: shutdown.clone(),
+    }
+    // `tap_io` only to reuse axum's `ConnectInfo<SocketAddr>` for any listener.
+    .tap_io(|_| {});
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(ACCEPTED_GRACE).await;
+        })
         .await
 }

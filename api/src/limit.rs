@@ -38,18 +38,29 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// The limiters of one process.
+/// The limiters of one process. Replaceable while serving ([`Limiters::reconfigure`], SIGHUP):
+/// each is behind an `RwLock` that requests only read.
 pub struct Limiters {
-    ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    account: Option<DefaultKeyedRateLimiter<String>>,
+    ip: std::sync::RwLock<Limiter<IpAddr>>,
+    account: std::sync::RwLock<Limiter<String>>,
     clock: DefaultClock,
+}
+
+/// One keyed limiter and the per-minute figure it was built with (0: none).
+type Limiter<K> = (u32, Option<Arc<DefaultKeyedRateLimiter<K>>>);
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(per_minute: u32) -> Limiter<K> {
+    (
+        per_minute,
+        NonZeroU32::new(per_minute).map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
+    )
 }
 
 impl std::fmt::Debug for Limiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiters")
-            .field("ip", &self.ip.is_some())
-            .field("account", &self.account.is_some())
+            .field("ip", &self.ip.read().expect("limiter").0)
+            .field("account", &self.account.read().expect("limiter").0)
             .finish()
     }
 }
@@ -58,16 +69,32 @@ impl Limiters {
     /// Limiters for `cfg`.
     pub fn new(cfg: &RateLimitConfig) -> Limiters {
         Limiters {
-            ip: NonZeroU32::new(cfg.per_ip_per_minute)
-                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
-            account: NonZeroU32::new(cfg.per_account_per_minute)
-                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            ip: std::sync::RwLock::new(limiter(cfg.per_ip_per_minute)),
+            account: std::sync::RwLock::new(limiter(cfg.per_account_per_minute)),
             clock: DefaultClock::default(),
         }
     }
 
+    /// Apply `cfg` while serving. A limit whose figure changed starts afresh (its keys' spent
+    /// budget is forgotten); an unchanged one keeps its state. Returns whether anything changed.
+    pub fn reconfigure(&self, cfg: &RateLimitConfig) -> bool {
+        let mut changed = false;
+        let mut ip = self.ip.write().expect("limiter");
+        if ip.0 != cfg.per_ip_per_minute {
+            *ip = limiter(cfg.per_ip_per_minute);
+            changed = true;
+        }
+        let mut account = self.account.write().expect("limiter");
+        if account.0 != cfg.per_account_per_minute {
+            *account = limiter(cfg.per_account_per_minute);
+            changed = true;
+        }
+        changed
+    }
+
     fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        if let Some(l) = &self.ip {
+        let l = self.ip.read().expect("limiter").1.clone();
+        if let Some(l) = l {
             l.check_key(&ip).map_err(|n| {
                 metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL, "scope" => "ip").increment(1);
                 ApiError::RateLimited(n.wait_time_from(self.clock.now()))
@@ -77,7 +104,8 @@ impl Limiters {
     }
 
     fn check_account(&self, key: String) -> Result<(), ApiError> {
-        if let Some(l) = &self.account {
+        let l = self.account.read().expect("limiter").1.clone();
+        if let Some(l) = l {
             l.check_key(&key).map_err(|n| {
                 metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL, "scope" => "account")
                     .increment(1);
@@ -89,11 +117,11 @@ impl Limiters {
 
     /// Forget keys that are back to full capacity.
     pub fn forget_idle(&self) {
-        if let Some(l) = &self.ip {
+        if let Some(l) = self.ip.read().expect("limiter").1.clone() {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        if let Some(l) = &self.account {
+        if let Some(l) = self.account.read().expect("limiter").1.clone() {
             l.retain_recent();
             l.shrink_to_fit();
         }

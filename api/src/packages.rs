@@ -133,7 +133,7 @@ pub async fn list(
 
 /// Create a package (as a draft).
 #[utoipa::path(post, path = "/api/packages", tag = "packages",
-    request_body(content = Object, description = "{id, name, limits, features, disabled_features, pricing, owner?}"),
+    request_body(content = inline(crate::openapi::NewPackageBody)),
     responses((status = 201, body = Object, description = "The package (draft)"), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -207,8 +207,8 @@ pub struct Updated {
     /// The package at its new version.
     #[schema(value_type = Object)]
     pub package: Package,
-    /// The one `provision/reapply_package` job, with `apply_to_existing`.
-    #[schema(value_type = Object)]
+    /// The one `provision/reapply_package` job, with `apply_to_existing` (else null).
+    #[schema(value_type = Option<Object>)]
     pub job: Option<Value>,
     /// Accounts on the package now.
     pub accounts: i64,
@@ -217,7 +217,7 @@ pub struct Updated {
 /// Update a package (a new version); `apply_to_existing` re-applies it to its accounts
 /// through one job.
 #[utoipa::path(put, path = "/api/packages/{id}", tag = "packages", params(("id" = String, Path, description = "Package id")),
-    request_body(content = Object, description = "{name?, limits?, features?, disabled_features?, pricing?, apply_to_existing?}"),
+    request_body(content = inline(crate::openapi::PackageUpdateBody)),
     responses((status = 200, body = Updated), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 501, body = ErrorBody)))]
 pub async fn update(

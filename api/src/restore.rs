@@ -25,9 +25,12 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
-    /// Path of the backup archive on the server.
+    /// Path of the backup archive on the server (not blank; customers and resellers: the
+    /// file name of one of the account's backups, no path).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub archive: String,
     /// Account to restore into (customers: their own, the default).
+    #[schema(min_length = 1, max_length = 64)]
     pub account: Option<String>,
     /// The account's reseller (admins only).
     pub reseller: Option<String>,
@@ -261,6 +264,7 @@ pub(crate) async fn visible_restore(
 #[serde(deny_unknown_fields, default)]
 pub struct HealthRequest {
     /// The migrated account.
+    #[schema(min_length = 1, max_length = 64)]
     pub account: Option<String>,
     /// Its reseller (admins only).
     pub reseller: Option<String>,
@@ -268,7 +272,7 @@ pub struct HealthRequest {
 
 /// Run the post-migration health check of a migration.
 #[utoipa::path(post, path = "/api/migration/{id}/health", tag = "migration",
-    params(("id" = String, Path, description = "Migration id")), request_body(content = HealthRequest, description = "optional"),
+    params(("id" = String, Path, description = "Migration id")), request_body(content = Option<HealthRequest>, description = "optional"),
     responses((status = 202, body = Accepted), (status = 501, body = ErrorBody, description = "not_available: no health_check handler in this build"),
         (status = 503, body = ErrorBody, description = "queue_full, with Retry-After")))]
 pub async fn run_health(
@@ -314,16 +318,23 @@ async fn run_health_inner(
             ApiError::BadRequest(format!("cannot read the body: {}", e.body_text()))
         }
     })?;
-    let req: HealthRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`: the defaults (the document says `HealthRequest` or null).
+    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
+    };
+    let req: HealthRequest = if value.is_null() {
         HealthRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::Unprocessable(format!("the JSON body does not match: {e}"))
-            } else {
-                ApiError::BadRequest(format!("malformed JSON body: {e}"))
-            }
-        })?
+        crate::openapi::check_body_shape(
+            &axum::http::Method::POST,
+            "/api/migration/{id}/health",
+            &value,
+        )
+        .and_then(|()| serde_json::from_value(value).map_err(|e| e.to_string()))
+        .map_err(|e| ApiError::Unprocessable(format!("the JSON body does not match: {e}")))?
     };
     // A migration that exists is checked as its own account's, by whoever may see that
     // account (another tenant's is 404, like a missing one).
@@ -353,7 +364,7 @@ pub struct HealthReport {
     /// Its status.
     pub status: String,
     /// The report (the job's result) once it succeeded.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,
     /// Error of a failed check.
     pub error: Option<String>,

@@ -115,12 +115,23 @@ pub async fn get_policy(
 pub struct PolicyChange {
     /// The template: `strict`, `moderate`, `legacy`, or `default` to follow the host's
     /// `host.security_profile` again. Absent: unchanged.
+    #[schema(schema_with = policy_name)]
     pub policy: Option<String>,
     /// Settings to pin, by name; `null` un-pins one (back to the template). Absent: unchanged.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<Map<String, Value>>,
-    /// Why (required; kept in the audit log).
+    /// Why (required; kept in the audit log; not blank, at most 500 characters).
+    #[schema(required = true, value_type = String, pattern = r"\S", max_length = 500)]
     pub reason: Option<String>,
+}
+
+fn policy_name() -> utoipa::openapi::schema::Object {
+    crate::openapi::nullable(
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["strict", "moderate", "legacy", "default"]))
+            .build(),
+    )
 }
 
 /// Answer of a change.

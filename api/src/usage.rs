@@ -27,10 +27,13 @@ const MAX_POINTS: i64 = 20_000;
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// From (RFC 3339), inclusive. Default: `to` minus 7 days.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// To (RFC 3339), exclusive. Default: now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Bucket: `hour` (default), `day`, or a whole number of hours in seconds (`21600`).
+    #[param(pattern = "^(hour|day|[0-9]+)$")]
     pub step: Option<String>,
 }
 
@@ -136,12 +139,17 @@ pub async fn account_usage(
 #[serde(deny_unknown_fields)]
 pub struct OverrideBody {
     /// Disk limit instead of the package's, MB (absent: the package's).
+    #[schema(minimum = 1)]
     pub disk_mb: Option<u64>,
     /// Monthly bandwidth limit instead of the package's, MB (absent: the package's).
+    #[schema(minimum = 1)]
     pub bandwidth_mb: Option<u64>,
-    /// Hours from now during which nothing is enforced (warnings are still recorded).
+    /// Hours from now during which nothing is enforced (warnings are still recorded); at
+    /// most 2160 (90 days).
+    #[schema(maximum = 2160)]
     pub grace_hours: Option<u64>,
-    /// Why (kept with the override and in the audit log).
+    /// Why (kept with the override and in the audit log; not blank).
+    #[schema(pattern = r"\S", min_length = 1)]
     pub reason: String,
 }
 

@@ -66,6 +66,19 @@ fn cpmove(dir: &Path, user: &str, defects: &[&str]) -> PathBuf {
         "CREATE TABLE `b` (`id` int);\n"
     });
     dump.push_str("INSERT INTO `b` VALUES (1),(2),(3);\n");
+    // mysqldump's views, triggers and routines, each naming a definer of the old server
+    // (root's too): restored, owned by the account's application user.
+    dump.push_str(&format!(
+        "DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`{user}`@`localhost`*/ /*!50003 TRIGGER `up` BEFORE INSERT ON `a` FOR EACH ROW SET NEW.t = UPPER(NEW.t) */;;\nDELIMITER ;\n\
+         /*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */\n/*!50001 VIEW `va` AS select `a`.`id` AS `id` from `a` */;\n\
+         DELIMITER ;;\nCREATE DEFINER=`{user}`@`localhost` PROCEDURE `pa`()\nBEGIN\n  SELECT COUNT(*) FROM a;\nEND ;;\nDELIMITER ;\n"
+    ));
+    if has("big-dump") {
+        // Rows one statement each: an import that takes seconds, to cancel in the middle of.
+        for i in 0..40_000 {
+            dump.push_str(&format!("INSERT INTO `b` VALUES ({});\n", 100 + i));
+        }
+    }
     if has("truncated-rows") {
         dump.push_str("INSERT INTO `a` VALUES (3,'z'),(4,");
     }
@@ -322,6 +335,23 @@ async fn a_clean_migration_scores_100_and_explains_each_skip() {
         "{zone}"
     );
     let cron = std::fs::read_to_string(root.join("var/spool/cron/crontabs/hana")).unwrap();
+    // The spool the restore had to create is Debian's: mode 1730 (group crontab where the
+    // machine has one), so `crontab -e` keeps working for the account.
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let spool = std::fs::metadata(root.join("var/spool/cron/crontabs")).unwrap();
+        assert_eq!(spool.permissions().mode() & 0o7777, 0o1730);
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        if let Some(gid) = groups.lines().find_map(|l| {
+            l.strip_prefix("crontab:x:")?
+                .split(':')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        }) {
+            assert_eq!(spool.gid(), gid);
+        }
+    }
     assert!(
         cron.contains(&format!(
             "/usr/bin/php {}/cron.php",
@@ -645,6 +675,34 @@ async fn databases_are_restored_safely_and_each_defect_lowers_its_check() {
             on_db.contains("SELECT") && !on_db.contains("DROP"),
             "{on_db}"
         );
+        // The view, the trigger and the procedure are there, owned by the application's user
+        // (the dump named the old server's user and root), and the trigger works.
+        let owned: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name, definer FROM information_schema.views WHERE table_schema = ? \
+             UNION ALL SELECT trigger_name, definer FROM information_schema.triggers WHERE trigger_schema = ? \
+             UNION ALL SELECT routine_name, definer FROM information_schema.routines WHERE routine_schema = ?",
+        )
+        .bind(format!("{user}_wp"))
+        .bind(format!("{user}_wp"))
+        .bind(format!("{user}_wp"))
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let mut names: Vec<&str> = owned.iter().map(|o| o.0.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["pa", "up", "va"], "{restore}");
+        for (name, definer) in &owned {
+            assert_eq!(definer, &format!("{user}_wp@localhost"), "{name}");
+        }
+        sqlx::query(&format!("INSERT INTO `{user}_wp`.`a` VALUES (7, 'low')"))
+            .execute(&db)
+            .await
+            .unwrap();
+        let t: String = sqlx::query_scalar(&format!("SELECT t FROM `{user}_wp`.`a` WHERE id = 7"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(t, "LOW");
         // No import user is left behind, nor the restore's marker.
         let left: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM mysql.user WHERE user LIKE 'npr!_%' ESCAPE '!'",
@@ -686,6 +744,108 @@ async fn databases_are_restored_safely_and_each_defect_lowers_its_check() {
         mine, 1,
         "the row written after the first restore is still there"
     );
+    db.close().await;
+}
+
+/// A restore cancelled in the middle of its database import leaves nothing of it: the
+/// database it was filling is dropped, its temporary user too, the home is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_mid_import_leaves_no_database_and_no_import_user() {
+    let Ok(url) = std::env::var("NPANEL_TEST_MYSQL_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI sets NPANEL_TEST_MYSQL_URL (.ci/run)"
+        );
+        eprintln!("SKIP a_cancel_mid_import: NPANEL_TEST_MYSQL_URL is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let srv = start(Opts {
+        provision_root: Some(root.to_path_buf()),
+        registry: workers::Registry::builtin(),
+        databases_url: Some(url.clone()),
+        ..Opts::default()
+    })
+    .await;
+    let user = format!(
+        "hx{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 100_000_000
+    );
+    let _cleanup = DropDbs(url.clone(), vec![format!("{user}_wp")]);
+    let home = provisioned(&srv, root, &user, "basic").await;
+    let archive = cpmove(root, &user, &["big-dump"]);
+    let admin = token(Role::Admin, None, None);
+    let r = srv
+        .req(
+            "POST",
+            "/api/restore",
+            Some(&admin),
+            Some(&json!({"archive": archive, "account": user}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let db = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("the test MariaDB answers");
+    // Wait until rows are arriving in the database, then cancel.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let rows: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{user}_wp`.`b`"))
+                .fetch_one(&db)
+                .await
+                .ok();
+        if rows.is_some_and(|n| n > 10) {
+            break;
+        }
+        let j = srv.queue.get(&id).await.unwrap();
+        assert!(
+            !j.status.is_final(),
+            "it ended before the import was seen: {j:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = srv
+        .req(
+            "POST",
+            &format!("/api/jobs/{id}/cancel"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.json);
+    let job = srv.wait_final(&id).await;
+    assert_eq!(job.status, queue::JobStatus::Cancelled, "{:?}", job.error);
+    let left: Option<String> = sqlx::query_scalar(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name = ?",
+    )
+    .bind(format!("{user}_wp"))
+    .fetch_optional(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, None, "the half-imported database is dropped");
+    let users: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE user LIKE ? OR user = ?")
+            .bind(format!("npr_{}%", id.to_ascii_lowercase()))
+            .bind(format!("{user}_wp"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(users, 0, "no import user and no application user is left");
+    assert!(home.join("before-restore.txt").exists());
+    assert!(!home.join("public_html/index.php").exists());
     db.close().await;
 }
 

@@ -253,7 +253,9 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let j = srv.queue.get(&id).await.unwrap();
-        if j.progress_percent > 0.0 || j.status.is_final() {
+        // Running is enough: waiting for a published percent (flushed once a second) let a
+        // fast machine finish the 300 MB before the cancel.
+        if j.status == queue::JobStatus::Running || j.status.is_final() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never started");
@@ -269,10 +271,6 @@ async fn a_bomb_or_a_cancel_leaves_the_account_as_it_was() {
         .await;
     assert!(r.status.is_success(), "{} {}", r.status, r.json);
     let job = srv.wait_final(&id).await;
-    if job.status == queue::JobStatus::Succeeded {
-        eprintln!("the restore finished before the cancel reached it; nothing to check");
-        return;
-    }
     assert_eq!(job.status, queue::JobStatus::Cancelled, "{:?}", job.error);
     assert!(frank.join("before-restore.txt").exists());
     assert!(!frank.join("public_html/big.bin").exists());

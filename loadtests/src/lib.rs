@@ -1,6 +1,10 @@
 //! Small helpers shared by the benchmark binaries (`npanel-bench`, `npanel-api-load`,
-//! `npanel-store-bench`).
+//! `npanel-store-bench`, `npanel-chaos`, `npanel-soak`).
 
+pub mod drive;
+pub mod metrics;
+pub mod plot;
+pub mod procs;
 pub mod serve;
 
 /// `k` from the environment as a number, else `d`.

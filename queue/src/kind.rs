@@ -20,7 +20,8 @@ pub enum JobKind {
     HealthCheck,
     /// The hourly quota sweep.
     QuotaSweep,
-    /// Upgrade stages: preflight, deploy, validate, rollback.
+    /// Install a signed release: verify, preflight, backup, deploy, validate, rollback,
+    /// cleanup.
     Upgrade,
     /// Admin smoke-test job: sleeps, reports progress, can be told to fail.
     Diagnostic,
@@ -62,10 +63,16 @@ const RESTORE_STAGES: &[StageWeight] = &[
     sw("restoring_data", 95.0, 99.0),
     sw("finalizing", 99.0, 100.0),
 ];
+/// Verify and preflight are quick; the backup copies the store; deploy and validate wait on
+/// restarts and a job round trip.
 const UPGRADE_STAGES: &[StageWeight] = &[
-    sw("preflight", 0.0, 10.0),
-    sw("deploy", 10.0, 80.0),
-    sw("validate", 80.0, 100.0),
+    sw("verify", 0.0, 5.0),
+    sw("preflight", 5.0, 15.0),
+    sw("backup", 15.0, 35.0),
+    sw("deploy", 35.0, 60.0),
+    sw("validate", 60.0, 90.0),
+    sw("rollback", 90.0, 95.0),
+    sw("cleanup", 95.0, 100.0),
 ];
 
 impl JobKind {
@@ -116,7 +123,10 @@ impl JobKind {
             JobKind::Restore => 3,
             JobKind::HealthCheck => 3,
             JobKind::QuotaSweep => 3,
-            JobKind::Upgrade => 1,
+            // Never retried after a failure (its handler fails permanently); the extra
+            // attempts are for the restarts it causes: each hands the job to the restarted
+            // process, which resumes following the detached deploy (workers/src/upgrade.rs).
+            JobKind::Upgrade => 5,
             JobKind::Diagnostic => 3,
             JobKind::Retention => 3,
             JobKind::Backup => 3,
@@ -393,28 +403,84 @@ impl JobPayload for QuotaSweep {
     const KIND: JobKind = JobKind::QuotaSweep;
 }
 
-/// The stages of an upgrade.
+/// The stages of an upgrade, in order (`rollback` only when a stage after `backup` failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpgradeStage {
-    /// Checks before anything changes.
+    /// The tarball's minisign signature, its trusted version, no downgrade without force.
+    Verify,
+    /// Checks before anything changes (PASS/WARN/FAIL/SKIP).
     Preflight,
-    /// Install the new version.
+    /// Store, config and Redis snapshot, with checksums.
+    Backup,
+    /// `releases/<version>/`, the `current` swap, migrations, restart.
     Deploy,
-    /// Check the new version works.
+    /// Health, version, one `diagnostic` round trip, error rate.
     Validate,
-    /// Go back to the previous version.
+    /// The previous release back (and the store, when migrations changed it).
     Rollback,
+    /// Keep the newest releases and backups.
+    Cleanup,
 }
 
-/// `upgrade`: one upgrade stage to a target version.
+impl UpgradeStage {
+    /// Every stage, in order.
+    pub const ALL: [UpgradeStage; 7] = [
+        UpgradeStage::Verify,
+        UpgradeStage::Preflight,
+        UpgradeStage::Backup,
+        UpgradeStage::Deploy,
+        UpgradeStage::Validate,
+        UpgradeStage::Rollback,
+        UpgradeStage::Cleanup,
+    ];
+
+    /// The stage name progress and audit records use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpgradeStage::Verify => "verify",
+            UpgradeStage::Preflight => "preflight",
+            UpgradeStage::Backup => "backup",
+            UpgradeStage::Deploy => "deploy",
+            UpgradeStage::Validate => "validate",
+            UpgradeStage::Rollback => "rollback",
+            UpgradeStage::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// `upgrade`: install a signed release tarball (DESIGN §14; admin only, limit 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upgrade {
-    /// Which stage.
-    pub stage: UpgradeStage,
-    /// Target version.
-    pub version: String,
+    /// Path of the release tarball (`npanel-<version>.tar.gz`) on the server.
+    pub tarball: String,
+    /// Path of its minisign signature; default `<tarball>.minisig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Allow a downgrade (or reinstalling the running version).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+    /// Verify and preflight only: change nothing, answer the report.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+impl Upgrade {
+    /// The version this build reports (`npanel --version`, `GET /api/admin/upgrade`, an
+    /// upgrade's from-version): `NPANEL_BUILD_VERSION` at run time (a packaged wrapper may set
+    /// it), else at build time (release builds stamp it), else the crate's version.
+    pub fn running_version() -> String {
+        std::env::var("NPANEL_BUILD_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| option_env!("NPANEL_BUILD_VERSION").map(str::to_string))
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    }
 }
 impl JobPayload for Upgrade {
     const KIND: JobKind = JobKind::Upgrade;
@@ -467,12 +533,42 @@ mod tests {
     }
 
     #[test]
-    fn restore_stage_weights_cover_0_to_100() {
-        let s = JobKind::Restore.stages();
-        assert_eq!(s.first().unwrap().start, 0.0);
-        assert_eq!(s.last().unwrap().end, 100.0);
-        for w in s.windows(2) {
-            assert_eq!(w[0].end, w[1].start);
+    fn restore_and_upgrade_stage_weights_cover_0_to_100() {
+        for kind in [JobKind::Restore, JobKind::Upgrade] {
+            let s = kind.stages();
+            assert_eq!(s.first().unwrap().start, 0.0);
+            assert_eq!(s.last().unwrap().end, 100.0);
+            for w in s.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
         }
+        let names: Vec<_> = JobKind::Upgrade.stages().iter().map(|w| w.name).collect();
+        let stages: Vec<_> = UpgradeStage::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, stages);
+    }
+
+    #[test]
+    fn upgrade_payload_names_a_tarball() {
+        let v = JobKind::Upgrade
+            .validate_payload(serde_json::json!({"tarball": "/srv/npanel-1.2.0.tar.gz"}))
+            .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"tarball": "/srv/npanel-1.2.0.tar.gz"})
+        );
+        let v = JobKind::Upgrade
+            .validate_payload(
+                serde_json::json!({"tarball": "t", "force": true, "dry_run": true,
+                "signature": "t.sig"}),
+            )
+            .unwrap();
+        assert_eq!(v["force"], true);
+        assert_eq!(v["dry_run"], true);
+        assert!(JobKind::Upgrade
+            .validate_payload(serde_json::json!({"stage": "deploy", "version": "1"}))
+            .is_err());
+        assert!(JobKind::Upgrade
+            .validate_payload(serde_json::Value::Null)
+            .is_err());
     }
 }

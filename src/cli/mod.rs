@@ -15,6 +15,7 @@ pub mod audit;
 pub mod client;
 pub mod login;
 pub mod packages;
+pub mod upgrade;
 pub mod watch;
 pub mod whmcs;
 

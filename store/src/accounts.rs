@@ -809,6 +809,94 @@ impl Store {
         Ok(n.rows_affected() > 0)
     }
 
+    /// Delete the row of an account a restore created and could not finish (DESIGN §12: a
+    /// failed or cancelled restore leaves things as they were, so the name is free again),
+    /// with the per-account rows that would otherwise dangle (security and mail overrides,
+    /// usage samples, levels and notifications, health reports). The audit log and the job
+    /// history keep what happened.
+    ///
+    /// Only when it is safe, all checked in the statement that deletes: the row is the one
+    /// created at `created_at_ms` (not a later account under the same name), it is `pending`
+    /// or `active` (nobody suspended or terminated it), it has no child accounts, no WHMCS
+    /// service, no addon domains and no finished restore (`migrations`). Anything else is a
+    /// [`StoreError::Conflict`] saying why, and nothing is deleted. `Ok(false)`: the row is
+    /// gone already (a retried undo).
+    pub async fn delete_restored_account(&self, id: &str, created_at_ms: i64) -> Result<bool> {
+        let _g = write_lock().lock().await;
+        let mut tx = self.write_tx().await?;
+        let row: Option<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT status, created_at, whmcs_service_id FROM accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, created_at, service)) = row else {
+            return Ok(false);
+        };
+        let refuse =
+            |why: String| Err(StoreError::Conflict(format!("account {id} is kept: {why}")));
+        if created_at != created_at_ms {
+            return refuse(format!(
+                "it was created at {created_at} ms, not at {created_at_ms} ms (another account under the same name)"
+            ));
+        }
+        if status != "pending" && status != "active" {
+            return refuse(format!("it is {status}"));
+        }
+        if let Some(s) = service {
+            return refuse(format!("it is WHMCS service {s}"));
+        }
+        for (table, col, what) in [
+            ("accounts", "parent", "it has child accounts"),
+            ("account_domains", "account", "it has addon domains"),
+            ("migrations", "account", "a restore into it has finished"),
+        ] {
+            let n: i64 =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {col} = $1"))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if n > 0 {
+                return refuse(what.to_string());
+            }
+        }
+        // The same conditions again in the statement itself (PostgreSQL: another process may
+        // have written since the reads above).
+        let n = sqlx::query(
+            "DELETE FROM accounts WHERE id = $1 AND created_at = $2 \
+             AND status IN ('pending', 'active') AND whmcs_service_id IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM accounts c WHERE c.parent = $1) \
+             AND NOT EXISTS (SELECT 1 FROM account_domains d WHERE d.account = $1) \
+             AND NOT EXISTS (SELECT 1 FROM migrations m WHERE m.account = $1)",
+        )
+        .bind(id)
+        .bind(created_at_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return refuse("it changed while it was being deleted".into());
+        }
+        for table in [
+            "account_security",
+            "email_policies",
+            "email_incidents",
+            "usage_samples",
+            "usage_levels",
+            "usage_overrides",
+            "usage_pending",
+            "notifications",
+            "health_reports",
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE account = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Record the system user the host gave an account.
     pub async fn set_account_host(&self, id: &str, uid: i64, gid: i64) -> Result<()> {
         sqlx::query("UPDATE accounts SET uid = $1, gid = $2 WHERE id = $3")

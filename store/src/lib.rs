@@ -18,6 +18,7 @@
 
 mod accounts;
 mod audit;
+mod config_versions;
 mod cursor;
 mod domains;
 mod email_policy;
@@ -37,6 +38,7 @@ pub use accounts::{
     RESERVED_NAMES,
 };
 pub use audit::{ms_time, Actor, AuditFilter, AuditRecord, NewAudit, Verification};
+pub use config_versions::{ConfigVersion, NewConfigVersion};
 pub use cursor::Cursor;
 pub use domains::{
     normalize_domain, AccountDomain, DomainError, DomainKind, MAX_DOMAIN_LABEL_LEN, MAX_DOMAIN_LEN,
@@ -112,6 +114,16 @@ impl Store {
 
     /// Connect to `url` (`sqlite://…` or `postgres://…`) and run the embedded migrations.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, true).await
+    }
+
+    /// Connect to `url` as it is, running no migration: for read-only tools (`npanel config
+    /// diff|versions`) that must not change a store another version of the binary serves.
+    pub async fn connect_existing(url: &str) -> Result<Store> {
+        Store::connect_with(url, false).await
+    }
+
+    async fn connect_with(url: &str, migrate: bool) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -156,10 +168,12 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store migration failed: {e}")))?;
+        if migrate {
+            migrator
+                .run(&pool)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("store migration failed: {e}")))?;
+        }
         Ok(Store { pool, backend })
     }
 

@@ -9,7 +9,7 @@
 //! | category (points) | checks |
 //! |---|---|
 //! | filesystem (25) | `files` (file and byte parity), `permissions` (nothing world-writable), `symlinks` (none broken), `ownership` (everything the account's) |
-//! | email (25) | `mail_accounts` (the archive's in the account's `etc/<domain>/passwd`), `mailboxes` (each has its Maildir), `messages` (per mailbox) |
+//! | email (25) | `mail_accounts` (the archive's in the account's `etc/<domain>/passwd`), `mailboxes` (each has its Maildir or mdbox storage), `messages` (per mailbox: Maildir files, and the messages inside mdbox `storage/m.*` files, whose folders are not told apart without Dovecot's index, so an mdbox mail account is compared as its total) |
 //! | databases (20) | `databases` (each exists), `tables` (per database), `rows` (per database; a cut dump fails), `app_credentials` (each `wp-config.php`/`.env` logs in) |
 //! | domains (15) | `zones_present`, `zones_parse`, `tls` |
 //! | users (15) | `system_user`, `shell` (a login shell only with the package's `ssh`), `sudo` (in no admin group), `cron` |
@@ -394,6 +394,23 @@ pub fn host_checks(
             .filter(|(b, n)| h.mailboxes.get(*b).copied().unwrap_or(0) < **n)
             .map(|(b, n)| format!("{b} ({} of {n})", h.mailboxes.get(b).copied().unwrap_or(0)))
             .collect();
+        // mdbox mail accounts are counted as a whole on both sides (agent::inspect::count_dbox).
+        let mdbox = if a.mdbox.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (mdbox, counted per mail account across its folders: {})",
+                a.mdbox.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        let damaged = if h.mdbox_damaged.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; mdbox storage files that do not read as dbox: {}",
+                h.mdbox_damaged.join(", ")
+            )
+        };
         out.push(Check {
             category: "email",
             id: "messages",
@@ -403,11 +420,14 @@ pub fn host_checks(
             )),
             message: if differing.is_empty() {
                 format!(
-                    "every mailbox has the archive's {} messages",
+                    "every mailbox has the archive's {} messages{mdbox}{damaged}",
                     a.mailboxes.values().sum::<u64>()
                 )
             } else {
-                format!("mailboxes with fewer messages: {}", differing.join(", "))
+                format!(
+                    "mailboxes with fewer messages: {}{mdbox}{damaged}",
+                    differing.join(", ")
+                )
             },
             expected: json!(a.mailboxes),
             actual: json!(h.mailboxes),
@@ -497,7 +517,7 @@ pub fn host_checks(
         out.push(Check::skipped(
             "domains",
             "tls",
-            "the archive has no TLS certificates (apache_tls/) of the account's domains",
+            "the archive has no TLS certificates (apache_tls/, sslcerts/) of the account's domains",
         ));
     } else {
         let bad: Vec<String> = certs

@@ -27,6 +27,7 @@ pub mod restore;
 pub mod restore_db;
 pub mod retention;
 mod runtime;
+pub mod upgrade;
 
 pub use backoff::backoff;
 pub use context::{JobContext, JobError};

@@ -73,6 +73,13 @@ impl Registry {
         })
     }
 
+    /// Add the `upgrade` handler.
+    pub fn with_upgrade(self, u: std::sync::Arc<crate::upgrade::Upgrader>) -> Self {
+        self.register(JobKind::Upgrade, move |ctx| {
+            crate::upgrade::run(ctx, u.clone())
+        })
+    }
+
     /// Add (or replace) the handler of `kind`.
     pub fn register<F, Fut>(mut self, kind: JobKind, f: F) -> Self
     where

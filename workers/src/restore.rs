@@ -27,12 +27,19 @@
 //!   `health_check` the API queued with it.
 //!
 //! - **A missing account** is created first from the archive's `cp/<user>` (read without
-//!   unpacking) and provisioned with provisioning's own `create` steps; a retry finds it.
+//!   unpacking) and provisioned with provisioning's own `create` steps. The new row is marked
+//!   as this job's in the audit log (`account_created_by_restore`, with the job id and the
+//!   row's creation time), so a retried attempt knows the account is its own; one it did not
+//!   create (no mark, another job's, or another row under the name) is never removed. When
+//!   the restore then fails for good or is cancelled, the account goes again: its host side
+//!   (provisioning's, as `terminate` removes it, without a backup: it never held anything of
+//!   its own) and its store row (`Store::delete_restored_account`), audited as
+//!   `restore_created_account_removed`.
 //!
 //! # Not in this build
-//! TLS comes from `apache_tls/` only (the older `sslcerts/` + `sslkeys/` pairs are not matched
-//! up); an account the restore created stays when the restore then fails (its retry goes on
-//! from it).
+//! The undo leaves the account's security fragments (`etc/npanel/accounts/<user>/`: no host
+//! operation removes them; `terminate` leaves them too), and a TLS certificate or crontab the
+//! finalizing step installed before a later step failed.
 
 use crate::{JobContext, JobError};
 use agent::restore::{ArchiveUnpacked, UnpackStatus};
@@ -141,8 +148,52 @@ pub(crate) fn human(n: u64) -> String {
     }
 }
 
-/// Run one `restore` job.
+/// The audit action that marks an account as created by a restore job (its `job_id`), with
+/// the row's `created_at_ms`: how a retried attempt knows the account is its own to undo.
+pub const CREATED_MARK: &str = "account_created_by_restore";
+
+/// The audit action of an undo: the account a failed or cancelled restore had created is gone.
+pub const UNDONE_MARK: &str = "restore_created_account_removed";
+
+/// An account this restore job created (this attempt or an earlier one).
+#[derive(Clone, Debug)]
+struct Created {
+    account: AccountName,
+    /// The store row's `created_at` (Unix ms): the delete touches that row only.
+    created_at_ms: i64,
+    domain: Option<String>,
+    /// The durable mark ([`CREATED_MARK`]) is written: a retry will know.
+    marked: bool,
+}
+
+/// Run one `restore` job. When it fails for good (a permanent error, a cancel, or the last
+/// attempt's transient error) after it created the account, the account is removed again
+/// ([`undo_created`]): the name is as free as before the restore.
 pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
+    let mut made = None;
+    let res = restore(ctx.clone(), r.clone(), &mut made).await;
+    let (Err(e), Some(c)) = (&res, &made) else {
+        return res;
+    };
+    let undo = match e {
+        JobError::Permanent(_) | JobError::Cancelled => true,
+        // A retry follows, and finds the account by its mark; without the mark it could not
+        // tell the account from somebody else's, so it is removed now and made again.
+        JobError::Transient(_) | JobError::RetryAfter(..) => {
+            ctx.attempt >= ctx.max_attempts || !c.marked
+        }
+    };
+    if undo {
+        undo_created(&ctx, &r, c, e).await;
+    }
+    res
+}
+
+async fn restore(
+    ctx: JobContext,
+    r: Arc<Restorer>,
+    made: &mut Option<Created>,
+) -> Result<Value, JobError> {
     let started = Instant::now();
     let job: Restore = ctx.payload()?;
     let account_id = job
@@ -173,18 +224,28 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         r.backups.join(&job.archive)
     };
     ctx.progress("extracting", 0, 1);
-    let mut created = false;
     let a = match r.store.account(&account_id).await {
         Ok(a) if a.status == AccountStatus::Pending && r.provisioner.is_some() => {
             // An earlier attempt created it and stopped before its host was ready (or it
-            // waits for its own create job): the steps again, nothing counted as created.
-            create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), false)
-                .await?
+            // waits for its own create job): the steps again; it is this job's to undo only
+            // when its mark says so.
+            *made = created_by(&ctx, &r, &account, &a).await?;
+            create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), None).await?
         }
-        Ok(a) => a,
+        Ok(a) => {
+            *made = created_by(&ctx, &r, &account, &a).await?;
+            a
+        }
         Err(StoreError::NotFound(_)) if r.provisioner.is_some() => {
-            created = true;
-            create_account(&ctx, &r, &account_id, &archive, job.package.as_deref(), true).await?
+            create_account(
+                &ctx,
+                &r,
+                &account_id,
+                &archive,
+                job.package.as_deref(),
+                Some(made),
+            )
+            .await?
         }
         Err(StoreError::NotFound(_)) => {
             return Err(JobError::Permanent(format!(
@@ -336,7 +397,7 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         "total_time": started.elapsed().as_secs_f64(),
         "data_restored": bytes,
         "data_restored_human": human(bytes),
-        "accounts_created": u64::from(created),
+        "accounts_created": u64::from(made.is_some()),
         "files": files,
         "directories": dirs,
         "links": links,
@@ -365,15 +426,16 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
 /// Creates `account_id` from the archive's `cp/<user>` (domain `DNS=`, contact
 /// `CONTACTEMAIL=`, package: `package`, else the archive's `PLAN=` when such a package is
 /// active) and provisions it with provisioning's own `create` steps (system user, home, zone,
-/// limits, security, mail policy). With `record: false` the store's row exists already (a
-/// retried attempt): only the steps run again.
+/// limits, security, mail policy). With `made: None` the store's row exists already (a
+/// retried attempt): only the steps run again. With `made`, the new row is recorded there as
+/// this job's, and marked so in the audit log ([`CREATED_MARK`]) before any host step runs.
 async fn create_account(
     ctx: &JobContext,
     r: &Restorer,
     account_id: &str,
     archive: &Path,
     package: Option<&str>,
-    record: bool,
+    made: Option<&mut Option<Created>>,
 ) -> Result<store::Account, JobError> {
     let p = r.provisioner.as_ref().expect("checked by the caller");
     let cp = match r
@@ -401,7 +463,7 @@ async fn create_account(
                 .collect()
         })
         .unwrap_or_default();
-    if record {
+    if let Some(made) = made {
         let plan = fields.get("PLAN").cloned();
         let package = match (package, plan) {
             (Some(p), _) => p.to_string(),
@@ -427,10 +489,18 @@ async fn create_account(
             email: fields.get("CONTACTEMAIL").cloned(),
             ..store::NewAccount::default()
         };
-        r.store.create_account(&new).await.map_err(|e| match e {
+        let row = r.store.create_account(&new).await.map_err(|e| match e {
             StoreError::Unavailable(m) => JobError::Transient(m),
             other => JobError::Permanent(format!("creating account {account_id}: {other}")),
         })?;
+        let c = made.insert(Created {
+            account: AccountName::parse(account_id)
+                .map_err(|e| JobError::Permanent(format!("account {account_id:?}: {e}")))?,
+            created_at_ms: row.created_at.map_or(0, |t| t.timestamp_millis()),
+            domain: row.domain.clone(),
+            marked: false,
+        });
+        mark_created(ctx, r, c).await?;
         ctx.log(format!(
             "Created account {account_id} from the archive (package {package}, domain {})",
             fields.get("DNS").map_or("none", String::as_str)
@@ -455,6 +525,162 @@ async fn create_account(
         ));
     }
     r.store.account(account_id).await.map_err(store_err)
+}
+
+fn system_actor() -> store::Actor {
+    store::Actor {
+        kind: "system".into(),
+        id: "restore".into(),
+        ..store::Actor::default()
+    }
+}
+
+/// Writes [`CREATED_MARK`] for `c` (the durable half of "this job created the account").
+async fn mark_created(ctx: &JobContext, r: &Restorer, c: &mut Created) -> Result<(), JobError> {
+    let mut rec = store::NewAudit::new(CREATED_MARK, system_actor(), "success");
+    rec.account = Some(c.account.to_string());
+    rec.resource = json!({"type": "account", "id": c.account.as_str(), "name": c.account.as_str()});
+    rec.changes = json!({"after": {"created_at_ms": c.created_at_ms, "domain": c.domain}});
+    rec.source = json!({"method": "JOB", "endpoint": "restore"});
+    rec.job_id = Some(ctx.id.clone());
+    r.store.append_audit(&[rec]).await.map_err(store_err)?;
+    c.marked = true;
+    Ok(())
+}
+
+/// Whether `a` is the account this job created in an earlier attempt: the newest
+/// [`CREATED_MARK`] of the name is this job's and names this very row (its `created_at`). An
+/// account anybody else created has no such mark, or another job's, or another row's time.
+async fn created_by(
+    ctx: &JobContext,
+    r: &Restorer,
+    account: &AccountName,
+    a: &store::Account,
+) -> Result<Option<Created>, JobError> {
+    let marks = r
+        .store
+        .search_audit(&store::AuditFilter {
+            action: Some(CREATED_MARK.into()),
+            account: Some(a.id.clone()),
+            limit: 1,
+            ..store::AuditFilter::default()
+        })
+        .await
+        .map_err(store_err)?;
+    let Some(m) = marks.into_iter().next() else {
+        return Ok(None);
+    };
+    let at = a.created_at.map(|t| t.timestamp_millis());
+    let ours = m.record.action == CREATED_MARK
+        && m.record.job_id.as_deref() == Some(ctx.id.as_str())
+        && m.record.changes["after"]["created_at_ms"].as_i64() == at;
+    Ok(ours.then(|| {
+        ctx.log(format!(
+            "{account} was created by an earlier attempt of this restore"
+        ));
+        Created {
+            account: account.clone(),
+            created_at_ms: at.unwrap_or(0),
+            domain: a.domain.clone(),
+            marked: true,
+        }
+    }))
+}
+
+/// Removes the account this restore created, after it failed for good or was cancelled: on
+/// the host what provisioning made (processes, zone, mail policy, cgroup, system user, home;
+/// no backup: it never held anything of its own), then the store's row
+/// ([`Store::delete_restored_account`], which keeps it if anything else came to depend on
+/// it). Every step is idempotent; what could not be undone is logged and audited, and the
+/// job's own error stands.
+async fn undo_created(ctx: &JobContext, r: &Restorer, c: &Created, why: &JobError) {
+    use agent::ErrorCode as C;
+    let account = c.account.clone();
+    let mut steps: Vec<Request> = vec![Request::Kill {
+        account: account.clone(),
+    }];
+    if let Some(d) = c
+        .domain
+        .as_deref()
+        .and_then(|d| agent::Domain::parse(d).ok())
+    {
+        steps.push(Request::RemoveZone {
+            domain: d,
+            account: Some(account.clone()),
+        });
+    }
+    steps.extend([
+        Request::RemoveMailPolicy {
+            account: account.clone(),
+        },
+        Request::Remove {
+            account: account.clone(),
+        },
+        Request::DeleteUser {
+            account: account.clone(),
+        },
+        Request::RemoveHome {
+            account: account.clone(),
+        },
+    ]);
+    let mut problems = Vec::new();
+    for req in steps {
+        let op = req.op();
+        match r.host.call(req).await {
+            Ok(_) => {}
+            // No cgroup (a host without them, or gone already): nothing to undo there.
+            Err(e)
+                if matches!(op, "kill" | "remove")
+                    && matches!(e.code(), C::NotFound | C::Unsupported) => {}
+            Err(e) => problems.push(format!("{op}: {e}")),
+        }
+    }
+    let removed = if problems.is_empty() {
+        match r
+            .store
+            .delete_restored_account(account.as_str(), c.created_at_ms)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                problems.push(format!("store: {e}"));
+                false
+            }
+        }
+    } else {
+        // The row stays while the host still has part of the account: a retried restore or
+        // a terminate finds it.
+        false
+    };
+    let msg = if removed {
+        format!("Removed account {account}, which this restore had created (the restore did not finish: {why})")
+    } else {
+        format!(
+            "Could not remove account {account}, which this restore had created: {}",
+            problems.join("; ")
+        )
+    };
+    ctx.log(msg.clone());
+    if removed {
+        tracing::info!(account = %account, job = %ctx.id, "restore: the account it created is removed again");
+    } else {
+        tracing::warn!(account = %account, job = %ctx.id, problems = ?problems, "restore: the account it created could not be removed");
+    }
+    let mut rec = store::NewAudit::new(
+        UNDONE_MARK,
+        system_actor(),
+        if removed { "success" } else { "failure" },
+    );
+    rec.account = Some(account.to_string());
+    rec.resource = json!({"type": "account", "id": account.as_str(), "name": account.as_str()});
+    rec.changes = json!({"before": {"created_at_ms": c.created_at_ms, "domain": c.domain}, "after": if removed { Value::Null } else { json!({"kept": true}) }});
+    rec.source = json!({"method": "JOB", "endpoint": "restore"});
+    rec.job_id = Some(ctx.id.clone());
+    rec.related_logs = vec![msg];
+    rec.impact = json!({"accounts_affected": 1});
+    if let Err(e) = r.store.append_audit(&[rec]).await {
+        tracing::warn!(account = %account, "could not audit the undo of a restore's account: {e}");
+    }
 }
 
 /// The archive's databases into the account's (`restore_db`); `None` when the staging is gone
@@ -574,7 +800,11 @@ async fn apply_meta(
         match &t.reason {
             None => ctx.log(format!("Restored the TLS certificate of {}", t.domain)),
             Some(why) => {
-                skipped.push(json!({"what": "tls certificate", "domain": t.domain, "reason": why}))
+                let mut s = json!({"what": "tls certificate", "domain": t.domain, "reason": why});
+                if let Some(src) = &t.source {
+                    s["source"] = json!(src);
+                }
+                skipped.push(s)
             }
         }
     }

@@ -234,10 +234,19 @@ fn is_only_comments(s: &str) -> bool {
 async fn run_statement(
     conn: &mut sqlx::MySqlConnection,
     stmt: Statement,
+    owner: Option<&str>,
 ) -> (bool, bool, Option<String>) {
     let stmt = match stmt {
         Ok(s) => s,
         Err(why) => return (false, false, Some(why)),
+    };
+    // Views, triggers, routines and events name their owner: always the account's own
+    // application user here, never what the dump says (`root@localhost` would run them with
+    // the server's rights).
+    let stmt = match definers(&stmt, owner) {
+        Ok(Some(rewritten)) => rewritten,
+        Ok(None) => stmt,
+        Err(why) => return (false, false, Some(format!("{}: {why}", head(&stmt)))),
     };
     let mut r = conn.execute(stmt.as_str()).await.map(|_| ());
     let mut collation = false;
@@ -255,6 +264,147 @@ async fn run_statement(
         Ok(()) => (true, collation, None),
         Err(e) => (false, false, Some(format!("{}: {e}", head(&stmt)))),
     }
+}
+
+/// Whether `stmt` creates or alters an object that has a definer (a view, trigger, routine or
+/// event): its first keyword, also inside mysqldump's versioned comments (`/*!50001 CREATE`),
+/// is `CREATE` or `ALTER`. Data statements (`INSERT …`, the bulk of a dump) are never scanned.
+fn defines_objects(stmt: &str) -> bool {
+    let mut t = stmt.trim_start();
+    loop {
+        if let Some(rest) = t.strip_prefix("/*!").or_else(|| t.strip_prefix("/*M!")) {
+            t = rest
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+        } else if t.starts_with("--") || t.starts_with('#') {
+            t = t.split_once('\n').map_or("", |x| x.1).trim_start();
+        } else if let Some(rest) = t.strip_prefix("/*") {
+            t = rest.split_once("*/").map_or("", |x| x.1).trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = t
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    word == "CREATE" || word == "ALTER"
+}
+
+/// `stmt` with every `DEFINER = <user>` clause naming `owner` (`'user'@'localhost'`);
+/// `Ok(None)` when there is nothing to rewrite. A clause outside quotes is rewritten whatever
+/// its form (`` `u`@`h` ``, `'u'@'h'`, `u@h`, `CURRENT_USER[()]`), also inside versioned
+/// comments; without an owner, or when a clause cannot be read, the statement is refused.
+fn definers(stmt: &str, owner: Option<&str>) -> Result<Option<String>, String> {
+    if !defines_objects(stmt) {
+        return Ok(None);
+    }
+    let b = stmt.as_bytes();
+    let mut out = String::with_capacity(stmt.len() + 32);
+    let (mut i, mut copied, mut changed) = (0usize, 0usize, false);
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' | b'`' => {
+                // Skip the quoted text (a doubled quote or a backslash escapes).
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'd' | b'D'
+                if b.len() - i >= 7
+                    && b[i..i + 7].eq_ignore_ascii_case(b"DEFINER")
+                    && (i == 0 || !is_word(b[i - 1]))
+                    && !b.get(i + 7).is_some_and(|&x| is_word(x)) =>
+            {
+                let mut j = i + 7;
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if b.get(j) != Some(&b'=') {
+                    // `SQL SECURITY DEFINER`: not a clause.
+                    i += 7;
+                    continue;
+                }
+                j += 1;
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let end = user_spec_end(b, j).ok_or("a DEFINER clause that cannot be read")?;
+                let owner = owner.ok_or(
+                    "it names a DEFINER and the archive grants no application user on this database to own it",
+                )?;
+                out.push_str(&stmt[copied..j]);
+                out.push_str(owner);
+                copied = end;
+                changed = true;
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    out.push_str(&stmt[copied..]);
+    Ok(Some(out))
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+}
+
+/// The end of a user spec starting at `j`: `CURRENT_USER[()]`, or a name and an optional
+/// `@host`, each quoted (`` ` ``, `'`, `"`) or bare.
+fn user_spec_end(b: &[u8], j: usize) -> Option<usize> {
+    let part = |k: usize| -> Option<usize> {
+        match *b.get(k)? {
+            q @ (b'`' | b'\'' | b'"') => {
+                let mut m = k + 1;
+                loop {
+                    match *b.get(m)? {
+                        x if x == q && b.get(m + 1) == Some(&q) => m += 2,
+                        x if x == q => return Some(m + 1),
+                        _ => m += 1,
+                    }
+                }
+            }
+            _ => {
+                let mut m = k;
+                while m < b.len() && (is_word(b[m]) || b[m] == b'.' || b[m] == b'-' || b[m] == b'%')
+                {
+                    m += 1;
+                }
+                (m > k).then_some(m)
+            }
+        }
+    };
+    if b.len() - j >= 12 && b[j..j + 12].eq_ignore_ascii_case(b"CURRENT_USER") {
+        let mut m = j + 12;
+        if b[m..].starts_with(b"()") {
+            m += 2;
+        }
+        return Some(m);
+    }
+    let mut m = part(j)?;
+    if b.get(m) == Some(&b'@') {
+        m = part(m + 1)?;
+    }
+    Some(m)
 }
 
 /// The statement's first words, for messages: its kind and object, never its data (cut at
@@ -394,7 +544,26 @@ pub async fn restore_databases(
         .map_err(|e| JobError::Transient(format!("the database server does not answer: {e}")))?;
     let hosted = store::HostedDatabases::new(url)
         .map_err(|e| JobError::Permanent(format!("databases.url: {e}")))?;
-    for db in &dumps {
+    // A killed earlier attempt of this restore may have left its import users behind.
+    drop_import_users(&admin, restore_id).await;
+    // Who owns each database's views, triggers and routines: its first application user in
+    // the archive's grants, under the account's name.
+    let grants_sql = Chunks::new(host, restore_id, "mysql.sql")
+        .all()
+        .await
+        .unwrap_or_default();
+    let owner_of = |db: &str| -> Option<String> {
+        grants_sql
+            .lines()
+            .filter_map(parse_grant)
+            .find_map(|(d, u)| {
+                (d == db)
+                    .then(|| target_name(account.as_str(), archive_user, &u))
+                    .flatten()
+                    .filter(|u| u.len() <= 80)
+            })
+    };
+    for (n, db) in dumps.iter().enumerate() {
         let Some(target) = target_name(account.as_str(), archive_user, db) else {
             skipped.push(json!({"what": "database", "database": db,
                 "reason": format!("{db}: no valid name for it under {account}_")}));
@@ -464,11 +633,11 @@ pub async fn restore_databases(
         let report = import(
             ctx,
             host,
-            &admin,
-            &admin_opts,
-            restore_id,
+            (&admin, &admin_opts),
+            &import_user(restore_id, n),
             db,
             &target,
+            owner_of(db).as_deref(),
             (&mut done, total),
             skipped,
         )
@@ -495,20 +664,18 @@ pub async fn restore_databases(
 async fn import(
     ctx: &JobContext,
     host: &dyn HostOps,
-    admin: &sqlx::MySqlPool,
-    admin_opts: &MySqlConnectOptions,
-    restore_id: &str,
+    (admin, admin_opts): (&sqlx::MySqlPool, &MySqlConnectOptions),
+    user: &str,
     db: &str,
     target: &str,
+    owner_user: Option<&str>,
     (done, total): (&mut u64, u64),
     skipped: &mut Vec<Value>,
 ) -> Result<Value, JobError> {
-    let user = format!(
-        "npr_{}",
-        &ulid::Ulid::new().to_string().to_ascii_lowercase()[..12]
-    );
+    let restore_id = ctx.id.as_str();
     let password = ulid::Ulid::new().to_string();
     for setup in [
+        format!("DROP USER IF EXISTS '{user}'@'%'"),
         format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"),
         format!("GRANT ALL PRIVILEGES ON `{target}`.* TO '{user}'@'%'"),
     ] {
@@ -517,10 +684,36 @@ async fn import(
             .await
             .map_err(|e| JobError::Transient(format!("temporary import user: {e}")))?;
     }
+    // Naming another user as a definer needs `SET USER` (MariaDB 10.5.2+; MySQL 8's
+    // `SET_ANY_DEFINER`, earlier `SET_USER_ID`). Every DEFINER clause the import runs names
+    // the account's own user ([`definers`]); what still names anybody else is dropped after
+    // the import ([`foreign_definers`]).
+    let owner = match owner_user {
+        Some(u) => {
+            let mut granted = false;
+            for p in ["SET USER", "SET_ANY_DEFINER", "SET_USER_ID"] {
+                if admin
+                    .execute(format!("GRANT {p} ON *.* TO '{user}'@'%'").as_str())
+                    .await
+                    .is_ok()
+                {
+                    granted = true;
+                    break;
+                }
+            }
+            if !granted {
+                ctx.log(format!(
+                    "{target}: this database server cannot let the import name {u} as the owner of views, triggers and routines; they are listed, not restored"
+                ));
+            }
+            Some(format!("'{u}'@'localhost'"))
+        }
+        None => None,
+    };
     let result = async {
         let mut conn = admin_opts
             .clone()
-            .username(&user)
+            .username(user)
             .password(&password)
             .database(target)
             .connect()
@@ -552,7 +745,7 @@ async fn import(
                 if ctx.is_cancelled() {
                     return Err(JobError::Cancelled);
                 }
-                tally(run_statement(&mut conn, stmt).await);
+                tally(run_statement(&mut conn, stmt, owner.as_deref()).await);
             }
             if splitter.broken().is_some() {
                 break;
@@ -563,7 +756,7 @@ async fn import(
         }
         let (last, cut) = splitter.finish();
         for stmt in last {
-            tally(run_statement(&mut conn, stmt).await);
+            tally(run_statement(&mut conn, stmt, owner.as_deref()).await);
         }
         if let Some(rest) = &cut {
             tally((
@@ -584,7 +777,17 @@ async fn import(
     let _ = admin
         .execute(format!("DROP USER IF EXISTS '{user}'@'%'").as_str())
         .await;
-    let (ran, refused, errors) = result?;
+    let (ran, refused, mut errors) = result?;
+    let allowed = owner_user.map(|u| format!("{u}@localhost"));
+    for (kind, name, definer) in foreign_definers(admin, target, allowed.as_deref()).await {
+        let _ = admin
+            .execute(format!("DROP {kind} IF EXISTS `{target}`.`{name}`").as_str())
+            .await;
+        errors.push(format!(
+            "{} {name}: owned by {definer}, not by the account: dropped",
+            kind.to_ascii_lowercase()
+        ));
+    }
     ctx.log(format!(
         "Restored database {target} from {db}.sql ({ran} statements{})",
         if refused > 0 {
@@ -599,6 +802,74 @@ async fn import(
     Ok(
         json!({"database": target, "from": format!("{db}.sql"), "statements": ran, "refused": refused}),
     )
+}
+
+/// The temporary user importing the `n`th dump of `restore_id`: named after the restore, so a
+/// retry after a killed worker finds (and drops) what the killed attempt left.
+fn import_user(restore_id: &str, n: usize) -> String {
+    let id: String = restore_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(40)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("npr_{id}_{n}")
+}
+
+/// Drops every temporary import user of `restore_id` (best effort).
+async fn drop_import_users(admin: &sqlx::MySqlPool, restore_id: &str) {
+    let prefix = import_user(restore_id, 0);
+    let prefix = &prefix[..prefix.len() - 1];
+    let users: Vec<(String, String)> =
+        sqlx::query_as("SELECT user, host FROM mysql.user WHERE LEFT(user, CHAR_LENGTH(?)) = ?")
+            .bind(prefix)
+            .bind(prefix)
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    for (u, h) in users {
+        let _ = admin
+            .execute(format!("DROP USER IF EXISTS '{u}'@'{h}'").as_str())
+            .await;
+    }
+}
+
+/// The views, triggers, routines and events of `db` whose definer is not `allowed`
+/// (`user@host`): (kind for `DROP`, name, definer).
+async fn foreign_definers(
+    admin: &sqlx::MySqlPool,
+    db: &str,
+    allowed: Option<&str>,
+) -> Vec<(&'static str, String, String)> {
+    let queries: [(&str, &str); 4] = [
+        ("VIEW", "SELECT table_name, definer FROM information_schema.views WHERE table_schema = ?"),
+        ("TRIGGER", "SELECT trigger_name, definer FROM information_schema.triggers WHERE trigger_schema = ?"),
+        ("ROUTINE", "SELECT CONCAT(routine_type, ' ', routine_name), definer FROM information_schema.routines WHERE routine_schema = ?"),
+        ("EVENT", "SELECT event_name, definer FROM information_schema.events WHERE event_schema = ?"),
+    ];
+    let mut out = Vec::new();
+    for (kind, q) in queries {
+        let rows: Vec<(String, String)> = sqlx::query_as(q)
+            .bind(db)
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+        for (name, definer) in rows {
+            if Some(definer.as_str()) == allowed {
+                continue;
+            }
+            let (kind, name) = match kind {
+                "ROUTINE" => match name.split_once(' ') {
+                    Some(("FUNCTION", n)) => ("FUNCTION", n.to_string()),
+                    Some((_, n)) => ("PROCEDURE", n.to_string()),
+                    None => continue,
+                },
+                k => (k, name),
+            };
+            out.push((kind, name, definer));
+        }
+    }
+    out
 }
 
 /// The archive's application users (`mysql.sql` grants on its databases, hashes from
@@ -851,6 +1122,57 @@ mod tests {
         let big = vec![b'x'; MAX_STATEMENT + 2];
         assert!(s.push(&big).is_empty());
         assert!(s.broken().is_some());
+    }
+
+    #[test]
+    fn every_definer_clause_names_the_accounts_user() {
+        let me = Some("'acct_wp'@'localhost'");
+        // mysqldump's forms: a view and a trigger in versioned comments, a routine, an event.
+        let view = "/*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */\n/*!50001 VIEW `v` AS select 1 AS `x` */";
+        assert_eq!(
+            definers(view, me).unwrap().unwrap(),
+            "/*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER='acct_wp'@'localhost' SQL SECURITY DEFINER */\n/*!50001 VIEW `v` AS select 1 AS `x` */"
+        );
+        let trigger = "/*!50003 CREATE*/ /*!50017 DEFINER=`cp`@`%`*/ /*!50003 TRIGGER t BEFORE INSERT ON a FOR EACH ROW SET NEW.t = 'DEFINER=`root`@`x`' */";
+        let t = definers(trigger, me).unwrap().unwrap();
+        assert!(
+            t.contains("/*!50017 DEFINER='acct_wp'@'localhost'*/"),
+            "{t}"
+        );
+        assert!(
+            t.contains("'DEFINER=`root`@`x`'"),
+            "a string's text is data: {t}"
+        );
+        for (stmt, want) in [
+            ("CREATE DEFINER=root@localhost PROCEDURE p() SELECT 1", "CREATE DEFINER='acct_wp'@'localhost' PROCEDURE p() SELECT 1"),
+            ("create definer = 'a''b'@'h' function f() returns int return 1", "create definer = 'acct_wp'@'localhost' function f() returns int return 1"),
+            ("ALTER DEFINER=CURRENT_USER() VIEW v AS SELECT 1", "ALTER DEFINER='acct_wp'@'localhost' VIEW v AS SELECT 1"),
+            ("/*!50106 CREATE*/ /*!50117 DEFINER=\"x\"@\"192.168.1.%\"*/ /*!50106 EVENT e ON SCHEDULE EVERY 1 DAY DO SELECT 1 */", "/*!50106 CREATE*/ /*!50117 DEFINER='acct_wp'@'localhost'*/ /*!50106 EVENT e ON SCHEDULE EVERY 1 DAY DO SELECT 1 */"),
+        ] {
+            assert_eq!(definers(stmt, me).unwrap().as_deref(), Some(want));
+        }
+        // Nothing to do: data, SQL SECURITY alone, a table.
+        for stmt in [
+            "INSERT INTO a VALUES ('CREATE DEFINER=root@x')",
+            "CREATE SQL SECURITY DEFINER VIEW v AS SELECT 1",
+            "CREATE TABLE `definer` (`definer` int)",
+        ] {
+            assert_eq!(definers(stmt, me).unwrap(), None, "{stmt}");
+        }
+        // No owner: refused, with why.
+        let e = definers(
+            "CREATE DEFINER=`root`@`localhost` PROCEDURE p() SELECT 1",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("no application user"), "{e}");
+        assert!(definers("CREATE DEFINER=`root@localhost PROCEDURE p() SELECT 1", me).is_err());
+    }
+
+    #[test]
+    fn import_users_are_named_after_their_restore() {
+        assert_eq!(import_user("01KX7ZQ-abc", 2), "npr_01kx7zqabc_2");
+        assert!(import_user(&"A".repeat(99), 99).len() <= 80);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: HubConfig,
     pub(crate) shutdown: CancellationToken,
     conns: AtomicUsize,
+    /// `max_connections` and `max_per_tenant` as they are now ([`Hub::set_caps`]).
+    max_connections: AtomicUsize,
+    max_per_tenant: AtomicUsize,
     tenants: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     following: AtomicBool,
     pub(crate) source: std::sync::OnceLock<Arc<dyn JobSource>>,
@@ -170,6 +173,8 @@ impl Hub {
         let inner = Arc::new(Inner {
             queue,
             tx,
+            max_connections: AtomicUsize::new(cfg.max_connections),
+            max_per_tenant: AtomicUsize::new(cfg.max_per_tenant),
             cfg,
             shutdown,
             conns: AtomicUsize::new(0),
@@ -183,7 +188,7 @@ impl Hub {
 
     /// Take a connection slot, or `None` when `max_connections` sockets are open.
     pub fn try_acquire(&self) -> Option<ConnGuard> {
-        let max = self.inner.cfg.max_connections;
+        let max = self.inner.max_connections.load(Ordering::Acquire);
         let ok = self
             .inner
             .conns
@@ -205,7 +210,7 @@ impl Hub {
     /// Take a slot for `viewer`: `Err(Refused::Tenant)` when its tenant already holds
     /// `max_per_tenant` sockets, `Err(Refused::Full)` when the process is full.
     pub fn try_acquire_for(&self, viewer: &crate::Viewer) -> Result<ConnGuard, Refused> {
-        let cap = self.inner.cfg.max_per_tenant;
+        let cap = self.inner.max_per_tenant.load(Ordering::Acquire);
         // Counted only under a cap; admins (no tenant) never are.
         let tenant = viewer.tenant().filter(|_| cap > 0);
         if let Some(t) = &tenant {
@@ -226,9 +231,31 @@ impl Hub {
                 if let Some(t) = &tenant {
                     self.inner.release_tenant(t);
                 }
-                Err(Refused::Full(self.inner.cfg.max_connections))
+                Err(Refused::Full(
+                    self.inner.max_connections.load(Ordering::Acquire),
+                ))
             }
         }
+    }
+
+    /// Change `max_connections` and `max_per_tenant` while serving (`npanel serve` on SIGHUP).
+    /// Sockets already open stay open when a cap is lowered below their number; new ones are
+    /// refused until enough have closed.
+    pub fn set_caps(&self, max_connections: usize, max_per_tenant: usize) {
+        self.inner
+            .max_connections
+            .store(max_connections, Ordering::Release);
+        self.inner
+            .max_per_tenant
+            .store(max_per_tenant, Ordering::Release);
+    }
+
+    /// The caps in force now: (`max_connections`, `max_per_tenant`).
+    pub fn caps(&self) -> (usize, usize) {
+        (
+            self.inner.max_connections.load(Ordering::Acquire),
+            self.inner.max_per_tenant.load(Ordering::Acquire),
+        )
     }
 
     /// Open sockets.
@@ -236,7 +263,7 @@ impl Hub {
         self.inner.conns.load(Ordering::Acquire)
     }
 
-    /// The configuration.
+    /// The configuration the hub started with (the caps in force: [`Hub::caps`]).
     pub fn config(&self) -> &HubConfig {
         &self.inner.cfg
     }

@@ -16,8 +16,11 @@
 //! Variants (shapes real archives have, §1.5–§1.7 of the research; a clean archive stays
 //! clean with any of them):
 //! - `mdbox`: the mailbox `sales` is Dovecot mdbox, as cPanel stores it after a conversion
-//!   (`mail/<domain>/sales/storage/m.1` holding its messages, `storage/dovecot.map.index` and
-//!   `.log`, `mailboxes/INBOX/dbox-Mails/dovecot.index` and `.log`; no `cur/`/`new/`), and
+//!   (`mail/<domain>/sales/storage/m.1` and `m.2` holding its messages in dbox v2, as Dovecot
+//!   writes them: a `2 M1e C<time>` file header; per message a 30-byte header `0x01 0x02 N`,
+//!   8 hex digits of the (unused) v1 UID, 16 of the message's size, LF; the message; the
+//!   metadata block `LF 0x01 0x03 LF`, `G`/`R`/`Z` lines and an empty line;
+//!   `storage/dovecot.map.index` and `.log`, `mailboxes/INBOX/dbox-Mails/dovecot.index` and `.log`; no `cur/`/`new/`), and
 //!   `mail/mailbox_format.cpanel` and `MAILBOX_FORMAT` say `mdbox`; `info` is still Maildir,
 //!   as while cPanel converts an account.
 //! - `gzip-message`: the first message of `info` is gzipped (Dovecot's zlib plugin reads it by
@@ -31,13 +34,18 @@
 //!   no such collation); without it they use `utf8mb4_unicode_ci`.
 //! - `tls`: `apache_tls/<domain>`, cPanel's bundle: a P-256 key, then a self-signed
 //!   certificate for `<domain>` and `www.<domain>` valid 30 days, made with the `openssl` CLI.
+//! - `sslcerts`: the same kind of certificate the older way, `sslcerts/<name>.crt` and its key
+//!   `sslkeys/<name>.key`, named as cPanel names them (the domain, key and certificate ids,
+//!   the expiry, a hash), so only the public key tells which key is the certificate's. With
+//!   `bad-cert`, the key there is another key.
 //!
 //! Defects (each breaks exactly one thing a health check looks at): `missing-mailbox` (`sales`
 //! is in `etc/<domain>/passwd` but has no mail directory), `dropped-table` (a `CREATE TABLE`
 //! the server refuses), `truncated-rows` (the dump ends inside its last `INSERT`), `777-tree`
 //! (world-writable site files), `broken-symlink`, `bad-zone` (an SOA never closed, no NS),
 //! `suspended` (`SUSPENDED=1`), `hostile` (a `../../etc/cron.d/…` entry), `bad-cert` (the TLS
-//! bundle's key is another key than the certificate's; implies the bundle), `wrong-password`
+//! bundle's key is another key than the certificate's; implies the bundle, or with `sslcerts`
+//! the key in `sslkeys/`), `wrong-password`
 //! (`wp-config.php` holds another password than the one `mysql.sql-auth.json` hashes).
 //!
 //! The database user's hash in `mysql.sql-auth.json`, `*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19`,
@@ -66,7 +74,7 @@ use tar::{EntryType, Header};
 
 const USAGE: &str = "npanel-cpmove-fixture --out DIR [--user alice] [--domain example.com] \
 [--size 100M] [--format tar.gz|tar|homedir-tar] [--variant NAME]... [--defect NAME]... [--seed N]
-variants: mdbox gzip-message utf8-folder no-prefix-db mysql8-collation tls
+variants: mdbox gzip-message utf8-folder no-prefix-db mysql8-collation tls sslcerts
 defects: missing-mailbox dropped-table truncated-rows 777-tree broken-symlink bad-zone suspended hostile bad-cert wrong-password";
 
 const DEFECTS: &[&str] = &[
@@ -89,6 +97,7 @@ const VARIANTS: &[&str] = &[
     "no-prefix-db",
     "mysql8-collation",
     "tls",
+    "sslcerts",
 ];
 
 struct Opts {
@@ -525,11 +534,20 @@ fn fill<W: Write>(o: &Opts, wr: &mut Writer<W>) -> Result<()> {
         "mysql.sql-auth.json",
         format!("{{\"{u}_wp\":{{\"localhost\":{{\"auth_plugin\":\"mysql_native_password\",\"pass_hash\":\"*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19\"}}}}}}").as_bytes(),
     )?;
-    if o.variant("tls") || has("bad-cert") {
+    if o.variant("tls") || (has("bad-cert") && !o.variant("sslcerts")) {
+        let (key, cert) = tls_pair(d, has("bad-cert") && !o.variant("sslcerts"))?;
+        wr.meta(&format!("apache_tls/{d}"), (key + &cert).as_bytes())?;
+    }
+    if o.variant("sslcerts") {
+        // cPanel's names: `<domain with _>_<key id>_<cert id>_<expiry>_<hash>.crt` and
+        // `<key id>_<cert id>_<hash>.key` (ids made up here: nothing is derived from them).
+        let (key, cert) = tls_pair(d, has("bad-cert"))?;
+        let flat = d.replace('.', "_");
         wr.meta(
-            &format!("apache_tls/{d}"),
-            tls_bundle(d, has("bad-cert"))?.as_bytes(),
+            &format!("sslcerts/{flat}_a1b2c_d3e4f_1735689599_7d0c3e9f2b.crt"),
+            cert.as_bytes(),
         )?;
+        wr.meta("sslkeys/a1b2c_d3e4f_5e8a61c04f.key", key.as_bytes())?;
     }
     let zone = if has("bad-zone") {
         format!("$TTL 14400\n{d}. IN SOA ns1.{d}. (broken\n")
@@ -754,9 +772,9 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
-/// A Dovecot mdbox mailbox at `dir` holding `n` messages: `storage/m.1` (dbox v2: a file
-/// header, then per message a header with its size, the message and its metadata), the map
-/// index and its log in `storage/`, and the INBOX's index and log under
+/// A Dovecot mdbox mailbox at `dir` holding `n` messages in `storage/m.1` and `storage/m.2`
+/// (half each; dbox v2: a file header, then per message a header with its size, the message
+/// and its metadata), the map index and its log in `storage/`, and the INBOX's index and log under
 /// `mailboxes/INBOX/dbox-Mails/`. The indexes are opaque here (a restore copies them; Dovecot
 /// rebuilds them when they do not match). Returns `n`.
 fn mdbox<W: Write>(
@@ -770,12 +788,14 @@ fn mdbox<W: Write>(
     wr.home_dir(dir, 0o700)?;
     wr.home_dir(&format!("{dir}/storage"), 0o700)?;
     wr.home_dir(&format!("{dir}/mailboxes/INBOX/dbox-Mails"), 0o700)?;
-    let mut m1 = b"2 M1 C6553f100\n".to_vec();
+    // `M1e`: the message header's size, 30 bytes, in hex.
+    let mut files = [b"2 M1e C6553f100\n".to_vec(), b"2 M1e C6553f200\n".to_vec()];
     for i in 0..n {
         let msg = message(rng, i, boxname, domain);
-        m1.extend_from_slice(format!("\x01\x02N {:016x}\n", msg.len()).as_bytes());
-        m1.extend_from_slice(&msg);
-        m1.extend_from_slice(
+        let f = &mut files[usize::from(i >= n / 2)];
+        f.extend_from_slice(format!("\x01\x02N 00000000 {:016x}\n", msg.len()).as_bytes());
+        f.extend_from_slice(&msg);
+        f.extend_from_slice(
             format!(
                 "\n\x01\x03\nG{:032x}\nR{:x}\nZ{:x}\n\n",
                 rng.next() as u128 | ((rng.next() as u128) << 64),
@@ -785,7 +805,9 @@ fn mdbox<W: Write>(
             .as_bytes(),
         );
     }
-    wr.home_file(&format!("{dir}/storage/m.1"), &m1, 0o600)?;
+    for (k, f) in files.iter().enumerate() {
+        wr.home_file(&format!("{dir}/storage/m.{}", k + 1), f, 0o600)?;
+    }
     let mut index = |name: &str, records: u64| -> Result<()> {
         // Dovecot's index files start with a version and header size; the rest is records.
         let mut b = vec![7u8, 3, 120, 0];
@@ -799,16 +821,18 @@ fn mdbox<W: Write>(
     Ok(n)
 }
 
-/// cPanel's `apache_tls/<domain>`: the key, then a self-signed certificate for `domain` and
-/// `www.domain` (the `openssl` CLI, in a temp dir); with `mismatched`, the key is another one.
-fn tls_bundle(domain: &str, mismatched: bool) -> Result<String> {
+/// A key and a self-signed certificate for `domain` and `www.domain` (the `openssl` CLI, in a
+/// temp dir), as PEM; with `mismatched`, the key is another one.
+fn tls_pair(domain: &str, mismatched: bool) -> Result<(String, String)> {
     let dir = tempfile::tempdir()?;
     let run = |args: &[&str]| -> Result<()> {
         let out = std::process::Command::new("openssl")
             .args(args)
             .current_dir(dir.path())
             .output()
-            .context("run openssl (needed for the tls variant and the bad-cert defect)")?;
+            .context(
+                "run openssl (needed for the tls and sslcerts variants and the bad-cert defect)",
+            )?;
         if !out.status.success() {
             bail!(
                 "openssl {}: {}",
@@ -851,5 +875,5 @@ fn tls_bundle(domain: &str, mismatched: bool) -> Result<String> {
         ])?;
     }
     let read = |p: &str| std::fs::read_to_string(dir.path().join(p));
-    Ok(read("key.pem")? + &read("cert.pem")?)
+    Ok((read("key.pem")?, read("cert.pem")?))
 }
