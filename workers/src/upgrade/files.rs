@@ -333,18 +333,52 @@ pub async fn backup_store(url: &str, dest: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// PostgreSQL: the store's schema (`current_schema()`, where the migrations put the tables)
+/// dropped and the dump replayed in **one transaction** (`psql --single-transaction`), so a
+/// restore that fails half way leaves the store as it was, not empty.
+async fn restore_postgres(url: &str, copy: &Path) -> Result<(), String> {
+    let mut c = connect(url).await?;
+    let schema: String = sqlx::query_scalar("SELECT CAST(current_schema() AS TEXT)")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| format!("cannot read the store's schema name: {e}"))?;
+    let _ = c.close().await;
+    // The dump as SQL (pg_restore without a database writes the script).
+    let script = copy.with_extension("restore.sql");
+    let mut r = tokio::process::Command::new("pg_restore");
+    r.arg("--no-owner").arg("-f").arg(&script).arg(copy);
+    run_tool(r, "pg_restore", Duration::from_secs(3600)).await?;
+    let text = std::fs::read_to_string(&script)
+        .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let ident = format!("\"{}\"", schema.replace('"', "\"\""));
+    // pg_dump creates every schema but `public` itself.
+    let creates = text
+        .lines()
+        .any(|l| l == format!("CREATE SCHEMA {schema};") || l == format!("CREATE SCHEMA {ident};"));
+    let mut preamble = format!("DROP SCHEMA {ident} CASCADE;");
+    if !creates {
+        preamble.push_str(&format!(" CREATE SCHEMA {ident};"));
+    }
+    let mut p = pg_tool("psql", url);
+    p.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
+        .arg("-c")
+        .arg(&preamble)
+        .arg("-f")
+        .arg(&script);
+    let done = run_tool(
+        p,
+        "psql (restore in one transaction)",
+        Duration::from_secs(3600),
+    )
+    .await;
+    let _ = std::fs::remove_file(&script);
+    done
+}
+
 /// Put the store back from `copy` (the service is stopped).
 pub async fn restore_store(url: &str, copy: &Path) -> Result<(), String> {
     if is_postgres(url) {
-        let mut drop = pg_tool("psql", url);
-        drop.arg("-v")
-            .arg("ON_ERROR_STOP=1")
-            .arg("-c")
-            .arg("DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
-        run_tool(drop, "psql (recreate schema)", Duration::from_secs(300)).await?;
-        let mut c = pg_tool("pg_restore", url);
-        c.arg("--no-owner").arg("--exit-on-error").arg(copy);
-        return run_tool(c, "pg_restore", Duration::from_secs(3600)).await;
+        return restore_postgres(url, copy).await;
     }
     let db = sqlite_path(url).ok_or("the store URL names no SQLite file")?;
     let tmp = db.with_extension("db.restoring");
@@ -553,13 +587,19 @@ mod tests {
         assert!(dirs[0].exists());
     }
 
-    /// The PostgreSQL path: `pg_dump -Fc`, then `psql` + `pg_restore` into a recreated schema.
+    /// The PostgreSQL path: `pg_dump -Fc`, then the schema recreated and the dump replayed in
+    /// one transaction; a replay that fails half way leaves the store as it was.
     #[tokio::test]
     async fn postgres_backup_and_restore() {
         let Ok(base) = std::env::var("NPANEL_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must set NPANEL_TEST_POSTGRES_URL"
+            );
             eprintln!("skipped: NPANEL_TEST_POSTGRES_URL is not set");
             return;
         };
+        let role = format!("npanel_upg_r{}", std::process::id());
         let name = format!(
             "npanel_upg_{}",
             ulid::Ulid::new().to_string().to_lowercase()
@@ -590,10 +630,52 @@ mod tests {
             assert_ne!(schema_fingerprint(&url).await?, fp);
             restore_store(&url, &copy).await?;
             assert_eq!(schema_fingerprint(&url).await?, fp);
+
+            // A dump whose replay fails late: a grant to a role that is gone by then.
+            let mut c = connect(&url).await?;
+            for q in [
+                format!("CREATE ROLE {role}"),
+                "CREATE TABLE probe (x BIGINT)".to_string(),
+                "INSERT INTO probe VALUES (7)".to_string(),
+                format!("GRANT SELECT ON probe TO {role}"),
+            ] {
+                sqlx::query(&q)
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| format!("{q}: {e}"))?;
+            }
+            let broken = d.path().join("broken.pgdump");
+            backup_store(&url, &broken).await?;
+            for q in [
+                format!("DROP OWNED BY {role}"),
+                format!("DROP ROLE {role}"),
+                "CREATE TABLE written_after (y BIGINT)".to_string(),
+            ] {
+                sqlx::query(&q)
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| format!("{q}: {e}"))?;
+            }
+            let before = schema_fingerprint(&url).await?;
+            let err = restore_store(&url, &broken)
+                .await
+                .expect_err("a replay that fails must say so");
+            assert!(err.contains(&role), "{err}");
+            // Nothing of it happened: the schema was not dropped, the later table is there.
+            assert_eq!(schema_fingerprint(&url).await?, before);
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM written_after")
+                .fetch_one(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(n, 0);
+            let _ = c.close().await;
             Ok::<_, String>(())
         }
         .await;
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
             .execute(&mut admin)
             .await;
         result.unwrap();
