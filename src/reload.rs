@@ -429,6 +429,48 @@ pub fn running_serve(data_dir: &Path) -> Option<i32> {
     (is_npanel && args.contains(&b"serve".as_slice())).then_some(pid)
 }
 
+/// Wait while an upgrade's apply process holds the deploy window (`<data_dir>/upgrade.hold`,
+/// see `workers::upgrade::Hold`): a start in that window — under socket activation any
+/// connection makes one — must not run the binary being replaced against a store being
+/// migrated or put back. Returns whether it waited; the caller then starts over from the
+/// binary `current` points at now ([`restart_from_current`]). Runs before the inherited socket
+/// is taken, so the socket (without close-on-exec until then) passes to the new image.
+pub async fn wait_out_upgrade(data_dir: &Path) -> bool {
+    let Some(pid) = workers::upgrade::holder(data_dir) else {
+        return false;
+    };
+    warn!(
+        apply_pid = pid,
+        hold = %data_dir.join(workers::upgrade::HOLD_FILE).display(),
+        "An upgrade is deploying (the service is meant to be stopped); waiting for it before starting."
+    );
+    let mut said = std::time::Instant::now();
+    while workers::upgrade::holder(data_dir).is_some() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if said.elapsed() >= std::time::Duration::from_secs(30) {
+            info!(
+                apply_pid = pid,
+                "Still waiting for the upgrade's deploy window to end."
+            );
+            said = std::time::Instant::now();
+        }
+    }
+    info!("The upgrade's deploy window ended; starting over from the installed binary.");
+    true
+}
+
+/// Replace this process with a fresh start of the same command line: `argv[0]` is looked up
+/// again, so a swapped `current` symlink gives the new release's binary. Returns only on error.
+pub fn restart_from_current() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let Some(argv0) = args.next() else {
+        return anyhow::anyhow!("no argv[0] to start over from");
+    };
+    let err = std::process::Command::new(&argv0).args(args).exec();
+    anyhow::anyhow!("cannot start over as {}: {err}", argv0.to_string_lossy())
+}
+
 /// The listening socket systemd passed (`LISTEN_PID` = this process, `LISTEN_FDS` ≥ 1, fd 3),
 /// if any. An fd that is not a listening TCP socket is an error, not ignored.
 pub fn inherited_listener() -> anyhow::Result<Option<std::net::TcpListener>> {

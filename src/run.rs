@@ -89,6 +89,9 @@ pub async fn run_with(
     shutdown: CancellationToken,
     from: Reloading,
 ) -> anyhow::Result<()> {
+    if crate::reload::wait_out_upgrade(&cfg.data_dir).await {
+        return Err(crate::reload::restart_from_current());
+    }
     let hup = crate::reload::catch_sighup()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;

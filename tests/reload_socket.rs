@@ -214,3 +214,69 @@ fn restart_through_the_inherited_socket_drops_nothing() {
     b.signal(Signal::SIGTERM);
     assert!(b.child.wait().unwrap().success());
 }
+
+/// A start during an upgrade's deploy window (socket activation starts one on any connection):
+/// `serve` waits while the apply process holds `upgrade.hold`, answers nothing meanwhile (the
+/// connection waits in the socket's backlog), then starts over from the installed binary on the
+/// same socket and answers the request that waited.
+#[test]
+fn a_start_during_the_deploy_window_waits_for_the_hold_then_starts_over() {
+    let d = Dirs::new();
+    std::fs::create_dir_all(&d.data).unwrap();
+    let q = queue::testing::config("hold");
+    std::fs::write(&d.config, config_text(&d.data, &q, "", "")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The apply process: a live process whose arguments name `upgrade-apply` (a hold whose pid
+    // runs anything else is stale).
+    let mut apply = std::process::Command::new("sh")
+        .args(["-c", "sleep 120; :", "upgrade-apply"])
+        .spawn()
+        .unwrap();
+    // Until it has exec'd, its arguments are this test binary's.
+    let cmdline = format!("/proc/{}/cmdline", apply.id());
+    while !std::fs::read(&cmdline)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|a| a == b"upgrade-apply")
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hold = d.data.join("upgrade.hold");
+    std::fs::write(&hold, apply.id().to_string()).unwrap();
+
+    let mut s = Serve::spawn(&d.config, Some(&listener));
+    let pid = s.child.id();
+    s.wait_line(0, "waiting for it before starting", LONG);
+    assert!(!s.logged_since(0, "API listening on"));
+    let waiting = Arc::new(AtomicBool::new(true));
+    let client = {
+        let w = waiting.clone();
+        std::thread::spawn(move || {
+            let r = http(addr, "GET", "/healthz", None, None);
+            w.store(false, Ordering::Release);
+            r
+        })
+    };
+    // Nothing may answer while the hold is there: give the client time to be answered if
+    // anything would answer it, then check it still waits.
+    std::thread::sleep(Duration::from_millis(500));
+    let i = s.lines();
+    assert!(!s.logged_since(0, "API listening on"));
+    assert!(
+        waiting.load(Ordering::Acquire),
+        "answered during the deploy window"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    s.wait_line(i, "deploy window ended; starting over", LONG);
+    s.wait_listening();
+    assert_eq!(
+        s.addr, addr,
+        "the new image accepts on the socket it was given"
+    );
+    assert_eq!(s.child.id(), pid, "started over in the same process (exec)");
+    let (st, body) = client.join().unwrap().unwrap();
+    assert_eq!(st, 200, "{body}");
+    let _ = apply.kill();
+    let _ = apply.wait();
+}

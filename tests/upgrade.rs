@@ -225,6 +225,8 @@ impl Fixture {
 ROOT='{root}'
 PIDF="$ROOT/shared/serve.pid"
 alive() {{ [ -e "/proc/$1" ] && [ "$(awk '{{print $3}}' /proc/$1/stat 2>/dev/null)" != Z ]; }}
+# Whether the deploy window's hold was there when we were asked (checked by the test).
+if [ -f "$ROOT/shared/data/upgrade.hold" ]; then echo "$1 held" ; else echo "$1 free"; fi >>"$ROOT/shared/ctl.log"
 case "$1" in
 stop)
   [ -f "$PIDF" ] || exit 0
@@ -859,4 +861,58 @@ fn upgrade_succeeds_then_failures_at_deploy_and_validate_roll_back() {
         "{a:?}"
     );
     assert!(a.iter().all(|(_, r, _)| r == "success"), "{a:?}");
+
+    // Every stop of the service came with the deploy window's hold, every start without it
+    // (a socket-activated start in between waits: tests/reload_socket.rs).
+    let ctl = std::fs::read_to_string(f.root.join("shared/ctl.log")).unwrap();
+    assert!(ctl.lines().any(|l| l == "stop held"), "{ctl}");
+    for l in ctl.lines() {
+        assert!(l == "stop held" || l == "start free", "{l} in\n{ctl}");
+    }
+    assert!(!f.root.join("shared/data/upgrade.hold").exists());
+
+    // A forced downgrade to the kept 0.9.0 that fails validate: the kept release is moved
+    // aside, not deleted, and comes back whole.
+    let marker = f.root.join(format!("releases/{OLD}/operator-note"));
+    std::fs::write(&marker, "kept").unwrap();
+    let tarball = f.release(OLD, Break::WrongVersion, "downgrade");
+    let id = f.start(&tarball, true);
+    let j = f.finish(&id);
+    assert_eq!(j["status"], "failed", "{j}\n{}", f.apply_logs());
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back to 1.0.0"),
+        "{j}"
+    );
+    f.wait_version(NEW);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "kept");
+    assert!(
+        !std::fs::read_to_string(f.root.join(format!("releases/{OLD}/bin/npanel")))
+            .unwrap()
+            .contains("9.9.9"),
+        "the kept release's binary is the kept one"
+    );
+
+    // A forced reinstall of the serving 1.0.0: deployed over it, the old copy gone once the
+    // new one serves.
+    let note = f.root.join(format!("releases/{NEW}/operator-note"));
+    std::fs::write(&note, "old copy").unwrap();
+    let tarball = f.release(NEW, Break::Nothing, "reinstall");
+    let id = f.start(&tarball, true);
+    let j = f.finish(&id);
+    assert_eq!(j["status"], "succeeded", "{j}\n{}", f.apply_logs());
+    f.wait_version(NEW);
+    assert!(!note.exists(), "the reinstalled release is the new copy");
+    assert_eq!(
+        std::fs::read_link(f.root.join("current")).unwrap(),
+        PathBuf::from(format!("releases/{NEW}"))
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(f.root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("aside"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -79,6 +79,21 @@ impl Drop for Serve {
 impl Serve {
     /// `npanel --config <config> serve`; on `socket` (as systemd passes one) when given.
     pub fn start(config: &Path, socket: Option<&TcpListener>) -> Serve {
+        let mut s = Serve::spawn(config, socket);
+        s.wait_listening();
+        s
+    }
+
+    /// Wait for "API listening on" and note the address.
+    pub fn wait_listening(&mut self) {
+        let i = self.wait_line(0, "API listening on ", Duration::from_secs(60));
+        let line = self.log.lock().unwrap()[i].clone();
+        let url = &line[line.find("http://").unwrap() + 7..];
+        self.addr = url.split_whitespace().next().unwrap().parse().unwrap();
+    }
+
+    /// As [`Serve::start`], without waiting for it to listen.
+    pub fn spawn(config: &Path, socket: Option<&TcpListener>) -> Serve {
         let mut c = match socket {
             None => {
                 let mut c = npanel();
@@ -126,16 +141,11 @@ impl Serve {
                 l2.lock().unwrap().push(line);
             }
         });
-        let mut s = Serve {
+        Serve {
             child,
             log,
             addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        let i = s.wait_line(0, "API listening on ", Duration::from_secs(60));
-        let line = s.log.lock().unwrap()[i].clone();
-        let url = &line[line.find("http://").unwrap() + 7..];
-        s.addr = url.split_whitespace().next().unwrap().parse().unwrap();
-        s
+        }
     }
 
     /// Lines logged so far.

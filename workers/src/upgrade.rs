@@ -41,13 +41,23 @@
 //! `upgrade.control_command`, when set, is run as `<command> stop` and `<command> start` (an
 //! init script's interface). Otherwise, under systemd, `systemctl stop|start <systemd_unit>`.
 //! Neither: preflight FAILs. Stop before the swap and start after the migrations, so the old
-//! binary never runs against a migrated store.
+//! binary never runs against a migrated store. From before the stop until just before the
+//! start (deploy's, and rollback's again) the apply process holds `<data_dir>/upgrade.hold`
+//! ([`Hold`]): under socket activation a connection in that window starts the service anyway,
+//! and that `serve` waits for the hold to go and then starts over from the binary `current`
+//! points at, on the same socket (connections wait in its backlog; none is refused).
+//!
+//! # Releases in the way
+//! A forced downgrade to a release still kept, or a forced reinstall of the serving version,
+//! finds `releases/<version>/` taken: it is moved aside (`releases/.<version>.aside-<job>`),
+//! put back by a rollback and removed by cleanup once the new copy serves.
 //!
 //! # The store
 //! SQLite is copied with `VACUUM INTO` (a consistent copy while the service writes) and
 //! restored by renaming the copy over the file while the service is stopped (its `-wal` and
-//! `-shm` removed). PostgreSQL is dumped with `pg_dump -Fc` and restored with `pg_restore`
-//! into a recreated schema; without `pg_dump` preflight WARNs, and FAILs when the new release
+//! `-shm` removed). PostgreSQL is dumped with `pg_dump -Fc` and restored in one transaction
+//! (`psql --single-transaction`: the store's `current_schema()` dropped and recreated, then the
+//! dump's SQL from `pg_restore -f`), so a restore that fails leaves the store as it was; without `pg_dump` preflight WARNs, and FAILs when the new release
 //! has migrations to run (no deploy may change a store it cannot put back). The store is
 //! restored on rollback only when its schema fingerprint changed since the backup: otherwise
 //! what was written meanwhile stays. Pending migrations are what the *new* binary lists
@@ -61,11 +71,13 @@
 
 mod apply;
 mod files;
+mod hold;
 pub mod preflight;
 mod verify;
 
 pub use apply::{apply, ApplyState, Control, Plan};
 pub use files::{pending_migrations, schema_fingerprint, sqlite_path, Migration};
+pub use hold::{holder, Hold, HOLD_FILE};
 pub use preflight::{Check, Report, Status};
 pub use verify::{compare_versions, parse_trusted_comment, verify, Verified, VerifyError};
 

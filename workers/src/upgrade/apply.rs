@@ -3,6 +3,7 @@
 //! renamed), which the job's handler follows and relays (see the module docs of `upgrade`).
 
 use super::files::{self, check_sum, prune, restore_store, schema_fingerprint};
+use super::hold::Hold;
 use super::stage_audit;
 use queue::UpgradeStage;
 use serde::{Deserialize, Serialize};
@@ -141,12 +142,16 @@ pub struct ApplyState {
 
 /// Whether the apply process of `state` still runs.
 pub fn alive(state: &ApplyState) -> bool {
-    // EPERM: it exists, owned by another user (a transient unit started as root, say).
-    state.pid > 0
-        && matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.pid as i32), None),
-            Ok(()) | Err(nix::errno::Errno::EPERM)
-        )
+    state.pid > 0 && pid_alive(state.pid)
+}
+
+/// Whether process `pid` exists. EPERM: it does, owned by another user (a transient unit
+/// started as root, say).
+pub(super) fn pid_alive(pid: u32) -> bool {
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
 }
 
 /// The release `<root>/current` points at (resolved against the root).
@@ -318,6 +323,9 @@ pub async fn apply(plan_path: &Path, token: &str) -> Result<bool, String> {
             let t = Instant::now();
             st.progress(UpgradeStage::Cleanup, 0, 1);
             let _ = std::fs::remove_dir_all(&plan.staged);
+            if let Some(aside) = changed.aside.take() {
+                let _ = std::fs::remove_dir_all(aside);
+            }
             let mut gone = prune(
                 &root.join("releases"),
                 plan.keep_releases,
@@ -364,7 +372,7 @@ pub async fn apply(plan_path: &Path, token: &str) -> Result<bool, String> {
                 &release,
                 previous.as_deref(),
                 &log_file,
-                &changed,
+                &mut changed,
                 token,
             )
             .await;
@@ -408,6 +416,11 @@ pub async fn apply(plan_path: &Path, token: &str) -> Result<bool, String> {
 #[derive(Default)]
 struct Changed {
     moved: bool,
+    /// The release directory that was in the way (a kept older release, or the serving one
+    /// for a forced reinstall), moved aside: put back on rollback, removed on success.
+    aside: Option<PathBuf>,
+    /// Held from before the stop until just before a start (see [`Hold`]).
+    hold: Option<Hold>,
     stopped: bool,
     swapped: bool,
     migrated: bool,
@@ -423,28 +436,31 @@ async fn deploy(
     ch: &mut Changed,
 ) -> Result<(), Failure> {
     let root = &plan.install_root;
-    let previous = previous.ok_or_else(|| {
+    previous.ok_or_else(|| {
         (
             "current".to_string(),
             format!("{} points at no release", root.join("current").display()),
         )
     })?;
     st.progress(UpgradeStage::Deploy, 0, 5);
-    if previous == release {
-        return Err((
-            "release".into(),
-            format!("{} is the serving release", release.display()),
-        ));
-    }
     let releases = root.join("releases");
     std::fs::create_dir_all(&releases).map_err(|e| ("release".to_string(), e.to_string()))?;
     if release.exists() {
-        std::fs::remove_dir_all(release).map_err(|e| {
+        // A forced downgrade to a kept release, or a forced reinstall of the serving one:
+        // the directory is moved aside, never deleted, until the new version serves.
+        let aside = releases.join(format!(".{}.aside-{}", plan.to_version, plan.job_id));
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(release, &aside).map_err(|e| {
             (
                 "release".to_string(),
-                format!("cannot replace {}: {e}", release.display()),
+                format!("cannot move {} aside: {e}", release.display()),
             )
         })?;
+        st.log(format!(
+            "deploy: the existing {} moved aside until the new one serves",
+            release.display()
+        ));
+        ch.aside = Some(aside);
     }
     std::fs::rename(&plan.staged, release).map_err(|e| {
         (
@@ -458,6 +474,8 @@ async fn deploy(
     st.log(format!("deploy: release in {}", release.display()));
     st.progress(UpgradeStage::Deploy, 1, 5);
 
+    ch.hold = Some(Hold::take(&plan.data_dir).map_err(|e| ("hold".to_string(), e))?);
+    st.log("deploy: upgrade.hold taken (a service started before the start waits for it)");
     st.log(format!("deploy: {}", plan.control.describe("stop")));
     ch.stopped = true;
     plan.control
@@ -510,6 +528,7 @@ async fn deploy(
     ));
     st.progress(UpgradeStage::Deploy, 4, 5);
 
+    ch.hold = None;
     st.log(format!("deploy: {}", plan.control.describe("start")));
     plan.control
         .run("start", log_file)
@@ -718,7 +737,7 @@ async fn rollback(
     release: &Path,
     previous: Option<&Path>,
     log_file: &Path,
-    ch: &Changed,
+    ch: &mut Changed,
     token: &str,
 ) -> Result<Value, String> {
     let root = &plan.install_root;
@@ -728,6 +747,12 @@ async fn rollback(
         return Err("there was no previous release to go back to".into());
     };
     if ch.stopped {
+        if ch.hold.is_none() {
+            match Hold::take(&plan.data_dir) {
+                Ok(h) => ch.hold = Some(h),
+                Err(e) => st.log(format!("rollback: {e}")),
+            }
+        }
         st.log(format!("rollback: {}", plan.control.describe("stop")));
         if let Err(e) = plan.control.run("stop", log_file).await {
             // Already stopped (it never started), most likely; start below says.
@@ -744,8 +769,18 @@ async fn rollback(
             previous.strip_prefix(root).unwrap_or(previous).display()
         ));
     }
-    if ch.moved && release != previous {
+    if ch.moved {
         let _ = std::fs::remove_dir_all(release);
+    }
+    if let Some(aside) = ch.aside.take() {
+        std::fs::rename(&aside, release).map_err(|e| {
+            format!(
+                "cannot put {} back from {}: {e}",
+                release.display(),
+                aside.display()
+            )
+        })?;
+        steps.push(format!("{} put back", release.display()));
     }
     st.progress(UpgradeStage::Rollback, 2, 4);
     let mut restored = false;
@@ -777,6 +812,7 @@ async fn rollback(
     }
     st.progress(UpgradeStage::Rollback, 3, 4);
     if ch.stopped {
+        ch.hold = None;
         st.log(format!("rollback: {}", plan.control.describe("start")));
         plan.control.run("start", log_file).await?;
         steps.push("service started".into());
