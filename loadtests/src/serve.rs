@@ -14,12 +14,17 @@ use crate::{free_port, npanel_bin};
 /// The drivers' HTTP client.
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
-/// A client with many idle connections per host and no Nagle delay.
+/// A client with many idle connections per host and no Nagle delay. Idle connections close
+/// after 15 s, as a browser's or a proxy's do: without the pool's timer they were never reaped
+/// (the pool reuses the newest first), so the server's open fds followed the highest
+/// concurrency the driver ever reached, which a soak then read as a leak.
 pub fn http() -> Http {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(512)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(15))
         .build(conn)
 }
 
