@@ -14,8 +14,10 @@
 //! - `exhaustion`: the host root on a small tmpfs (root): backups fill it; a job on a full disk
 //!   fails with an error naming the lack of space, and succeeds when retried after space is
 //!   freed; no half-written archive, store integrity intact. Then memory pressure on a worker
-//!   (a cgroup memory limit below its needs): the kernel kills it, its jobs are recovered by the
-//!   others, nothing lost.
+//!   (a cgroup memory limit below its needs where the kernel charges the cgroup, else its
+//!   address-space limit at what it has mapped, while jobs with 256 KiB payloads arrive): it
+//!   fails (killed, or aborting on an allocation), its jobs are recovered by the others,
+//!   nothing lost.
 //! - `storm`: `--conns` (10 000) concurrent connections (half WebSocket upgrades, half plain
 //!   HTTP keep-alive) against serve: WebSockets beyond `ws.max_connections` refused cleanly
 //!   (an HTTP status or a close frame, never a reset or a hang), the server's fds below its
@@ -999,6 +1001,65 @@ fn memory_cgroup(tag: &str) -> Option<(PathBuf, &'static str, &'static str)> {
     })
 }
 
+/// How a worker was squeezed.
+struct Squeeze {
+    how: String,
+    limit: u64,
+}
+
+/// Moves `pid` (just started) into memory cgroup `cg`, lets it come up (its charge there
+/// settles), then limits the cgroup to 2 MiB above that charge: the worker's next growth
+/// meets the limit. Fails where no limit can squeeze it (nothing charged, a limit refused),
+/// instead of passing on an idle worker.
+async fn squeeze_cgroup(cg: &Path, limit_file: &str, pid: u32) -> Result<Squeeze, String> {
+    std::fs::create_dir_all(cg).map_err(|e| format!("mkdir {}: {e}", cg.display()))?;
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+        .map_err(|e| format!("moving the worker into {}: {e}", cg.display()))?;
+    let usage_file = if limit_file == "memory.max" {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let charged = || {
+        std::fs::read_to_string(cg.join(usage_file))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Up: connected to Redis and idle. Its charge stops growing within a few seconds.
+    let mut last = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = charged();
+        if now > 0 && now == last {
+            break;
+        }
+        last = now;
+    }
+    let charged = charged();
+    if charged == 0 {
+        return Err(format!(
+            "{usage_file} is 0: this kernel's memory cgroup charges nothing"
+        ));
+    }
+    let lim = charged + (2 << 20);
+    std::fs::write(cg.join(limit_file), lim.to_string())
+        .map_err(|e| format!("{limit_file} = {lim}: {e}"))?;
+    let now = std::fs::read_to_string(cg.join(limit_file)).unwrap_or_default();
+    match now.trim().parse::<u64>() {
+        Ok(v) if v <= lim + 4096 => Ok(Squeeze {
+            how: format!(
+                "cgroup {} charged {:.1} MiB, {limit_file} = {:.1} MiB",
+                cg.display(),
+                charged as f64 / 1048576.0,
+                v as f64 / 1048576.0
+            ),
+            limit: v,
+        }),
+        _ => Err(format!("{limit_file} reads back as {}", now.trim())),
+    }
+}
+
 async fn exhaustion(args: &Args, out: &Path, _long: bool, tag: String) -> anyhow::Result<Outcome> {
     let mb = args.num("tmpfs-mb", 64.0) as u64;
     let host = out.join("run-hostfs");
@@ -1162,114 +1223,129 @@ async fn exhaustion(args: &Args, out: &Path, _long: bool, tag: String) -> anyhow
     info["disk"] = json!({"backup1": j1["status"], "filled_mib": filled >> 20, "backup_full": j2["status"], "backup_full_error": err2,
         "create_full": jc["status"], "create_full_error": errc});
 
-    // --- memory: a worker in a memory cgroup squeezed below its needs.
-    match memory_cgroup(&tag) {
-        None => promises.push(Promise::new(
-            "memory pressure on a worker",
-            "a memory cgroup",
-            "no memory controller on this machine".into(),
-            false,
-        )),
-        Some((cg, limit_file, events_file)) => {
-            std::fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
-            let wpid = r.stack.lock().unwrap().workers[0]
-                .as_ref()
-                .map(|p| p.pid())
-                .unwrap_or(0);
-            if limit_file == "memory.limit_in_bytes" {
-                // cgroup v1 leaves a moved task's pages charged where they were: without this
-                // the limit applies only to new allocations and the worker is never squeezed.
-                let _ = std::fs::write(cg.join("memory.move_charge_at_immigrate"), "3");
-            }
-            std::fs::write(cg.join("cgroup.procs"), wpid.to_string())
-                .context("moving the worker into the cgroup")?;
-            let rss = metrics::rss_kib(wpid).unwrap_or(0) * 1024;
-            // Below what it uses: the kernel reclaims, then the OOM killer takes it.
-            // What the cgroup is charged (anonymous memory, mostly) is far below the RSS, which
-            // counts the shared binary's pages: squeeze against the charge.
-            let usage_file = if limit_file == "memory.max" {
-                "memory.current"
-            } else {
-                "memory.usage_in_bytes"
-            };
-            let charged = std::fs::read_to_string(cg.join(usage_file))
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(rss);
-            let lim = (charged / 2).max(1 << 20);
-            // cgroup v1 refuses (EBUSY) a limit below usage it cannot reclaim: then no pressure
-            // was applied, and the promise says so instead of passing on an idle worker.
-            let applied = std::fs::write(cg.join(limit_file), lim.to_string())
-                .map_err(|e| e.to_string())
-                .and_then(|_| {
-                    if charged == 0 {
-                        return Err(format!(
-                            "{usage_file} is 0: this kernel's memory cgroup charges nothing, so no limit can squeeze the worker"
-                        ));
-                    }
-                    let now = std::fs::read_to_string(cg.join(limit_file)).unwrap_or_default();
-                    match now.trim().parse::<u64>() {
-                        Ok(v) if v <= lim + 4096 => Ok(v),
-                        _ => Err(format!("the limit reads back as {}", now.trim())),
-                    }
-                });
-            log(format!(
-                "worker {wpid} (RSS {} MiB) in {} with {limit_file} = {} MiB",
-                rss >> 20,
-                cg.display(),
-                lim >> 20
-            ));
-            let mut mem_ids = Vec::new();
-            for i in 0..60 {
-                if let Ok(Some(v)) = drive::submit(&r.api, "/api/jobs", &json!({"kind": "diagnostic", "payload": {"duration_ms": 300, "steps": 3}, "idempotency_key": format!("mem-{tag}-{i}")}), &r.stats, &r.odd, Duration::from_secs(60)).await {
-                    if let Some(id) = v["id"].as_str() {
-                        mem_ids.push(id.to_string());
-                    }
+    // --- memory: a worker in a memory cgroup limited to just above what it is charged, while
+    // jobs with large payloads arrive. The worker is started afresh and moved in at once: its
+    // memory is charged to the cgroup as it allocates (recent kernels no longer move a task's
+    // earlier charges with it, v1's `move_charge_at_immigrate` notwithstanding, so moving a
+    // worker that has run a while leaves the cgroup charged next to nothing).
+    let cgroup = memory_cgroup(&tag);
+    let (mut wpid, mut wlog) = (0, None);
+    let squeezed = match &cgroup {
+        None => Err("no memory controller on this machine".to_string()),
+        Some((cg, limit_file, _)) => {
+            let started = r.stack.lock().unwrap().start_worker(0, &[]);
+            match started {
+                Err(e) => Err(format!("restarting the worker: {e}")),
+                Ok(pid) => {
+                    wpid = pid;
+                    wlog = r.stack.lock().unwrap().workers[0]
+                        .as_ref()
+                        .map(|p| p.log.clone());
+                    squeeze_cgroup(cg, limit_file, pid).await
                 }
             }
-            let (_, drained) = drive::wait_drained(&r.api, Duration::from_secs(120)).await;
-            let worker_dead = !r.stack.lock().unwrap().workers[0]
-                .as_mut()
-                .is_some_and(|p| p.alive());
-            let events = std::fs::read_to_string(cg.join(events_file))
-                .unwrap_or_default()
-                .replace('\n', " ");
-            let failcnt = std::fs::read_to_string(cg.join("memory.failcnt"))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            let seen = drive::read_jobs(&r.api, &mem_ids, 16).await;
-            let ok = seen
-                .iter()
-                .filter(|s| s.status.as_deref() == Some("succeeded"))
-                .count();
-            // Space back: restore the limit, restart the worker, one more job through it.
-            let _ = std::fs::write(
-                cg.join(limit_file),
-                if limit_file == "memory.max" {
-                    "max".to_string()
-                } else {
-                    "-1".to_string()
-                },
-            );
-            {
-                let mut s = r.stack.lock().unwrap();
-                let _ = s.start_worker(0, &[]);
+        }
+    };
+    r.pids();
+    let rss = metrics::rss_kib(wpid).unwrap_or(0) * 1024;
+    log(format!(
+        "worker {wpid} (RSS {} MiB): {}",
+        rss >> 20,
+        match &squeezed {
+            Ok(s) => s.how.clone(),
+            Err(e) => format!("no pressure applied: {e}"),
+        }
+    ));
+    // Jobs whose payloads the worker must decode and copy: each needs fresh large allocations.
+    let pad = "m".repeat(256 * 1024);
+    let mut mem_ids = Vec::new();
+    for i in 0..60 {
+        if let Ok(Some(v)) = drive::submit(&r.api, "/api/jobs", &json!({"kind": "diagnostic", "payload": {"duration_ms": 300, "steps": 3, "note": pad}, "idempotency_key": format!("mem-{tag}-{i}")}), &r.stats, &r.odd, Duration::from_secs(60)).await {
+            if let Some(id) = v["id"].as_str() {
+                mem_ids.push(id.to_string());
             }
-            r.pids();
-            promises.push(Promise::new(
-                "memory pressure on a worker: nothing lost",
-                "all 60 jobs succeed (the others take over a killed worker's jobs); the run goes on",
-                format!("limit applied: {applied:?}; worker killed by the kernel: {worker_dead}; {ok}/{} succeeded; drained {drained}; {events_file}: {events}; failcnt {failcnt}", mem_ids.len()),
-                ok == mem_ids.len() && drained && applied.is_ok(),
-            ));
-            ids.extend(mem_ids);
-            // The cgroup is left empty once the old worker is gone; remove it.
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = std::fs::remove_dir(&cg);
-            info["memory"] = json!({"cgroup": cg, "charged_bytes": charged, "limit_bytes": lim, "limit_applied": format!("{applied:?}"), "worker_rss_bytes": rss, "worker_killed": worker_dead, "events": events});
         }
     }
+    let (_, drained) = drive::wait_drained(&r.api, Duration::from_secs(120)).await;
+    let worker_dead = !r.stack.lock().unwrap().workers[0]
+        .as_mut()
+        .is_some_and(|p| p.alive());
+    let events = match (&cgroup, &squeezed) {
+        (Some((cg, _, events_file)), Ok(_)) => format!(
+            "{}; failcnt {}",
+            std::fs::read_to_string(cg.join(events_file))
+                .unwrap_or_default()
+                .replace('\n', " "),
+            std::fs::read_to_string(cg.join("memory.failcnt"))
+                .unwrap_or_default()
+                .trim()
+        ),
+        _ => String::new(),
+    };
+    // What the worker said as it failed to get memory (the allocator's abort, a failed
+    // thread spawn, an error a job recorded).
+    let said: Vec<String> = wlog
+        .and_then(|l| std::fs::read_to_string(l).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("memory allocation")
+                || l.contains("out of memory")
+                || l.contains("cannot allocate")
+        })
+        .take(3)
+        .map(str::to_owned)
+        .collect();
+    let seen = drive::read_jobs(&r.api, &mem_ids, 16).await;
+    let ok = seen
+        .iter()
+        .filter(|s| s.status.as_deref() == Some("succeeded"))
+        .count();
+    // Jobs the killed worker held, finished by another claim.
+    let again = seen.iter().filter(|s| s.attempts > 1).count();
+    // Memory back: lift the limit, restart the worker (outside the cgroup); the run goes on.
+    if let (Some((cg, limit_file, _)), Ok(_)) = (&cgroup, &squeezed) {
+        let _ = std::fs::write(
+            cg.join(limit_file),
+            if *limit_file == "memory.max" {
+                "max"
+            } else {
+                "-1"
+            },
+        );
+    }
+    {
+        let mut s = r.stack.lock().unwrap();
+        let _ = s.start_worker(0, &[]);
+    }
+    r.pids();
+    let felt = worker_dead || !said.is_empty();
+    promises.push(Promise::new(
+        "memory pressure on a worker: nothing lost",
+        "the squeezed worker fails (killed, or says it is out of memory) and all 60 jobs still succeed (the others take over its jobs); the run goes on",
+        format!(
+            "{}; worker died: {worker_dead}; it said: {said:?}; {ok}/{} succeeded ({again} on a second attempt); drained {drained}{}",
+            match &squeezed {
+                Ok(s) => s.how.clone(),
+                Err(e) => format!("no pressure applied: {e}"),
+            },
+            mem_ids.len(),
+            if events.is_empty() { String::new() } else { format!("; events: {events}") }
+        ),
+        ok == mem_ids.len() && drained && squeezed.is_ok() && felt,
+    ));
+    ids.extend(mem_ids);
+    if let Some((cg, _, _)) = &cgroup {
+        // The cgroup is left empty once the old worker is gone; remove it.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir(cg);
+    }
+    info["memory"] = json!({
+        "how": squeezed.as_ref().map(|s| s.how.clone()).unwrap_or_else(|e| e.clone()),
+        "limit_bytes": squeezed.as_ref().map(|s| s.limit).unwrap_or(0),
+        "worker_rss_bytes": rss, "worker_died": worker_dead, "jobs_on_a_second_attempt": again, "worker_said": said, "events": events,
+    });
     let samples = sam.finish().await;
     promises.extend(verify_jobs(&r, &ids, false).await);
     r.stack.lock().unwrap().stop();
