@@ -387,7 +387,7 @@ impl utoipa::PartialSchema for NewPackageBody {
         RefOr::T(Schema::Object(object(
             vec![
                 ("id".into(), string(1, Some(32), Some(PACKAGE_ID), false)),
-                ("name".into(), string(0, None, None, true)),
+                ("name".into(), string(1, Some(200), Some(r"\S"), true)),
                 ("limits".into(), Schema::Object(package_limits())),
                 ("features".into(), features_list(false)),
                 ("disabled_features".into(), features_list(false)),

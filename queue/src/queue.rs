@@ -393,7 +393,8 @@ impl Queue {
                     reason,
                 })?;
             if let Some(a) = &job.account {
-                if a.is_empty() || a.len() > 64 {
+                // Characters, as the API's schema counts them (`maxLength`), not bytes.
+                if a.is_empty() || a.chars().count() > 64 {
                     return Err(QueueError::Invalid(
                         "account must be 1 to 64 characters".into(),
                     ));

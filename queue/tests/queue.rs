@@ -378,12 +378,19 @@ async fn bad_input_gets_typed_errors_and_enqueues_nothing() {
     assert!(matches!(e, QueueError::InvalidPayload { .. }));
     let e = q.enqueue(diag().max_attempts(0)).await.unwrap_err();
     assert!(matches!(e, QueueError::Invalid(_)));
+    // An account is at most 64 characters, counted as characters (the API's schema counts
+    // them so), not bytes.
+    let e = q.enqueue(diag().account("é".repeat(65))).await.unwrap_err();
+    assert!(matches!(e, QueueError::Invalid(_)), "{e}");
     assert!("teleport".parse::<JobKind>().is_err());
     assert_eq!(q.stats().await.unwrap().pending, 0);
     assert!(matches!(
         q.get("missing").await,
         Err(QueueError::NotFound(_))
     ));
+    // ... and 64 two-byte characters are fine.
+    q.enqueue(diag().account("é".repeat(64))).await.unwrap();
+    assert_eq!(q.stats().await.unwrap().pending, 1);
 }
 
 #[tokio::test]

@@ -292,6 +292,17 @@ fn validate_package_id(id: &str) -> Result<()> {
     }
 }
 
+/// A package's display name: 1 to 200 characters (characters, as the API's schema counts them,
+/// not bytes), not only blanks. The same rule on create and on update.
+fn validate_package_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(StoreError::Invalid(
+            "name must be 1-200 characters".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_features(list: &[String], field: &str) -> Result<Vec<String>> {
     let mut out = BTreeSet::new();
     for f in list {
@@ -367,6 +378,9 @@ impl Store {
     /// more than [`MAX_PACKAGES`]; a document over [`MAX_PACKAGE_BYTES`].
     pub async fn create_package(&self, new: NewPackage) -> Result<Package> {
         validate_package_id(&new.id)?;
+        if let Some(n) = &new.name {
+            validate_package_name(n)?;
+        }
         check_limits(&new.limits)?;
         let now = now_ms();
         let pkg = Package {
@@ -492,11 +506,7 @@ impl Store {
         let before = self.package(id).await?;
         let mut p = before.clone();
         if let Some(n) = &u.name {
-            if n.trim().is_empty() || n.len() > 200 {
-                return Err(StoreError::Invalid(
-                    "name must be 1-200 characters".to_string(),
-                ));
-            }
+            validate_package_name(n)?;
             p.name = n.clone();
         }
         if let Some(l) = &u.limits {

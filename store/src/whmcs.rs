@@ -128,7 +128,7 @@ impl Store {
                 return Err(StoreError::Invalid(format!("reseller {r} is terminated")));
             }
         }
-        if note.is_some_and(|n| n.len() > 200) {
+        if note.is_some_and(|n| n.chars().count() > 200) {
             return Err(StoreError::Invalid(
                 "a key's note is at most 200 characters".into(),
             ));

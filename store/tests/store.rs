@@ -263,6 +263,45 @@ async fn package_lifecycle() {
             matches!(big, Err(StoreError::Invalid(ref m)) if m.contains("50 KiB")),
             "{big:?}"
         );
+        // A name is 1 to 200 characters, counted as characters (not bytes), on create and
+        // on update alike.
+        for (name, ok) in [
+            ("é".repeat(200), true),
+            ("é".repeat(201), false),
+            (" ".into(), false),
+        ] {
+            let r = s
+                .create_package(NewPackage {
+                    id: "named".into(),
+                    name: Some(name.clone()),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "create {} chars: {r:?}",
+                name.chars().count()
+            );
+            if ok {
+                assert!(s.delete_package("named").await.unwrap().is_none());
+            }
+            let r = s
+                .update_package(
+                    "basic",
+                    &PackageUpdate {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "update {} chars: {r:?}",
+                name.chars().count()
+            );
+        }
     })
     .await;
 }
