@@ -1,130 +1,58 @@
-//! A small HTTP client for the CLI (hyper; `http://` only, see the module above).
+//! The CLI's view of the API: [`ws::client::HttpClient`] (the one HTTP client of the CLI, the
+//! load drivers and the tests; `http://` only, see the module above) with errors as `anyhow`,
+//! an idempotent POST that retries, and a streaming download.
 
 use anyhow::{anyhow, bail, Context};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use serde_json::Value;
 use std::io::Write;
 use std::time::Duration;
+use ws::client::{ClientError, HttpClient};
+
+pub use ws::client::{encode, ApiError};
 
 /// Where the API is and who we are.
 #[derive(Clone, Debug)]
 pub struct Api {
-    base: String,
-    token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
+    http: HttpClient,
 }
 
-/// Percent-encode a query or path value.
-pub fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// A client error as `anyhow`, an API answer kept as an [`ApiError`] (`downcast_ref`-able).
+fn error(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Api(a) => (*a).into(),
+        e => e.into(),
     }
-    out
 }
 
 impl Api {
     /// A client of `url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(url: &str, token: Option<String>) -> anyhow::Result<Api> {
-        let base = url.trim_end_matches('/').to_string();
-        if base.starts_with("https://") {
-            bail!("{url}: this CLI speaks plain http:// only; use the API's loopback address on the panel host");
-        }
-        if !base.starts_with("http://") {
-            bail!("{url} is not a URL like http://127.0.0.1:8080");
-        }
-        Ok(Api {
-            base,
-            token: token.filter(|t| !t.is_empty()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            timeout: Duration::from_secs(30),
-        })
+        let http = HttpClient::new(url, token)
+            .map_err(error)?
+            .with_user_agent(concat!("npanel-cli/", env!("CARGO_PKG_VERSION")));
+        Ok(Api { http })
     }
 
     /// The same client with another bound on waiting for an answer's head (default 30 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Api {
-        self.timeout = timeout;
+        self.http = self.http.with_timeout(timeout);
         self
     }
 
     /// The base URL.
     pub fn base(&self) -> &str {
-        &self.base
+        self.http.base()
     }
 
     /// The token, if any.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+        self.http.token()
     }
 
-    /// `ws://` form of the base URL.
-    pub fn ws_base(&self) -> String {
-        format!("ws://{}", self.base.trim_start_matches("http://"))
-    }
-
-    /// Send one request; the response head within the timeout (30 s by default).
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("accept", "application/json")
-            .header(
-                "user-agent",
-                concat!("npanel-cli/", env!("CARGO_PKG_VERSION")),
-            );
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(v.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req.body(Full::new(body)).context("bad request")?;
-        tokio::time::timeout(self.timeout, self.client.request(req))
-            .await
-            .map_err(|_| anyhow!("{} did not answer within {:?}", self.base, self.timeout))?
-            .with_context(|| format!("cannot reach the API at {} (is `npanel serve` running? set --url or NPANEL_URL)", self.base))
-    }
-
-    /// The [`ApiError`] of a non-2xx answer.
-    async fn failure(resp: hyper::Response<Incoming>) -> anyhow::Error {
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let v = match resp.into_body().collect().await {
-            Ok(b) => parse(&b.to_bytes()),
-            Err(e) => return anyhow!("the API answered {status} and then failed: {e}"),
-        };
-        ApiError {
-            status: status.as_u16(),
-            code: v["error"].as_str().unwrap_or("http_error").to_string(),
-            message: v["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| status.to_string()),
-            retry_after,
-        }
-        .into()
+    /// The underlying client (for its WebSocket connect).
+    pub fn http(&self) -> &HttpClient {
+        &self.http
     }
 
     /// Call the API; a non-2xx answer becomes an [`ApiError`] (shown as `"<code>: <message>"`).
@@ -134,12 +62,10 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let resp = self.send(method, path, body).await?;
-        if !resp.status().is_success() {
-            return Err(Api::failure(resp).await);
-        }
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok(parse(&bytes))
+        self.http
+            .call(method, path, body.as_ref())
+            .await
+            .map_err(error)
     }
 
     /// `POST path` of a body that makes something (a job) and carries an idempotency key:
@@ -155,22 +81,14 @@ impl Api {
         let mut pause = Duration::from_millis(500);
         let mut last = None;
         for attempt in 1..=attempts.max(1) {
-            match self.send("POST", path, Some(body.clone())).await {
-                Ok(resp) if resp.status().is_success() => {
-                    let bytes = resp.into_body().collect().await?.to_bytes();
-                    return Ok(parse(&bytes));
+            match self.http.call("POST", path, Some(&body)).await {
+                Ok(v) => return Ok(v),
+                Err(ClientError::Api(a)) if !(a.status == 503 && a.code == "unavailable") => {
+                    return Err((*a).into())
                 }
-                Ok(resp) => {
-                    let e = Api::failure(resp).await;
-                    let unavailable = e
-                        .downcast_ref::<ApiError>()
-                        .is_some_and(|a| a.status == 503 && a.code == "unavailable");
-                    if !unavailable {
-                        return Err(e);
-                    }
-                    last = Some(e);
-                }
-                Err(e) => last = Some(e),
+                // An answer that broke off is not sent again (as before the move).
+                Err(e @ ClientError::Body { .. }) => return Err(error(e)),
+                Err(e) => last = Some(error(e)),
             }
             if attempt < attempts {
                 tokio::time::sleep(pause).await;
@@ -185,9 +103,13 @@ impl Api {
     /// error. A reader of `out` that went away (`npanel ... | head`) ends the copy quietly.
     /// (`out` is written synchronously: the CLI does nothing else meanwhile.)
     pub async fn download(&self, path: &str, out: &mut dyn Write) -> anyhow::Result<u64> {
-        let resp = self.send("GET", path, None).await?;
+        let resp = self
+            .http
+            .send("GET", path, &[], None)
+            .await
+            .map_err(error)?;
         if !resp.status().is_success() {
-            return Err(Api::failure(resp).await);
+            return Err(error(ApiError::from_response(resp).await));
         }
         let mut body = resp.into_body();
         let mut n = 0u64;
@@ -214,48 +136,6 @@ impl Api {
         Ok(n)
     }
 }
-
-/// JSON if it is, else the text as a JSON string (`null` when empty).
-fn parse(bytes: &[u8]) -> Value {
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into()))
-    }
-}
-
-/// An error answer of the API (`{"error": code, "message"}`), typed so a caller can tell, say,
-/// a `conflict` from other failures (`err.downcast_ref::<ApiError>()`).
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// The stable error code (`conflict`, `not_found`, ...).
-    pub code: String,
-    /// The sentence for people.
-    pub message: String,
-    /// `Retry-After`, when given.
-    pub retry_after: Option<String>,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)?;
-        match &self.retry_after {
-            Some(r) => write!(f, " (retry after {r}s)"),
-            None if self.code == "unauthorized" => {
-                write!(
-                    f,
-                    " (set --token or NPANEL_TOKEN; mint one with `npanel token`)"
-                )
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl std::error::Error for ApiError {}
 
 #[cfg(test)]
 mod tests {

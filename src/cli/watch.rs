@@ -10,8 +10,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
+use ws::client::tungstenite::http::StatusCode;
+use ws::client::tungstenite::Message;
+use ws::client::ClientError;
 
 /// How a watched job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,44 +115,20 @@ async fn watch_one(
     let mut status: String;
     let mut last: Value = Value::Null;
     loop {
-        let mut url = format!(
-            "{}/api/jobs/{}/live",
-            api.ws_base(),
-            super::client::encode(id)
-        );
-        if let Some(s) = &since {
-            url.push_str(&format!("?since={s}"));
-        }
-        let mut req = url.into_client_request()?;
-        if let Some(t) = api.token() {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse()?);
-        }
-        let stream = match tokio_tungstenite::connect_async(req).await {
-            Ok((s, _)) => s,
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                    .unwrap_or(Value::Null);
-                let code = body["error"].as_str().unwrap_or("http_error").to_string();
-                let msg = body["message"].as_str().unwrap_or("").to_string();
-                let retryable = resp.status().is_server_error()
-                    || resp.status() == tungstenite::http::StatusCode::TOO_MANY_REQUESTS;
+        let path = format!("/api/jobs/{}/live", super::client::encode(id));
+        let stream = match api.http().connect_ws(&path, since.as_deref()).await {
+            Ok(s) => s,
+            Err(ClientError::Api(a)) => {
+                let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 if retryable && failures < 5 {
                     failures += 1;
-                    let wait = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(1)
-                        .clamp(1, 60);
+                    let wait = a.retry_after_secs().unwrap_or(1).clamp(1, 60);
                     tokio::time::sleep(Duration::from_secs(wait)).await;
                     continue;
                 }
-                bail!("{code}: {msg} (HTTP {})", resp.status());
+                let msg = a.body["message"].as_str().unwrap_or("");
+                bail!("{}: {msg} (HTTP {status})", a.code);
             }
             Err(e) => {
                 failures += 1;

@@ -19,6 +19,14 @@
 //! Authentication and the HTTP error table live in `api`, which owns the routes; this crate takes
 //! an already-authenticated [`Viewer`]. It depends on `queue` only (DESIGN §1).
 //!
+//! # The client
+//! [`client`] is the other end: the one HTTP client and WebSocket connect that the CLI, the load
+//! drivers and the tests use (`http://` only, bearer token, timeouts, idle connections reaped,
+//! `?since=` resumption, a refused upgrade as the API's `{error, message}` and Retry-After). It
+//! lives here, next to the wire format it reads, rather than in `api`: the drivers may not
+//! depend on the server crates (DESIGN §1), and this crate's only workspace dependency is
+//! `queue`.
+//!
 //! # Messages
 //! `{"type": "snapshot"|"status"|"progress"|"stage"|"log"|"complete", "seq", "job_id", ...}`:
 //! the event's data fields are flattened into the message. A one-job `snapshot` carries the job
@@ -26,6 +34,7 @@
 //! `job_id`. `seq` of a snapshot is the newest stream id at the time it was taken: reconnecting
 //! with `?since=` that value continues exactly after it.
 
+pub mod client;
 mod hub;
 mod message;
 pub mod metrics;
