@@ -88,6 +88,11 @@ pub struct WorkersConfig {
     pub backoff_max_secs: u64,
     /// How often expired leases are looked for, in milliseconds. Default 1000.
     pub reap_interval_ms: u64,
+    /// The job kinds this process's workers claim. Empty (the default): every kind it has a
+    /// handler for. On several hosts, the kinds that work on accounts (`provision`, `backup`,
+    /// `restore`, `quota_sweep`, `health_check`) belong to the host that holds the accounts
+    /// (README, "Several hosts"); the API still accepts every kind this build handles.
+    pub kinds: Vec<queue::JobKind>,
 }
 
 impl Default for WorkersConfig {
@@ -99,6 +104,7 @@ impl Default for WorkersConfig {
             backoff_base_ms: 1000,
             backoff_max_secs: 600,
             reap_interval_ms: 1000,
+            kinds: Vec::new(),
         }
     }
 }

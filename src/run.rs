@@ -210,7 +210,24 @@ pub async fn run_with(
             ));
         }
     }
+    // The API accepts every kind this build handles; the pool claims those of `workers.kinds`.
     let q = q.with_available_kinds(registry.kinds());
+    let registry = registry.only(&cfg.workers.kinds).map_err(|missing| {
+        anyhow::anyhow!(
+            "workers.kinds names {}, which this process has no handler for{}",
+            missing
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if store.is_none() {
+                " (a worker runs the kinds that need the store only with one: set DATABASE_URL)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    info!(kinds = ?registry.kinds(), "Workers claim these kinds.");
     let pool = workers::Pool::new(q.clone(), registry, cfg.workers.pool());
     let mut tasks = tokio::task::JoinSet::new();
     let mut app_state = None;

@@ -91,6 +91,24 @@ impl Registry {
         self
     }
 
+    /// Only the handlers of `kinds` (all of them when `kinds` is empty). A kind named without a
+    /// handler here is an error that names them, so a worker never silently claims nothing.
+    pub fn only(mut self, kinds: &[JobKind]) -> Result<Self, Vec<JobKind>> {
+        if kinds.is_empty() {
+            return Ok(self);
+        }
+        let missing: Vec<JobKind> = kinds
+            .iter()
+            .filter(|k| !self.handlers.contains_key(k))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        self.handlers.retain(|k, _| kinds.contains(k));
+        Ok(self)
+    }
+
     /// The kinds with a handler.
     pub fn kinds(&self) -> Vec<JobKind> {
         self.handlers.keys().copied().collect()
