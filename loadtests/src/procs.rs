@@ -7,7 +7,6 @@
 //! Why not the API driver's `Server` (`serve.rs`): a chaos run needs several processes on one
 //! environment, each killed and restarted many times, with their logs kept for the report.
 
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use nix::sys::signal::{kill, Signal};
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::serve::{clean_env, Http};
 use crate::{free_port, npanel_bin};
+use ws::client::{ClientError, HttpClient};
 
 /// Errors of the process harness.
 #[derive(Debug, thiserror::Error)]
@@ -549,57 +549,40 @@ pub enum ReqError {
     Transport(String),
 }
 
-/// One request with a deadline for the whole answer.
+/// One request with a deadline for the whole answer (`bearer` is the whole `Authorization`
+/// value, empty for none), on `http`'s connections.
 pub async fn request(
     http: &Http,
     base: &str,
     bearer: &str,
     method: Method,
     path: &str,
-    body: Option<String>,
+    body: Option<Bytes>,
     limit: Duration,
 ) -> Result<Resp, ReqError> {
     let t0 = Instant::now();
-    let fut = async {
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
-        if !bearer.is_empty() {
-            req = req.header("authorization", bearer);
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ReqError::Transport(e.to_string()))?;
-        let resp = http
-            .request(req)
-            .await
-            .map_err(|e| ReqError::Transport(format!("{e:?}")))?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
+    let client = HttpClient::with_pool(base, None, http.clone())
+        .map_err(|e| ReqError::Transport(e.to_string()))?
+        .with_timeout(limit);
+    let auth = [("authorization", bearer)];
+    let headers: &[(&str, &str)] = if bearer.is_empty() { &[] } else { &auth };
+    let r = match tokio::time::timeout(limit, client.request(method.as_str(), path, headers, body))
+        .await
+    {
+        Err(_) | Ok(Err(ClientError::Timeout { .. })) => return Err(ReqError::Timeout(limit)),
+        Ok(Err(e)) => return Err(ReqError::Transport(format!("{e:?}"))),
+        Ok(Ok(r)) => r,
+    };
+    Ok(Resp {
+        status: r.status,
+        retry_after: r
+            .headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ReqError::Transport(e.to_string()))?
-            .to_bytes();
-        Ok(Resp {
-            status,
-            body,
-            ms: t0.elapsed().as_secs_f64() * 1000.0,
-            retry_after,
-        })
-    };
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ReqError::Timeout(limit)),
-    }
+            .and_then(|v| v.trim().parse::<f64>().ok()),
+        body: r.body,
+        ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
 }
 
 /// The stack's API, recording every request's latency and outcome for the metrics.
@@ -638,7 +621,7 @@ impl Api {
             &self.bearer,
             method,
             path,
-            body,
+            body.map(Bytes::from),
             self.limit,
         )
         .await;

@@ -1,31 +1,21 @@
 //! A real `npanel serve` for the load drivers: release binary, a temp data dir (or one the
 //! driver prepared), a fresh queue name on `REDIS_URL`, stopped with SIGTERM on drop.
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, npanel_bin};
 
-/// The drivers' HTTP client.
-pub type Http = Client<HttpConnector, Full<Bytes>>;
+/// The drivers' HTTP connection pool: [`ws::client::pool`], shared by every driver's requests
+/// (through [`ws::client::HttpClient::with_pool`] or [`crate::procs::request`]).
+pub type Http = ws::client::Pool;
 
-/// A client with many idle connections per host and no Nagle delay. Idle connections close
-/// after 15 s, as a browser's or a proxy's do: without the pool's timer they were never reaped
-/// (the pool reuses the newest first), so the server's open fds followed the highest
-/// concurrency the driver ever reached, which a soak then read as a leak.
+/// [`ws::client::pool`]: many idle connections per host, no Nagle delay, idle connections
+/// closed after 15 s as a browser's or a proxy's are (without the pool's timer they were never
+/// reaped, so the server's open fds followed the highest concurrency the driver ever reached,
+/// which a soak then read as a leak).
 pub fn http() -> Http {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(512)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(15))
-        .build(conn)
+    ws::client::pool()
 }
 
 /// `npanel serve` under test, stopped on drop.
@@ -110,12 +100,12 @@ pub async fn start_in(http: &Http, dir: tempfile::TempDir, extra: &[(&str, &str)
         dir,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let client = ws::client::HttpClient::with_pool(&s.base, None, http.clone())
+        .expect("an http:// base")
+        .with_timeout(Duration::from_secs(2));
     loop {
-        let req = hyper::Request::get(format!("{}/readyz", s.base))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        if let Ok(r) = http.request(req).await {
-            if r.status() == 200 {
+        if let Ok(r) = client.request("GET", "/readyz", &[], None).await {
+            if r.status == 200 {
                 break;
             }
         }

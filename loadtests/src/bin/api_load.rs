@@ -34,12 +34,9 @@
 //! deletes their Redis keys by itself; a watchdog ends everything after `MAX_SECS` (900).
 
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use loadtests::serve::Http;
 use loadtests::PrivateRedis;
 use loadtests::{cpu_ticks, env_u64, free_port, npanel_bin, pct, phase_on};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -51,11 +48,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-
-type Http = Client<HttpConnector, Full<Bytes>>;
+use ws::client::tungstenite::protocol::WebSocketConfig;
+use ws::client::tungstenite::Message;
+use ws::client::HttpClient;
 
 /// Linux `USER_HZ`: the unit of utime/stime in `/proc/<pid>/stat` (100 on every mainstream arch).
 const TICKS_PER_SEC: f64 = 100.0;
@@ -205,7 +201,6 @@ struct Server {
     child: Option<Child>,
     pid: u32,
     base: String,
-    ws_base: String,
     /// `Bearer <admin token>`.
     bearer: String,
     token: String,
@@ -215,6 +210,12 @@ struct Server {
 }
 
 impl Server {
+    /// The API client of this server, as admin, on the driver's pool.
+    fn client(&self, http: &Http) -> HttpClient {
+        HttpClient::with_pool(&self.base, Some(self.token.clone()), http.clone())
+            .expect("an http:// base")
+    }
+
     /// Start `npanel serve` for `phase`; returns once `/readyz` answers 200.
     async fn start(redis_url: &str, phase: &str, ws_max: u64, http: &Http) -> Server {
         let bin = npanel_bin();
@@ -282,7 +283,6 @@ impl Server {
             child: Some(child),
             pid,
             base: format!("http://127.0.0.1:{port}"),
-            ws_base: format!("ws://127.0.0.1:{port}"),
             bearer: format!("Bearer {token}"),
             token,
             queue_name,
@@ -354,16 +354,6 @@ impl Drop for Server {
     }
 }
 
-fn http_client() -> Http {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(conn)
-}
-
 /// One request; `(status, body)` or a transport error.
 async fn call(
     http: &Http,
@@ -375,6 +365,8 @@ async fn call(
     request(http, &s.base, &s.bearer, method, path, body).await
 }
 
+/// One request (no deadline of our own beyond a long one): `(status, body)` or a transport
+/// error.
 async fn request(
     http: &Http,
     base: &str,
@@ -383,25 +375,18 @@ async fn request(
     path: &str,
     body: Option<Bytes>,
 ) -> Result<(StatusCode, Bytes), String> {
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header("authorization", bearer);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(body.unwrap_or_default()))
-        .map_err(|e| e.to_string())?;
-    let resp = http.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, bytes))
+    loadtests::procs::request(
+        http,
+        base,
+        bearer,
+        method,
+        path,
+        body,
+        Duration::from_secs(120),
+    )
+    .await
+    .map(|r| (r.status, r.body))
+    .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -650,7 +635,7 @@ fn json_str<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 async fn watcher(
-    url: String,
+    client: HttpClient,
     stop: CancellationToken,
     ready: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
@@ -662,11 +647,11 @@ async fn watcher(
     let cfg = WebSocketConfig::default().read_buffer_size(4 * 1024);
     let mut ws = match tokio::time::timeout(
         Duration::from_secs(30),
-        tokio_tungstenite::connect_async_with_config(&url, Some(cfg), true),
+        client.connect_ws_with("/api/events/live", None, Some(cfg)),
     )
     .await
     {
-        Ok(Ok((ws, _))) => ws,
+        Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             out.connect_err = Some(e.to_string());
             return out;
@@ -746,12 +731,12 @@ async fn ws_phase(redis: &RedisSide, http: &Http) -> WsReport {
     let stop = CancellationToken::new();
     let ready = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let url = format!("{}/api/events/live?token={}", srv.ws_base, srv.token);
+    let client = srv.client(http);
     let t_conn = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|_| {
             tokio::spawn(watcher(
-                url.clone(),
+                client.clone(),
                 stop.clone(),
                 ready.clone(),
                 gate.clone(),
@@ -1011,8 +996,9 @@ async fn eta_phase(redis: &RedisSide, http: &Http) -> Vec<EtaRun> {
         );
         let v: serde_json::Value = serde_json::from_slice(&b).expect("job JSON");
         let id = v["id"].as_str().expect("job id").to_string();
-        let url = format!("{}/api/{live}/{id}/live?token={}", srv.ws_base, srv.token);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        let mut ws = srv
+            .client(http)
+            .connect_ws(&format!("/api/{live}/{id}/live"), None)
             .await
             .expect("live socket");
         // Poll beside the stream, as a page that refreshes would.
@@ -1180,7 +1166,7 @@ async fn run() {
         redis.pid,
         npanel_bin().display()
     ));
-    let http = http_client();
+    let http = loadtests::serve::http();
     let api = if phase_on("api") {
         Some(api_phase(&redis, &http).await)
     } else {

@@ -23,17 +23,17 @@
 //! (`steady,reload,restart,restart-seq`), `NPANEL_BIN` (else the release binary beside this one).
 
 use futures::StreamExt;
+use hyper::body::Bytes;
 use loadtests::{env_u64, npanel_bin, pct, PrivateRedis};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use ws::client::blocking::HttpClient;
+use ws::client::tungstenite::Message;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -86,36 +86,25 @@ fn signal(c: &Child, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
 }
 
-/// One request on a new connection: the status, or the error.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
+/// The API client of the socket at `addr`, as `token` (one per load thread: it blocks).
+fn client(addr: SocketAddr, token: &str) -> HttpClient {
+    HttpClient::new(&format!("http://{addr}"), Some(token.to_string()))
+        .expect("an http:// base")
+        .with_timeout(Duration::from_secs(60))
+}
+
+/// One request on a new connection (`connection: close`: each request meets whichever server
+/// holds the socket at that moment, as the restart phases measure): the status and body, or
+/// the error.
+fn http(c: &HttpClient, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let body = (!body.is_empty()).then(|| Bytes::from(body.to_string()));
+    let r = c
+        .request(method, path, &[("connection", "close")], body)
         .map_err(|e| e.to_string())?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .ok_or_else(|| format!("no response ({} bytes)", raw.len()))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok((
+        r.status.as_u16(),
+        String::from_utf8_lossy(&r.body).into_owned(),
+    ))
 }
 
 /// What one phase's load saw.
@@ -136,28 +125,31 @@ fn run_load(addr: SocketAddr, token: String, rate: u64, stop: Arc<AtomicBool>) -
     let workers: Vec<_> = (0..64)
         .map(|_| {
             let (rx, out, token) = (rx.clone(), out.clone(), token.clone());
-            std::thread::spawn(move || loop {
-                let next = rx.lock().unwrap().recv();
-                let Ok((due, i)) = next else { return };
-                let path = if i.is_multiple_of(2) {
-                    "/healthz"
-                } else {
-                    "/api/jobs?limit=5"
-                };
-                let r = http(addr, "GET", path, &token, "");
-                let ms = due.elapsed().as_secs_f64() * 1000.0;
-                let mut o = out.lock().unwrap();
-                o.sent += 1;
-                o.lat.push(ms);
-                match r {
-                    Ok((200, _)) => {}
-                    Ok((st, body)) => {
-                        o.failed += 1;
-                        o.errors.push(format!("{path}: {st} {body}"));
-                    }
-                    Err(e) => {
-                        o.failed += 1;
-                        o.errors.push(format!("{path}: {e}"));
+            std::thread::spawn(move || {
+                let c = client(addr, &token);
+                loop {
+                    let next = rx.lock().unwrap().recv();
+                    let Ok((due, i)) = next else { return };
+                    let path = if i.is_multiple_of(2) {
+                        "/healthz"
+                    } else {
+                        "/api/jobs?limit=5"
+                    };
+                    let r = http(&c, "GET", path, "");
+                    let ms = due.elapsed().as_secs_f64() * 1000.0;
+                    let mut o = out.lock().unwrap();
+                    o.sent += 1;
+                    o.lat.push(ms);
+                    match r {
+                        Ok((200, _)) => {}
+                        Ok((st, body)) => {
+                            o.failed += 1;
+                            o.errors.push(format!("{path}: {st} {body}"));
+                        }
+                        Err(e) => {
+                            o.failed += 1;
+                            o.errors.push(format!("{path}: {e}"));
+                        }
                     }
                 }
             })
@@ -191,23 +183,19 @@ fn run_load(addr: SocketAddr, token: String, rate: u64, stop: Arc<AtomicBool>) -
 type Watched = (String, Vec<(String, String)>, String, usize);
 
 async fn watch(addr: SocketAddr, token: String, id: String) -> Watched {
+    let api = ws::client::HttpClient::new(&format!("http://{addr}"), Some(token))
+        .expect("an http:// base");
     let mut since: Option<String> = None;
     let mut first = None;
     let mut events = Vec::new();
     let mut reconnects = 0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(600) {
-        let mut url = format!("ws://{addr}/api/jobs/{id}/live");
-        if let Some(s) = &since {
-            url.push_str(&format!("?since={s}"));
-        }
-        let mut req = url.into_client_request().expect("url");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
-        let mut ws = match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => ws,
+        let mut ws = match api
+            .connect_ws(&format!("/api/jobs/{id}/live"), since.as_deref())
+            .await
+        {
+            Ok(ws) => ws,
             Err(e) => {
                 eprintln!("watcher {id}: connect failed: {e}; retrying");
                 reconnects += 1;
@@ -269,6 +257,7 @@ fn compare(q: &queue::QueueConfig, watched: &[Watched]) -> (usize, usize, usize,
 }
 
 fn enqueue_watched(s: &Setup, n: u64, secs: u64) -> Vec<String> {
+    let c = client(s.addr, &s.token);
     (0..n)
         .map(|_| {
             let body = format!(
@@ -276,7 +265,7 @@ fn enqueue_watched(s: &Setup, n: u64, secs: u64) -> Vec<String> {
                 secs * 1000,
                 secs * 2
             );
-            let (st, b) = http(s.addr, "POST", "/api/jobs", &s.token, &body).expect("enqueue");
+            let (st, b) = http(&c, "POST", "/api/jobs", &body).expect("enqueue");
             assert_eq!(st, 202, "{b}");
             serde_json::from_str::<Value>(&b).expect("json")["id"]
                 .as_str()
@@ -345,7 +334,8 @@ fn main() {
     setup.token = String::from_utf8_lossy(&tok.stdout).trim().to_string();
     // Up when it answers (connections wait in the backlog meanwhile).
     let t = Instant::now();
-    while http(addr, "GET", "/healthz", &setup.token, "").map(|r| r.0) != Ok(200) {
+    let probe = client(addr, &setup.token);
+    while http(&probe, "GET", "/healthz", "").map(|r| r.0) != Ok(200) {
         assert!(t.elapsed() < Duration::from_secs(60), "serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -416,7 +406,7 @@ fn main() {
                         clean += 1;
                     }
                     serve = start_serve(&setup);
-                    while http(addr, "GET", "/healthz", &setup.token, "").map(|r| r.0) != Ok(200) {
+                    while http(&probe, "GET", "/healthz", "").map(|r| r.0) != Ok(200) {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     gaps.push(t.elapsed().as_millis());

@@ -13,42 +13,21 @@
 //!
 //! Environment: `REDIS_URL` (default `redis://127.0.0.1:6379`), `NPANEL_BIN`, and the above.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use loadtests::serve::{http, start_in, Http};
+use loadtests::serve::{http, start_in};
 use loadtests::{cpu_ticks, env_u64};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use ws::client::HttpClient;
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[sweep-bench] {}", msg.as_ref());
 }
 
-async fn call(
-    http: &Http,
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    let resp = http.request(req).await.expect("request");
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+async fn call(client: &HttpClient, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let r = client.json(method, path, body).await.expect("request");
+    (r.status.as_u16(), r.json())
 }
 
 /// The store and the host of `accounts` synthetic accounts under `data_dir`.
@@ -178,29 +157,23 @@ async fn main() {
     let http = http();
     let srv = start_in(&http, dir, &[]).await;
     let token = srv.admin_token();
+    let client =
+        HttpClient::with_pool(&srv.base, Some(token), http.clone()).expect("an http:// base");
     log(format!("npanel serve ready on {}", srv.base));
     let mut times = Vec::new();
     for run in 0..runs {
         let t0 = Instant::now();
         let (status, r) = call(
-            &http,
+            &client,
             "POST",
-            &format!("{}/api/jobs", srv.base),
-            &token,
-            Some(json!({"kind": "quota_sweep", "payload": {"tick": 1_796_000_400 + 3600 * run as i64}})),
+            "/api/jobs",
+            Some(&json!({"kind": "quota_sweep", "payload": {"tick": 1_796_000_400 + 3600 * run as i64}})),
         )
         .await;
         assert_eq!(status, 202, "{r}");
         let id = r["id"].as_str().unwrap().to_string();
         let job = loop {
-            let (_, j) = call(
-                &http,
-                "GET",
-                &format!("{}/api/jobs/{id}", srv.base),
-                &token,
-                None,
-            )
-            .await;
+            let (_, j) = call(&client, "GET", &format!("/api/jobs/{id}"), None).await;
             if matches!(
                 j["status"].as_str(),
                 Some("succeeded" | "failed" | "cancelled")
@@ -233,9 +206,8 @@ async fn main() {
     let to = chrono::Utc::now();
     let from = to - chrono::Duration::days(365);
     for step in ["hour", "day"] {
-        let url = format!(
-            "{}/api/accounts/sb00000/usage?from={}&to={}&step={step}",
-            srv.base,
+        let path = format!(
+            "/api/accounts/sb00000/usage?from={}&to={}&step={step}",
             from.format("%Y-%m-%dT%H:%M:%SZ"),
             to.format("%Y-%m-%dT%H:%M:%SZ")
         );
@@ -243,7 +215,7 @@ async fn main() {
         let mut points = 0;
         for _ in 0..n {
             let t = Instant::now();
-            let (status, body) = call(&http, "GET", &url, &token, None).await;
+            let (status, body) = call(&client, "GET", &path, None).await;
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(status, 200, "{body}");
             points = body["points"].as_array().map_or(0, |p| p.len());

@@ -16,7 +16,6 @@
 //! Environment: `REDIS_URL` (default `redis://127.0.0.1:6379`), `NPANEL_BIN`, `KEYS` (10),
 //! `RATE` (100), `SECS` (60), `SERIAL` (200).
 
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use loadtests::serve::{clean_env, start, Http};
 use loadtests::{env_u64, npanel_bin, pct};
@@ -27,6 +26,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use ws::client::HttpClient;
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("[whmcs-load] {}", msg.as_ref());
@@ -71,24 +71,23 @@ async fn create(http: &Http, base: &str, key: &Key, n: u64) -> Result<(u16, f64,
     .to_string();
     let path = "/api/whmcs/create-account";
     let (ts, sig) = sign(key, "POST", path, body.as_bytes());
-    let req = hyper::Request::post(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {}", key.id))
-        .header("x-whmcs-timestamp", ts)
-        .header("x-whmcs-signature", sig)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+    let client = HttpClient::with_pool(base, Some(key.id.clone()), http.clone())
         .map_err(|e| e.to_string())?;
+    let headers = [
+        ("x-whmcs-timestamp", ts.as_str()),
+        ("x-whmcs-signature", &sig),
+    ];
     let t = Instant::now();
-    let resp = http.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
+    let r = client
+        .request("POST", path, &headers, Some(Bytes::from(body)))
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+        .map_err(|e| e.to_string())?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    Ok((status, ms, String::from_utf8_lossy(&bytes).into_owned()))
+    Ok((
+        r.status.as_u16(),
+        ms,
+        String::from_utf8_lossy(&r.body).into_owned(),
+    ))
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
