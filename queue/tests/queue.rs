@@ -186,15 +186,46 @@ async fn jobs_of_one_account_run_one_at_a_time_in_order() {
     );
 }
 
+/// Lease of the tests that renew one: renewals every `RENEW_EVERY_MS` keep a margin of over a
+/// second to it however slow the machine is.
+const LEASE_MS: u64 = 1500;
+const RENEW_EVERY_MS: u64 = 300;
+
+/// Reap until the one lease last set (claimed or renewed) at or after `set` has expired: it must
+/// not be reaped before a whole lease has passed since then, and must be within seconds after.
+async fn reap_one_expired(q: &Queue, set: std::time::Instant) {
+    loop {
+        let n = q.reap().await.unwrap();
+        if n > 0 {
+            assert_eq!(n, 1);
+            break;
+        }
+        assert!(
+            set.elapsed() < Duration::from_millis(LEASE_MS) + Duration::from_secs(10),
+            "the lease was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Redis's clock and ours may differ by a clock tick
+    assert!(
+        set.elapsed() + Duration::from_millis(5) >= Duration::from_millis(LEASE_MS),
+        "reaped {:?} after the lease was set, before the lease ran out",
+        set.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn expired_leases_are_reaped_and_stale_owners_are_ignored() {
-    let q = qc("lease", |c| c.lease_ms = 300);
+    let q = qc("lease", |c| c.lease_ms = LEASE_MS);
     let k = JobKind::Diagnostic;
     let id = q.enqueue(diag().max_attempts(2)).await.unwrap().id;
+    let claimed = std::time::Instant::now();
     let first = claim_all(&q, &[k]).await.remove(0);
-    // renewing keeps it alive past the lease
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // renewing keeps it alive past the lease (renewals 1.2 s inside the lease)
+    let mut renewed = claimed;
+    while claimed.elapsed() < Duration::from_millis(LEASE_MS + RENEW_EVERY_MS) {
+        tokio::time::sleep(Duration::from_millis(RENEW_EVERY_MS)).await;
+        renewed = std::time::Instant::now();
         let r = q
             .renew(&[(first.id.clone(), first.token.clone())])
             .await
@@ -202,8 +233,8 @@ async fn expired_leases_are_reaped_and_stale_owners_are_ignored() {
         assert!(r.lost.is_empty() && r.cancelled.is_empty());
         assert_eq!(q.reap().await.unwrap(), 0);
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(q.reap().await.unwrap(), 1);
+    reap_one_expired(&q, renewed).await;
+    let claimed_again = std::time::Instant::now();
     let second = claim_all(&q, &[k]).await.remove(0);
     assert_eq!(second.attempt, 2);
     // the first owner comes back: nothing it says counts any more
@@ -219,8 +250,7 @@ async fn expired_leases_are_reaped_and_stale_owners_are_ignored() {
         None
     );
     // the second attempt is the last one: its expiry fails the job
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(q.reap().await.unwrap(), 1);
+    reap_one_expired(&q, claimed_again).await;
     let j = q.get(&id).await.unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.error.unwrap().contains("lease expired"));
@@ -231,15 +261,30 @@ async fn expired_leases_are_reaped_and_stale_owners_are_ignored() {
 async fn max_attempts_backoff_permanent_failure_and_rerun() {
     let q = q("attempts");
     let k = JobKind::Diagnostic;
+    // long enough that "not due yet" right after the retry holds on a slow machine
+    let delay = Duration::from_millis(1200);
     let id = q.enqueue(diag().max_attempts(3)).await.unwrap().id;
+    let mut retried: Option<std::time::Instant> = None;
     for attempt in 1..=3 {
         let mut c = claim_all(&q, &[k]).await;
-        if c.is_empty() {
-            tokio::time::sleep(Duration::from_millis(60)).await;
+        while c.is_empty() {
+            let t = retried.expect("the first attempt is claimed at once");
+            assert!(
+                t.elapsed() < delay + Duration::from_secs(10),
+                "retry never due"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
             c = claim_all(&q, &[k]).await;
+        }
+        if let Some(t) = retried {
+            assert!(
+                t.elapsed() + Duration::from_millis(5) >= delay,
+                "due before its delay"
+            );
         }
         assert_eq!(c.len(), 1, "attempt {attempt}");
         assert_eq!(c[0].attempt, attempt);
+        retried = Some(std::time::Instant::now());
         let st = q
             .complete(
                 &id,
@@ -247,7 +292,7 @@ async fn max_attempts_backoff_permanent_failure_and_rerun() {
                 k,
                 Outcome::Retry {
                     error: format!("fail {attempt}"),
-                    delay: Duration::from_millis(50),
+                    delay,
                 },
             )
             .await
@@ -416,7 +461,7 @@ async fn redis_down_is_a_typed_error_not_a_panic() {
 
 #[tokio::test]
 async fn progress_writes_keep_the_last_100_log_lines_and_renew_the_lease() {
-    let q = qc("logs", |c| c.lease_ms = 400);
+    let q = qc("logs", |c| c.lease_ms = LEASE_MS);
     let k = JobKind::Diagnostic;
     let id = q.enqueue(diag()).await.unwrap().id;
     let c = claim_all(&q, &[k]).await.remove(0);
@@ -432,9 +477,10 @@ async fn progress_writes_keep_the_last_100_log_lines_and_renew_the_lease() {
     assert_eq!(j.log_tail.len(), 100);
     assert_eq!(j.log_tail[0], "line 50");
     assert_eq!(j.log_tail[99], "line 149");
-    // progress writes alone keep the lease alive
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // progress writes alone keep the lease alive (well past one lease)
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_millis(LEASE_MS + RENEW_EVERY_MS) {
+        tokio::time::sleep(Duration::from_millis(RENEW_EVERY_MS)).await;
         q.write_progress(&id, &c.token, &Default::default())
             .await
             .unwrap();
