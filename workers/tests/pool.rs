@@ -84,17 +84,16 @@ async fn idle_worker_wakes_at_once_without_polling() {
             Ok(json!(null))
         }
     });
-    // Safety-net poll of 30 s and a reaper every 10 s: only pub/sub can explain a fast pickup.
+    // Safety-net poll of 30 s and a reaper every 60 s: only pub/sub can explain a fast pickup.
     let p = start(
         &q,
         reg,
         PoolConfig {
             idle_poll: Duration::from_secs(30),
-            reap_interval: Duration::from_secs(10),
+            reap_interval: Duration::from_secs(60),
             ..fast()
         },
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let info = |q: Queue| async move {
         let s: String = q.raw(redis::cmd("INFO").arg("stats")).await.unwrap();
         s.lines()
@@ -104,6 +103,26 @@ async fn idle_worker_wakes_at_once_without_polling() {
             .parse::<u64>()
             .unwrap()
     };
+    // Started and settled however slow the machine: subscribed to the wake-ups, then quiet for
+    // a moment (the claim that follows the subscription is done). A pool that keeps polling
+    // never gets past this.
+    let t = Instant::now();
+    loop {
+        let subs: Vec<(String, u64)> = q
+            .raw(redis::cmd("PUBSUB").arg("NUMSUB").arg(q.wake_channel()))
+            .await
+            .unwrap();
+        let a = info(q.clone()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = info(q.clone()).await;
+        if subs[0].1 >= 1 && b - a <= 3 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the pool never went idle"
+        );
+    }
     let before = info(q.clone()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = info(q.clone()).await;
@@ -299,17 +318,28 @@ async fn one_account_at_a_time_in_order_while_others_flow() {
     let q = Queue::new(testing::config("order")).unwrap();
     let log = Arc::new(Mutex::new(Vec::<(String, &'static str, Instant)>::new()));
     let l = log.clone();
+    // acme's first job (steps = 1) holds acme's line until zeta's job has finished: zeta can
+    // only finish first if it did not wait for acme's line (else it times out), whatever the
+    // machine's speed.
+    let zeta_done = Arc::new(tokio::sync::Notify::new());
+    let zd = zeta_done.clone();
     let reg = Registry::new().register(JobKind::Diagnostic, move |ctx: JobContext| {
-        let l = l.clone();
+        let (l, zd) = (l.clone(), zd.clone());
         async move {
             let n = ctx.raw_payload["duration_ms"].as_u64().unwrap();
             l.lock()
                 .unwrap()
                 .push((ctx.id.clone(), "start", Instant::now()));
+            if ctx.raw_payload["steps"] == 1 {
+                let _ = tokio::time::timeout(Duration::from_secs(20), zd.notified()).await;
+            }
             tokio::time::sleep(Duration::from_millis(n)).await;
             l.lock()
                 .unwrap()
                 .push((ctx.id.clone(), "end", Instant::now()));
+            if ctx.raw_payload["steps"] == 2 {
+                zd.notify_one();
+            }
             Ok(json!(null))
         }
     });
@@ -317,13 +347,13 @@ async fn one_account_at_a_time_in_order_while_others_flow() {
     let mut acme = Vec::new();
     for i in 0..4 {
         acme.push(
-            q.enqueue(diag(150 - i * 30, 0, 0).account("acme"))
+            q.enqueue(diag(150 - i * 30, u32::from(i == 0), 0).account("acme"))
                 .await
                 .unwrap()
                 .id,
         );
     }
-    let other = q.enqueue(diag(10, 0, 0).account("zeta")).await.unwrap().id;
+    let other = q.enqueue(diag(10, 2, 0).account("zeta")).await.unwrap().id;
     for id in acme.iter().chain([&other]) {
         wait_status(&q, id, JobStatus::Succeeded, Duration::from_secs(10)).await;
     }
@@ -341,8 +371,8 @@ async fn one_account_at_a_time_in_order_while_others_flow() {
         .find(|(id, e, _)| *id == other && *e == "end")
         .unwrap()
         .2;
-    let acme_last = acme_events.last().unwrap().2;
-    assert!(zeta_end < acme_last);
+    let acme_first_end = acme_events[1].2;
+    assert!(zeta_end < acme_first_end);
     p.shutdown().await;
 }
 
@@ -403,15 +433,21 @@ async fn workers_and_reaper_reconnect_after_a_redis_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_and_timeouts_are_honoured() {
     let q = Queue::new(testing::config("retryafter")).unwrap();
+    let returned = Arc::new(Mutex::new(None::<chrono::DateTime<chrono::Utc>>));
+    let r = returned.clone();
     let reg = Registry::new()
-        .register(JobKind::Diagnostic, |ctx: JobContext| async move {
-            if ctx.attempt == 1 {
-                return Err(JobError::RetryAfter(
-                    Duration::from_millis(700),
-                    "remote busy".into(),
-                ));
+        .register(JobKind::Diagnostic, move |ctx: JobContext| {
+            let r = r.clone();
+            async move {
+                if ctx.attempt == 1 {
+                    *r.lock().unwrap() = Some(chrono::Utc::now());
+                    return Err(JobError::RetryAfter(
+                        Duration::from_millis(700),
+                        "remote busy".into(),
+                    ));
+                }
+                Ok(json!("done"))
             }
-            Ok(json!("done"))
         })
         .register(JobKind::Restore, |ctx: JobContext| async move {
             // never returns on its own
@@ -428,11 +464,17 @@ async fn retry_after_and_timeouts_are_honoured() {
     );
     let id = q.enqueue(diag(0, 0, 0)).await.unwrap().id;
     let j = wait_status(&q, &id, JobStatus::Retrying, Duration::from_secs(5)).await;
+    let seen = chrono::Utc::now();
     assert_eq!(j.error.as_deref(), Some("remote busy"));
-    let wait = j.run_at.unwrap() - chrono::Utc::now();
+    // The retry is due 700 ms after the attempt ended (not the pool's 10-50 ms backoff):
+    // at least 700 ms after the handler returned, at most 700 ms after we saw it retrying.
+    // Both bounds hold however slow the machine (a 2 ms allowance for Redis's ms clock).
+    let run_at = j.run_at.unwrap();
+    let after_return = run_at - returned.lock().unwrap().unwrap();
+    let after_seen = run_at - seen;
     assert!(
-        wait.num_milliseconds() > 300 && wait.num_milliseconds() <= 700,
-        "retry scheduled {wait} ahead"
+        after_return.num_milliseconds() >= 698 && after_seen.num_milliseconds() <= 702,
+        "retry scheduled {after_return} after the handler returned, {after_seen} after it was seen"
     );
     let j = wait_status(&q, &id, JobStatus::Succeeded, Duration::from_secs(5)).await;
     assert_eq!(j.attempts, 2);
@@ -533,7 +575,11 @@ async fn a_lost_attempt_reclaimed_by_the_same_pool_never_overlaps() {
         let a = a.clone();
         async move {
             if c.attempt == 1 {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
+                // still in its handler when attempt 2 starts, however long that takes
+                let t = Instant::now();
+                while a.lock().unwrap().1 == 0 && t.elapsed() < Duration::from_secs(20) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return Ok(json!(1));
             }
             {
