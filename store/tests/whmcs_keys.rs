@@ -131,11 +131,12 @@ async fn rotation_keeps_the_old_secret_for_its_grace_only() {
         let active = s.whmcs_key_secrets(&k.id).await.unwrap().unwrap();
         assert_eq!(active.secrets, vec![third]);
 
-        // A short grace runs out by itself.
-        let (_, fourth) = s
-            .rotate_whmcs_key(&k.id, Duration::from_millis(300))
-            .await
-            .unwrap();
+        // A short grace runs out by itself: the old secret is there right after the rotation
+        // (a grace over a second, so that a slow machine does not see it run out first), and
+        // goes without anything else being done, not before the grace has passed.
+        let grace = Duration::from_millis(1200);
+        let rotated = std::time::Instant::now();
+        let (_, fourth) = s.rotate_whmcs_key(&k.id, grace).await.unwrap();
         assert_eq!(
             s.whmcs_key_secrets(&k.id)
                 .await
@@ -145,10 +146,24 @@ async fn rotation_keeps_the_old_secret_for_its_grace_only() {
                 .len(),
             2
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            s.whmcs_key_secrets(&k.id).await.unwrap().unwrap().secrets,
-            vec![fourth]
+        loop {
+            let secrets = s.whmcs_key_secrets(&k.id).await.unwrap().unwrap().secrets;
+            if secrets.len() == 1 {
+                assert_eq!(secrets, vec![fourth]);
+                break;
+            }
+            assert_eq!(secrets.len(), 2, "{secrets:?}");
+            assert!(
+                rotated.elapsed() < grace + Duration::from_secs(10),
+                "the grace never ran out"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // (stored times are whole milliseconds of the wall clock: a few ms of allowance)
+        assert!(
+            rotated.elapsed() + Duration::from_millis(5) >= grace,
+            "the old secret went {:?} after a rotation with a grace of {grace:?}",
+            rotated.elapsed()
         );
         assert!(matches!(
             s.rotate_whmcs_key("wk_missing", Duration::ZERO).await,
