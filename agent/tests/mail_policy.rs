@@ -363,10 +363,12 @@ async fn a_config_exim_rejects_is_refused_and_the_old_files_stay() {
 fn spawn_named(dir: &Path, name: &str) -> std::process::Child {
     let bin = dir.join(name);
     std::fs::copy("/bin/sleep", &bin).unwrap();
-    for _ in 0..50 {
+    // another test's fork may hold the copy open for writing until it execs: retry for
+    // seconds, not a fixed count of short sleeps
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         match Command::new(&bin).arg("30").stdin(Stdio::null()).spawn() {
             Ok(c) => return c,
-            // another test's fork may briefly hold the copy open for writing
             Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
                 std::thread::sleep(Duration::from_millis(20))
             }

@@ -92,6 +92,50 @@ impl Sandbox {
 pub struct AgentProc {
     pub child: Child,
     pub socket: PathBuf,
+    tap: Option<StderrTap>,
+}
+
+/// A process's stderr, collected by a thread as it is written.
+#[derive(Clone)]
+pub struct StderrTap {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StderrTap {
+    pub fn new(mut from: impl std::io::Read + Send + 'static) -> Self {
+        let tap = Self {
+            text: Default::default(),
+            closed: Default::default(),
+        };
+        let t = tap.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => t
+                        .text
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            t.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        tap
+    }
+    /// All written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+    /// Waits (up to 10 s) until the writer has closed its end.
+    pub fn wait_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.closed.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl AgentProc {
@@ -114,6 +158,7 @@ impl AgentProc {
         let mut me = Self {
             child,
             socket: sb.socket(),
+            tap: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -138,12 +183,23 @@ impl AgentProc {
     }
     /// What the agent wrote to stderr (once it has exited).
     fn stderr(&mut self) -> String {
+        if let Some(tap) = &self.tap {
+            tap.wait_closed();
+            return tap.text();
+        }
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
             use std::io::Read;
             let _ = e.read_to_string(&mut err);
         }
         err
+    }
+    /// Reads the agent's stderr as it comes, to wait for a line it logs (an event) instead of
+    /// for some time; [`Self::wait_exit`] still returns all of it.
+    pub fn tap_stderr(&mut self) -> StderrTap {
+        let tap = StderrTap::new(self.child.stderr.take().expect("stderr not taken yet"));
+        self.tap = Some(tap.clone());
+        tap
     }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
