@@ -282,21 +282,13 @@ async fn a_worker_process_serves_its_metrics_when_asked() {
     let _w = worker(&cfg, &[("NPANEL_METRICS_LISTEN", addr.as_str())]);
     let id = q.enqueue(diag(10)).await.unwrap().id;
     wait_for(&q, &id, JobStatus::Succeeded, Duration::from_secs(10)).await;
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
-    assert!(
-        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
-        "{body}"
-    );
+    let r = ws::client::HttpClient::new(&format!("http://{addr}"), None)
+        .unwrap()
+        .request("GET", "/metrics", &[], None)
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 200, "{body}");
     assert!(
         body.contains("npanel_job_attempts_total{kind=\"diagnostic\",outcome=\"succeeded\"} 1"),
         "{body}"

@@ -15,8 +15,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use ws::client::tungstenite::Message;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -62,6 +61,7 @@ async fn watch(
     id: String,
     seen: Arc<AtomicUsize>,
 ) -> (Vec<(String, String)>, String, usize) {
+    let api = ws::client::HttpClient::new(&format!("http://{addr}"), Some(token)).unwrap();
     let mut since: Option<String> = None;
     let mut first_snapshot = None;
     let mut events = Vec::new();
@@ -69,15 +69,11 @@ async fn watch(
     let t = Instant::now();
     loop {
         assert!(t.elapsed() < LONG, "watcher gave up; got {events:?}");
-        let mut url = format!("ws://{addr}/api/jobs/{id}/live");
-        if let Some(s) = &since {
-            url.push_str(&format!("?since={s}"));
-        }
-        let mut req = url.into_client_request().unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let mut ws = match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => ws,
+        let mut ws = match api
+            .connect_ws(&format!("/api/jobs/{id}/live"), since.as_deref())
+            .await
+        {
+            Ok(ws) => ws,
             Err(e) => panic!("WebSocket connect failed (it must wait in the backlog): {e}"),
         };
         while let Some(m) = ws.next().await {

@@ -9,40 +9,19 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// One HTTP/1.1 request to `url` (`http://host:port`), the answer's status and JSON body.
+/// One request to `url` (`http://host:port`), the answer's status and JSON body (`null` when
+/// not JSON).
 fn http(url: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| {
-            // A chunked body: the JSON object between the first `{` and the last `}`.
-            let start = b.find('{').unwrap_or(0);
-            let end = b.rfind('}').map(|e| e + 1).unwrap_or(b.len());
-            serde_json::from_str(&b[start..end]).unwrap_or(Value::Null)
-        })
-        .unwrap_or(Value::Null);
-    (status, json)
+    let r = ws::client::blocking::HttpClient::new(url, Some(token.to_string()))
+        .unwrap()
+        .json(method, path, body)
+        .unwrap();
+    let json = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status.as_u16(), json)
 }
 
 fn token(data: &Path) -> String {

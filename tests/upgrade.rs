@@ -17,8 +17,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use queue::testing::PrivateRedis;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,6 +176,8 @@ fn release_dir(dir: &Path, version: &str, brk: Break, db: &Path) {
     std::fs::write(dir.join("VERSION"), format!("{version}\n")).unwrap();
 }
 
+/// One request to the service on `port` (a fresh connection: it restarts under the test);
+/// `None` when nothing answered.
 fn http(
     port: u16,
     method: &str,
@@ -184,20 +185,18 @@ fn http(
     token: &str,
     body: Option<&Value>,
 ) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, rest) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(rest).unwrap_or(Value::Null)))
+    let r = ws::client::blocking::HttpClient::new(
+        &format!("http://127.0.0.1:{port}"),
+        Some(token.to_string()),
+    )
+    .ok()?
+    .with_timeout(Duration::from_secs(60))
+    .json(method, path, body)
+    .ok()?;
+    Some((
+        r.status.as_u16(),
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    ))
 }
 
 impl Fixture {

@@ -25,6 +25,7 @@ fn strings(v: &Value) -> BTreeSet<String> {
 
 /// One HTTP/1.1 exchange on a fresh connection, with exactly the headers given (the test
 /// client always says `Content-Type: application/json`): status and JSON body.
+/// Raw on purpose: these requests lack or misstate the content type, which ws::client never does.
 async fn raw(srv: &Server, head: &str, body: &[u8]) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
     let mut req = format!(

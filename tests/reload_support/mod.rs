@@ -1,10 +1,10 @@
 //! Shared by `tests/reload*.rs` and `tests/config_versions.rs`: a real `npanel serve` whose
 //! whole log is kept (reloads are observed through it), started either on its own port or on a
 //! listening socket passed the way systemd passes one (fd 3, `LISTEN_FDS=1`, `LISTEN_PID` = the
-//! server's own pid), and a plain HTTP/1.1 client (one connection per request).
+//! server's own pid), and HTTP over ws::client (one connection per request).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -192,7 +192,8 @@ impl Serve {
     }
 }
 
-/// One HTTP/1.1 request on a new connection (`Connection: close`): status and body.
+/// One request on a new connection (`connection: close`: across a restart each request meets
+/// whichever server holds the socket then), with ws::client's blocking client: status and body.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -200,60 +201,30 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() || method == "POST" {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("no response: {text:?}"),
-        )
-    })?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
+    let body = match body {
+        Some(b) if !b.is_empty() => Some(b.to_string()),
+        _ if method == "POST" => Some(String::new()),
+        _ => None,
     };
-    Ok((status, body))
+    let r = ws::client::blocking::HttpClient::new(&format!("http://{addr}"), None)
+        .map_err(std::io::Error::other)?
+        .with_token(token)
+        .with_timeout(Duration::from_secs(60))
+        .request(
+            method,
+            path,
+            &[("connection", "close")],
+            body.map(Into::into),
+        )
+        .map_err(std::io::Error::other)?;
+    Ok((
+        r.status.as_u16(),
+        String::from_utf8_lossy(&r.body).into_owned(),
+    ))
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
+/// Raw on purpose: holds an upgraded connection open with no WebSocket client behind it (no
+/// reads, no pongs), to fill `ws.max_connections` slots.
 /// A WebSocket upgrade on `path`: the status of the answer and the open connection.
 pub fn ws_upgrade(addr: SocketAddr, path: &str, token: &str) -> (u16, TcpStream) {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -512,3 +512,45 @@ pub mod blocking {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_keeps_unreserved_bytes_only() {
+        assert_eq!(encode("a-Z_0.~"), "a-Z_0.~");
+        assert_eq!(encode("a b/c?d=é"), "a%20b%2Fc%3Fd%3D%C3%A9");
+    }
+
+    #[test]
+    fn an_error_answer_reads_code_message_and_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        let e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":"rate_limited","message":"slow down"}"#,
+        );
+        assert_eq!((e.status, e.code.as_str()), (429, "rate_limited"));
+        assert_eq!(e.retry_after_secs(), Some(7));
+        assert_eq!(e.to_string(), "rate_limited: slow down (retry after 7s)");
+        // Not JSON: the status stands in for the message.
+        let e = ApiError::new(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"upstream");
+        assert_eq!(e.code, "http_error");
+        assert_eq!(e.message, "502 Bad Gateway");
+        assert_eq!(e.body, Value::String("upstream".into()));
+    }
+
+    #[test]
+    fn only_plain_http_bases() {
+        assert!(matches!(
+            HttpClient::new("https://x", None),
+            Err(ClientError::BadUrl(_))
+        ));
+        assert!(matches!(
+            HttpClient::new("127.0.0.1:8080", None),
+            Err(ClientError::BadUrl(_))
+        ));
+    }
+}

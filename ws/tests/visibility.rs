@@ -9,8 +9,8 @@ use futures::StreamExt;
 use queue::{testing, JobKind, NewJob, Outcome, Queue};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use ws::client::tungstenite::Message;
 use ws::{Hub, HubConfig, Role, Scope, Viewer};
 
 async fn live(
@@ -60,10 +60,11 @@ async fn the_end_of_a_replay_tells_nothing_about_another_tenants_job() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let (mut sock, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/live/{id}?since={seq}"))
-            .await
-            .unwrap();
+    let mut sock = ws::client::HttpClient::new(&format!("http://{addr}"), None)
+        .unwrap()
+        .connect_ws(&format!("/live/{id}"), Some(&seq.to_string()))
+        .await
+        .unwrap();
     let mut texts = Vec::new();
     let mut closed_with = None;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), sock.next()).await {

@@ -4,21 +4,16 @@
 
 use api::{limit::RateLimitConfig, ApiConfig, AppState, Hub, HubConfig};
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::StatusCode;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use queue::{testing, JobKind, Queue, QueueConfig};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use workers::{JobContext, JobError, Pool, PoolConfig, Registry};
+use ws::client::tungstenite::Message;
+use ws::client::{ClientError, HttpClient, WsStream};
 
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
 
@@ -300,26 +295,17 @@ impl Server {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        if let Some(t) = tok {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        let r = self
+            .client(tok)
+            .request(
+                method,
+                path,
+                headers,
+                body.map(|b| Bytes::from(b.to_string())),
+            )
+            .await
             .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (status, headers, bytes) = (r.status, r.headers, r.body);
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Resp {
@@ -377,31 +363,22 @@ impl Server {
         }
     }
 
+    /// The API client of this server (a fresh pool), as `tok`.
+    pub fn client(&self, tok: Option<&str>) -> HttpClient {
+        HttpClient::new(&format!("http://{}", self.addr), tok.map(str::to_string)).unwrap()
+    }
+
     /// Open a WebSocket; `Err(status, body)` when the upgrade is refused.
     pub async fn ws(&self, path: &str, tok: Option<&str>) -> Result<Ws, (u16, Value)> {
-        let mut req = format!("ws://{}{path}", self.addr)
-            .into_client_request()
-            .unwrap();
-        if let Some(t) = tok {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((s, _)) => Ok(Ws(s)),
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
-                Err((resp.status().as_u16(), body))
-            }
+        match self.client(tok).connect_ws(path, None).await {
+            Ok(s) => Ok(Ws(s)),
+            Err(ClientError::Api(a)) => Err((a.status, a.body)),
             Err(e) => panic!("ws connect: {e}"),
         }
     }
 }
 
-pub struct Ws(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+pub struct Ws(pub WsStream);
 
 impl Ws {
     /// Next JSON message, or `None` when closed or nothing within `within`.
