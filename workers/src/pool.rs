@@ -46,7 +46,8 @@ pub struct PoolConfig {
     /// is set `cancel_grace` + 10 s beyond it, as a last resort only.
     pub shutdown_grace: Duration,
     /// After a cancel, how long a handler may take to stop by itself before it is dropped.
-    /// Default 1 s.
+    /// Default 10 s: room for a handler's own clean-up after a cancel (a restore removes the
+    /// account it created), which a drop would cut short.
     pub cancel_grace: Duration,
     /// First retry delay; doubles per attempt. Default 1 s.
     pub backoff_base: Duration,
@@ -68,7 +69,7 @@ impl Default for PoolConfig {
         PoolConfig {
             concurrency: 64,
             shutdown_grace: Duration::from_secs(30),
-            cancel_grace: Duration::from_secs(1),
+            cancel_grace: Duration::from_secs(10),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(600),
             reap_interval: Duration::from_secs(1),

@@ -184,7 +184,10 @@ pub async fn run(ctx: JobContext, r: Arc<Restorer>) -> Result<Value, JobError> {
         }
     };
     if undo {
-        undo_created(&ctx, &r, c, e).await;
+        // In a task of its own: the undo finishes even if this handler is dropped meanwhile
+        // (one that outlives the pool's cancel grace is).
+        let (ctx, c, why) = (ctx.clone(), c.clone(), e.to_string());
+        let _ = tokio::spawn(async move { undo_created(&ctx, &r, &c, &why).await }).await;
     }
     res
 }
@@ -593,7 +596,7 @@ async fn created_by(
 /// ([`Store::delete_restored_account`], which keeps it if anything else came to depend on
 /// it). Every step is idempotent; what could not be undone is logged and audited, and the
 /// job's own error stands.
-async fn undo_created(ctx: &JobContext, r: &Restorer, c: &Created, why: &JobError) {
+async fn undo_created(ctx: &JobContext, r: &Restorer, c: &Created, why: &str) {
     use agent::ErrorCode as C;
     let account = c.account.clone();
     let mut steps: Vec<Request> = vec![Request::Kill {
