@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use ws::client::{ClientError, HttpClient};
 
 const USAGE: &str = "npanel-soak --scenario normal|agent|exhaustion|storm [--mode short|long]
   [--duration SECS] [--out DIR] [--keep]
@@ -381,26 +382,26 @@ struct Watch {
 }
 
 /// A watcher on `/api/events/live` that reconnects (with `?since=` the last seq) when dropped.
-fn spawn_watcher(url: String, w: Arc<Watch>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn spawn_watcher(
+    client: HttpClient,
+    w: Arc<Watch>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut since: Option<String> = None;
         let mut first = true;
         while !stop.load(Ordering::Relaxed) {
-            let u = match &since {
-                Some(s) => format!("{url}&since={s}"),
-                None => url.clone(),
-            };
             if !first {
                 w.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             first = false;
             let ws = tokio::time::timeout(
                 Duration::from_secs(10),
-                tokio_tungstenite::connect_async(&u),
+                client.connect_ws("/api/events/live", since.as_deref()),
             )
             .await;
             let mut ws = match ws {
-                Ok(Ok((ws, _))) => ws,
+                Ok(Ok(ws)) => ws,
                 _ => {
                     w.connect_failures.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -472,13 +473,12 @@ async fn normal(
 
     let watch = Arc::new(Watch::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let token = r.stack.lock().unwrap().token.clone();
-    let ws_url = format!(
-        "{}/api/events/live?token={token}",
-        r.stack.lock().unwrap().ws_base
-    );
+    let client = {
+        let st = r.stack.lock().unwrap();
+        HttpClient::with_pool(&st.base, Some(st.token.clone()), r.api.http.clone())?
+    };
     let watchers: Vec<_> = (0..n_watchers)
-        .map(|_| spawn_watcher(ws_url.clone(), watch.clone(), stop.clone()))
+        .map(|_| spawn_watcher(client.clone(), watch.clone(), stop.clone()))
         .collect();
     let enq: Arc<Mutex<Vec<String>>> = Arc::default();
     let extra = {
@@ -1394,10 +1394,11 @@ async fn storm(args: &Args, out: &Path, long: bool, duration: Duration) -> anyho
     let spid = r.stack.lock().unwrap().serve_pid().unwrap_or(0);
     let serve_limit = metrics::nofile_limit(spid).unwrap_or(0);
     let ours = raise_nofile(conns as u64 * 2 + 2048);
-    let (base_url, ws_base, token, port) = {
+    let (base_url, token, port) = {
         let s = r.stack.lock().unwrap();
-        (s.base.clone(), s.ws_base.clone(), s.token.clone(), s.port)
+        (s.base.clone(), s.token.clone(), s.port)
     };
+    let client = HttpClient::with_pool(&base_url, Some(token.clone()), r.api.http.clone())?;
     let ws_cap: u64 = 1000;
     let baseline_fds = metrics::fds(spid).unwrap_or(0);
     log(format!(
@@ -1405,7 +1406,8 @@ async fn storm(args: &Args, out: &Path, long: bool, duration: Duration) -> anyho
     ));
     let sam = sampler(&r, Arc::new(|| Value::Null));
 
-    // /healthz prober: a fresh connection each time, every 200 ms.
+    // /healthz prober: a fresh connection each time, every 200 ms. Raw on purpose: each probe
+    // must go through accept() under the storm, not ride a pooled connection.
     let stop = Arc::new(AtomicBool::new(false));
     // (answered, failed, latencies in ms, failure lines)
     type Health = (u64, u64, Vec<f64>, Vec<String>);
@@ -1464,12 +1466,12 @@ async fn storm(args: &Args, out: &Path, long: bool, duration: Duration) -> anyho
                 released.clone(),
                 gate.clone(),
             );
-            let url = format!("{ws_base}/api/events/live?token={token}");
+            let client = client.clone();
             set.spawn(async move {
                 let permit = gate.acquire_owned().await;
                 if i % 2 == 0 {
-                    match tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(&url)).await {
-                        Ok(Ok((mut ws, _))) => {
+                    match tokio::time::timeout(Duration::from_secs(30), client.connect_ws("/api/events/live", None)).await {
+                        Ok(Ok(mut ws)) => {
                             drop(permit);
                             counts.ws_open.fetch_add(1, Ordering::Relaxed);
                             // Hold it, reading, until released or closed by the server.
@@ -1499,8 +1501,8 @@ async fn storm(args: &Args, out: &Path, long: bool, duration: Duration) -> anyho
                             }
                             counts.ws_open.fetch_sub(1, Ordering::Relaxed);
                         }
-                        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                            *counts.ws_refused_status.lock().unwrap().entry(resp.status().as_u16()).or_insert(0) += 1;
+                        Ok(Err(ClientError::Api(refused))) => {
+                            *counts.ws_refused_status.lock().unwrap().entry(refused.status).or_insert(0) += 1;
                         }
                         Ok(Err(e)) => {
                             counts.ws_unclean.fetch_add(1, Ordering::Relaxed);
@@ -1519,6 +1521,8 @@ async fn storm(args: &Args, out: &Path, long: bool, duration: Duration) -> anyho
                     }
                 } else {
                     // Plain HTTP keep-alive: one request answered, then the connection held.
+                    // Raw on purpose: the storm needs this very socket held open, which a
+                    // pooled client would reuse or reap.
                     let res = tokio::time::timeout(Duration::from_secs(30), async {
                         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
                         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await?;
