@@ -247,15 +247,7 @@ fn concurrent_requests_are_served_in_parallel() {
         (v, t0.elapsed())
     });
     // the freeze is in flight once the agent has asked for it
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(dir.join("cgroup.freeze"))
-        .unwrap()
-        .trim()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "the freeze never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_freeze_asked(&dir);
     // meanwhile 16 parallel clients get quick answers
     let t0 = Instant::now();
     let handles: Vec<_> = (0..16)
@@ -473,16 +465,7 @@ fn sighup_reloads_and_refuses_a_bad_config_while_requests_finish() {
     let inflight = std::thread::spawn(move || {
         request(&socket, r#"{"v":1,"op":"freeze","account":"slowfreeze"}"#)
     });
-    // in flight once the agent has asked for it
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(dir.join("cgroup.freeze"))
-        .unwrap()
-        .trim()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "the freeze never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_freeze_asked(&dir);
 
     sb.write_config("freeze_timeout_ms = 8000\n[limits]\npids_max = 77");
     agent.signal(Signal::SIGHUP);
@@ -676,4 +659,18 @@ fn typed_client_talks_to_the_binary() {
         ));
         assert!(t0.elapsed() < Duration::from_secs(2));
     });
+}
+
+/// Waits (10 s at most) until the agent has asked the cgroup in `dir` to freeze: a freeze
+/// request is then in flight.
+fn wait_freeze_asked(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("cgroup.freeze"))
+        .unwrap()
+        .trim()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the freeze never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
