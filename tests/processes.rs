@@ -1,6 +1,7 @@
 //! The `npanel` binary as real processes against a real Redis: the per-kind limit is global
 //! across worker processes and changes at runtime; a SIGKILLed worker loses no job; `serve`
-//! finds, starts or asks for a Redis; bad config is refused with a plain sentence.
+//! finds, starts or asks for a Redis; bad config is refused with a plain sentence; a worker
+//! claims only its `workers.kinds`.
 
 use queue::testing::wait_for_status as wait_for;
 use queue::{testing, Diagnostic, Job, JobKind, JobStatus, NewJob, Queue, QueueConfig};
@@ -19,6 +20,11 @@ impl Drop for Proc {
 }
 
 fn worker(cfg: &QueueConfig, extra: &[(&str, &str)]) -> Proc {
+    Proc(worker_cmd(cfg, extra).spawn().expect("start npanel worker"))
+}
+
+/// `npanel worker` on `cfg`'s queue with `extra` environment, output discarded.
+fn worker_cmd(cfg: &QueueConfig, extra: &[(&str, &str)]) -> Command {
     let dir = std::env::temp_dir().join(format!("npanel-test-{}", ulid::Ulid::new()));
     let mut c = Command::new(BIN);
     c.arg("worker")
@@ -34,7 +40,7 @@ fn worker(cfg: &QueueConfig, extra: &[(&str, &str)]) -> Proc {
     for (k, v) in extra {
         c.env(k, v);
     }
-    Proc(c.spawn().expect("start npanel worker"))
+    c
 }
 
 fn diag(ms: u64) -> NewJob {
@@ -293,4 +299,67 @@ async fn a_worker_process_serves_its_metrics_when_asked() {
         body.contains("npanel_job_attempts_total{kind=\"diagnostic\",outcome=\"succeeded\"} 1"),
         "{body}"
     );
+}
+
+/// `workers.kinds`: a worker claims only the kinds it is given (on several hosts, the kinds that
+/// work on accounts stay on the host that holds them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_claims_only_its_kinds() {
+    let cfg = testing::config("kinds");
+    let q = Queue::new(cfg.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A shared SQLite store, so the workers have the handlers that need one.
+    let db = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("store.db").display()
+    );
+    // First in line: a retention job, which a worker with a store can run.
+    let retention = q
+        .enqueue(NewJob::new(JobKind::Retention, serde_json::json!({})))
+        .await
+        .unwrap()
+        .id;
+    let diag = q.enqueue(diag(10)).await.unwrap().id;
+    let _only_diag = worker(
+        &cfg,
+        &[
+            ("DATABASE_URL", &db),
+            ("NPANEL_WORKERS__KINDS", r#"["diagnostic"]"#),
+        ],
+    );
+    wait_for(&q, &diag, JobStatus::Succeeded, Duration::from_secs(30)).await;
+    // It took the diagnostic job behind the retention job, and left that one alone.
+    assert_eq!(q.get(&retention).await.unwrap().status, JobStatus::Queued);
+    // A worker for every kind takes it.
+    let _all = worker(&cfg, &[("DATABASE_URL", &db)]);
+    wait_for(
+        &q,
+        &retention,
+        JobStatus::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// A kind the worker cannot run, or an unknown one, is refused at start with a sentence.
+#[test]
+fn a_kind_the_worker_cannot_run_is_refused_at_start() {
+    let cfg = testing::config("kinds-bad");
+    let refused = |kinds: &str| {
+        let out = worker_cmd(&cfg, &[("NPANEL_WORKERS__KINDS", kinds)])
+            .env_remove("DATABASE_URL")
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{kinds} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Without a store, `provision` has no handler in a worker.
+    let err = refused(r#"["diagnostic", "provision"]"#);
+    assert!(
+        err.contains("workers.kinds names provision") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+    let err = refused(r#"["teleport"]"#);
+    assert!(err.contains("teleport"), "{err}");
 }

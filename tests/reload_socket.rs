@@ -229,17 +229,12 @@ fn a_start_during_the_deploy_window_waits_for_the_hold_then_starts_over() {
         .args(["-c", "sleep 120; :", "upgrade-apply"])
         .spawn()
         .unwrap();
-    // Until it has exec'd, its arguments are this test binary's.
-    let cmdline = format!("/proc/{}/cmdline", apply.id());
-    while !std::fs::read(&cmdline)
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .any(|a| a == b"upgrade-apply")
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let hold = d.data.join("upgrade.hold");
     std::fs::write(&hold, apply.id().to_string()).unwrap();
+    // A holder once it has exec'd (until then its arguments are this test binary's).
+    while workers::upgrade::holder(&d.data).is_none() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let mut s = Serve::spawn(&d.config, Some(&listener));
     let pid = s.child.id();

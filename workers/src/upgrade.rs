@@ -57,7 +57,8 @@
 //! restored by renaming the copy over the file while the service is stopped (its `-wal` and
 //! `-shm` removed). PostgreSQL is dumped with `pg_dump -Fc` and restored in one transaction
 //! (`psql --single-transaction`: the store's `current_schema()` dropped and recreated, then the
-//! dump's SQL from `pg_restore -f`), so a restore that fails leaves the store as it was; without `pg_dump` preflight WARNs, and FAILs when the new release
+//! dump's SQL from `pg_restore -f`), so a restore that fails leaves the store as it was.
+//! Without `pg_dump` preflight WARNs, and FAILs when the new release
 //! has migrations to run (no deploy may change a store it cannot put back). The store is
 //! restored on rollback only when its schema fingerprint changed since the backup: otherwise
 //! what was written meanwhile stays. Pending migrations are what the *new* binary lists

@@ -352,9 +352,11 @@ async fn restore_postgres(url: &str, copy: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", script.display()))?;
     let ident = format!("\"{}\"", schema.replace('"', "\"\""));
     // pg_dump creates every schema but `public` itself.
-    let creates = text
-        .lines()
-        .any(|l| l == format!("CREATE SCHEMA {schema};") || l == format!("CREATE SCHEMA {ident};"));
+    let (bare, quoted) = (
+        format!("CREATE SCHEMA {schema};"),
+        format!("CREATE SCHEMA {ident};"),
+    );
+    let creates = text.lines().any(|l| l == bare || l == quoted);
     let mut preamble = format!("DROP SCHEMA {ident} CASCADE;");
     if !creates {
         preamble.push_str(&format!(" CREATE SCHEMA {ident};"));
