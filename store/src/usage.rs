@@ -273,6 +273,16 @@ impl Store {
         &self,
         accounts: Option<&[String]>,
     ) -> Result<HashMap<String, UsageNow>> {
+        self.usage_at(accounts, now_ms()).await
+    }
+
+    /// [`Store::usage_now`] as of `now_ms` (which month's traffic counts): the clock is the
+    /// caller's, so a test is not at the mercy of a month turning mid-test.
+    pub async fn usage_at(
+        &self,
+        accounts: Option<&[String]>,
+        now_ms: i64,
+    ) -> Result<HashMap<String, UsageNow>> {
         let filter = |col: &str, first: usize| match accounts {
             None => String::new(),
             Some(a) => {
@@ -314,7 +324,7 @@ impl Store {
             "SELECT account, CAST(SUM(bandwidth_bytes) AS BIGINT), CAST(SUM(mail_sent) AS BIGINT) FROM usage_samples WHERE at >= $1{} GROUP BY account",
             filter("account", 2)
         );
-        let mut q = sqlx::query(&sql).bind(month_start_ms(now_ms()));
+        let mut q = sqlx::query(&sql).bind(month_start_ms(now_ms));
         for a in accounts.unwrap_or_default() {
             q = q.bind(a);
         }
