@@ -284,17 +284,32 @@ async fn events_stream_is_filtered_by_tenant() {
     let theirs = srv.enqueue(json!({"kind": "restore", "payload": {"archive": "x"}, "account": "b1", "reseller": "r2"})).await;
     srv.wait_final(&mine).await;
     srv.wait_final(&theirs).await;
+    // One marker job per tenant, enqueued once both jobs have ended. A socket gets the event
+    // stream in its order, so once it has a marker's `complete` it has everything of the two
+    // jobs it would ever get: read up to there instead of until a moment of silence.
+    let mark_a = srv.enqueue(json!({"kind": "restore", "payload": {"archive": "steps:1:1"}, "account": "a1", "reseller": "r1"})).await;
+    let mark_b = srv.enqueue(json!({"kind": "restore", "payload": {"archive": "steps:1:1"}, "account": "b1", "reseller": "r2"})).await;
     let ids = |msgs: Vec<Value>| -> BTreeSet<String> {
         msgs.iter()
             .map(|m| m["job_id"].as_str().unwrap().to_string())
             .collect()
     };
-    let seen_c = ids(c.drain(Duration::from_millis(500)).await);
-    let seen_r2 = ids(r2.drain(Duration::from_millis(300)).await);
-    let seen_adm = ids(adm.drain(Duration::from_millis(300)).await);
-    assert_eq!(seen_c, BTreeSet::from([mine.clone()]));
-    assert_eq!(seen_r2, BTreeSet::from([theirs.clone()]));
-    assert_eq!(seen_adm, BTreeSet::from([mine, theirs]));
+    let complete_of = |id: &str, m: &Value| m["job_id"] == id && m["type"] == "complete";
+    let within = Duration::from_secs(20);
+    let seen_c = ids(c.until(within, |m| complete_of(&mark_a, m)).await);
+    let seen_r2 = ids(r2.until(within, |m| complete_of(&mark_b, m)).await);
+    let mut left = BTreeSet::from([mark_a.clone(), mark_b.clone()]);
+    let seen_adm = ids(adm
+        .until(within, |m| {
+            if m["type"] == "complete" {
+                left.remove(m["job_id"].as_str().unwrap());
+            }
+            left.is_empty()
+        })
+        .await);
+    assert_eq!(seen_c, BTreeSet::from([mine.clone(), mark_a.clone()]));
+    assert_eq!(seen_r2, BTreeSet::from([theirs.clone(), mark_b.clone()]));
+    assert_eq!(seen_adm, BTreeSet::from([mine, theirs, mark_a, mark_b]));
 }
 
 /// Drop a live connection mid-job, reconnect with `?since=`: nothing missed, nothing twice.
@@ -316,8 +331,21 @@ async fn replay_after_a_dropped_connection() {
         got.push(ws.next(S).await.expect("events before the drop"));
     }
     drop(ws); // no close handshake: as a network drop
-    tokio::time::sleep(Duration::from_millis(400)).await; // events keep coming meanwhile
     let last = got.last().unwrap()["seq"].as_str().unwrap().to_string();
+    // Events keep coming meanwhile: reconnect once the stream holds one of the job's events
+    // after the last one seen, so the replay has something it missed to catch up on.
+    let t = std::time::Instant::now();
+    loop {
+        let after = srv.queue.events_since(&last, 10_000).await.unwrap();
+        if after.iter().any(|e| e.job_id == id) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no event after {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut ws = srv
         .ws(&format!("/api/jobs/{id}/live?since={last}"), Some(&admin))
         .await
@@ -391,7 +419,12 @@ async fn progress_is_coalesced_to_about_one_per_second() {
     let id = srv
         .enqueue(json!({"kind": "restore", "payload": {"archive": "x"}}))
         .await;
-    let msgs = all.drain(Duration::from_secs(2)).await;
+    // Up to the job's `complete` (not until a silence, which a slow machine can make early).
+    let msgs = all
+        .until(Duration::from_secs(30), |m| {
+            m["job_id"] == id.as_str() && m["type"] == "complete"
+        })
+        .await;
     let job = srv.wait_final(&id).await;
     let secs =
         (job.finished_at.unwrap() - job.started_at.unwrap()).num_milliseconds() as f64 / 1000.0;

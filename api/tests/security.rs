@@ -11,7 +11,6 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 const SETTINGS: &[&str] = &[
     "password_min_length",
@@ -382,13 +381,10 @@ async fn security_policy_on(pg: bool) {
     assert_eq!(mode(&home), 0o750);
     // Every call that reached the policy left exactly one record (4 changes, 1 no-op, 6
     // refusals, 1 denied; another tenant's 404 leaves none).
+    // Counted once the outbox is empty: every record the calls wrote is in the store by then,
+    // so a 13th cannot arrive after the count.
+    srv.audit_delivered().await;
     let recs = audit(&srv, "dave", 12).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let recs = if recs.len() == 12 {
-        audit(&srv, "dave", 12).await
-    } else {
-        recs
-    };
     assert_eq!(recs.len(), 12, "{recs:?}");
     assert_eq!(
         recs.iter().filter(|r| r["result"] == "denied").count(),

@@ -337,6 +337,25 @@ impl Server {
         }
     }
 
+    /// Wait until the audit outbox is empty: every record written so far (routes write theirs
+    /// before they answer) is in the store, so a count read now is final — no window to wait
+    /// out for a late extra record.
+    pub async fn audit_delivered(&self) {
+        let key = format!("{}outbox:{}", self.queue.prefix(), api::audit::OUTBOX);
+        let t = std::time::Instant::now();
+        loop {
+            let n: u64 = self.queue.raw(redis::cmd("XLEN").arg(&key)).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{n} audit records still in the outbox"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Enqueue as admin; returns the id.
     pub async fn enqueue(&self, body: Value) -> String {
         let admin = token(api::Role::Admin, None, None);
@@ -390,6 +409,30 @@ impl Ws {
                     return None
                 }
                 Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The messages up to and including the first one `done` accepts; panics when the socket
+    /// closes or `within` (a deadline for the whole wait) passes first.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.next(left).await else {
+                panic!(
+                    "the awaited message never came (closed, or {within:?} passed); got {out:?}"
+                );
+            };
+            let last = done(&v);
+            out.push(v);
+            if last {
+                return out;
             }
         }
     }
