@@ -52,9 +52,10 @@ async fn run_jobs(q: &Queue, n: usize) {
     }
 }
 
-/// Let the pool's reaper (which applies the count cap) run a few times.
-async fn let_reaper_run() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// One pass of the reaper, which applies the count cap: what the pool's reaper runs every
+/// `reap_interval`, here done when this returns (not hoped to have come round within a sleep).
+async fn let_reaper_run(q: &Queue) {
+    q.reap().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +82,7 @@ async fn crash_between_steps_loses_and_doubles_nothing() {
         .unwrap();
 
     run_jobs(&q, 5).await;
-    let_reaper_run().await;
+    let_reaper_run(&q).await;
     assert_eq!(
         finished_in_redis(&q).await,
         5,
@@ -91,7 +92,7 @@ async fn crash_between_steps_loses_and_doubles_nothing() {
     // Step 1 commits to the store; the "crash" comes before Redis hears of it.
     let (n, (mark, _)) = archive_once(&q, &store_a).await.unwrap();
     assert_eq!(n, 5);
-    let_reaper_run().await;
+    let_reaper_run(&q).await;
     assert_eq!(
         finished_in_redis(&q).await,
         5,
@@ -105,7 +106,7 @@ async fn crash_between_steps_loses_and_doubles_nothing() {
     // watermark's own millisecond (completions are batched, so several may share it).
     let before_mark = finished_before(&q, mark).await;
     q.mark_archived(mark).await.unwrap();
-    let_reaper_run().await;
+    let_reaper_run(&q).await;
     let dropped = before_mark.min(2);
     assert_eq!(finished_before(&q, mark).await, before_mark - dropped);
     assert_eq!(finished_in_redis(&q).await, 5 - dropped);
@@ -114,7 +115,7 @@ async fn crash_between_steps_loses_and_doubles_nothing() {
     store_a.close().await;
     run_jobs(&q, 2).await;
     assert!(archive_once(&q, &store_a).await.is_err());
-    let_reaper_run().await;
+    let_reaper_run(&q).await;
     assert!(finished_in_redis(&q).await >= 2);
     // Restarted on the same file: the two are archived exactly once.
     let store_b = Store::open_sqlite(&path).await.unwrap();
