@@ -119,6 +119,7 @@ fn cli_against_a_live_server() {
 
     // watch: a cancelled job exits non-zero too.
     let long = enqueue(&url, &admin, r#"{"duration_ms": 20000, "steps": 20}"#, &[]);
+    let snapshots = snapshots_sent(&url);
     let watcher = Command::new(BIN)
         .args(["watch", &long])
         .env("NPANEL_URL", &url)
@@ -127,7 +128,16 @@ fn cli_against_a_live_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Cancelled once the watcher follows the job (the server sent it its snapshot), so it sees
+    // the cancel arrive rather than a job already over.
+    let t = Instant::now();
+    while snapshots_sent(&url) <= snapshots {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the watcher never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let o = npanel(&["jobs", "cancel", &long], &url, &admin);
     assert!(o.status.success(), "{}", text(&o));
     let o = watcher.wait_with_output().unwrap();
@@ -188,6 +198,22 @@ fn cli_against_a_live_server() {
         .unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("--account"), "{}", text(&o));
+}
+
+/// Snapshots the server has sent to WebSockets (`/metrics`): one per socket that started
+/// following something.
+fn snapshots_sent(url: &str) -> u64 {
+    let r = ws::client::blocking::HttpClient::new(url, None)
+        .unwrap()
+        .request("GET", "/metrics", &[], None)
+        .unwrap();
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("npanel_ws_messages_sent_total{") && l.contains("type=\"snapshot\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn stdout(o: &Output) -> String {
