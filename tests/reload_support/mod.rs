@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ pub struct Serve {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
     pub addr: SocketAddr,
+    /// Its log has been read to the end (the process closed its stderr).
+    log_read: Arc<AtomicBool>,
 }
 
 impl Drop for Serve {
@@ -132,7 +135,8 @@ impl Serve {
             .spawn()
             .expect("start npanel serve");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (l2, stderr) = (log.clone(), child.stderr.take().unwrap());
+        let log_read = Arc::new(AtomicBool::new(false));
+        let (l2, r2, stderr) = (log.clone(), log_read.clone(), child.stderr.take().unwrap());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("NPANEL_TEST_SHOW_LOG").is_some() {
@@ -140,11 +144,13 @@ impl Serve {
                 }
                 l2.lock().unwrap().push(line);
             }
+            r2.store(true, Ordering::Release);
         });
         Serve {
             child,
             log,
             addr: "127.0.0.1:1".parse().unwrap(),
+            log_read,
         }
     }
 
@@ -154,19 +160,21 @@ impl Serve {
     }
 
     /// Index of the first line at or after `from` containing `needle`; panics with the log
-    /// after `within` (or when the process has exited).
+    /// after `within`, or once the process has exited and its whole log was read without it.
     pub fn wait_line(&mut self, from: usize, needle: &str, within: Duration) -> usize {
         let t = Instant::now();
         loop {
+            // Known before the log is searched: a line logged just before the exit is in it
+            // then (was: a 200 ms sleep after seeing the exit, and no second look).
+            let exited =
+                self.child.try_wait().unwrap().is_some() && self.log_read.load(Ordering::Acquire);
             {
                 let log = self.log.lock().unwrap();
                 if let Some(i) = log.iter().skip(from).position(|l| l.contains(needle)) {
                     return from + i;
                 }
             }
-            let exited = self.child.try_wait().unwrap().is_some();
             if exited || t.elapsed() > within {
-                std::thread::sleep(Duration::from_millis(200));
                 panic!(
                     "no log line with {needle:?} (exited: {exited}); log:\n{}",
                     self.log.lock().unwrap().join("\n")
