@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod config_cli;
 pub mod local_redis;
+pub mod malloc;
 pub mod reload;
 pub mod run;
 

@@ -488,6 +488,8 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts (see the module).
+    npanel::malloc::tune();
     // The embedded host runs a restore's unpack as this binary again, in the account's cgroup.
     agent::child::run_if_asked();
     // `--version` says what `GET /api/admin/upgrade` says (an upgrade checks both).

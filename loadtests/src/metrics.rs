@@ -153,6 +153,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// `RssAnon`, `RssFile` and `RssShmem` of `pid` in KiB: which part of the RSS moves (heap and
+/// allocator arenas, mapped files such as SQLite's, or shared memory) when it drifts.
+pub fn rss_parts_kib(pid: u32) -> Option<(u64, u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?))
+}
+
 /// Open file descriptors of `pid`.
 pub fn fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
@@ -208,7 +220,7 @@ pub struct Sample {
     /// Seconds since the run started.
     pub elapsed_s: f64,
     pub load1: f64,
-    /// Per process: `{pid, cpu_pct, rss_kib, fds}`.
+    /// Per process: `{pid, cpu_pct, rss_kib, rss_anon_kib, rss_file_kib, rss_shmem_kib, fds}`.
     pub procs: BTreeMap<String, Value>,
     /// Established connections to the server's port.
     pub conns: u64,
@@ -289,9 +301,15 @@ impl Sampler {
                     if let Some(c) = c {
                         next.insert(pid, (c, now));
                     }
+                    let (anon, file, shmem) = match rss_parts_kib(pid) {
+                        Some((a, f, s)) => (Some(a), Some(f), Some(s)),
+                        None => (None, None, None),
+                    };
                     procs.insert(
                         name,
-                        json!({"pid": pid, "cpu_pct": cpu, "rss_kib": rss_kib(pid), "fds": fds(pid)}),
+                        json!({"pid": pid, "cpu_pct": cpu, "rss_kib": rss_kib(pid),
+                               "rss_anon_kib": anon, "rss_file_kib": file,
+                               "rss_shmem_kib": shmem, "fds": fds(pid)}),
                     );
                 }
                 prev = next;

@@ -323,13 +323,24 @@ fn drift_promises(samples: &[Sample], warmup: f64, proc_name: &str) -> Vec<Promi
     let own = series(&|s| Some(s.proc_f(proc_name, "fds")? - s.conns as f64));
     let conns = series(&|s| Some(s.conns as f64));
     let p99 = series(&|s| s.api_f("p99_ms"));
+    // Which part moved: the heap (anonymous) or mapped files (shown beside, not judged).
+    let part = |key: &str| match metrics::drift(&series(&|s| s.proc_f(proc_name, key))) {
+        Some((_, a, b)) => format!("{:+.1} MiB", (b - a) / 1024.0),
+        None => "?".into(),
+    };
+    let parts = format!(
+        "anonymous {}, file {}, shmem {}",
+        part("rss_anon_kib"),
+        part("rss_file_kib"),
+        part("rss_shmem_kib")
+    );
     let mut v = Vec::new();
     match metrics::drift(&rss) {
         Some((d, a, b)) => v.push(Promise::new(
             &format!("RSS of {proc_name} flat after warm-up"),
             "drift < 5 % (mean of the last fifth vs the first fifth)",
             format!(
-                "{:+.2} % ({:.1} → {:.1} MiB, {} samples after {warmup:.0} s)",
+                "{:+.2} % ({:.1} → {:.1} MiB, {} samples after {warmup:.0} s; {parts})",
                 d * 100.0,
                 a / 1024.0,
                 b / 1024.0,
