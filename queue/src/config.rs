@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/redis.sock`). Empty: decided by the
-    /// binary (`REDIS_URL`, else a local server).
+    /// Redis URL (`redis://host:port/db`, `redis+unix:///path/redis.sock`), or a Redis Cluster
+    /// as `redis+cluster://[user:password@]host:port[,host:port...]` (seed nodes: one is enough,
+    /// list several so a process can start while one is down; see [`RedisTarget`]). Empty:
+    /// decided by the binary (`REDIS_URL`, else a local server).
     pub redis_url: String,
     /// Queue name: all its keys are `np:{name}:...`, one hash tag, one cluster slot.
     pub name: String,
@@ -107,6 +109,62 @@ impl QueueConfig {
     }
 }
 
+/// Where the queue's Redis is, as [`QueueConfig::redis_url`] names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server (or one primary behind a proxy): the URL as given.
+    Node(String),
+    /// A Redis Cluster: one `redis://[user:password@]host:port` URL per seed node. The client
+    /// learns the other nodes and the slot map from any seed that answers.
+    Cluster(Vec<String>),
+}
+
+/// The scheme that names a Redis Cluster.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+impl RedisTarget {
+    /// Parse a Redis URL; `redis+cluster://[user:password@]h1:p1,h2:p2,...` names a cluster,
+    /// anything else is one server (checked when the client opens it).
+    ///
+    /// # Errors
+    /// One sentence when a cluster URL lists no node, a node without a port, or a database
+    /// other than 0 (a cluster has only database 0).
+    pub fn parse(url: &str) -> Result<RedisTarget, String> {
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            return Ok(RedisTarget::Node(url.to_string()));
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (format!("{a}@"), r),
+            None => (String::new(), rest),
+        };
+        let hosts = match rest.split_once('/') {
+            Some((h, "" | "0")) => h,
+            Some((_, db)) => {
+                return Err(format!(
+                    "a Redis Cluster has only database 0, not {db:?} (in {CLUSTER_SCHEME}...)"
+                ))
+            }
+            None => rest,
+        };
+        let mut nodes = Vec::new();
+        for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let port = h.rsplit_once(':').map(|(_, p)| p);
+            if !port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+                return Err(format!(
+                    "cluster node {h:?} needs a port, as in {CLUSTER_SCHEME}10.0.0.1:7000,10.0.0.2:7000"
+                ));
+            }
+            nodes.push(format!("redis://{auth}{h}"));
+        }
+        if nodes.is_empty() {
+            return Err(format!(
+                "{CLUSTER_SCHEME} names no node; list host:port pairs separated by commas"
+            ));
+        }
+        Ok(RedisTarget::Cluster(nodes))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +181,33 @@ mod tests {
         let errs = bad.validate();
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("lease_ms is 5")));
+    }
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        assert_eq!(
+            RedisTarget::parse("redis://h:1/2").unwrap(),
+            RedisTarget::Node("redis://h:1/2".into())
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://127.0.0.1:7000, 127.0.0.1:7001/").unwrap(),
+            RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://u:p@a:1,b:2").unwrap(),
+            RedisTarget::Cluster(vec!["redis://u:p@a:1".into(), "redis://u:p@b:2".into()])
+        );
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,b",
+            "redis+cluster://a:0",
+            "redis+cluster://a:1/3",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -52,7 +52,7 @@ type XReadReply = Vec<(String, Vec<StreamEntry>)>;
 /// Follows the event stream on a dedicated connection with blocking reads (`XREAD BLOCK`):
 /// one per process is enough to fan out to every WebSocket (DESIGN §4).
 pub struct EventReader {
-    conn: Option<redis::aio::MultiplexedConnection>,
+    conn: Option<crate::conn::Conn>,
     queue: crate::Queue,
     key: String,
     last: String,
@@ -82,13 +82,7 @@ impl EventReader {
         count: usize,
     ) -> crate::Result<Vec<Event>> {
         if self.conn.is_none() {
-            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-            self.conn = Some(
-                self.queue
-                    .client()
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await?,
-            );
+            self.conn = Some(self.queue.redis().dedicated().await?);
         }
         let conn = self.conn.as_mut().expect("connected");
         if self.last == "$" {

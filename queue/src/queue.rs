@@ -1,12 +1,12 @@
 //! The queue client: every state change is one Lua script (see `lua/`), so every transition is
 //! atomic, and any number of API and worker processes can share one Redis.
 
+use crate::conn::{Conn, Redis};
 use crate::events::Event;
 use crate::job::{Job, JobStatus, KindStats, QueueStats};
 use crate::progress::ProgressWrite;
 use crate::scripts;
 use crate::{JobKind, JobPayload, QueueConfig, QueueError, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -189,35 +189,23 @@ pub struct ListFilter {
 
 /// A few auto-reconnecting multiplexed connections, used round-robin. Each pipelines every
 /// concurrent request on it, so no checkout is needed: see the crate docs for why this replaced
-/// deadpool-redis.
+/// deadpool-redis. On a Redis Cluster each is a cluster connection (see `conn.rs`).
 struct Conns {
-    client: redis::Client,
-    slots: Vec<OnceLock<ConnectionManager>>,
+    redis: Arc<Redis>,
+    slots: Vec<OnceLock<Conn>>,
     next: AtomicUsize,
 }
 
 impl Conns {
-    fn get(&self) -> ConnectionManager {
+    fn get(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.slots[i]
-            .get_or_init(|| {
-                let cfg = ConnectionManagerConfig::new()
-                    // redis-rs defaults to 500 ms; a big enqueue_bulk on a busy 2-core box can
-                    // exceed that and report a failure for a script that ran.
-                    .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-                    .expect("lazy connection manager")
-            })
-            .clone()
+        self.slots[i].get_or_init(|| self.redis.shared()).clone()
     }
 }
 
 struct Inner {
     conns: Arc<Conns>,
-    client: redis::Client,
+    redis: Arc<Redis>,
     cfg: QueueConfig,
     prefix: String,
     available: Option<HashSet<JobKind>>,
@@ -272,10 +260,12 @@ impl Queue {
         if !errs.is_empty() {
             return Err(QueueError::Invalid(errs.join(" ")));
         }
-        let client = redis::Client::open(cfg.redis_url.as_str())
-            .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
+        let redis = Arc::new(
+            Redis::open(&cfg.redis_url)
+                .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?,
+        );
         let conns = Arc::new(Conns {
-            client: client.clone(),
+            redis: redis.clone(),
             slots: (0..cfg.pool_size).map(|_| OnceLock::new()).collect(),
             next: AtomicUsize::new(0),
         });
@@ -283,7 +273,7 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(Inner {
                 conns,
-                client,
+                redis,
                 cfg,
                 prefix,
                 available: None,
@@ -296,7 +286,7 @@ impl Queue {
     pub fn with_available_kinds(self, kinds: impl IntoIterator<Item = JobKind>) -> Queue {
         let inner = Inner {
             conns: self.inner.conns.clone(),
-            client: self.inner.client.clone(),
+            redis: self.inner.redis.clone(),
             cfg: self.inner.cfg.clone(),
             prefix: self.inner.prefix.clone(),
             available: Some(kinds.into_iter().collect()),
@@ -324,9 +314,19 @@ impl Queue {
             .is_none_or(|s| s.contains(&kind))
     }
 
-    /// The Redis client (for pub/sub connections).
+    /// The Redis client of the server, or of the first seed node of a Redis Cluster: only fit
+    /// for what any one node answers alike (pub/sub). Queue operations go through the queue.
     pub fn client(&self) -> &redis::Client {
-        &self.inner.client
+        self.inner.redis.first_client()
+    }
+
+    /// Whether this queue is on a Redis Cluster (`redis+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.redis.cluster_seeds().is_some()
+    }
+
+    pub(crate) fn redis(&self) -> &Redis {
+        &self.inner.redis
     }
 
     /// Pub/sub channel that announces claimable work.
@@ -339,7 +339,7 @@ impl Queue {
         format!("{}cancel", self.inner.prefix)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager> {
+    async fn conn(&self) -> Result<Conn> {
         Ok(self.inner.conns.get())
     }
 

@@ -101,9 +101,10 @@ impl Queue {
 
     /// A pub/sub connection subscribed to the wake-up and cancel channels (the pool's
     /// listener; messages name the channel, see [`Queue::wake_channel`] and
-    /// [`Queue::cancel_channel`]).
+    /// [`Queue::cancel_channel`]). On a Redis Cluster it is on the first seed node that
+    /// answers: every node hears every `PUBLISH`.
     pub async fn subscribe_wake_and_cancel(&self) -> Result<redis::aio::PubSub> {
-        let mut ps = self.client().get_async_pubsub().await?;
+        let mut ps = self.redis().pubsub().await?;
         ps.subscribe(self.wake_channel()).await?;
         ps.subscribe(self.cancel_channel()).await?;
         Ok(ps)

@@ -7,7 +7,9 @@
 //! request pipelined behind it, so waits take a dedicated connection from a bounded
 //! **deadpool-redis** pool (`queue.wait_connections`, default 64). The pool bounds how many
 //! callers wait at once: when every connection is taken, [`Waiter::wait`] answers
-//! [`WaitOutcome::Pending`] at once rather than queueing the caller behind the others.
+//! [`WaitOutcome::Pending`] at once rather than queueing the caller behind the others. On a
+//! Redis Cluster the pool holds cluster connections (deadpool-redis's `cluster` pool): each is
+//! still one caller's alone, and the read goes to the node owning the queue's slot.
 //!
 //! # No event missed
 //! The job and the newest event id are read together ([`Queue::get_at`], one MULTI/EXEC), then
@@ -18,6 +20,64 @@
 use crate::{Job, Queue, QueueError, Result};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime, Timeouts};
 use std::time::{Duration, Instant};
+
+/// The bounded pool of wait connections, on one server or on a cluster.
+#[derive(Clone)]
+enum WaitPool {
+    Node(Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// A connection taken from [`WaitPool`].
+enum Held {
+    Node(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Held {
+    /// Close it instead of returning it to the pool (its state is unknown after an error or a
+    /// read that did not answer).
+    fn discard(self) {
+        match self {
+            Held::Node(c) => drop(deadpool_redis::Connection::take(c)),
+            Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Held::Node(c) => cmd.query_async(&mut **c).await,
+            Held::Cluster(c) => cmd.query_async(&mut **c).await,
+        }
+    }
+}
+
+impl WaitPool {
+    fn status(&self) -> deadpool_redis::Status {
+        match self {
+            WaitPool::Node(p) => p.status(),
+            WaitPool::Cluster(p) => p.status(),
+        }
+    }
+
+    /// A free connection now, or `Ok(None)` when every one is taken.
+    async fn try_get(&self) -> Result<Option<Held>> {
+        let now_only = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(2)),
+        };
+        let got = match self {
+            WaitPool::Node(p) => p.timeout_get(&now_only).await.map(Held::Node),
+            WaitPool::Cluster(p) => p.timeout_get(&now_only).await.map(Held::Cluster),
+        };
+        match got {
+            Ok(c) => Ok(Some(c)),
+            Err(PoolError::Timeout(deadpool_redis::TimeoutType::Wait)) => Ok(None),
+            Err(e) => Err(QueueError::Unavailable(format!("wait connection: {e}"))),
+        }
+    }
+}
 
 /// How a wait ended.
 #[derive(Clone, Debug)]
@@ -42,7 +102,7 @@ impl WaitOutcome {
 #[derive(Clone)]
 pub struct Waiter {
     queue: Queue,
-    pool: Pool,
+    pool: WaitPool,
     key: String,
 }
 
@@ -63,18 +123,38 @@ impl Waiter {
     /// A waiter over `queue`'s Redis with at most `queue.wait_connections` blocking waits at
     /// once. Does no I/O (connections are made on first use).
     pub fn new(queue: &Queue) -> Result<Waiter> {
-        // No response timeout: a blocking read is as long as it is asked to be (each read is
-        // bounded by a local timeout instead, see `wait`).
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(2)));
-        let manager = Manager::new_with_config(queue.client().get_connection_info().clone(), cfg)
-            .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(queue.config().wait_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| QueueError::Invalid(format!("wait pool: {e}")))?;
+        let max = queue.config().wait_connections.max(1);
+        let pool = match queue.redis().cluster_seeds() {
+            None => {
+                // No response timeout: a blocking read is as long as it is asked to be (each
+                // read is bounded by a local timeout instead, see `wait`).
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(None)
+                    .set_connection_timeout(Some(Duration::from_secs(2)));
+                let manager =
+                    Manager::new_with_config(queue.client().get_connection_info().clone(), cfg)
+                        .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
+                WaitPool::Node(
+                    Pool::builder(manager)
+                        .max_size(max)
+                        .runtime(Runtime::Tokio1)
+                        .build()
+                        .map_err(|e| QueueError::Invalid(format!("wait pool: {e}")))?,
+                )
+            }
+            Some(seeds) => {
+                // Its cluster client has no response timeout either.
+                let manager = deadpool_redis::cluster::Manager::new(seeds.to_vec(), false)
+                    .map_err(|e| QueueError::Invalid(format!("bad redis url: {e}")))?;
+                WaitPool::Cluster(
+                    deadpool_redis::cluster::Pool::builder(manager)
+                        .max_size(max)
+                        .runtime(Runtime::Tokio1)
+                        .build()
+                        .map_err(|e| QueueError::Invalid(format!("wait pool: {e}")))?,
+                )
+            }
+        };
         Ok(Waiter {
             queue: queue.clone(),
             key: format!("{}events", queue.prefix()),
@@ -98,18 +178,9 @@ impl Waiter {
         if timeout.is_zero() {
             return Ok(WaitOutcome::Pending(job));
         }
-        let now_only = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: Some(Duration::from_secs(2)),
-            recycle: Some(Duration::from_secs(2)),
-        };
-        let mut conn = match self.pool.timeout_get(&now_only).await {
-            Ok(c) => c,
-            Err(PoolError::Timeout(deadpool_redis::TimeoutType::Wait)) => {
-                metrics::counter!(crate::metrics::WAITS_BUSY_TOTAL).increment(1);
-                return Ok(WaitOutcome::Pending(job));
-            }
-            Err(e) => return Err(QueueError::Unavailable(format!("wait connection: {e}"))),
+        let Some(mut conn) = self.pool.try_get().await? else {
+            metrics::counter!(crate::metrics::WAITS_BUSY_TOTAL).increment(1);
+            return Ok(WaitOutcome::Pending(job));
         };
         let deadline = Instant::now() + timeout;
         'read: loop {
@@ -125,16 +196,16 @@ impl Waiter {
                 .arg("STREAMS")
                 .arg(&self.key)
                 .arg(&seq);
-            let read = cmd.query_async::<Option<XReadReply>>(&mut *conn);
+            let read = conn.query::<Option<XReadReply>>(&cmd);
             // A connection that stops answering (a partition) must not hold the caller.
             let reply = match tokio::time::timeout(left + Duration::from_secs(2), read).await {
                 Ok(Ok(r)) => r.unwrap_or_default(),
                 Ok(Err(e)) => {
-                    drop(deadpool_redis::Connection::take(conn));
+                    conn.discard();
                     return Err(e.into());
                 }
                 Err(_) => {
-                    drop(deadpool_redis::Connection::take(conn));
+                    conn.discard();
                     break 'read;
                 }
             };
