@@ -100,6 +100,9 @@ impl QueueConfig {
         if self.events_maxlen < 100 {
             errs.push("queue.events_maxlen must be at least 100.".into());
         }
+        if let Err(e) = RedisTarget::parse(&self.redis_url) {
+            errs.push(format!("queue.redis_url: {e}."));
+        }
         errs
     }
 
@@ -200,6 +203,11 @@ mod tests {
             RedisTarget::parse("redis+cluster://u:p@a:1,b:2").unwrap(),
             RedisTarget::Cluster(vec!["redis://u:p@a:1".into(), "redis://u:p@b:2".into()])
         );
+        let c = QueueConfig {
+            redis_url: "redis+cluster://a".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().len(), 1, "{:?}", c.validate());
         for bad in [
             "redis+cluster://",
             "redis+cluster://a:1,b",
