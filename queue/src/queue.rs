@@ -252,6 +252,88 @@ fn as_array(v: Value) -> Result<Vec<Value>> {
     }
 }
 
+/// The completion script's arguments: the count, then 6 per item (see `lua/complete_fn.lua`).
+fn completion_args(inv: &mut redis::ScriptInvocation<'_>, items: &[Completion]) {
+    inv.arg(items.len());
+    for it in items {
+        let (name, text, delay, okjson) = match &it.outcome {
+            Outcome::Succeeded(v) => (
+                "succeeded",
+                v.to_string(),
+                0,
+                serde_json::json!({"success": true, "summary": v}).to_string(),
+            ),
+            Outcome::Failed(e) => ("failed", e.clone(), 0, String::new()),
+            Outcome::Retry { error, delay } => (
+                "retry",
+                error.clone(),
+                delay.as_millis() as u64,
+                String::new(),
+            ),
+            Outcome::Cancelled(e) => ("cancelled", e.clone(), 0, String::new()),
+            Outcome::Requeue => ("requeue", String::new(), 0, String::new()),
+        };
+        inv.arg(&it.id)
+            .arg(&it.token)
+            .arg(name)
+            .arg(text)
+            .arg(delay)
+            .arg(okjson);
+    }
+}
+
+/// One status per item from the completion script's reply (`None`: no longer ours).
+fn parse_completions(items: &[Completion], reply: Vec<Value>) -> Result<Vec<Option<JobStatus>>> {
+    if reply.len() != items.len() {
+        return Err(bad(reply));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (it, st) in items.iter().zip(reply) {
+        let st = as_str(&st)?;
+        if st == "stale" {
+            out.push(None);
+            continue;
+        }
+        let st = JobStatus::parse(&st).ok_or_else(|| bad(&st))?;
+        if st.is_final() {
+            metrics::counter!(crate::metrics::JOBS_FINISHED_TOTAL, "kind" => it.kind.as_str(), "status" => st.as_str())
+                .increment(1);
+        }
+        out.push(Some(st));
+    }
+    Ok(out)
+}
+
+/// The claim script's reply: next due retry, paused, Redis's clock, then 7 fields per job.
+fn parse_claim(reply: Vec<Value>) -> Result<ClaimBatch> {
+    if reply.len() < 3 {
+        return Err(bad(reply));
+    }
+    let due = as_int(&reply[0])?;
+    let mut batch = ClaimBatch {
+        jobs: Vec::new(),
+        next_due_ms: (due >= 0).then_some(due),
+        paused: as_int(&reply[1])? == 1,
+        redis_now_ms: as_int(&reply[2])?,
+    };
+    for f in reply[3..].chunks(7) {
+        if f.len() < 7 {
+            return Err(bad(f));
+        }
+        let account = as_str(&f[5])?;
+        batch.jobs.push(Claimed {
+            id: as_str(&f[0])?,
+            kind: as_str(&f[1])?.parse()?,
+            payload: serde_json::from_str(&as_str(&f[2])?).unwrap_or_default(),
+            attempt: as_int(&f[3])? as u32,
+            max_attempts: as_int(&f[4])? as u32,
+            account: (!account.is_empty()).then_some(account),
+            token: as_str(&f[6])?,
+        });
+    }
+    Ok(batch)
+}
+
 impl Queue {
     /// Build a handle. Does no I/O: Redis may be down now and come back later; calls fail with
     /// [`QueueError::Unavailable`] meanwhile.
@@ -445,38 +527,46 @@ impl Queue {
     /// Claim up to `n` jobs of `kinds` for `worker`, within each kind's global limit.
     pub async fn claim(&self, worker: &str, kinds: &[JobKind], n: usize) -> Result<ClaimBatch> {
         let mut inv = self.script(&scripts::CLAIM);
+        self.claim_args(&mut inv, worker, kinds, n);
+        let mut c = self.conn().await?;
+        parse_claim(as_array(inv.invoke_async(&mut c).await?)?)
+    }
+
+    /// Record `items` and claim up to `n` jobs of `kinds` for `worker`, in one script call
+    /// (claim-on-complete): the slots the recorded attempts free are filled in the same round
+    /// trip, and the claim sees them freed (and the next job of each account they advanced).
+    /// One status per item, as [`Queue::complete_many`]; the claim as [`Queue::claim`].
+    pub async fn complete_and_claim(
+        &self,
+        items: &[Completion],
+        worker: &str,
+        kinds: &[JobKind],
+        n: usize,
+    ) -> Result<(Vec<Option<JobStatus>>, ClaimBatch)> {
+        let mut inv = self.script(&scripts::COMPLETE_CLAIM);
+        completion_args(&mut inv, items);
+        self.claim_args(&mut inv, worker, kinds, n);
+        let mut c = self.conn().await?;
+        let mut reply = as_array(inv.invoke_async(&mut c).await?)?;
+        if reply.len() != 2 {
+            return Err(bad(reply));
+        }
+        let claimed = parse_claim(as_array(reply.pop().expect("two"))?)?;
+        let statuses = parse_completions(items, as_array(reply.pop().expect("two"))?)?;
+        Ok((statuses, claimed))
+    }
+
+    fn claim_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        worker: &str,
+        kinds: &[JobKind],
+        n: usize,
+    ) {
         inv.arg(worker).arg(self.inner.cfg.lease_ms).arg(n);
         for k in kinds {
             inv.arg(k.as_str()).arg(self.inner.cfg.default_limit(*k));
         }
-        let mut c = self.conn().await?;
-        let reply = as_array(inv.invoke_async(&mut c).await?)?;
-        if reply.len() < 3 {
-            return Err(bad(reply));
-        }
-        let due = as_int(&reply[0])?;
-        let mut batch = ClaimBatch {
-            jobs: Vec::new(),
-            next_due_ms: (due >= 0).then_some(due),
-            paused: as_int(&reply[1])? == 1,
-            redis_now_ms: as_int(reply.get(2).ok_or_else(|| bad("short claim reply"))?)?,
-        };
-        for f in reply[3..].chunks(7) {
-            if f.len() < 7 {
-                return Err(bad(f));
-            }
-            let account = as_str(&f[5])?;
-            batch.jobs.push(Claimed {
-                id: as_str(&f[0])?,
-                kind: as_str(&f[1])?.parse()?,
-                payload: serde_json::from_str(&as_str(&f[2])?).unwrap_or_default(),
-                attempt: as_int(&f[3])? as u32,
-                max_attempts: as_int(&f[4])? as u32,
-                account: (!account.is_empty()).then_some(account),
-                token: as_str(&f[6])?,
-            });
-        }
-        Ok(batch)
     }
 
     /// Record how an attempt ended. Returns the job's new status, or `None` when this worker no
@@ -506,51 +596,9 @@ impl Queue {
             return Ok(Vec::new());
         }
         let mut inv = self.script(&scripts::COMPLETE);
-        inv.arg(items.len());
-        for it in items {
-            let (name, text, delay, okjson) = match &it.outcome {
-                Outcome::Succeeded(v) => (
-                    "succeeded",
-                    v.to_string(),
-                    0,
-                    serde_json::json!({"success": true, "summary": v}).to_string(),
-                ),
-                Outcome::Failed(e) => ("failed", e.clone(), 0, String::new()),
-                Outcome::Retry { error, delay } => (
-                    "retry",
-                    error.clone(),
-                    delay.as_millis() as u64,
-                    String::new(),
-                ),
-                Outcome::Cancelled(e) => ("cancelled", e.clone(), 0, String::new()),
-                Outcome::Requeue => ("requeue", String::new(), 0, String::new()),
-            };
-            inv.arg(&it.id)
-                .arg(&it.token)
-                .arg(name)
-                .arg(text)
-                .arg(delay)
-                .arg(okjson);
-        }
+        completion_args(&mut inv, items);
         let mut c = self.conn().await?;
-        let reply: Vec<String> = inv.invoke_async(&mut c).await?;
-        if reply.len() != items.len() {
-            return Err(bad(reply));
-        }
-        let mut out = Vec::with_capacity(items.len());
-        for (it, st) in items.iter().zip(reply) {
-            if st == "stale" {
-                out.push(None);
-                continue;
-            }
-            let st = JobStatus::parse(&st).ok_or_else(|| bad(&st))?;
-            if st.is_final() {
-                metrics::counter!(crate::metrics::JOBS_FINISHED_TOTAL, "kind" => it.kind.as_str(), "status" => st.as_str())
-                    .increment(1);
-            }
-            out.push(Some(st));
-        }
-        Ok(out)
+        parse_completions(items, as_array(inv.invoke_async(&mut c).await?)?)
     }
 
     /// Renew the leases of `(id, token)` pairs this worker holds.

@@ -25,7 +25,8 @@
 use crate::runtime::{self, Pending, Rt, Rx};
 use crate::Registry;
 use apalis::prelude::Monitor;
-use queue::{Completion, Queue};
+use apalis::prelude::Task;
+use queue::{Completion, JobKind, Queue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -173,13 +174,23 @@ impl Pool {
             bg.clone(),
         ));
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Pending>();
+        let rt = Rt::new(self.queue.clone(), self.cfg.clone(), table.clone(), done_tx);
+        // Jobs the completer claims with the outcomes it records, on their way to the
+        // dispatcher (which sends each to its kind's worker).
+        let (claimed_tx, mut claimed_rx) = mpsc::unbounded_channel::<(JobKind, Task<JobKind>)>();
         let completer_stop = CancellationToken::new();
         let completer_task = tokio::spawn(completer(
             self.queue.clone(),
             done_rx,
             completer_stop.clone(),
+            Some(Claimer {
+                rt: rt.clone(),
+                worker: self.worker_id.clone(),
+                kinds: kinds.clone(),
+                claiming: shutdown.clone(),
+                out: claimed_tx,
+            }),
         ));
-        let rt = Rt::new(self.queue.clone(), self.cfg.clone(), table.clone(), done_tx);
 
         // One apalis worker per kind, each behind its own channel, all under one Monitor.
         let mut senders = HashMap::new();
@@ -229,11 +240,23 @@ impl Pool {
         let dispatcher = async {
             let mut order = kinds.clone();
             let mut err_backoff = Duration::from_millis(100);
+            // The receivers live as long as this function, so a send cannot fail; if it did,
+            // the task would drop, freeing its slot and lease entry (the reaper then returns
+            // the job).
+            let forward = |kind: JobKind, task: Task<JobKind>| {
+                if let Some(tx) = senders.get(&kind) {
+                    let _ = tx.send(task);
+                }
+            };
             while !shutdown.is_cancelled() {
+                while let Ok((kind, task)) = claimed_rx.try_recv() {
+                    forward(kind, task);
+                }
                 let free = rt.free_slots();
                 if free == 0 {
                     tokio::select! {
                         _ = rt.freed.notified() => {}
+                        Some((kind, task)) = claimed_rx.recv() => forward(kind, task),
                         _ = shutdown.cancelled() => break,
                     }
                     continue;
@@ -265,6 +288,7 @@ impl Pool {
                     tokio::select! {
                         _ = wake.notified() => {}
                         _ = rt.freed.notified() => {}
+                        Some((kind, task)) = claimed_rx.recv() => forward(kind, task),
                         _ = tokio::time::sleep(sleep) => {}
                         _ = shutdown.cancelled() => break,
                     }
@@ -272,13 +296,7 @@ impl Pool {
                 }
                 for job in batch.jobs {
                     let kind = job.kind;
-                    let task = rt.admit(job);
-                    // The receivers live as long as this function, so a send cannot fail; if
-                    // it did, the task would drop, freeing its slot and lease entry (the reaper
-                    // then returns the job).
-                    if let Some(tx) = senders.get(&kind) {
-                        let _ = tx.send(task);
-                    }
+                    forward(kind, rt.admit(job));
                 }
             }
 
@@ -309,11 +327,19 @@ impl Pool {
         // 0.83 to about 0.91 of the old pool's with this, against a spawned Monitor).
         tokio::join!(dispatcher, workers);
 
-        // Anything a worker never took (it is normally requeued by the worker's backend on close).
-        let left: Vec<_> = receivers.iter().flat_map(runtime::drain).collect();
+        // Anything a worker never took (it is normally requeued by the worker's backend on close),
+        // and what the completer claimed after the dispatcher stopped.
+        let mut left: Vec<_> = receivers.iter().flat_map(runtime::drain).collect();
+        left.extend(runtime::runs_of(
+            std::iter::from_fn(|| claimed_rx.try_recv().ok()).map(|(_, t)| t),
+        ));
         runtime::requeue_unstarted(left).await;
         completer_stop.cancel(); // it records what is queued, then ends
         let _ = completer_task.await;
+        // A claim that was in flight when the completer was told to stop.
+        let late =
+            runtime::runs_of(std::iter::from_fn(|| claimed_rx.try_recv().ok()).map(|(_, t)| t));
+        runtime::requeue_direct(&self.queue, late).await;
         bg.cancel();
         background.close();
         background.wait().await;
@@ -326,18 +352,39 @@ impl Pool {
 /// whatever runs (the lease then expires and the reaper returns the job, using an attempt).
 const LAST_RESORT_MARGIN: Duration = Duration::from_secs(10);
 
+/// Claim-on-complete: what the completer needs to fill, in the same script call, the slots
+/// that the outcomes it records free, and to hand the jobs to the dispatcher.
+pub(crate) struct Claimer {
+    pub(crate) rt: Arc<Rt>,
+    pub(crate) worker: String,
+    pub(crate) kinds: Vec<JobKind>,
+    /// Fires at shutdown: no more claims.
+    pub(crate) claiming: CancellationToken,
+    pub(crate) out: mpsc::UnboundedSender<(JobKind, Task<JobKind>)>,
+}
+
 /// Records outcomes, batching whatever has piled up while the previous batch was in flight
 /// (one script call for many jobs under load, one per job when quiet). Retries while Redis is
 /// unreachable; if it stays so, the leases expire and the reaper of some process reruns the
 /// jobs: at least once.
+///
+/// With a [`Claimer`] it also claims, in the same call, up to as many jobs as the batch frees
+/// slots (claim-on-complete: one round trip per job instead of a completion and a claim).
+/// Those slots are reserved meanwhile, so the dispatcher cannot claim them twice; the jobs are
+/// admitted before the batch's attempts learn their outcome and free their slots.
 ///
 /// Ends once `stop` fires and nothing is waiting (the pool fires it after its workers ended).
 pub(crate) async fn completer(
     queue: Queue,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     stop: CancellationToken,
+    claimer: Option<Claimer>,
 ) {
     const MAX_BATCH: usize = 128;
+    let mut order = claimer
+        .as_ref()
+        .map(|c| c.kinds.clone())
+        .unwrap_or_default();
     loop {
         let first = tokio::select! {
             biased;
@@ -358,10 +405,30 @@ pub(crate) async fn completer(
             }
         }
         let items: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let claim = claimer
+            .as_ref()
+            .filter(|c| !c.claiming.is_cancelled())
+            .map(|c| {
+                let n = items.len().min(c.rt.cfg.claim_batch);
+                c.rt.reserve(n);
+                order.rotate_left(1);
+                (c, n)
+            });
         let mut delay = Duration::from_millis(100);
         let mut result = None;
+        let mut claimed = Vec::new();
         for _ in 0..20 {
-            match queue.complete_many(&items).await {
+            let r = match claim {
+                Some((c, n)) => queue
+                    .complete_and_claim(&items, &c.worker, &order, n)
+                    .await
+                    .map(|(st, b)| {
+                        claimed = b.jobs;
+                        st
+                    }),
+                None => queue.complete_many(&items).await,
+            };
+            match r {
                 Ok(r) => {
                     result = Some(r);
                     break;
@@ -372,6 +439,18 @@ pub(crate) async fn completer(
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if let Some((c, n)) = claim {
+            // Admitted (each now holds a slot of its own) before the reservation goes and
+            // before the batch's attempts free theirs.
+            for job in claimed {
+                let kind = job.kind;
+                if let Err(e) = c.out.send((kind, c.rt.admit(job))) {
+                    // The pool is stopping and its dispatcher is gone.
+                    runtime::requeue_direct(&queue, runtime::runs_of([e.0 .1])).await;
+                }
+            }
+            c.rt.unreserve(n);
         }
         match result {
             Some(r) => {

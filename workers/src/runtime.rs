@@ -79,6 +79,9 @@ pub(crate) struct Rt {
     done: mpsc::UnboundedSender<Pending>,
     /// Attempts holding a slot: admitted and not yet finished.
     running: AtomicUsize,
+    /// Slots promised to a claim in flight in the completer (claim-on-complete): not free for
+    /// the dispatcher until that claim's jobs are admitted or found absent.
+    reserved: AtomicUsize,
     /// Notified whenever a slot frees.
     pub(crate) freed: Notify,
 }
@@ -96,15 +99,28 @@ impl Rt {
             table,
             done,
             running: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             freed: Notify::new(),
         })
     }
 
     /// Slots this process may still fill.
     pub(crate) fn free_slots(&self) -> usize {
-        self.cfg
-            .concurrency
-            .saturating_sub(self.running.load(Ordering::SeqCst))
+        self.cfg.concurrency.saturating_sub(
+            self.running.load(Ordering::SeqCst) + self.reserved.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Promise `n` slots to a claim in flight (see [`Rt::unreserve`]).
+    pub(crate) fn reserve(&self, n: usize) {
+        self.reserved.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Give back `n` promised slots: the claim's jobs are admitted by now (they hold slots of
+    /// their own) or never came. Wakes the dispatcher, which may now claim what is left.
+    pub(crate) fn unreserve(&self, n: usize) {
+        self.reserved.fetch_sub(n, Ordering::SeqCst);
+        self.freed.notify_one();
     }
 
     /// Attempts holding a slot.
@@ -315,6 +331,32 @@ pub(crate) fn drain(rx: &Rx) -> Vec<RunRef> {
         }
     }
     left
+}
+
+/// The attempts of `tasks` (claimed jobs that never reached their worker).
+pub(crate) fn runs_of(tasks: impl IntoIterator<Item = Task<JobKind>>) -> Vec<RunRef> {
+    tasks
+        .into_iter()
+        .filter_map(|t| t.data().get::<RunRef>().cloned())
+        .collect()
+}
+
+/// Like [`requeue_unstarted`], straight to Redis: for what is left once the completer has
+/// ended (a claim-on-complete that was in flight when the pool stopped).
+pub(crate) async fn requeue_direct(queue: &Queue, left: Vec<RunRef>) {
+    let items: Vec<Completion> = left
+        .iter()
+        .filter(|RunRef(run)| run.why.load(Ordering::SeqCst) != STOP_LOST)
+        .map(|RunRef(run)| run.completion(Outcome::Requeue))
+        .collect();
+    if !items.is_empty() {
+        if let Err(e) = queue.complete_many(&items).await {
+            warn!(error = %e, jobs = items.len(), "Could not requeue claimed jobs; their leases will expire.");
+        }
+    }
+    for RunRef(run) in left {
+        run.finish();
+    }
 }
 
 /// Record attempts that never started: requeued without an attempt, cancelled if a cancel
@@ -614,7 +656,12 @@ mod tests {
         assert_eq!(batch.jobs.len(), 2);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let completer = tokio::spawn(crate::pool::completer(q.clone(), done_rx, stop.clone()));
+        let completer = tokio::spawn(crate::pool::completer(
+            q.clone(),
+            done_rx,
+            stop.clone(),
+            None,
+        ));
         let rt = Rt::new(q.clone(), PoolConfig::default(), Table::default(), done_tx);
         let (tx, rx) = mpsc::unbounded_channel();
         for job in batch.jobs {

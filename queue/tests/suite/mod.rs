@@ -700,6 +700,63 @@ async fn complete_many_records_each_outcome_and_flags_stale_ones() {
 }
 
 #[tokio::test]
+async fn complete_and_claim_fills_the_freed_slot_in_one_call() {
+    let q = q("complete-claim");
+    let k = JobKind::Diagnostic;
+    q.set_limit(k, 1).await.unwrap();
+    let a1 = q.enqueue(diag().account("acme")).await.unwrap().id;
+    let a2 = q.enqueue(diag().account("acme")).await.unwrap().id;
+    let b1 = q.enqueue(diag().account("beta")).await.unwrap().id;
+    let c = claim_all(&q, &[k]).await;
+    assert_eq!(c.len(), 1, "limit 1");
+    assert_eq!(c[0].id, a1);
+    let done = |j: &Claimed, token: &str| Completion {
+        id: j.id.clone(),
+        token: token.to_string(),
+        kind: k,
+        outcome: Outcome::Succeeded(json!({"n": 1})),
+    };
+    // The completion frees the kind's one slot and advances acme's line; the claim in the
+    // same call sees both: a2 (acme's new head, ready behind b1) or b1, never more than one.
+    let (st, b) = q
+        .complete_and_claim(&[done(&c[0], &c[0].token)], "w1", &[k], 5)
+        .await
+        .unwrap();
+    assert_eq!(st, vec![Some(JobStatus::Succeeded)]);
+    assert_eq!(b.jobs.len(), 1, "{:?}", b.jobs);
+    assert_eq!(b.jobs[0].id, b1, "ready order: b1 was ready before a2");
+    let b1_token = b.jobs[0].token.clone();
+    assert_eq!(q.get(&a1).await.unwrap().status, JobStatus::Succeeded);
+    assert_eq!(q.get(&b1).await.unwrap().status, JobStatus::Running);
+    assert_eq!(q.stats().await.unwrap().kinds["diagnostic"].running, 1);
+    // A stale completion changes nothing, and the claim respects the limit b1 still holds.
+    let (st, b) = q
+        .complete_and_claim(&[done(&c[0], "someone-else/1")], "w1", &[k], 5)
+        .await
+        .unwrap();
+    assert_eq!(st, vec![None]);
+    assert!(b.jobs.is_empty(), "limit still held by b1");
+    // b1 done, a2 claimed; then a2 done and nothing left.
+    let item = Completion {
+        id: b1.clone(),
+        ..done(&c[0], &b1_token)
+    };
+    let (st, b) = q.complete_and_claim(&[item], "w1", &[k], 5).await.unwrap();
+    assert_eq!(st, vec![Some(JobStatus::Succeeded)]);
+    assert_eq!(b.jobs.len(), 1);
+    assert_eq!(b.jobs[0].id, a2);
+    let item = Completion {
+        id: a2.clone(),
+        ..done(&c[0], &b.jobs[0].token)
+    };
+    let (st, b) = q.complete_and_claim(&[item], "w1", &[k], 5).await.unwrap();
+    assert_eq!(st, vec![Some(JobStatus::Succeeded)]);
+    assert!(b.jobs.is_empty());
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.kinds["diagnostic"].running), (0, 0));
+}
+
+#[tokio::test]
 async fn a_cancel_wins_over_a_shutdown_requeue() {
     let q = q("cancel-requeue");
     let id = q.enqueue(diag()).await.unwrap().id;
