@@ -52,27 +52,6 @@ fn diag(ms: u64) -> NewJob {
     })
 }
 
-/// Wait until `n` processes listen for `q`'s wake-ups: each has started, subscribed and (it
-/// claims right after subscribing) found its work, however slow the machine.
-async fn wait_listening(q: &Queue, n: u64) {
-    let t = Instant::now();
-    loop {
-        let subs: Vec<(String, u64)> = q
-            .raw(redis::cmd("PUBSUB").arg("NUMSUB").arg(q.wake_channel()))
-            .await
-            .unwrap();
-        if subs[0].1 >= n {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{} of {n} workers listening",
-            subs[0].1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Largest number of overlapping [started, finished) intervals.
 fn max_overlap(jobs: &[Job]) -> usize {
     let mut points = Vec::new();
@@ -99,7 +78,7 @@ async fn the_limit_is_global_across_two_worker_processes_and_changes_at_runtime(
     let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
     let _a = worker(&cfg, &local);
     let _b = worker(&cfg, &local);
-    wait_listening(&q, 2).await; // both up and idle
+    testing::wait_listening(&q, 2).await; // both up and idle
     let mut ids = Vec::new();
     for _ in 0..15 {
         ids.push(q.enqueue(diag(300)).await.unwrap().id);

@@ -416,3 +416,30 @@ pub async fn wait_for_status(q: &Queue, id: &str, want: JobStatus, within: Durat
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// How many connections listen for `q`'s wake-ups (`PUBSUB NUMSUB`): a worker pool is up and
+/// idle once its listener is among them.
+pub async fn wake_listeners(q: &Queue) -> u64 {
+    let subs: Vec<(String, u64)> = q
+        .raw(redis::cmd("PUBSUB").arg("NUMSUB").arg(q.wake_channel()))
+        .await
+        .expect("PUBSUB NUMSUB");
+    subs.first().map_or(0, |s| s.1)
+}
+
+/// Wait until `n` processes listen for `q`'s wake-ups (each has started, subscribed and, as it
+/// claims right after subscribing, found its work), however slow the machine: up to 30 s.
+pub async fn wait_listening(q: &Queue, n: u64) {
+    let t = Instant::now();
+    loop {
+        let have = wake_listeners(q).await;
+        if have >= n {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{have} of {n} workers listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
