@@ -12,7 +12,11 @@
 //!   of cancels and lost leases there too (the fallback if a pub/sub message was missed).
 //! - **reaper**: returns expired leases of dead workers to the queue. Every process runs one;
 //!   the script is atomic, so several reapers are harmless.
-//! - **completer**: records outcomes, batching what piles up.
+//! - **completer**: records outcomes, batching what piles up, and in the same script claims
+//!   jobs for the slots they free (claim-on-complete: a busy pool pays one round trip per job,
+//!   not a completion and a claim). Those slots are reserved while the call is in flight, so
+//!   the dispatcher cannot claim them twice; the dispatcher claims only for slots that are
+//!   free otherwise (at start, after a wake-up, after a retry falls due).
 //!
 //! These stay ours because they are queue transitions and cross-process concerns apalis 1.0
 //! does not model (claims sized across kinds, leases, per-job cancel from any process).

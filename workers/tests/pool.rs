@@ -138,6 +138,62 @@ async fn idle_worker_wakes_at_once_without_polling() {
     r.stop();
 }
 
+/// Claim-on-complete: a pool with a backlog records each outcome and claims the next job in
+/// the same script, so a run of jobs at concurrency 1 costs about one script per job (two
+/// before: a completion, then a claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_costs_one_script_per_job() {
+    let r = PrivateRedis::start();
+    let q = Queue::new(QueueConfig {
+        redis_url: r.url(),
+        ..QueueConfig::default()
+    })
+    .unwrap();
+    const JOBS: u64 = 60;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        ids.push(q.enqueue(diag(0, 0, 0)).await.unwrap().id);
+    }
+    let scripts = |q: Queue| async move {
+        let s: String = q.raw(redis::cmd("INFO").arg("commandstats")).await.unwrap();
+        s.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>()
+    };
+    let before = scripts(q.clone()).await;
+    // Concurrency 1, and no reaper or idle poll during the run: every script is a claim, a
+    // completion or both.
+    let p = start(
+        &q,
+        Registry::builtin(),
+        PoolConfig {
+            concurrency: 1,
+            idle_poll: Duration::from_secs(30),
+            reap_interval: Duration::from_secs(60),
+            ..fast()
+        },
+    );
+    for id in &ids {
+        wait_status(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await;
+    }
+    let used = scripts(q.clone()).await - before;
+    p.shutdown().await;
+    // The first claim, one script per job, and a few for lease renewals or a claim that found
+    // nothing; two per job would be 120.
+    assert!(
+        used <= JOBS + 15,
+        "{used} scripts for {JOBS} jobs: not claimed on completion"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_attempts_retry_with_backoff_until_success() {
     let q = Queue::new(testing::config("retry")).unwrap();
