@@ -258,6 +258,14 @@ pub fn on_path(prog: &str) -> bool {
 
 /// Whether a Redis snapshot can be taken, or why not.
 pub fn redis_snapshot_possible(url: &str) -> Result<(), String> {
+    if url.starts_with("redis+cluster://") {
+        // `redis-cli --rdb` reads one server; a cluster's masters are snapshotted (and restored)
+        // by the cluster's own tooling, not one file here.
+        return Err(
+            "the queue is on a Redis Cluster: snapshot its masters with the cluster's own tooling"
+                .into(),
+        );
+    }
     if !on_path("redis-cli") {
         return Err("redis-cli is not installed".into());
     }
@@ -515,6 +523,18 @@ pub fn prune(dir: &Path, keep: usize, protect: &[PathBuf]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The backup says why it takes no Redis snapshot of a cluster, and still takes one of a
+    /// single server whatever the URL form.
+    #[test]
+    fn a_cluster_is_not_snapshotted_and_says_why() {
+        let e =
+            redis_snapshot_possible("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap_err();
+        assert!(e.contains("Redis Cluster"), "{e}");
+        assert!(redis_cli("redis+cluster://127.0.0.1:7000").is_none());
+        assert!(redis_cli("redis://127.0.0.1:6379/0").is_some());
+        assert!(redis_cli("redis+unix:///run/redis.sock").is_some());
+    }
 
     /// A tarball replaced after verify (its digest no longer the verified one) is not unpacked.
     #[test]
