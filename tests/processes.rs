@@ -1,7 +1,7 @@
 //! The `npanel` binary as real processes against a real Redis: the per-kind limit is global
 //! across worker processes and changes at runtime; a SIGKILLed worker loses no job; `serve`
 //! finds, starts or asks for a Redis; bad config is refused with a plain sentence; a worker
-//! claims only its `workers.kinds`.
+//! claims only its `workers.kinds`; two workers share one queue on a Redis Cluster.
 
 use queue::testing::wait_for_status as wait_for;
 use queue::{testing, Diagnostic, Job, JobKind, JobStatus, NewJob, Queue, QueueConfig};
@@ -66,6 +66,78 @@ fn max_overlap(jobs: &[Job]) -> usize {
         max = max.max(cur);
     }
     max as usize
+}
+
+/// Two `npanel worker` processes on a three-master Redis Cluster (`redis+cluster://` seeds):
+/// both work, the global limit holds across them, every job succeeds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_queue_on_a_redis_cluster() {
+    let cfg = testing::cluster_config("procs-cluster");
+    assert!(
+        cfg.redis_url.starts_with("redis+cluster://"),
+        "{}",
+        cfg.redis_url
+    );
+    let q = Queue::new(cfg.clone()).unwrap();
+    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
+    let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
+    let _a = worker(&cfg, &local);
+    let _b = worker(&cfg, &local);
+    // Both up before the work arrives: each subscribes to the wake-ups on the first seed that
+    // answers, the first one listed here.
+    let first = cfg.redis_url["redis+cluster://".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut seed = redis::Client::open(format!("redis://{first}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let subs: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(q.wake_channel())
+            .query_async(&mut seed)
+            .await
+            .unwrap();
+        if subs[0].1 >= 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "workers not listening: {subs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(q.enqueue(diag(200)).await.unwrap().id);
+    }
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(60)).await);
+    }
+    assert!(jobs.iter().all(|j| j.attempts == 1), "{jobs:?}");
+    assert!(
+        max_overlap(&jobs) <= 3,
+        "limit 3 held across both processes"
+    );
+    let mut pids = std::collections::HashSet::new();
+    for id in &ids {
+        let w: String = q
+            .raw(
+                redis::cmd("HGET")
+                    .arg(format!("{}job:{id}", q.prefix()))
+                    .arg("worker"),
+            )
+            .await
+            .unwrap();
+        pids.insert(w.split(':').nth(1).unwrap().to_string());
+    }
+    assert_eq!(pids.len(), 2, "both processes worked: {pids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
