@@ -52,6 +52,23 @@ fn diag(ms: u64) -> NewJob {
     })
 }
 
+/// The pids of the worker processes that ran `ids` (from each job's `worker` field).
+async fn worker_pids(q: &Queue, ids: &[String]) -> std::collections::HashSet<String> {
+    let mut pids = std::collections::HashSet::new();
+    for id in ids {
+        let w: String = q
+            .raw(
+                redis::cmd("HGET")
+                    .arg(format!("{}job:{id}", q.prefix()))
+                    .arg("worker"),
+            )
+            .await
+            .unwrap();
+        pids.insert(w.split(':').nth(1).unwrap().to_string());
+    }
+    pids
+}
+
 /// Largest number of overlapping [started, finished) intervals.
 fn max_overlap(jobs: &[Job]) -> usize {
     let mut points = Vec::new();
@@ -125,18 +142,7 @@ async fn two_workers_share_one_queue_on_a_redis_cluster() {
         max_overlap(&jobs) <= 3,
         "limit 3 held across both processes"
     );
-    let mut pids = std::collections::HashSet::new();
-    for id in &ids {
-        let w: String = q
-            .raw(
-                redis::cmd("HGET")
-                    .arg(format!("{}job:{id}", q.prefix()))
-                    .arg("worker"),
-            )
-            .await
-            .unwrap();
-        pids.insert(w.split(':').nth(1).unwrap().to_string());
-    }
+    let pids = worker_pids(&q, &ids).await;
     assert_eq!(pids.len(), 2, "both processes worked: {pids:?}");
 }
 
@@ -160,21 +166,7 @@ async fn the_limit_is_global_across_two_worker_processes_and_changes_at_runtime(
         jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await);
     }
     assert_eq!(max_overlap(&jobs), 3, "limit 3 held across both processes");
-    let workers: std::collections::HashSet<String> = {
-        let mut s = std::collections::HashSet::new();
-        for id in &ids {
-            let w: String = q
-                .raw(
-                    redis::cmd("HGET")
-                        .arg(format!("{}job:{id}", q.prefix()))
-                        .arg("worker"),
-                )
-                .await
-                .unwrap();
-            s.insert(w.split(':').nth(1).unwrap().to_string()); // the pid
-        }
-        s
-    };
+    let workers = worker_pids(&q, &ids).await;
     assert_eq!(workers.len(), 2, "both processes worked: {workers:?}");
 
     // Runtime change: limit 1 with long jobs, then raise to 3. The first runs 4 s: the raise

@@ -18,6 +18,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// `sh -c script` with a pipe on its stdin: the script starts the server(s), then `read`s, and
+/// kills them when the read returns, i.e. when the pipe closes (on drop, or when the test
+/// process dies), so no server outlives its test binary.
+fn guard_shell(script: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sh for redis-server")
+}
+
 /// A redis-server owned by the test process.
 pub struct PrivateRedis {
     dir: tempfile::TempDir,
@@ -71,14 +85,7 @@ impl PrivateRedis {
             sock = self.socket().display(),
             dir = dir.display()
         );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run sh for redis-server");
+        let child = guard_shell(&script);
         self.child = Some(child);
         wait_for_socket(&self.socket(), dir);
     }
@@ -186,14 +193,7 @@ impl PrivateCluster {
         }
         let pids: Vec<String> = (0..MASTERS).map(|i| format!("$p{i}")).collect();
         script.push_str(&format!("read _; kill -9 {}\n", pids.join(" ")));
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run sh for redis-server");
+        let child = guard_shell(&script);
         let c = PrivateCluster {
             dir,
             ports,
