@@ -100,35 +100,8 @@ async fn two_workers_share_one_queue_on_a_redis_cluster() {
     let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
     let _a = worker(&cfg, &local);
     let _b = worker(&cfg, &local);
-    // Both up before the work arrives: each subscribes to the wake-ups on the first seed that
-    // answers, the first one listed here.
-    let first = cfg.redis_url["redis+cluster://".len()..]
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut seed = redis::Client::open(format!("redis://{first}"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let t = Instant::now();
-    loop {
-        let subs: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(q.wake_channel())
-            .query_async(&mut seed)
-            .await
-            .unwrap();
-        if subs[0].1 >= 2 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "workers not listening: {subs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Both up before the work arrives (each listens on the first seed that answers).
+    testing::wait_listening(&q, 2).await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(q.enqueue(diag(200)).await.unwrap().id);

@@ -418,13 +418,29 @@ pub async fn wait_for_status(q: &Queue, id: &str, want: JobStatus, within: Durat
 }
 
 /// How many connections listen for `q`'s wake-ups (`PUBSUB NUMSUB`): a worker pool is up and
-/// idle once its listener is among them.
+/// idle once its listener is among them. On a cluster each pool subscribes on one seed (the
+/// first that answers), so the seeds' counts are added.
 pub async fn wake_listeners(q: &Queue) -> u64 {
-    let subs: Vec<(String, u64)> = q
-        .raw(redis::cmd("PUBSUB").arg("NUMSUB").arg(q.wake_channel()))
-        .await
-        .expect("PUBSUB NUMSUB");
-    subs.first().map_or(0, |s| s.1)
+    let numsub = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(q.wake_channel())
+        .clone();
+    let count = |subs: Vec<(String, u64)>| subs.first().map_or(0, |s| s.1);
+    match crate::RedisTarget::parse(&q.config().redis_url).expect("a valid Redis URL") {
+        crate::RedisTarget::Node(_) => count(q.raw(&numsub).await.expect("PUBSUB NUMSUB")),
+        crate::RedisTarget::Cluster(seeds) => {
+            let mut n = 0;
+            for seed in seeds {
+                let mut c = redis::Client::open(seed)
+                    .expect("seed URL")
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("seed answers");
+                n += count(numsub.query_async(&mut c).await.expect("PUBSUB NUMSUB"));
+            }
+            n
+        }
+    }
 }
 
 /// Wait until `n` processes listen for `q`'s wake-ups (each has started, subscribed and, as it
