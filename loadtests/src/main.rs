@@ -149,7 +149,25 @@ async fn finished(q: &Queue) -> u64 {
 
 /// Process `n` pre-enqueued jobs at concurrency `c`; jobs/s from the first handler start to the
 /// last job recorded as succeeded.
-async fn process(b: &Bench, n: u64, backlog: u64, c: usize) -> f64 {
+/// Redis's own CPU time so far (user + system), in seconds.
+async fn redis_cpu(q: &Queue) -> f64 {
+    let s: String = q
+        .raw(redis::cmd("INFO").arg("cpu"))
+        .await
+        .unwrap_or_default();
+    s.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Jobs per second from the first job started to the `n`th finished, and Redis CPU time per
+/// job (µs) over the same run: the queue's cost on the shared server, which noise on the
+/// machine moves far less than throughput.
+async fn process(b: &Bench, n: u64, backlog: u64, c: usize) -> (f64, f64) {
     let q = b.queue((backlog + 1) as u32);
     q.set_limit(JobKind::Diagnostic, c as u32).await.unwrap();
     enqueue_bulk(&q, backlog, 1000).await;
@@ -158,6 +176,7 @@ async fn process(b: &Bench, n: u64, backlog: u64, c: usize) -> f64 {
         lats: Mutex::new(Vec::new()),
         seen: AtomicU64::new(0),
     });
+    let cpu0 = redis_cpu(&q).await;
     let (stop, h) = start_pool(&q, registry(counters.clone(), Instant::now(), false), c);
     let end = loop {
         if finished(&q).await >= n {
@@ -165,12 +184,13 @@ async fn process(b: &Bench, n: u64, backlog: u64, c: usize) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    let cpu_us = (redis_cpu(&q).await - cpu0) * 1e6 / n as f64;
     stop.cancel();
     // Jobs still running at this point are requeued (backlog runs); that is fine.
     let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
     let rate = n as f64 / (end - *counters.first.get().unwrap()).as_secs_f64();
     cleanup(&q).await;
-    rate
+    (rate, cpu_us)
 }
 
 async fn latency(b: &Bench, m: u64, rate: u64, c: usize) -> (f64, f64) {
@@ -291,8 +311,13 @@ async fn main() {
     }
     if phase_on("proc") {
         for c in [1usize, 50] {
-            let r = process(&b, n, n, c).await;
+            let (r, cpu) = process(&b, n, n, c).await;
             b.emit(&format!("proc_c{c}"), r, rate_str(r));
+            b.emit(
+                &format!("redis_us_per_job_c{c}"),
+                cpu,
+                format!("{cpu:.1} µs of Redis CPU per job"),
+            );
         }
     }
     if phase_on("lat") {
@@ -303,7 +328,7 @@ async fn main() {
         }
     }
     if phase_on("backlog") {
-        let r = process(&b, n, backlog, 50).await;
+        let (r, _) = process(&b, n, backlog, 50).await;
         b.emit(
             "proc_c50_backlog",
             r,

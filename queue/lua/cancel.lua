@@ -10,7 +10,7 @@ if st == 'queued' or st == 'retrying' then
   redis.call('ZREM', P .. 'delayed', id)
   redis.call('HDEL', jkey(id), 'run_at')
   redis.call('ZREM', KEYS[1], id)
-  finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
+  finish(id, j[2], 'cancelled', j[3] or '', { 'error', 'cancelled before it ran' })
   complete_event(id, false, 'cancelled', j[3], j[4])
   flush_wakes()
   return { 'cancelled', 'cancelled' }

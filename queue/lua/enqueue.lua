@@ -38,6 +38,7 @@ if fresh > 0 and pending + fresh > max_pending then
   if retry > 300 then retry = 300 end
   return { 'full', pending, retry }
 end
+local pend = {}
 for i = 0, n - 1 do
   local b = 8 + i * 7
   if existing[i] then
@@ -49,10 +50,11 @@ for i = 0, n - 1 do
     redis.call('HSET', jkey(id), 'id', id, 'kind', kind, 'payload', payload, 'account', account,
       'reseller', reseller, 'status', 'queued', 'attempts', 0, 'max_attempts', max_attempts,
       'created_at', NOW, 'idem', key)
-    redis.call('ZADD', KEYS[1], NOW, id)
+    table.insert(pend, NOW)
+    table.insert(pend, id)
     if key ~= '' then redis.call('SET', P .. 'idem:' .. key, id, 'PX', idem_ttl) end
     if account ~= '' then
-      if redis.call('RPUSH', P .. 'acct:' .. account, id) == 1 then make_ready(id, kind, false) end
+      if redis.call('RPUSH', P .. 'acct:' .. account, acct_entry(id, kind)) == 1 then make_ready(id, kind, false) end
     else
       make_ready(id, kind, false)
     end
@@ -61,5 +63,6 @@ for i = 0, n - 1 do
     table.insert(out, 0)
   end
 end
+call_many('ZADD', KEYS[1], pend)
 flush_wakes()
 return out

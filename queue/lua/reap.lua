@@ -7,14 +7,14 @@ for _, id in ipairs(expired) do
   local j = redis.call('HMGET', jkey(id), 'status', 'kind', 'account', 'attempts', 'max_attempts', 'cancel', 'reseller')
   if j[1] == 'running' then
     redis.call('HINCRBY', P .. 'running', j[2], -1)
-    want_wake(j[2], false) -- its slot is free
+    want_wake(j[2], 'slot') -- its slot is free
     local attempts, max_attempts = tonumber(j[4]), tonumber(j[5])
     if j[6] == '1' then
-      finish(id, 'cancelled', j[3] or '', { 'error', 'cancelled (worker lost)' })
+      finish(id, j[2], 'cancelled', j[3] or '', { 'error', 'cancelled (worker lost)' })
       complete_event(id, false, 'cancelled (worker lost)', j[3], j[7])
     elseif attempts >= max_attempts then
       local msg = 'lease expired: worker lost during attempt ' .. attempts .. ' of ' .. max_attempts
-      finish(id, 'failed', j[3] or '', { 'error', msg })
+      finish(id, j[2], 'failed', j[3] or '', { 'error', msg })
       complete_event(id, false, msg, j[3], j[7])
     else
       redis.call('HSET', jkey(id), 'status', 'queued', 'error', 'lease expired: worker lost', 'token', '')
@@ -24,7 +24,7 @@ for _, id in ipairs(expired) do
     end
   end
 end
-redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf', NOW - RETENTION)
-trim_finished()
+flush_batches()
+trim_finished(2000)
 flush_wakes()
 return #expired

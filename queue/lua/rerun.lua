@@ -10,13 +10,11 @@ if pending + 1 > max_pending then return { 'full', pending, 30 } end
 redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', 0, 'percent', 0, 'stage', '', 'eta', '',
   'speed', '', 'done', '', 'total', '')
 redis.call('HDEL', jkey(id), 'error', 'finished_at', 'started_at', 'cancel', 'result', 'token')
-redis.call('PERSIST', jkey(id))
-redis.call('PERSIST', lkey(id))
 redis.call('ZREM', P .. 'finished', id)
 redis.call('ZADD', KEYS[1], NOW, id)
 local account = j[3] or ''
 if account ~= '' then
-  if redis.call('RPUSH', P .. 'acct:' .. account, id) == 1 then make_ready(id, j[2], false) end
+  if redis.call('RPUSH', P .. 'acct:' .. account, acct_entry(id, j[2])) == 1 then make_ready(id, j[2], false) end
 else
   make_ready(id, j[2], false)
 end

@@ -13,7 +13,7 @@
 //! | `log:<id>` | list | its last 100 log lines |
 //! | `pending` | zset | queued + retrying jobs: its size is what the bound checks |
 //! | `ready:<kind>` | list | claimable jobs of a kind, FIFO |
-//! | `acct:<account>` | list | an account's unfinished jobs in order; only the head is ever ready |
+//! | `acct:<account>` | list | an account's unfinished jobs in order, as `kind:id`; only the head is ever ready |
 //! | `delayed` | zset | retrying jobs by due time |
 //! | `leases` | zset | running jobs by lease expiry (the reaper's input) |
 //! | `running` | hash | running count per kind, checked against `limits` at claim |
@@ -50,8 +50,9 @@
 //!
 //! # Costs per job
 //! enqueue, claim and complete are one script each (claims and completions batched under load);
-//! each appends one event. The finished-job count cap is applied by the reaper (once a second),
-//! the age cap by key TTLs.
+//! each appends one event. Writes several jobs share (ready-list pushes, lease and finish
+//! entries) are made once per call. The finished-job count and age caps are applied by the
+//! reaper (once a second), not by a TTL per job.
 
 pub mod config;
 mod conn;

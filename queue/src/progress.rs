@@ -114,6 +114,13 @@ pub fn percent(kind: JobKind, stage: &str, done: u64, total: u64, previous: f64)
 /// At most one progress message per this interval (DESIGN §2).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// An attempt's `running` status event goes out with its first write, or once it has run this
+/// long with nothing to write. The claim does not publish it: an attempt over sooner (most
+/// jobs of a busy queue) goes from `queued` straight to `complete` on the stream, which saves
+/// Redis a stream entry per job; nobody could have watched it run anyway. Its hash says
+/// `running` from the claim on.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
+
 /// One write to Redis, built by the flusher.
 #[derive(Clone, Debug, Default)]
 pub struct ProgressWrite {
@@ -125,6 +132,8 @@ pub struct ProgressWrite {
     pub event_data: serde_json::Value,
     /// Log lines to append.
     pub logs: Vec<String>,
+    /// Publish the attempt's `running` status event (with this attempt number) before the rest.
+    pub announce: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +223,9 @@ pub struct Flusher {
     id: String,
     token: String,
     kind: JobKind,
+    attempt: u32,
+    /// The `running` event is out (see [`ANNOUNCE_AFTER`]).
+    announced: bool,
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
     start: Instant,
@@ -229,13 +241,14 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// A reporter for a claimed job, and the flusher to drive with [`Flusher::run`]. When a
-    /// write learns the job was cancelled, `cancel` is triggered.
+    /// A reporter for a claimed job's attempt, and the flusher to drive with [`Flusher::run`].
+    /// When a write learns the job was cancelled, `cancel` is triggered.
     pub fn new(
         queue: Queue,
         id: String,
         token: String,
         kind: JobKind,
+        attempt: u32,
         cancel: CancellationToken,
     ) -> (Progress, Flusher) {
         let state = Arc::new(Mutex::new(State::default()));
@@ -251,6 +264,8 @@ impl Flusher {
             id,
             token,
             kind,
+            attempt,
+            announced: false,
             state,
             notify,
             start: Instant::now(),
@@ -273,10 +288,13 @@ impl Flusher {
             // When that time has passed with nothing to send, wait a whole interval (never
             // spin).
             let now = Instant::now();
-            let next = match self.last_progress_event {
+            let mut next = match self.last_progress_event {
                 Some(l) if l + PROGRESS_EVERY > now => l + PROGRESS_EVERY,
                 _ => now + PROGRESS_EVERY,
             };
+            if !self.announced {
+                next = next.min((self.start + ANNOUNCE_AFTER).max(now));
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.notify.notified() => {}
@@ -304,12 +322,18 @@ impl Flusher {
             self.speed = EtaEstimator::default();
         }
         let ticking = !s.stage.is_empty() && s.total > 0;
-        if !(stage_changed || !logs.is_empty() || ((s.dirty || ticking) && due) || last && s.dirty)
+        let announce_due = !self.announced && now.duration_since(self.start) >= ANNOUNCE_AFTER;
+        if !(stage_changed
+            || !logs.is_empty()
+            || ((s.dirty || ticking) && due)
+            || last && s.dirty
+            || announce_due && !last)
         {
             return None;
         }
         let mut w = ProgressWrite {
             logs,
+            announce: (!self.announced).then_some(self.attempt),
             ..Default::default()
         };
         if s.dirty || stage_changed || ticking {
@@ -385,6 +409,7 @@ impl Flusher {
         let Some(w) = self.build(last) else { return };
         match self.queue.write_progress(&self.id, &self.token, &w).await {
             Ok((owned, cancel)) => {
+                self.announced |= w.announce.is_some();
                 if cancel || !owned {
                     self.cancel.cancel();
                 }
@@ -572,6 +597,7 @@ mod time_tests {
             "j".into(),
             "t".into(),
             JobKind::Restore,
+            1,
             CancellationToken::new(),
         );
         p.report_time("extracting", 300, 1000, 3.0, 7.0);

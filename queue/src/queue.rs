@@ -637,6 +637,7 @@ impl Queue {
             .arg(self.inner.cfg.lease_ms)
             .arg(w.event_type)
             .arg(w.event_data.to_string())
+            .arg(w.announce.unwrap_or(0))
             .arg(w.fields.len());
         for (k, v) in &w.fields {
             inv.arg(*k).arg(v);

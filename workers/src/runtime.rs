@@ -120,7 +120,16 @@ impl Rt {
     /// their own) or never came. Wakes the dispatcher, which may now claim what is left.
     pub(crate) fn unreserve(&self, n: usize) {
         self.reserved.fetch_sub(n, Ordering::SeqCst);
-        self.freed.notify_one();
+        self.slot_freed();
+    }
+
+    /// Wake the dispatcher if it has a slot to fill. With none free (a busy pool, whose slots
+    /// the completer refills itself) a wake-up would only find nothing to do; it is woken by
+    /// whichever change frees one.
+    fn slot_freed(&self) {
+        if self.free_slots() > 0 {
+            self.freed.notify_one();
+        }
     }
 
     /// Attempts holding a slot.
@@ -155,6 +164,7 @@ impl Rt {
             job.id.clone(),
             job.token.clone(),
             job.kind,
+            job.attempt,
             cancel.clone(),
         );
         let span = info_span!("job", job_id = %job.id, kind = %job.kind, attempt = job.attempt);
@@ -230,7 +240,7 @@ impl Run {
             .expect("table")
             .remove(&(self.id.clone(), self.token.clone()));
         self.rt.running.fetch_sub(1, Ordering::SeqCst);
-        self.rt.freed.notify_one();
+        self.rt.slot_freed();
     }
 
     fn completion(&self, outcome: Outcome) -> Completion {
@@ -457,33 +467,39 @@ where
 {
     let rt = run.rt.clone();
     let started = Instant::now();
+    // The progress flusher runs beside the handler in this task (not a task of its own: that
+    // cost a spawn and a cross-task wake-up per job), and makes its last write once the
+    // handler has ended.
+    let flusher = run.flusher.lock().expect("flusher").take();
     let stop_flush = CancellationToken::new();
-    let flush_task = run
-        .flusher
-        .lock()
-        .expect("flusher")
-        .take()
-        .map(|f| tokio::spawn(f.run(stop_flush.clone())));
-    let handler_running = HandlerRunning::new(stop_flush);
-    let ended = {
-        tokio::pin!(fut);
-        let r = tokio::select! {
-            r = &mut fut => Some(r),
-            _ = run.cancel.cancelled() => {
-                tokio::time::timeout(rt.cfg.cancel_grace, &mut fut).await.ok()
+    let handler_running = HandlerRunning::new();
+    let handler = async {
+        let ended = {
+            tokio::pin!(fut);
+            let r = tokio::select! {
+                r = &mut fut => Some(r),
+                _ = run.cancel.cancelled() => {
+                    tokio::time::timeout(rt.cfg.cancel_grace, &mut fut).await.ok()
+                }
+            };
+            // Leaving this block drops a handler that did not stop: its process groups are
+            // killed.
+            match r {
+                None => Ended::Dropped,
+                Some(Ok(v)) => Ended::Returned(Ok(v)),
+                Some(Err(e)) => classify(e.into(), rt.cfg.job_timeout),
             }
         };
-        // Leaving this block drops a handler that did not stop: its process groups are killed.
-        match r {
-            None => Ended::Dropped,
-            Some(Ok(v)) => Ended::Returned(Ok(v)),
-            Some(Err(e)) => classify(e.into(), rt.cfg.job_timeout),
+        stop_flush.cancel();
+        ended
+    };
+    let flush = async {
+        if let Some(f) = flusher {
+            f.run(stop_flush.clone()).await;
         }
     };
+    let (ended, ()) = tokio::join!(handler, flush);
     drop(handler_running);
-    if let Some(t) = flush_task {
-        let _ = t.await;
-    }
     let why = run.why.load(Ordering::SeqCst);
     let retry = |e: String| Outcome::Retry {
         error: e,
@@ -534,14 +550,14 @@ where
     }
 }
 
-/// While a handler runs: the running gauge is up and its progress flusher works. Both end when
-/// this drops, also when the attempt itself is dropped (the Monitor's last resort).
-struct HandlerRunning(#[allow(dead_code)] tokio_util::sync::DropGuard);
+/// While a handler runs the running gauge is up; also when the attempt itself is dropped (the
+/// Monitor's last resort), which drops its flusher with it.
+struct HandlerRunning;
 
 impl HandlerRunning {
-    fn new(stop_flush: CancellationToken) -> Self {
+    fn new() -> Self {
         metrics::gauge!(m::JOBS_RUNNING).increment(1.0);
-        HandlerRunning(stop_flush.drop_guard())
+        HandlerRunning
     }
 }
 

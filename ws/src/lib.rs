@@ -33,6 +33,11 @@
 //! under `"job"`; the all-jobs stream's `snapshot` carries `"jobs"` (newest 100 visible) and has no
 //! `job_id`. `seq` of a snapshot is the newest stream id at the time it was taken: reconnecting
 //! with `?since=` that value continues exactly after it.
+//!
+//! `status` messages carry `status` (`queued`, `running`, `retrying`, `cancelling`) and, for
+//! `running`, the `attempt`. An attempt's `running` comes with its first progress write, or
+//! once it has run 100 ms (`queue::progress::ANNOUNCE_AFTER`): an attempt over sooner goes from
+//! `queued` straight to `complete` (its job's `status` and `started_at` say it ran).
 
 pub mod client;
 mod hub;

@@ -187,6 +187,50 @@ async fn jobs_of_one_account_run_one_at_a_time_in_order() {
     );
 }
 
+/// Account lines written by an earlier version hold bare ids (now `kind:id`): they still
+/// advance, and a cancel further back still finds its entry.
+#[tokio::test]
+async fn account_lines_of_bare_ids_still_advance() {
+    let q = q("acct-legacy");
+    let k = JobKind::Diagnostic;
+    let a1 = q.enqueue(diag().account("old")).await.unwrap().id;
+    let a2 = q.enqueue(diag().account("old")).await.unwrap().id;
+    let a3 = q.enqueue(diag().account("old")).await.unwrap().id;
+    let key = format!("{}acct:old", q.prefix());
+    let line: Vec<String> = q
+        .raw(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+        .await
+        .unwrap();
+    assert_eq!(
+        line,
+        vec![
+            format!("diagnostic:{a1}"),
+            format!("diagnostic:{a2}"),
+            format!("diagnostic:{a3}")
+        ]
+    );
+    let _: i64 = q.raw(redis::cmd("DEL").arg(&key)).await.unwrap();
+    let _: i64 = q
+        .raw(redis::cmd("RPUSH").arg(&key).arg(&a1).arg(&a2).arg(&a3))
+        .await
+        .unwrap();
+    assert_eq!(q.cancel(&a3).await.unwrap(), CancelOutcome::Cancelled);
+    let c = claim_all(&q, &[k]).await;
+    assert_eq!(c.len(), 1);
+    q.complete(&a1, &c[0].token, k, Outcome::Succeeded(json!(1)))
+        .await
+        .unwrap();
+    let c = claim_all(&q, &[k]).await;
+    assert_eq!(
+        c.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        vec![a2.clone()]
+    );
+    q.complete(&a2, &c[0].token, k, Outcome::Succeeded(json!(2)))
+        .await
+        .unwrap();
+    assert!(!keys(&q).await.iter().any(|k| k.ends_with("acct:old")));
+}
+
 /// Lease of the tests that renew one: renewals every `RENEW_EVERY_MS` keep a margin of over a
 /// second to it however slow the machine is.
 const LEASE_MS: u64 = 1500;
@@ -608,12 +652,90 @@ async fn events_carry_seq_and_replay_from_it() {
     .unwrap();
     let all = q.events_since("0", 100).await.unwrap();
     let types: Vec<_> = all.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(types, vec!["status", "status", "complete"]);
+    // queued, then complete: the claim publishes no `running` (see the next test).
+    assert_eq!(types, vec!["status", "complete"]);
     assert!(all.iter().all(|e| e.job_id == id));
-    assert_eq!(all[2].data["summary"]["n"], 1);
+    assert_eq!(all[1].data["summary"]["n"], 1);
     let after = q.events_since(&all[0].seq, 100).await.unwrap();
-    assert_eq!(after.len(), 2);
+    assert_eq!(after.len(), 1);
     assert_eq!(after[0].seq, all[1].seq);
+}
+
+/// The `running` event comes from the attempt's progress flusher: once the attempt has run
+/// `ANNOUNCE_AFTER` with nothing to report, or with its first report; never from an attempt
+/// that ended sooner without reporting.
+#[tokio::test]
+async fn running_is_announced_by_attempts_that_last_or_report() {
+    use tokio_util::sync::CancellationToken;
+    let q = q("announce");
+    let k = JobKind::Diagnostic;
+    let running = |q: Queue, id: String| async move {
+        q.events_since("0", 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.job_id == id && e.kind == "status" && e.data["status"] == "running")
+            .map(|e| e.data["attempt"].as_u64())
+            .collect::<Vec<_>>()
+    };
+    let flusher = |c: &Claimed| {
+        Flusher::new(
+            q.clone(),
+            c.id.clone(),
+            c.token.clone(),
+            k,
+            c.attempt,
+            CancellationToken::new(),
+        )
+    };
+
+    // Silent and over at once: nothing written, so no `running`.
+    let quick = q.enqueue(diag()).await.unwrap().id;
+    let c = claim_all(&q, &[k]).await.remove(0);
+    let (_, f) = flusher(&c);
+    let stop = CancellationToken::new();
+    stop.cancel();
+    f.run(stop).await;
+    assert!(running(q.clone(), quick).await.is_empty());
+
+    // Silent but still running after ANNOUNCE_AFTER: announced, with its attempt number.
+    let slow = q.enqueue(diag()).await.unwrap().id;
+    let c = claim_all(&q, &[k]).await.remove(0);
+    let (_p, f) = flusher(&c);
+    let stop = CancellationToken::new();
+    let t = std::time::Instant::now();
+    let task = tokio::spawn(f.run(stop.clone()));
+    let mut seen = Vec::new();
+    while seen.is_empty() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = running(q.clone(), slow.clone()).await;
+    }
+    assert_eq!(seen, vec![Some(1)]);
+    assert!(
+        t.elapsed() >= progress::ANNOUNCE_AFTER,
+        "not before ANNOUNCE_AFTER"
+    );
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(running(q.clone(), slow).await.len(), 1, "announced once");
+
+    // Reports at once: announced with that first write, before its stage event.
+    let busy = q.enqueue(diag()).await.unwrap().id;
+    let c = claim_all(&q, &[k]).await.remove(0);
+    let (p, f) = flusher(&c);
+    p.report("working", 0, 10);
+    let stop = CancellationToken::new();
+    stop.cancel();
+    f.run(stop).await;
+    let types: Vec<_> = q
+        .events_since("0", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.job_id == busy)
+        .map(|e| format!("{}:{}", e.kind, e.data["status"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(types, vec!["status:queued", "status:running", "stage:"]);
 }
 
 #[tokio::test]
