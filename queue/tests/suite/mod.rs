@@ -1001,68 +1001,65 @@ async fn stream_ends_name_the_oldest_and_newest_events() {
 /// A slot freed and refilled in the same claim-on-complete call wakes nobody when no one else
 /// could take anything (the kind is at its limit); it does wake idle workers when work is left
 /// that the kind's limit still allows someone else to take.
+///
+/// Every wake here is published by a script on the queue's one node (on a cluster, the slot's
+/// master), so the barrier's wake arrives after all that came before it; `set_limit`'s own
+/// PUBLISH may leave from another cluster node, so the test keeps the kind's default limit.
 #[tokio::test]
 async fn a_refilled_slot_wakes_only_when_others_could_claim() {
     use futures::StreamExt;
     let q = q("refill-wake");
     let k = JobKind::Diagnostic;
-    let ids = {
-        let mut v = Vec::new();
-        for _ in 0..4 {
-            v.push(q.enqueue(diag()).await.unwrap().id);
+    let limit = k.default_limit() as usize;
+    let mut ps = q.subscribe_wake_and_cancel().await.unwrap();
+    let mut msgs = Box::pin(ps.on_message());
+    // A job of another kind made ready; returns the wakes that came before its own.
+    async fn barrier(
+        q: &Queue,
+        msgs: &mut (impl futures::Stream<Item = redis::Msg> + Unpin),
+    ) -> Vec<String> {
+        q.enqueue(NewJob::new(JobKind::Backup, json!({"account": "x"})))
+            .await
+            .unwrap();
+        let mut before = Vec::new();
+        loop {
+            let m: String = msgs.next().await.unwrap().get_payload().unwrap();
+            if m == "backup" {
+                return before;
+            }
+            before.push(m);
         }
-        v
-    };
+    }
+    for _ in 0..limit + 3 {
+        q.enqueue(diag()).await.unwrap();
+    }
+    barrier(&q, &mut msgs).await;
     let done = |c: &Claimed| Completion {
         id: c.id.clone(),
         token: c.token.clone(),
         kind: k,
         outcome: Outcome::Succeeded(json!(null)),
     };
-    let mut ps = q.subscribe_wake_and_cancel().await.unwrap();
-    let mut msgs = ps.on_message();
-    // A job of another kind made ready: its wake is the barrier that shows what came before.
-    let barrier = |q: Queue| async move {
-        q.enqueue(NewJob::new(JobKind::Backup, json!({"account": "x"})))
-            .await
-            .unwrap();
-    };
-    let next = |m: Option<redis::Msg>| m.unwrap().get_payload::<String>().unwrap();
 
-    // Limit 1, held by w1: refilling its slot leaves the kind at its limit → no wake.
-    q.set_limit(k, 1).await.unwrap();
-    assert_eq!(
-        next(msgs.next().await),
-        "diagnostic",
-        "a new limit wakes workers"
-    );
-    let c = q.claim("w1", &[k], 1).await.unwrap().jobs.remove(0);
-    assert_eq!(c.id, ids[0]);
+    // w1 holds every slot of the kind; refilling one leaves it at its limit → no wake.
+    let held = q.claim("w1", &[k], limit).await.unwrap().jobs;
+    assert_eq!(held.len(), limit);
     let (_, b) = q
-        .complete_and_claim(&[done(&c)], "w1", &[k], 1)
+        .complete_and_claim(&[done(&held[0])], "w1", &[k], 1)
         .await
         .unwrap();
     assert_eq!(b.jobs.len(), 1);
-    barrier(q.clone()).await;
     assert_eq!(
-        next(msgs.next().await),
-        "backup",
-        "no wake before the barrier's"
+        barrier(&q, &mut msgs).await,
+        Vec::<String>::new(),
+        "no wake at the limit"
     );
 
-    // Limit 3: w1 refills its one slot and two jobs are left that others may take → a wake.
-    q.set_limit(k, 3).await.unwrap();
-    assert_eq!(
-        next(msgs.next().await),
-        "diagnostic",
-        "a new limit wakes workers"
-    );
-    let (_, b2) = q
-        .complete_and_claim(&[done(&b.jobs[0])], "w1", &[k], 1)
+    // Two slots freed, one refilled: one job is left that someone else may take → a wake.
+    let (_, b) = q
+        .complete_and_claim(&[done(&held[1]), done(&held[2])], "w1", &[k], 1)
         .await
         .unwrap();
-    assert_eq!(b2.jobs.len(), 1);
-    barrier(q.clone()).await;
-    assert_eq!(next(msgs.next().await), "diagnostic");
-    assert_eq!(next(msgs.next().await), "backup");
+    assert_eq!(b.jobs.len(), 1);
+    assert_eq!(barrier(&q, &mut msgs).await, vec!["diagnostic".to_string()]);
 }
