@@ -147,23 +147,25 @@ async fn finished(q: &Queue) -> u64 {
         .unwrap_or(0)
 }
 
-/// Process `n` pre-enqueued jobs at concurrency `c`; jobs/s from the first handler start to the
-/// last job recorded as succeeded.
-/// Redis's own CPU time so far (user + system), in seconds.
-async fn redis_cpu(q: &Queue) -> f64 {
+/// The sum of `fields` in Redis's `INFO section` (0 where Redis cannot be read).
+async fn info_sum(q: &Queue, section: &str, fields: &[&str]) -> f64 {
     let s: String = q
-        .raw(redis::cmd("INFO").arg("cpu"))
+        .raw(redis::cmd("INFO").arg(section))
         .await
         .unwrap_or_default();
     s.lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_user:")
-                .or_else(|| l.strip_prefix("used_cpu_sys:"))
-        })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| fields.contains(k))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum()
 }
 
+/// Redis's own CPU time so far (user + system), in seconds.
+async fn redis_cpu(q: &Queue) -> f64 {
+    info_sum(q, "cpu", &["used_cpu_user", "used_cpu_sys"]).await
+}
+
+/// Process `n` pre-enqueued jobs at concurrency `c`.
 /// Jobs per second from the first job started to the `n`th finished, and Redis CPU time per
 /// job (µs) over the same run: the queue's cost on the shared server, which noise on the
 /// machine moves far less than throughput.
@@ -236,14 +238,7 @@ async fn latency(b: &Bench, m: u64, rate: u64, c: usize) -> (f64, f64) {
 }
 
 async fn commands(q: &Queue) -> u64 {
-    let s: String = q
-        .raw(redis::cmd("INFO").arg("stats"))
-        .await
-        .unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    info_sum(q, "stats", &["total_commands_processed"]).await as u64
 }
 
 async fn idle(b: &Bench, secs: u64) -> (f64, u64) {
