@@ -283,18 +283,7 @@ impl Flusher {
     /// Write until `stop` fires, then write whatever is left once.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
-            // The next progress message is due exactly a second after the last one: a fixed
-            // ticker beside it drifts, finds it due 1 ms too early, and skips a whole second.
-            // When that time has passed with nothing to send, wait a whole interval (never
-            // spin).
-            let now = Instant::now();
-            let mut next = match self.last_progress_event {
-                Some(l) if l + PROGRESS_EVERY > now => l + PROGRESS_EVERY,
-                _ => now + PROGRESS_EVERY,
-            };
-            if !self.announced {
-                next = next.min((self.start + ANNOUNCE_AFTER).max(now));
-            }
+            let next = self.next_wake(Instant::now());
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.notify.notified() => {}
@@ -307,6 +296,25 @@ impl Flusher {
             s.done_flag = true;
         }
         self.flush(true).await;
+    }
+
+    /// When to write next without a report. The next progress message is due exactly a second
+    /// after the last one: a fixed ticker beside it drifts, finds it due 1 ms too early, and
+    /// skips a whole second. When that time has passed with nothing to send, wait a whole
+    /// interval. Until the `running` event is out, wake at `ANNOUNCE_AFTER` to send it; once
+    /// that time has passed (the write failed: Redis unreachable), retry at the interval like
+    /// any other write. Never a time already past: that would spin.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let next = match self.last_progress_event {
+            Some(l) if l + PROGRESS_EVERY > now => l + PROGRESS_EVERY,
+            _ => now + PROGRESS_EVERY,
+        };
+        let announce_at = self.start + ANNOUNCE_AFTER;
+        if !self.announced && announce_at > now {
+            next.min(announce_at)
+        } else {
+            next
+        }
     }
 
     fn build(&mut self, last: bool) -> Option<ProgressWrite> {
@@ -583,17 +591,45 @@ mod tests {
 mod time_tests {
     use super::*;
 
+    fn unconnected() -> Queue {
+        Queue::new(crate::QueueConfig {
+            redis_url: "redis://127.0.0.1:1".into(),
+            ..crate::QueueConfig::default()
+        })
+        .expect("queue (never connected)")
+    }
+
+    /// The flusher wakes at ANNOUNCE_AFTER to send `running`; if that write failed, it retries
+    /// a whole interval later, never at a time already past (which would spin while Redis is
+    /// down).
+    #[test]
+    fn the_running_announcement_is_due_once_then_retried_at_the_interval() {
+        let (_p, mut f) = Flusher::new(
+            unconnected(),
+            "j".into(),
+            "t".into(),
+            JobKind::Diagnostic,
+            1,
+            CancellationToken::new(),
+        );
+        let start = f.start;
+        assert_eq!(f.next_wake(start), start + ANNOUNCE_AFTER);
+        let late = start + ANNOUNCE_AFTER * 3;
+        assert_eq!(
+            f.next_wake(late),
+            late + PROGRESS_EVERY,
+            "not announced yet: no spin"
+        );
+        f.announced = true;
+        assert_eq!(f.next_wake(start), start + PROGRESS_EVERY);
+    }
+
     /// A handler that predicts its time: percent is the share of time spent (inside the
     /// stage's weight), the ETA is its `left`, the units stay the bytes for speed and display.
     #[tokio::test]
     async fn a_reported_time_sets_percent_and_eta() {
-        let q = Queue::new(crate::QueueConfig {
-            redis_url: "redis://127.0.0.1:1".into(),
-            ..crate::QueueConfig::default()
-        })
-        .expect("queue (never connected)");
         let (p, mut f) = Flusher::new(
-            q,
+            unconnected(),
             "j".into(),
             "t".into(),
             JobKind::Restore,
