@@ -30,17 +30,16 @@ local function claim_jobs(b, freed)
     if d ~= 0 then redis.call('HINCRBY', P .. 'running', kind, d) end
     freed[kind] = nil
   end
-  if redis.call('EXISTS', P .. 'paused') == 1 then
-    out[2] = 1
+  local kinds = {}
+  for i = b + 3, #ARGV, 2 do table.insert(kinds, ARGV[i]) end
+  if redis.call('EXISTS', P .. 'paused') == 1 then out[2] = 1 end
+  if out[2] == 1 or #kinds == 0 then
     for kind, _ in pairs(freed) do settle(kind, 0) end
     return out
   end
   local taken = 0
   local leases, claimed = {}, {}
   -- Every kind's limit and running count in two reads, however many kinds the worker has.
-  local kinds = {}
-  for i = b + 3, #ARGV, 2 do table.insert(kinds, ARGV[i]) end
-  if #kinds == 0 then return out end
   local limits = redis.call('HMGET', P .. 'limits', unpack(kinds))
   local counts = redis.call('HMGET', P .. 'running', unpack(kinds))
   for n, kind in ipairs(kinds) do

@@ -25,7 +25,6 @@ end
 -- ZADD on `finished`). Each redis.call costs ~2 µs of Redis CPU beyond the command itself, so
 -- a busy queue pays per call, not per job, for these.
 local PUSH = {}
-local PUSH_KINDS = {}
 local FINISHED = {}
 
 -- `cmd key list...` (or `cmd list...` when key is nil) in calls of at most 4000 list items
@@ -46,10 +45,10 @@ local function call_many(cmd, key, list)
 end
 
 local function flush_batches()
-  for _, kind in ipairs(PUSH_KINDS) do
-    call_many('RPUSH', P .. 'ready:' .. kind, PUSH[kind])
+  for kind, ids in pairs(PUSH) do
+    call_many('RPUSH', P .. 'ready:' .. kind, ids)
   end
-  PUSH, PUSH_KINDS = {}, {}
+  PUSH = {}
   call_many('ZADD', P .. 'finished', FINISHED)
   FINISHED = {}
 end
@@ -87,13 +86,8 @@ local function make_ready(id, kind, front)
   if front then
     redis.call('LPUSH', P .. 'ready:' .. kind, id)
   else
-    local l = PUSH[kind]
-    if not l then
-      l = {}
-      PUSH[kind] = l
-      table.insert(PUSH_KINDS, kind)
-    end
-    table.insert(l, id)
+    PUSH[kind] = PUSH[kind] or {}
+    table.insert(PUSH[kind], id)
   end
 end
 

@@ -258,7 +258,10 @@ pub fn on_path(prog: &str) -> bool {
 
 /// Whether a Redis snapshot can be taken, or why not.
 pub fn redis_snapshot_possible(url: &str) -> Result<(), String> {
-    if url.starts_with("redis+cluster://") {
+    if matches!(
+        queue::RedisTarget::parse(url),
+        Ok(queue::RedisTarget::Cluster(_))
+    ) {
         // `redis-cli --rdb` reads one server; a cluster's masters are snapshotted (and restored)
         // by the cluster's own tooling, not one file here.
         return Err(
