@@ -85,6 +85,33 @@ fn max_overlap(jobs: &[Job]) -> usize {
     max as usize
 }
 
+/// Two `npanel worker` processes (each may run 2 at once) on `cfg`'s queue under a global
+/// limit of 3, both listening before any work arrives; then `n` diagnostic jobs of `ms` each,
+/// waited for within `within` apiece. Returns the queue, the workers (alive while held), the
+/// job ids and the finished jobs.
+async fn two_workers_run(
+    cfg: &QueueConfig,
+    n: usize,
+    ms: u64,
+    within: Duration,
+) -> (Queue, [Proc; 2], Vec<String>, Vec<Job>) {
+    let q = Queue::new(cfg.clone()).unwrap();
+    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
+    let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
+    let workers = [worker(cfg, &local), worker(cfg, &local)];
+    // Each listens on its queue (on a cluster, the first seed that answers) once up and idle.
+    testing::wait_listening(&q, 2).await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(q.enqueue(diag(ms)).await.unwrap().id);
+    }
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(wait_for(&q, id, JobStatus::Succeeded, within).await);
+    }
+    (q, workers, ids, jobs)
+}
+
 /// Two `npanel worker` processes on a three-master Redis Cluster (`redis+cluster://` seeds):
 /// both work, the global limit holds across them, every job succeeds once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,21 +122,7 @@ async fn two_workers_share_one_queue_on_a_redis_cluster() {
         "{}",
         cfg.redis_url
     );
-    let q = Queue::new(cfg.clone()).unwrap();
-    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
-    let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
-    let _a = worker(&cfg, &local);
-    let _b = worker(&cfg, &local);
-    // Both up before the work arrives (each listens on the first seed that answers).
-    testing::wait_listening(&q, 2).await;
-    let mut ids = Vec::new();
-    for _ in 0..20 {
-        ids.push(q.enqueue(diag(200)).await.unwrap().id);
-    }
-    let mut jobs = Vec::new();
-    for id in &ids {
-        jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(60)).await);
-    }
+    let (q, _workers, ids, jobs) = two_workers_run(&cfg, 20, 200, Duration::from_secs(60)).await;
     assert!(jobs.iter().all(|j| j.attempts == 1), "{jobs:?}");
     assert!(
         max_overlap(&jobs) <= 3,
@@ -122,22 +135,9 @@ async fn two_workers_share_one_queue_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_is_global_across_two_worker_processes_and_changes_at_runtime() {
     let cfg = testing::config("twoproc");
-    let q = Queue::new(cfg.clone()).unwrap();
     // Each process may run 2 at once (4 together); the global limit is 3. Reaching 3 needs both
     // processes, and never exceeding it needs the limit to be global.
-    q.set_limit(JobKind::Diagnostic, 3).await.unwrap();
-    let local = [("NPANEL_WORKERS__CONCURRENCY", "2")];
-    let _a = worker(&cfg, &local);
-    let _b = worker(&cfg, &local);
-    testing::wait_listening(&q, 2).await; // both up and idle
-    let mut ids = Vec::new();
-    for _ in 0..15 {
-        ids.push(q.enqueue(diag(300)).await.unwrap().id);
-    }
-    let mut jobs = Vec::new();
-    for id in &ids {
-        jobs.push(wait_for(&q, id, JobStatus::Succeeded, Duration::from_secs(30)).await);
-    }
+    let (q, _workers, ids, jobs) = two_workers_run(&cfg, 15, 300, Duration::from_secs(30)).await;
     assert_eq!(max_overlap(&jobs), 3, "limit 3 held across both processes");
     let workers = worker_pids(&q, &ids).await;
     assert_eq!(workers.len(), 2, "both processes worked: {workers:?}");
